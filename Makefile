@@ -58,6 +58,28 @@ lint: test-venv
 typecheck: test-venv
 	$(VENV)/bin/mypy
 
+## ---- chart ---------------------------------------------------------------------------------
+# The OCI Helm chart, its Flux install path, and the test set-up they need: a real registry
+# (Debian docker-registry + htpasswd for bcrypt users) and npm peers for Flux CRD validation.
+TEST_APT_PACKAGES += docker-registry apache2-utils
+
+CHART_DIR := chart/portcullis
+
+.PHONY: chart-node-deps
+
+# Packages the chart from the release manifest's version; byte-reproducible (fixed mtimes).
+chart: test-venv
+	$(VENV)/bin/portcullis-release chart --output dist/chart
+
+# npm test peers (Flux CRD validators); `npm ci` keeps them at the locked versions.
+tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+chart-node-deps: tests/node/node_modules/.stamp
+
+test: chart-node-deps
+
 ## ---- release artefacts ------------------------------------------------------------------
 
 bench: test-venv
