@@ -1,0 +1,159 @@
+"""SQLite backend (the embedded default): one file that several worker processes can share.
+
+What makes sharing safe:
+
+* WAL journal, so readers never block the writer nor each other;
+* a busy timeout, so a writer waits for the lock instead of failing at once;
+* every write runs in ``BEGIN IMMEDIATE``: the write lock is taken before the first read, so a
+  read-modify-write (consume a code, rotate keys, count a failed login) can never interleave
+  with another process's. A plain deferred transaction would upgrade from read to write lock
+  mid-way and fail with SQLITE_BUSY without waiting.
+
+The pysqlite driver's own transaction handling is switched off (``isolation_level = None``) and
+``BEGIN`` is emitted by us, the recipe SQLAlchemy documents for pysqlite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.pool import StaticPool
+
+from portcullis.clock import Clock, SystemClock
+from portcullis.storage import sql_schema as t
+from portcullis.storage.base import StorageError
+from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.sql_storage import SQLStorage
+
+# Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
+_BEGIN_MODE = "portcullis_sqlite_begin"
+_DUPLICATE_KEY_ERRORS = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
+_SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+MEMORY = ":memory:"
+
+
+def _create_private_file(path: str) -> None:
+    """Create the database 0600 before SQLite does: it holds private signing keys. SQLite gives
+    its -wal and -shm files the same mode as the database file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _on_begin(conn: sa.Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SQLiteStorage(SQLStorage):
+    """Storage in one SQLite file, migrated to the current schema when opened.
+
+    ``path`` may be ``":memory:"`` for a private in-process database (one shared connection,
+    serialised by a lock); that is for tests only, like the memory backend.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "FULL",
+        clock: Clock | None = None,
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
+        self.path = path
+        self._in_memory = path == MEMORY
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._synchronous = synchronous.upper()
+        if not self._in_memory:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise StorageError(f"sqlite3 file {path!r}: directory {parent!r} does not exist")
+            _create_private_file(path)
+        engine_args: dict[str, Any] = {}
+        if self._in_memory:
+            engine_args["poolclass"] = StaticPool
+        self._engine = sa.create_engine(
+            sa.URL.create("sqlite+pysqlite", database=path),
+            # Parameters can be token hashes or connector data: keep them out of error messages.
+            hide_parameters=True,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            **engine_args,
+        )
+        # One shared connection in memory mode: transactions from two threads must not mix.
+        self._serial: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self._in_memory else contextlib.nullcontext()
+        )
+        sa.event.listen(self._engine, "connect", self._on_connect)
+        sa.event.listen(self._engine, "begin", _on_begin)
+        try:
+            with self._write() as conn:
+                self.applied_migrations = apply_migrations(
+                    conn, load_migrations("sqlite"), (clock or SystemClock()).now()
+                )
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def _on_connect(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            if not self._in_memory:
+                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(
+                        f"sqlite3 file {self.path!r}: cannot enable WAL journal (got {mode!r}); "
+                        "is it on a network filesystem?"
+                    )
+            cursor.execute(f"PRAGMA synchronous = {self._synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    # -- dialect hooks -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.DBAPIError as exc:
+            raise StorageError(f"sqlite3 {self.path}: {exc.orig}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, begin_mode: str) -> Iterator[sa.Connection]:
+        with self._serial, self._translate_errors(), self._engine.connect() as conn:
+            conn.execution_options(**{_BEGIN_MODE: begin_mode})
+            with conn.begin():
+                yield conn
+
+    def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return self._transaction("DEFERRED")
+
+    def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return self._transaction("IMMEDIATE")
+
+    def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
+        return getattr(error.orig, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS
+
+    def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
+        rv = t.revoked_tokens
+        stmt = sqlite_insert(rv).values(jti=jti, expiry=expiry)
+        later = sa.case(
+            (stmt.excluded.expiry > rv.c.expiry, stmt.excluded.expiry), else_=rv.c.expiry
+        )
+        return stmt.on_conflict_do_update(index_elements=[rv.c.jti], set_={"expiry": later})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self._engine.dispose()
