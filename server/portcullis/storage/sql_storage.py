@@ -64,13 +64,13 @@ class SQLStorage(Storage):
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
 
     # -- generic helpers ---------------------------------------------------------------------
-    def _insert(self, table: sa.Table, row: Mapping[Any, Any], key: str) -> None:
+    def _insert(self, table: sa.Table, row: Mapping[Any, Any]) -> None:
         with self._write() as conn:
             try:
                 conn.execute(table.insert().values(**row))
             except sa.exc.IntegrityError as exc:
                 if self._is_duplicate_key(exc):
-                    raise AlreadyExistsError(f"{table.name}: {key}") from None
+                    raise AlreadyExistsError(f"{table.name}: record already exists") from None
                 raise
 
     @staticmethod
@@ -82,7 +82,7 @@ class SQLStorage(Storage):
             query = query.with_for_update()
         row = conn.execute(query).mappings().first()
         if row is None:
-            raise NotFoundError(f"{table.name}: {key}")
+            raise NotFoundError(f"{table.name}: record not found")
         return row
 
     def _get(
@@ -119,8 +119,7 @@ class SQLStorage(Storage):
             row = encode(new)
             if row[key_col.name] != key:
                 raise ValueError(
-                    f"{table.name}: updater changed the record key {key!r} to "
-                    f"{row[key_col.name]!r}; create a new record instead"
+                    f"{table.name}: updater changed the record key; create a new record instead"
                 )
             conn.execute(sa.update(table).where(key_col == key).values(**row))
             return new
@@ -128,7 +127,7 @@ class SQLStorage(Storage):
     def _delete(self, table: sa.Table, key_col: sa.Column[Any], key: str) -> None:
         with self._write() as conn:
             if conn.execute(sa.delete(table).where(key_col == key)).rowcount == 0:
-                raise NotFoundError(f"{table.name}: {key}")
+                raise NotFoundError(f"{table.name}: record not found")
 
     def _delete_batch(self, table: sa.Table, key_col: sa.Column[Any], expired: Any, n: int) -> int:
         """Delete at most n expired rows in one short transaction (Dex #4979: no long GC lock)."""
@@ -143,7 +142,7 @@ class SQLStorage(Storage):
 
     # -- clients -----------------------------------------------------------------------------
     def create_client(self, client: Client) -> None:
-        self._insert(t.clients, rows.client_row(client), client.id)
+        self._insert(t.clients, rows.client_row(client))
 
     def get_client(self, client_id: str) -> Client:
         return self._get(t.clients, t.clients.c.id, client_id, rows.client_from)
@@ -161,7 +160,7 @@ class SQLStorage(Storage):
 
     # -- auth requests -----------------------------------------------------------------------
     def create_auth_request(self, request: AuthRequest) -> None:
-        self._insert(t.auth_requests, rows.auth_request_row(request), request.id)
+        self._insert(t.auth_requests, rows.auth_request_row(request))
 
     def get_auth_request(self, request_id: str) -> AuthRequest:
         return self._get(t.auth_requests, t.auth_requests.c.id, request_id, rows.auth_request_from)
@@ -183,7 +182,7 @@ class SQLStorage(Storage):
 
     # -- auth codes --------------------------------------------------------------------------
     def create_auth_code(self, code: AuthCode) -> None:
-        self._insert(t.auth_codes, rows.auth_code_row(code), code.id)
+        self._insert(t.auth_codes, rows.auth_code_row(code))
 
     def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
         codes = t.auth_codes
@@ -208,7 +207,7 @@ class SQLStorage(Storage):
 
     # -- refresh tokens ----------------------------------------------------------------------
     def create_refresh_token(self, token: RefreshToken) -> None:
-        self._insert(t.refresh_tokens, rows.refresh_token_row(token), token.id)
+        self._insert(t.refresh_tokens, rows.refresh_token_row(token))
 
     def get_refresh_token(self, token_id: str) -> RefreshToken:
         return self._get(t.refresh_tokens, t.refresh_tokens.c.id, token_id, rows.refresh_token_from)
@@ -246,7 +245,7 @@ class SQLStorage(Storage):
 
     # -- passwords ---------------------------------------------------------------------------
     def create_password(self, password: Password) -> None:
-        self._insert(t.passwords, rows.password_row(password), password.email)
+        self._insert(t.passwords, rows.password_row(password))
 
     def get_password(self, email: str) -> Password:
         pw = t.passwords

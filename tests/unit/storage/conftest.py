@@ -1,0 +1,156 @@
+"""The storage conformance fixtures: every backend in BACKENDS runs every conformance test.
+
+A new backend joins by adding one entry to BACKENDS (a name and a factory that opens a fresh,
+empty store in the test's temp dir). Sample records are built by the ``samples`` fixture so the
+tests stay independent of how pytest imports this directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from portcullis.storage.base import Storage
+from portcullis.storage.memory import MemoryStorage
+from portcullis.storage.models import (
+    PKCE,
+    AuthCode,
+    AuthRequest,
+    Client,
+    Identity,
+    Password,
+    RefreshToken,
+)
+from portcullis.storage.sqlite import SQLiteStorage
+
+BACKENDS: dict[str, Callable[[Path], Storage]] = {
+    "memory": lambda _tmp: MemoryStorage(),
+    "sqlite": lambda tmp: SQLiteStorage(str(tmp / "portcullis.db")),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    store = BACKENDS[request.param](tmp_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class Samples:
+    """Builders for records with every field set to a non-default, awkward value, so a backend
+    that drops or mangles a field fails the round-trip tests."""
+
+    @staticmethod
+    def identity(user_id: str = "user-1", **changes: object) -> Identity:
+        fields: dict[str, object] = {
+            "user_id": user_id,
+            "username": "Ålice Ünicode",
+            "preferred_username": "alice",
+            "email": "alice@example.com",
+            "email_verified": True,
+            "groups": ("admins", "dev ops", "ünïcode"),
+            # Not valid UTF-8 on purpose: connector data is opaque bytes.
+            "connector_data": b"\x00\xff\xfe{refresh: 'upstream'}\x80",
+        }
+        fields.update(changes)
+        return Identity(**fields)  # type: ignore[arg-type]
+
+    @staticmethod
+    def client(client_id: str = "example-app", **changes: object) -> Client:
+        fields: dict[str, object] = {
+            "id": client_id,
+            "secret_hash": "ab" * 32,
+            "redirect_uris": ("http://127.0.0.1:5555/callback", "https://app.example/cb"),
+            "trusted_peers": ("kubectl",),
+            "public": False,
+            "name": "Example App",
+            "logo_url": "https://app.example/logo.png",
+            "grant_types": ("authorization_code", "refresh_token"),
+            "response_types": ("code",),
+            "allowed_connectors": ("local", "mock"),
+            "id_token_ttl": 600.5,
+            "refresh_token_absolute_lifetime": None,
+        }
+        fields.update(changes)
+        return Client(**fields)  # type: ignore[arg-type]
+
+    def auth_request(self, request_id: str = "req-1", **changes: object) -> AuthRequest:
+        fields: dict[str, object] = {
+            "id": request_id,
+            "client_id": "example-app",
+            "response_types": ("code", "id_token"),
+            "scopes": ("openid", "email", "groups", "offline_access"),
+            "redirect_uri": "http://127.0.0.1:5555/callback",
+            "expiry": 1_700_000_600.25,
+            "nonce": "n-0S6_WzA2Mj",
+            "state": "af0ifjsldkj",
+            "force_approval_prompt": True,
+            "logged_in": True,
+            "identity": self.identity(),
+            "connector_id": "local",
+            "pkce": PKCE("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "S256"),
+            "auth_time": 1_700_000_000.5,
+            "browser_binding": "csrf-binding",
+        }
+        fields.update(changes)
+        return AuthRequest(**fields)  # type: ignore[arg-type]
+
+    def auth_code(self, code_id: str = "code-1", **changes: object) -> AuthCode:
+        fields: dict[str, object] = {
+            "id": code_id,
+            "client_id": "example-app",
+            "redirect_uri": "http://127.0.0.1:5555/callback",
+            "scopes": ("openid", "groups"),
+            "identity": self.identity(),
+            "connector_id": "local",
+            "expiry": 1_700_000_600.75,
+            "nonce": "nonce",
+            "pkce": PKCE("challenge", "plain"),
+            "auth_time": 1_700_000_000.5,
+        }
+        fields.update(changes)
+        return AuthCode(**fields)  # type: ignore[arg-type]
+
+    def refresh_token(self, token_id: str = "rt-1", **changes: object) -> RefreshToken:
+        fields: dict[str, object] = {
+            "id": token_id,
+            "token_hash": "cd" * 32,
+            "client_id": "example-app",
+            "connector_id": "local",
+            "identity": self.identity(),
+            "scopes": ("openid", "offline_access"),
+            "created_at": 1_700_000_000.125,
+            "last_used": 1_700_000_100.5,
+            "obsolete_token_hash": "ef" * 32,
+            "successor_sealed": "sealed-successor",
+            "nonce": "nonce",
+            "auth_time": 1_700_000_000.5,
+            "issued_by_code": "code-1",
+            "expires_at": 1_700_086_400.0,
+        }
+        fields.update(changes)
+        return RefreshToken(**fields)  # type: ignore[arg-type]
+
+    @staticmethod
+    def password(email: str = "Admin@Example.com", **changes: object) -> Password:
+        fields: dict[str, object] = {
+            "email": email,
+            "hash": "$2b$10$abcdefghijklmnopqrstuu0123456789abcdefghijklmnopqrstu",
+            "username": "admin",
+            "user_id": "08a8684b-db88-4b73-90a9-3cd1661f5466",
+            "name": "Admin Istrator",
+            "preferred_username": "admin",
+            "email_verified": False,
+            "groups": ("admins",),
+        }
+        fields.update(changes)
+        return Password(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def samples() -> Samples:
+    return Samples()
