@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from portcullis.storage.base import Storage
 from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import (
@@ -115,9 +114,9 @@ class Samples:
         fields.update(changes)
         return AuthCode(**fields)  # type: ignore[arg-type]
 
-    def refresh_token(self, token_id: str = "rt-1", **changes: object) -> RefreshToken:
+    def refresh_token(self, record_id: str = "rt-1", **changes: object) -> RefreshToken:
         fields: dict[str, object] = {
-            "id": token_id,
+            "id": record_id,
             "token_hash": "cd" * 32,
             "client_id": "example-app",
             "connector_id": "local",

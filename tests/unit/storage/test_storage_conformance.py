@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from portcullis.storage.base import (
     AlreadyExistsError,
     CodeReplayedError,
@@ -145,13 +144,13 @@ def test_failing_updater_leaves_record_untouched(
     record = kind.make(samples, "f@example.com")
     kind.create(storage, record)
 
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
     def updater(current: Any) -> Any:
-        raise Boom
+        raise BoomError
 
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         kind.update(storage, kind.key(record), updater)
     assert kind.get(storage, kind.key(record)) == record
 
@@ -257,9 +256,7 @@ def test_auth_code_missing_duplicate_and_delete(storage: Storage, samples: Any) 
 
 
 # -- refresh tokens --------------------------------------------------------------------------
-def test_list_refresh_tokens_filters_by_user_and_connector(
-    storage: Storage, samples: Any
-) -> None:
+def test_list_refresh_tokens_filters_by_user_and_connector(storage: Storage, samples: Any) -> None:
     tokens = [
         samples.refresh_token("t1", identity=samples.identity("u1"), connector_id="ldap"),
         samples.refresh_token(
