@@ -1,0 +1,317 @@
+"""The release manifest (``release/manifest.yaml``): the one place that says which image and which
+chart a release is, by digest.
+
+Why one file: the chart's default image, the Flux manifests in ``deploy/flux/`` and the docs are all
+generated from it, so they cannot drift apart (the failure mode of distributions whose docs pin a
+different digest than their pin files).
+
+Shape (other top-level sections, e.g. signatures written by later release steps, are kept
+verbatim on load/dump; ``image`` and ``chart`` are strict)::
+
+    development: false            # true only for the in-tree manifest before the first release
+    image:
+      repository: registry.example.com/portcullis/portcullis
+      tag: 0.1.0
+      digest: sha256:<64 hex>       # digest of the image index/manifest in the registry
+    chart:
+      repository: registry.example.com/portcullis/charts/portcullis   # OCI, no scheme
+      version: 0.1.0
+      digest: sha256:<64 hex>       # digest of the chart's OCI manifest (what Flux pins)
+
+Importable API (used by ``chart.py``, ``flux.py`` and the release/publish steps)::
+
+    load_manifest(path: Path = DEFAULT_MANIFEST) -> ReleaseManifest     # raises ManifestError
+    dump_manifest(manifest: ReleaseManifest, path: Path = DEFAULT_MANIFEST) -> None
+    manifest.with_image(digest=..., tag=...) / manifest.with_chart(digest=...)  -> new manifest
+    manifest.image.reference  -> "repo:tag@sha256:..."
+    manifest.chart.oci_url    -> "oci://repo"
+
+A development manifest may carry the all-zero placeholder digest; a release manifest may not
+(``ReleaseManifest.require_release()`` says which field is still a placeholder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "DEFAULT_MANIFEST",
+    "PLACEHOLDER_DIGEST",
+    "ChartRef",
+    "ImageRef",
+    "ManifestError",
+    "ReleaseManifest",
+    "dump_manifest",
+    "load_manifest",
+    "parse_manifest",
+    "register",
+    "render_manifest",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MANIFEST = REPO_ROOT / "release" / "manifest.yaml"
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A registry host (optional port) followed by at least one lowercase path component.
+_REPOSITORY_RE = re.compile(
+    r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+$"
+)
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Semantic Versioning 2.0.0 (Helm requires it for chart versions).
+_SEMVER_RE = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+)
+
+_HEADER = """\
+# Release manifest: which image and chart a Portcullis release is, by digest.
+# Read by `make chart`, `portcullis-release flux` (deploy/flux/) and the release steps;
+# written by the release pipeline. See scripts/portcullis_release/manifest.py.
+"""
+
+
+class ManifestError(ValueError):
+    """The release manifest is missing, unreadable or invalid; the message names the field."""
+
+
+def _check_digest(value: str) -> str:
+    if not _DIGEST_RE.match(value):
+        raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
+    return value
+
+
+def _check_repository(value: str) -> str:
+    if value.startswith(("oci://", "http://", "https://")):
+        raise ValueError("must not have a scheme (write host/path, e.g. 'ghcr.io/org/portcullis')")
+    if not _REPOSITORY_RE.match(value):
+        raise ValueError("must be a lowercase registry/path reference such as 'ghcr.io/org/name'")
+    return value
+
+
+def _check_tag(value: str) -> str:
+    if not _TAG_RE.match(value):
+        raise ValueError("must be a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
+    return value
+
+
+def _check_semver(value: str) -> str:
+    if not _SEMVER_RE.match(value):
+        raise ValueError("must be a semantic version such as '1.2.3' (Helm requires SemVer 2)")
+    return value
+
+
+Digest = Annotated[str, AfterValidator(_check_digest)]
+Repository = Annotated[str, AfterValidator(_check_repository)]
+Tag = Annotated[str, AfterValidator(_check_tag)]
+SemVer = Annotated[str, AfterValidator(_check_semver)]
+
+
+class ImageRef(BaseModel):
+    """The server image, as pushed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Repository
+    tag: Tag
+    digest: Digest
+
+    @property
+    def reference(self) -> str:
+        """``repository:tag@digest`` (the tag is informative, the digest decides)."""
+        return f"{self.repository}:{self.tag}@{self.digest}"
+
+
+class ChartRef(BaseModel):
+    """The Helm chart, as pushed to an OCI registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Repository
+    version: SemVer
+    digest: Digest
+
+    @property
+    def oci_url(self) -> str:
+        """The repository as Helm and Flux address it (``oci://host/path``)."""
+        return f"oci://{self.repository}"
+
+    @property
+    def name(self) -> str:
+        """The chart name (last path component; Helm derives it from Chart.yaml)."""
+        return self.repository.rsplit("/", 1)[-1]
+
+
+class ReleaseManifest(BaseModel):
+    """The whole manifest. Unknown top-level sections belong to other release steps and are
+    preserved; ``image`` and ``chart`` reject unknown keys so typos fail loudly."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    development: bool = Field(
+        default=False,
+        description="True for the in-tree manifest before the first release (placeholder digests).",
+    )
+    image: ImageRef
+    chart: ChartRef
+
+    def with_image(self, **changes: str) -> ReleaseManifest:
+        """A copy with some of ``repository``/``tag``/``digest`` of the image replaced."""
+        return self._replace("image", changes)
+
+    def with_chart(self, **changes: str) -> ReleaseManifest:
+        """A copy with some of ``repository``/``version``/``digest`` of the chart replaced."""
+        return self._replace("chart", changes)
+
+    def _replace(self, section: str, changes: dict[str, str]) -> ReleaseManifest:
+        data = self.to_data()
+        data[section] = {**data[section], **changes}
+        return parse_manifest(data, source=f"<{section} update>")
+
+    def placeholders(self) -> list[str]:
+        """Fields that still hold the placeholder digest (dotted paths)."""
+        return [
+            f"{section}.digest"
+            for section, ref in (("image", self.image), ("chart", self.chart))
+            if ref.digest == PLACEHOLDER_DIGEST
+        ]
+
+    def require_release(self) -> None:
+        """Raise ``ManifestError`` unless this is a real release (no development flag, no
+        placeholder digests): publishing or documenting a placeholder would mislead users."""
+        problems = []
+        if self.development:
+            problems.append("development: must be false for a release")
+        problems += [f"{field}: is the placeholder digest" for field in self.placeholders()]
+        if problems:
+            raise ManifestError("not a release manifest: " + "; ".join(problems))
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data in a stable key order (development, image, chart, then other sections)."""
+        data: dict[str, Any] = {
+            "development": self.development,
+            "image": self.image.model_dump(),
+            "chart": self.chart.model_dump(),
+        }
+        data.update(self.model_extra or {})
+        return data
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        lines.append(f"  {path}: {message.removeprefix('Value error, ')}")
+    return f"invalid release manifest {source}:\n" + "\n".join(lines)
+
+
+def parse_manifest(data: object, *, source: str = "<data>") -> ReleaseManifest:
+    """Validate already-parsed YAML data; errors name every offending field."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"invalid release manifest {source}: the top level must be a mapping")
+    try:
+        return ReleaseManifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_format_errors(exc, source)) from None
+
+
+def load_manifest(path: Path = DEFAULT_MANIFEST) -> ReleaseManifest:
+    """Read and validate a manifest file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"cannot read release manifest {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"release manifest {path} is not valid YAML: {exc}") from None
+    return parse_manifest(data, source=str(path))
+
+
+def render_manifest(manifest: ReleaseManifest) -> str:
+    """The file text for ``manifest`` (deterministic: same manifest, same bytes)."""
+    body = yaml.safe_dump(manifest.to_data(), sort_keys=False, default_flow_style=False)
+    return _HEADER + body
+
+
+def dump_manifest(manifest: ReleaseManifest, path: Path = DEFAULT_MANIFEST) -> None:
+    """Write ``manifest`` atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_manifest(manifest), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---- CLI: `portcullis-release manifest show|set` -------------------------------------------
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.require_release:
+            manifest.require_release()
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(render_manifest(manifest), end="")
+    return 0
+
+
+def _cmd_set(args: argparse.Namespace) -> int:
+    image = {k: v for k, v in (("tag", args.image_tag), ("digest", args.image_digest)) if v}
+    if args.image_repository:
+        image["repository"] = args.image_repository
+    chart = {k: v for k, v in (("version", args.chart_version), ("digest", args.chart_digest)) if v}
+    if args.chart_repository:
+        chart["repository"] = args.chart_repository
+    try:
+        manifest = load_manifest(args.manifest)
+        if image:
+            manifest = manifest.with_image(**image)
+        if chart:
+            manifest = manifest.with_chart(**chart)
+        if args.release:
+            manifest = parse_manifest({**manifest.to_data(), "development": False})
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    dump_manifest(manifest, args.manifest)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``manifest show`` and ``manifest set`` to the release CLI."""
+    parser = sub.add_parser("manifest", help="show or update release/manifest.yaml")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest path")
+    actions = parser.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+
+    show = actions.add_parser("show", help="validate and print the manifest")
+    show.add_argument(
+        "--require-release", action="store_true", help="fail on development/placeholder values"
+    )
+    show.set_defaults(handler=_cmd_show)
+
+    update = actions.add_parser("set", help="replace image/chart fields and rewrite the file")
+    update.add_argument("--image-repository")
+    update.add_argument("--image-tag")
+    update.add_argument("--image-digest")
+    update.add_argument("--chart-repository")
+    update.add_argument("--chart-version")
+    update.add_argument("--chart-digest")
+    update.add_argument(
+        "--release", action="store_true", help="mark as a release (clears `development`)"
+    )
+    update.set_defaults(handler=_cmd_set)
