@@ -58,6 +58,8 @@ def split_statements(text: str) -> tuple[str, ...]:
 def load_migrations(dialect: str) -> tuple[Migration, ...]:
     """The dialect's migrations in version order; versions must run 1, 2, 3... without gaps."""
     root = resources.files(__name__).joinpath(dialect)
+    if not root.is_dir():
+        raise MigrationError(f"no migrations found for dialect {dialect!r}")
     found: list[Migration] = []
     for entry in root.iterdir():
         match = _FILE_NAME.match(entry.name)

@@ -1,0 +1,101 @@
+"""One racing worker process for the multi-process SQLite tests (run as a script).
+
+Usage: storage_race_worker.py DB_PATH CODES INCREMENTS ROUNDS FAILURES
+
+Opens its own SQLiteStorage and prints "ready". Then, for each of four phases, it waits for a
+line on stdin (the parent releases every worker together: a barrier per phase), races the other
+workers on the same database file and prints one JSON line with what it won and when it ran.
+The parent checks that the union of all workers' results is what a serial execution gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from portcullis.storage.base import CodeReplayedError, RotationNotDueError
+from portcullis.storage.models import Keys, RefreshToken, SigningKey, VerificationKey
+from portcullis.storage.sqlite import SQLiteStorage
+
+
+def main() -> None:
+    path, codes, increments, rounds, failures = sys.argv[1], *map(int, sys.argv[2:6])
+    storage = SQLiteStorage(path)
+    print("ready", flush=True)
+    pid = os.getpid()
+
+    def phase(name: str, run: Callable[[], object]) -> None:
+        sys.stdin.readline()
+        started = time.monotonic()
+        outcome = run()
+        window = [started, time.monotonic()]
+        print(json.dumps({"phase": name, "pid": pid, "result": outcome, "window": window}))
+        sys.stdout.flush()
+
+    # 1. Every worker tries to consume every code; exactly one may win each.
+    def consume() -> object:
+        won, replayed = [], []
+        for i in range(codes):
+            try:
+                storage.consume_auth_code(f"code-{i}", 1000.0 + i)
+                won.append(i)
+            except CodeReplayedError:
+                replayed.append(i)
+        return {"won": won, "replayed": replayed}
+
+    # 2. Read-modify-write increments of one counter (last_used) must never be lost.
+    def increment() -> object:
+        def bump(token: RefreshToken) -> RefreshToken:
+            return dataclasses.replace(token, last_used=token.last_used + 1)
+
+        for _ in range(increments):
+            storage.update_refresh_token("counter", bump)
+        return increments
+
+    # 3. Key rotation: round r may rotate only if nobody rotated at a round >= r yet, so under
+    # serialisable updates every round rotates exactly once across all workers.
+    def rotate_rounds() -> object:
+        rotated = []
+        for r in range(1, rounds + 1):
+            now = r * 100.0
+
+            def rotate(keys: Keys, now: float = now, r: int = r) -> Keys:
+                if keys.next_rotation > now:
+                    raise RotationNotDueError("already rotated")
+                retired = (
+                    ()
+                    if keys.signing_key is None
+                    else (VerificationKey(keys.signing_key.jwk, 1e12),)
+                )
+                return Keys(
+                    SigningKey({"kid": f"round-{r}-pid-{pid}"}),
+                    keys.verification_keys + retired,
+                    now + 100.0,
+                )
+
+            try:
+                storage.update_keys(rotate)
+                rotated.append(r)
+            except RotationNotDueError:
+                pass
+        return rotated
+
+    # 4. Failed logins counted from several processes.
+    def fail_logins() -> object:
+        return [
+            storage.record_login_failure("ip:192.0.2.1", 5000.0, 3600.0) for _ in range(failures)
+        ]
+
+    phase("consume", consume)
+    phase("increment", increment)
+    phase("rotate", rotate_rounds)
+    phase("failures", fail_logins)
+    storage.close()
+
+
+if __name__ == "__main__":
+    main()
