@@ -56,7 +56,7 @@ class Samples:
             "connector_data": b"\x00\xff\xfe{refresh: 'upstream'}\x80",
         }
         fields.update(changes)
-        return Identity(**fields)  # type: ignore[arg-type]
+        return Identity(**fields)
 
     @staticmethod
     def client(client_id: str = "example-app", **changes: object) -> Client:
@@ -75,7 +75,7 @@ class Samples:
             "refresh_token_absolute_lifetime": None,
         }
         fields.update(changes)
-        return Client(**fields)  # type: ignore[arg-type]
+        return Client(**fields)
 
     def auth_request(self, request_id: str = "req-1", **changes: object) -> AuthRequest:
         fields: dict[str, object] = {
@@ -96,7 +96,7 @@ class Samples:
             "browser_binding": "csrf-binding",
         }
         fields.update(changes)
-        return AuthRequest(**fields)  # type: ignore[arg-type]
+        return AuthRequest(**fields)
 
     def auth_code(self, code_id: str = "code-1", **changes: object) -> AuthCode:
         fields: dict[str, object] = {
@@ -112,7 +112,7 @@ class Samples:
             "auth_time": 1_700_000_000.5,
         }
         fields.update(changes)
-        return AuthCode(**fields)  # type: ignore[arg-type]
+        return AuthCode(**fields)
 
     def refresh_token(self, record_id: str = "rt-1", **changes: object) -> RefreshToken:
         fields: dict[str, object] = {
@@ -132,7 +132,7 @@ class Samples:
             "expires_at": 1_700_086_400.0,
         }
         fields.update(changes)
-        return RefreshToken(**fields)  # type: ignore[arg-type]
+        return RefreshToken(**fields)
 
     @staticmethod
     def password(email: str = "Admin@Example.com", **changes: object) -> Password:
@@ -147,7 +147,7 @@ class Samples:
             "groups": ("admins",),
         }
         fields.update(changes)
-        return Password(**fields)  # type: ignore[arg-type]
+        return Password(**fields)
 
 
 @pytest.fixture
