@@ -1,1 +1,1 @@
-"""keys package."""
+"""Signing keys: generation, rotation, JWKS."""

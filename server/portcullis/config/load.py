@@ -1,0 +1,383 @@
+"""Load a Dex-format YAML file into a validated, resolved :class:`Config`.
+
+Every problem is collected and reported with its YAML path, so an operator fixes a file in one
+pass (`portcullis check-config`). Environment expansion follows Dex: ``$VAR``/``${VAR}`` inside
+``storage.config``, ``signer.config`` and ``connectors[].config``; ``idEnv``, ``secretEnv`` and
+``hashFromEnv`` read whole values from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from portcullis import passwords
+from portcullis.config.model import RawConfig, SQLiteConfig
+from portcullis.connectors.registry import CONNECTOR_TYPES, LOCAL_CONNECTOR_ID
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists each one as ``path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    id: str
+    secret: str  # clear text from config; hashed before it reaches storage
+    redirect_uris: tuple[str, ...]
+    trusted_peers: tuple[str, ...]
+    public: bool
+    name: str
+    logo_url: str
+    allowed_connectors: tuple[str, ...]
+    grant_types: tuple[str, ...]
+    response_types: tuple[str, ...]
+    id_token_ttl: float | None
+    refresh_token_lifetime: float | None
+
+
+@dataclass(frozen=True)
+class PasswordSpec:
+    email: str
+    hash: str
+    username: str
+    name: str
+    preferred_username: str
+    email_verified: bool
+    user_id: str
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    id: str
+    type: str
+    name: str
+    config: BaseModel | None
+
+
+@dataclass(frozen=True)
+class Config:
+    raw: RawConfig
+    source: str
+    clients: tuple[ClientSpec, ...]
+    passwords: tuple[PasswordSpec, ...]
+    connectors: tuple[ConnectorSpec, ...]
+    storage_config: BaseModel | None
+
+    @property
+    def issuer(self) -> str:
+        return self.raw.issuer.rstrip("/")
+
+    @property
+    def issuer_path(self) -> str:
+        """The path prefix every endpoint lives under ("" for a root issuer)."""
+        return urlsplit(self.issuer).path.rstrip("/")
+
+
+_ENV_PATTERN = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_env(value: Any, environ: Mapping[str, str]) -> Any:
+    """Expand $VAR and ${VAR} in every string of a nested structure (unset -> "", as Go's
+    os.ExpandEnv does)."""
+    if isinstance(value, str):
+        return _ENV_PATTERN.sub(lambda m: environ.get(m.group(1) or m.group(2), ""), value)
+    if isinstance(value, list):
+        return [expand_env(v, environ) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, environ) for k, v in value.items()}
+    return value
+
+
+def format_location(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = prefix + tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        message = item["msg"]
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key (not a Dex or Portcullis setting)"
+        elif kind == "missing":
+            message = "required"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        elif kind == "literal_error":
+            message = f"must be {message.removeprefix('Input should be ')}"
+        # Validators on a whole section report at that section's path.
+        problems.append(f"{format_location(loc)}: {message}")
+    return problems
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{source}: not valid YAML{where}: {exc}"]) from None
+    if not isinstance(document, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of settings"])
+    return document
+
+
+def parse_config(
+    text: str, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    env = os.environ if environ is None else environ
+    document = _parse_yaml(text, source)
+    if env.get("DEX_EXPAND_ENV", "true").lower() not in ("false", "0"):
+        for section in ("storage", "signer"):
+            if isinstance(document.get(section), dict) and "config" in document[section]:
+                document[section]["config"] = expand_env(document[section]["config"], env)
+        for connector in document.get("connectors") or []:
+            if isinstance(connector, dict) and "config" in connector:
+                connector["config"] = expand_env(connector["config"], env)
+    try:
+        raw = RawConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc)) from None
+    return _resolve(raw, source, env)
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(file), environ)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field resolution
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(raw: RawConfig, source: str, env: Mapping[str, str]) -> Config:
+    problems: list[str] = []
+    storage_config = _resolve_storage(raw, problems)
+    connectors = _resolve_connectors(raw, problems)
+    clients = _resolve_clients(raw, env, problems)
+    password_specs = _resolve_passwords(raw, env, problems)
+
+    connector_ids = {c.id for c in connectors}
+    if raw.enable_password_db:
+        connector_ids.add(LOCAL_CONNECTOR_ID)
+    if not connector_ids:
+        problems.append("connectors: no connector configured and enablePasswordDB is false")
+    if raw.oauth2.password_connector and raw.oauth2.password_connector not in connector_ids:
+        problems.append(
+            f"oauth2.passwordConnector: no connector with id {raw.oauth2.password_connector!r}"
+        )
+    for i, client in enumerate(clients):
+        for j, connector_id in enumerate(client.allowed_connectors):
+            if connector_id not in connector_ids:
+                problems.append(
+                    f"staticClients[{i}].allowedConnectors[{j}]: no connector with id "
+                    f"{connector_id!r}"
+                )
+    for j, grant in enumerate(raw.oauth2.grant_types):
+        if grant == "password" and not raw.oauth2.password_connector:
+            problems.append(
+                f"oauth2.grantTypes[{j}]: the password grant needs oauth2.passwordConnector"
+            )
+    if raw.web.https is None and raw.web.http and urlsplit(raw.issuer).scheme == "https":
+        # Behind a TLS-terminating proxy this is normal; nothing to report.
+        pass
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        raw=raw,
+        source=source,
+        clients=tuple(clients),
+        passwords=tuple(password_specs),
+        connectors=tuple(connectors),
+        storage_config=storage_config,
+    )
+
+
+def _resolve_storage(raw: RawConfig, problems: list[str]) -> BaseModel | None:
+    if raw.storage.type == "sqlite3":
+        try:
+            return SQLiteConfig.model_validate(raw.storage.config)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, ("storage", "config")))
+    elif raw.storage.config:
+        problems.append("storage.config: the memory storage takes no settings")
+    return None
+
+
+def _resolve_connectors(raw: RawConfig, problems: list[str]) -> list[ConnectorSpec]:
+    specs: list[ConnectorSpec] = []
+    seen: set[str] = set()
+    for i, connector in enumerate(raw.connectors):
+        if connector.id in seen or connector.id == LOCAL_CONNECTOR_ID and raw.enable_password_db:
+            problems.append(f"connectors[{i}].id: duplicate connector id {connector.id!r}")
+        seen.add(connector.id)
+        kind = CONNECTOR_TYPES.get(connector.type)
+        if kind is None:
+            problems.append(
+                f"connectors[{i}].type: connector type {connector.type!r} is not available in "
+                f"this Portcullis version (available: {', '.join(sorted(CONNECTOR_TYPES))})"
+            )
+            continue
+        config_model: BaseModel | None = None
+        try:
+            config_model = kind.config_model.model_validate(connector.config)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, ("connectors", i, "config")))
+        specs.append(ConnectorSpec(connector.id, connector.type, connector.name, config_model))
+    return specs
+
+
+def _from_env(env: Mapping[str, str], name: str, where: str, problems: list[str]) -> str:
+    value = env.get(name)
+    if value is None or value == "":
+        problems.append(f"{where}: environment variable {name} is not set or empty")
+        return ""
+    return value
+
+
+def _resolve_clients(
+    raw: RawConfig, env: Mapping[str, str], problems: list[str]
+) -> list[ClientSpec]:
+    specs: list[ClientSpec] = []
+    seen: set[str] = set()
+    for i, client in enumerate(raw.static_clients):
+        at = f"staticClients[{i}]"
+        if client.id and client.id_env:
+            problems.append(f"{at}.idEnv: set either id or idEnv, not both")
+        client_id = client.id or (
+            _from_env(env, client.id_env, f"{at}.idEnv", problems) if client.id_env else ""
+        )
+        if not client.id and not client.id_env:
+            problems.append(f"{at}.id: required (or idEnv)")
+        if client.secret is not None and client.secret_env:
+            problems.append(f"{at}.secretEnv: set either secret or secretEnv, not both")
+        secret = client.secret.get_secret_value() if client.secret is not None else ""
+        if client.secret_env:
+            secret = _from_env(env, client.secret_env, f"{at}.secretEnv", problems)
+        if not client.public and not secret:
+            problems.append(f"{at}.secret: required for a confidential client (or set public)")
+        if client.public and secret:
+            problems.append(f"{at}.secret: a public client must not have a secret")
+        if not client.public and not client.redirect_uris and (
+            not client.grant_types or "authorization_code" in client.grant_types
+        ):
+            problems.append(f"{at}.redirectURIs: a confidential client needs at least one")
+        if client_id in seen:
+            problems.append(f"{at}.id: duplicate client id {client_id!r}")
+        seen.add(client_id)
+        for j, grant in enumerate(client.grant_types):
+            if grant not in (*raw.oauth2.grant_types, *_default_grants(raw)):
+                problems.append(
+                    f"{at}.grantTypes[{j}]: {grant!r} is not enabled server-wide "
+                    "(oauth2.grantTypes)"
+                )
+        for j, response_type in enumerate(client.response_types):
+            if response_type not in raw.oauth2.response_types:
+                problems.append(
+                    f"{at}.responseTypes[{j}]: {response_type!r} is not enabled server-wide "
+                    "(oauth2.responseTypes)"
+                )
+        specs.append(
+            ClientSpec(
+                id=client_id,
+                secret=secret,
+                redirect_uris=tuple(client.redirect_uris),
+                trusted_peers=tuple(client.trusted_peers),
+                public=client.public,
+                name=client.name or client_id,
+                logo_url=client.logo_url,
+                allowed_connectors=tuple(client.allowed_connectors),
+                grant_types=tuple(client.grant_types),
+                response_types=tuple(client.response_types),
+                id_token_ttl=client.id_tokens_valid_for,
+                refresh_token_lifetime=client.refresh_token_lifetime,
+            )
+        )
+    known = {c.id for c in specs}
+    for i, client in enumerate(raw.static_clients):
+        for j, peer in enumerate(client.trusted_peers):
+            if peer not in known:
+                problems.append(
+                    f"staticClients[{i}].trustedPeers[{j}]: no static client with id {peer!r}"
+                )
+    return specs
+
+
+def _default_grants(raw: RawConfig) -> tuple[str, ...]:
+    """Grants enabled when oauth2.grantTypes is empty (Dex's defaults)."""
+    if raw.oauth2.grant_types:
+        return ()
+    grants = ["authorization_code", "refresh_token"]
+    if raw.oauth2.password_connector:
+        grants.append("password")
+    if any(t in raw.oauth2.response_types for t in ("token", "id_token")):
+        grants.append("implicit")
+    return tuple(grants)
+
+
+def _resolve_passwords(
+    raw: RawConfig, env: Mapping[str, str], problems: list[str]
+) -> list[PasswordSpec]:
+    specs: list[PasswordSpec] = []
+    seen: set[str] = set()
+    if raw.static_passwords and not raw.enable_password_db:
+        problems.append("staticPasswords: set enablePasswordDB: true to use static passwords")
+    for i, entry in enumerate(raw.static_passwords):
+        at = f"staticPasswords[{i}]"
+        if entry.hash is not None and entry.hash_from_env:
+            problems.append(f"{at}.hashFromEnv: set either hash or hashFromEnv, not both")
+        hashed = entry.hash.get_secret_value() if entry.hash is not None else ""
+        if entry.hash_from_env:
+            hashed = _from_env(env, entry.hash_from_env, f"{at}.hashFromEnv", problems)
+        field = "hashFromEnv" if entry.hash_from_env else "hash"
+        if not hashed:
+            if entry.hash is None and not entry.hash_from_env:
+                problems.append(f"{at}.hash: required (or hashFromEnv)")
+        else:
+            problem = passwords.check_hash_format(hashed)
+            if problem:
+                problems.append(f"{at}.{field}: {problem}")
+        if entry.email.lower() in seen:
+            problems.append(f"{at}.email: duplicate email {entry.email!r}")
+        seen.add(entry.email.lower())
+        specs.append(
+            PasswordSpec(
+                email=entry.email,
+                hash=hashed,
+                username=entry.username,
+                name=entry.name or entry.username,
+                preferred_username=entry.preferred_username,
+                email_verified=entry.email_verified,
+                user_id=entry.user_id,
+                groups=tuple(entry.groups),
+            )
+        )
+    return specs

@@ -1,0 +1,382 @@
+"""The configuration schema, in Dex's YAML format (camelCase keys).
+
+Every Dex 2.45 key is either implemented here or rejected with a message naming its YAML path:
+Portcullis never ignores a setting silently. Portcullis-only settings are marked as such in
+docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from portcullis.config.durations import parse_duration
+
+# --------------------------------------------------------------------------------------------
+# Reusable field types
+# --------------------------------------------------------------------------------------------
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, int | float):
+        # A bare number is ambiguous in Dex's format; demand a unit.
+        raise ValueError(f"not a duration: {value!r} (add a unit, e.g. '{value}s')")
+    if not isinstance(value, str):
+        raise ValueError("not a duration")
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def _absolute_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError("not an absolute URL")
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(_absolute_url(value))
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http or https URL")
+    return value
+
+
+def _redirect_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.fragment:
+        raise ValueError("must not contain a fragment (RFC 6749 §3.1.2)")
+    # Dex allows the out-of-band URN and relative device-callback paths for some clients.
+    if value in ("urn:ietf:wg:oauth:2.0:oob", "/device/callback"):
+        return value
+    return _absolute_url(value)
+
+
+def _listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("not a listen address (use host:port, e.g. 127.0.0.1:5556)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host and host not in ("localhost",):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not all(part.isalnum() or "-" in part for part in host.split(".")):
+                raise ValueError("not a listen address (use host:port)") from None
+    return value
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not an IP address or CIDR range") from None
+    return value
+
+
+AbsoluteURL = Annotated[str, AfterValidator(_absolute_url)]
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+CIDR = Annotated[str, AfterValidator(_cidr)]
+
+TLSVersion = Literal["1.2", "1.3"]
+GrantType = Literal[
+    "authorization_code",
+    "refresh_token",
+    "password",
+    "client_credentials",
+    "implicit",
+    "urn:ietf:params:oauth:grant-type:device_code",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+]
+ResponseType = Literal["code", "token", "id_token"]
+SigningAlgorithm = Literal["RS256", "PS256", "ES256", "ES384"]
+
+SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "password", "client_credentials")
+
+
+class Section(BaseModel):
+    """Base for every config section: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        str_strip_whitespace=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+class StorageSection(Section):
+    type: Literal["memory", "sqlite3", "postgres", "mysql", "etcd", "kubernetes"]
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> StorageSection:
+        if self.type in ("mysql", "etcd", "kubernetes", "postgres"):
+            raise ValueError(
+                f"storage type {self.type!r} is not supported by this Portcullis version "
+                "(supported: memory, sqlite3)"
+            )
+        return self
+
+
+class SQLiteConfig(Section):
+    file: str = Field(min_length=1)
+
+
+class ClientRemoteIP(Section):
+    header: str = ""
+    trusted_proxies: list[CIDR] = Field(default_factory=list)
+
+
+class SecurityHeaders(BaseModel):
+    """Response headers, keyed by header name exactly as Dex's config writes them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    content_security_policy: str | None = Field(None, alias="Content-Security-Policy")
+    x_frame_options: str | None = Field(None, alias="X-Frame-Options")
+    x_content_type_options: str | None = Field(None, alias="X-Content-Type-Options")
+    x_xss_protection: str | None = Field(None, alias="X-XSS-Protection")
+    strict_transport_security: str | None = Field(None, alias="Strict-Transport-Security")
+
+
+class PasswordThrottle(Section):
+    """Portcullis-only: limits on failed password logins inside a sliding window."""
+
+    max_failures_per_user: int = Field(5, ge=1)
+    max_failures_per_ip: int = Field(20, ge=1)
+    window: Duration = 900.0
+
+
+class WebSection(Section):
+    http: ListenAddress | None = None
+    https: ListenAddress | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_min_version: TLSVersion | None = None
+    tls_max_version: TLSVersion | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_headers: list[str] = Field(default_factory=list)
+    client_remote_ip: ClientRemoteIP = Field(
+        default_factory=lambda: ClientRemoteIP(), alias="clientRemoteIP"
+    )
+    headers: SecurityHeaders = Field(default_factory=lambda: SecurityHeaders())
+    password_throttle: PasswordThrottle = Field(default_factory=lambda: PasswordThrottle())
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> WebSection:
+        if not self.http and not self.https:
+            raise ValueError("one of web.http or web.https is required")
+        if self.https and not (self.tls_cert and self.tls_key):
+            raise ValueError("web.https needs web.tlsCert and web.tlsKey")
+        if (
+            self.tls_min_version
+            and self.tls_max_version
+            and self.tls_min_version > self.tls_max_version
+        ):
+            raise ValueError("web.tlsMinVersion is greater than web.tlsMaxVersion")
+        return self
+
+
+class TelemetrySection(Section):
+    http: ListenAddress | None = None
+    enable_profiling: Literal[False] = False
+
+
+class GRPCSection(Section):
+    addr: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = Field(None, alias="tlsClientCA")
+    tls_min_version: TLSVersion | None = None
+    tls_max_version: TLSVersion | None = None
+    reflection: bool = False
+
+    @model_validator(mode="after")
+    def _not_yet(self) -> GRPCSection:
+        if self.addr:
+            raise ValueError("the gRPC admin API is not available in this Portcullis version")
+        return self
+
+
+class RefreshTokenExpiry(Section):
+    disable_rotation: bool = False
+    reuse_interval: Duration = 3.0
+    valid_if_not_used_for: Duration = 0.0  # 0 = no idle limit (Dex default)
+    absolute_lifetime: Duration = 0.0  # 0 = no absolute limit (Dex default)
+
+
+class ExpirySection(Section):
+    signing_keys: Duration | None = None  # deprecated in Dex: signer.config.keysRotationPeriod
+    id_tokens: Duration = 24 * 3600.0
+    auth_requests: Duration = 24 * 3600.0
+    device_requests: Duration = 300.0
+    auth_codes: Duration = 600.0  # Portcullis-only (Dex hard-codes 30 minutes)
+    refresh_tokens: RefreshTokenExpiry = Field(default_factory=lambda: RefreshTokenExpiry())
+
+    @field_validator("id_tokens", "auth_requests", "auth_codes")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+
+class PKCESection(Section):
+    enforce: bool = False
+    code_challenge_methods_supported: list[Literal["S256", "plain"]] = Field(
+        default_factory=lambda: ["S256", "plain"], min_length=1
+    )
+
+
+class OAuth2Section(Section):
+    grant_types: list[GrantType] = Field(default_factory=list)
+    response_types: list[ResponseType] = Field(default_factory=lambda: ["code"], min_length=1)
+    skip_approval_screen: bool = False
+    always_show_login_screen: bool = False
+    password_connector: str = ""
+    pkce: PKCESection = Field(default_factory=lambda: PKCESection())
+
+    @field_validator("grant_types")
+    @classmethod
+    def _implemented(cls, value: list[str]) -> list[str]:
+        for grant in value:
+            if grant not in (*SUPPORTED_GRANT_TYPES, "implicit"):
+                raise ValueError(
+                    f"grant type {grant!r} is not available in this Portcullis version "
+                    f"(supported: {', '.join(SUPPORTED_GRANT_TYPES)}, implicit)"
+                )
+        return value
+
+
+class LocalSignerConfig(Section):
+    keys_rotation_period: Duration = 6 * 3600.0
+    algorithm: SigningAlgorithm = "RS256"
+
+    @field_validator("keys_rotation_period")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 60:
+            raise ValueError("must be at least 1m")
+        return value
+
+
+class SignerSection(Section):
+    type: Literal["local", "vault"] = "local"
+    config: LocalSignerConfig = Field(default_factory=lambda: LocalSignerConfig())
+
+    @model_validator(mode="after")
+    def _local_only(self) -> SignerSection:
+        if self.type != "local":
+            raise ValueError("signer type 'vault' is not available in this Portcullis version")
+        return self
+
+
+class ConnectorSection(Section):
+    type: str = Field(min_length=1)
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class StaticClient(Section):
+    id: str | None = None
+    id_env: str | None = None
+    secret: SecretStr | None = None
+    secret_env: str | None = None
+    redirect_uris: list[RedirectURI] = Field(default_factory=list, alias="redirectURIs")
+    trusted_peers: list[str] = Field(default_factory=list)
+    public: bool = False
+    name: str = ""
+    logo_url: str = Field("", alias="logoURL")
+    # Dex master / Portcullis additions.
+    allowed_connectors: list[str] = Field(default_factory=list)
+    grant_types: list[GrantType] = Field(default_factory=list)
+    response_types: list[ResponseType] = Field(default_factory=list)
+    id_tokens_valid_for: Duration | None = None
+    refresh_token_lifetime: Duration | None = None
+
+
+class StaticPassword(Section):
+    email: str = Field(min_length=3)
+    hash: SecretStr | None = None
+    hash_from_env: str | None = None
+    username: str = Field(min_length=1)
+    name: str = ""
+    preferred_username: str = ""
+    email_verified: bool = True
+    user_id: str = Field(min_length=1, alias="userID")
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if "@" not in value or value.startswith("@") or value.endswith("@"):
+            raise ValueError("not an email address")
+        return value
+
+
+class FrontendSection(Section):
+    dir: str = ""
+    issuer: str = "Portcullis"
+    logo_url: str = Field("", alias="logoURL")
+    theme: str = "light"
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class LoggerSection(Section):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    exclude_fields: list[str] = Field(default_factory=list)
+
+
+class RawConfig(Section):
+    """The document as written (after ${ENV} expansion), before cross-field resolution."""
+
+    issuer: HttpURL
+    storage: StorageSection
+    web: WebSection
+    telemetry: TelemetrySection = Field(default_factory=lambda: TelemetrySection())
+    grpc: GRPCSection = Field(default_factory=lambda: GRPCSection())
+    expiry: ExpirySection = Field(default_factory=lambda: ExpirySection())
+    oauth2: OAuth2Section = Field(default_factory=lambda: OAuth2Section())
+    signer: SignerSection = Field(default_factory=lambda: SignerSection())
+    connectors: list[ConnectorSection] = Field(default_factory=list)
+    static_clients: list[StaticClient] = Field(default_factory=list)
+    enable_password_db: bool = Field(False, alias="enablePasswordDB")
+    static_passwords: list[StaticPassword] = Field(default_factory=list)
+    frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
+    logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query or fragment (OIDC Discovery §3)")
+        return value

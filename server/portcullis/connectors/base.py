@@ -1,0 +1,66 @@
+"""The connector contract: how an upstream identity provider plugs into the issuer.
+
+Three styles, as in Dex: *password* connectors check a username and password themselves
+(local DB, LDAP); *callback* connectors send the browser upstream and finish on /callback
+(OIDC, OAuth2, GitHub, SAML...); either may also *refresh*, re-checking the user upstream when a
+refresh token is used so that upstream removals and group changes bite.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from portcullis.storage.models import Identity
+
+
+@dataclass(frozen=True)
+class Scopes:
+    """What the client asked for that changes what a connector must fetch."""
+
+    offline_access: bool = False
+    groups: bool = False
+
+
+class ConnectorError(Exception):
+    """Upstream failed or refused; the message is safe to show to the user."""
+
+
+class Connector(ABC):
+    def __init__(self, connector_id: str, name: str, connector_type: str) -> None:
+        self.id = connector_id
+        self.name = name
+        self.type = connector_type
+
+    @property
+    def dev_only(self) -> bool:
+        """True for connectors that must never run in production (shown in the UI and logs)."""
+        return False
+
+
+class PasswordConnector(Connector):
+    #: Label of the username field on the login form ("Email Address", "Username", ...).
+    prompt: str = "Username"
+
+    @abstractmethod
+    async def login(self, scopes: Scopes, username: str, password: str) -> Identity | None:
+        """The identity, or None for wrong credentials (never say which part was wrong)."""
+
+
+class CallbackConnector(Connector):
+    @abstractmethod
+    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> str:
+        """Where to send the browser; upstream comes back to callback_url with state."""
+
+    @abstractmethod
+    async def handle_callback(self, scopes: Scopes, params: Mapping[str, str]) -> Identity:
+        """Finish the upstream login from the callback's query parameters."""
+
+
+class RefreshConnector(ABC):
+    """Mixin for connectors that can re-validate a user when a refresh token is used."""
+
+    @abstractmethod
+    async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
+        """The user's current identity; raise ConnectorError if they may no longer log in."""

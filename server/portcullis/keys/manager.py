@@ -1,0 +1,199 @@
+"""Signing keys: generation, rotation shared by every replica, the cached JWKS document.
+
+Keys live in storage so every worker process and replica signs with the same key. Rotation is one
+``Storage.update_keys`` transaction that re-checks whether it is still due, so two replicas racing
+never both rotate (the loser aborts with RotationNotDueError). Retired public keys stay in /keys
+until every token they signed has expired.
+
+Parsed key objects and the serialized JWKS are cached per process and refreshed from storage at
+most every ``refresh_interval`` seconds: the hot paths never parse PEM/JWK per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from portcullis.clock import Clock
+from portcullis.storage.base import RotationNotDueError, Storage
+from portcullis.storage.models import Keys, SigningKey, VerificationKey
+
+SigningKeyObject = RSAKey | ECKey
+
+# Public JWK members per key type (what /keys publishes).
+_PUBLIC_MEMBERS = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y")}
+_HASH_FOR_ALG = {"RS256": "sha256", "PS256": "sha256", "ES256": "sha256", "ES384": "sha384"}
+
+
+def generate_signing_key(algorithm: str) -> dict[str, Any]:
+    """A new private JWK for algorithm, with kid (RFC 7638 thumbprint), alg and use."""
+    key: SigningKeyObject
+    if algorithm in ("RS256", "PS256"):
+        key = RSAKey.generate_key(2048, private=True)
+    elif algorithm == "ES256":
+        key = ECKey.generate_key("P-256", private=True)
+    elif algorithm == "ES384":
+        key = ECKey.generate_key("P-384", private=True)
+    else:
+        raise ValueError(f"unsupported signing algorithm {algorithm!r}")
+    jwk = dict(key.as_dict(private=True))
+    jwk["kid"] = key.thumbprint()
+    jwk["alg"] = algorithm
+    jwk["use"] = "sig"
+    return jwk
+
+
+def public_jwk(private: dict[str, Any]) -> dict[str, Any]:
+    members = _PUBLIC_MEMBERS[private["kty"]]
+    public = {m: private[m] for m in members}
+    public.update(kid=private["kid"], alg=private["alg"], use="sig")
+    return public
+
+
+def hash_for_algorithm(algorithm: str) -> str:
+    return _HASH_FOR_ALG[algorithm]
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One immutable snapshot of the key set, ready for the hot paths."""
+
+    signing_kid: str
+    algorithm: str
+    signing_key: SigningKeyObject
+    verification_set: KeySet
+    jwks_body: bytes
+    jwks_etag: str
+    next_rotation: float
+    fingerprint: tuple[str, ...]
+
+
+def _fingerprint(keys: Keys) -> tuple[str, ...]:
+    signing = keys.signing_key.jwk["kid"] if keys.signing_key else ""
+    return (signing, repr(keys.next_rotation), *(v.jwk["kid"] for v in keys.verification_keys))
+
+
+class KeyManager:
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        *,
+        algorithm: str,
+        rotation_period: float,
+        max_token_lifetime: float,
+        refresh_interval: float = 5.0,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._algorithm = algorithm
+        self._rotation_period = rotation_period
+        self._max_token_lifetime = max_token_lifetime
+        self._refresh_interval = refresh_interval
+        self._lock = threading.Lock()
+        self._state: KeyState | None = None
+        self._loaded_at = 0.0
+
+    # -- rotation ----------------------------------------------------------------------------
+    def rotate_if_due(self, *, force: bool = False) -> bool:
+        """Rotate when the schedule says so (or force). Returns True if this call rotated."""
+        now = self._clock.now()
+
+        def updater(keys: Keys) -> Keys:
+            due = keys.signing_key is None or now >= keys.next_rotation
+            if not (due or force):
+                raise RotationNotDueError("another replica rotated already")
+            retired = list(keys.verification_keys)
+            if keys.signing_key is not None:
+                retired.append(
+                    VerificationKey(
+                        jwk=public_jwk(keys.signing_key.jwk),
+                        # Tokens signed up to now stay valid for at most the longest lifetime.
+                        expiry=now + self._max_token_lifetime,
+                    )
+                )
+            return Keys(
+                signing_key=SigningKey(jwk=generate_signing_key(self._algorithm)),
+                verification_keys=tuple(k for k in retired if k.expiry > now),
+                next_rotation=now + self._rotation_period,
+            )
+
+        try:
+            self._storage.update_keys(updater)
+        except RotationNotDueError:
+            return False
+        self.reload()
+        return True
+
+    # -- cached state ------------------------------------------------------------------------
+    def reload(self) -> KeyState:
+        keys = self._storage.get_keys()
+        if keys.signing_key is None:
+            raise RuntimeError("no signing key in storage yet; rotate_if_due() first")
+        state = self._build_state(keys)
+        with self._lock:
+            self._state = state
+            self._loaded_at = self._clock.now()
+        return state
+
+    def current(self) -> KeyState:
+        """The cached state, re-read from storage when older than refresh_interval so a
+        rotation by another replica shows up within seconds."""
+        state = self._state
+        if state is None or self._clock.now() - self._loaded_at >= self._refresh_interval:
+            previous = state
+            keys = self._storage.get_keys()
+            if previous is not None and _fingerprint(keys) == previous.fingerprint:
+                with self._lock:
+                    self._loaded_at = self._clock.now()
+                return previous
+            if keys.signing_key is None:
+                if previous is not None:
+                    return previous
+                raise RuntimeError("no signing key in storage")
+            state = self._build_state(keys)
+            with self._lock:
+                self._state = state
+                self._loaded_at = self._clock.now()
+        return state
+
+    @staticmethod
+    def _build_state(keys: Keys) -> KeyState:
+        assert keys.signing_key is not None
+        private = keys.signing_key.jwk
+        algorithm = private["alg"]
+        signing_key: SigningKeyObject = (
+            RSAKey.import_key(private) if private["kty"] == "RSA" else ECKey.import_key(private)
+        )
+        public = [public_jwk(private)] + [v.jwk for v in keys.verification_keys]
+        verification_set = KeySet.import_key_set({"keys": public})
+        body = json.dumps({"keys": public}, indent=2, sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return KeyState(
+            signing_kid=private["kid"],
+            algorithm=algorithm,
+            signing_key=signing_key,
+            verification_set=verification_set,
+            jwks_body=body,
+            jwks_etag=etag,
+            next_rotation=keys.next_rotation,
+            fingerprint=_fingerprint(keys),
+        )
+
+    # -- signing -----------------------------------------------------------------------------
+    def sign(self, claims: dict[str, Any]) -> str:
+        state = self.current()
+        header = {"alg": state.algorithm, "kid": state.signing_kid, "typ": "JWT"}
+        return jwt.encode(header, claims, state.signing_key, algorithms=[state.algorithm])
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Signature check against every published key; claims are the caller's job."""
+        state = self.current()
+        decoded = jwt.decode(token, state.verification_set, algorithms=list(_HASH_FOR_ALG))
+        return dict(decoded.claims)

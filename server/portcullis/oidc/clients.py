@@ -1,0 +1,88 @@
+"""Client lookup (static clients from config over clients in storage) and authentication."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from urllib.parse import unquote_plus
+
+from portcullis.oidc.errors import OAuthError, invalid_client, invalid_request
+from portcullis.storage.base import NotFoundError, Storage
+from portcullis.storage.models import Client
+
+
+def hash_client_secret(secret: str) -> str:
+    """Client secrets are high-entropy, so a fast digest suffices and keeps /token fast
+    (notes/performance.md: never put a slow password hash on the token path)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ClientRegistry:
+    def __init__(self, storage: Storage, static_clients: Iterable[Client]) -> None:
+        self._storage = storage
+        self._static = {c.id: c for c in static_clients}
+
+    def get(self, client_id: str) -> Client | None:
+        client = self._static.get(client_id)
+        if client is not None:
+            return client
+        try:
+            return self._storage.get_client(client_id)
+        except NotFoundError:
+            return None
+
+    def all(self) -> list[Client]:
+        stored = {c.id: c for c in self._storage.list_clients()}
+        stored.update(self._static)
+        return [stored[k] for k in sorted(stored)]
+
+    # -- authentication ----------------------------------------------------------------------
+    def authenticate(
+        self, authorization: str | None, form: Mapping[str, str], *, allow_public: bool
+    ) -> Client:
+        """client_secret_basic or client_secret_post (RFC 6749 §2.3.1); a public client only
+        identifies itself with client_id where allow_public says the endpoint permits it."""
+        client_id, secret, method = _credentials(authorization, form)
+        if not client_id:
+            raise invalid_client("client authentication is required")
+        client = self.get(client_id)
+        if client is None:
+            # Same work as a real check, same answer: do not reveal which ids exist.
+            hmac.compare_digest(hash_client_secret(secret or "-"), "0" * 64)
+            raise invalid_client()
+        if client.public:
+            if not allow_public:
+                raise OAuthError(
+                    "unauthorized_client", "public clients cannot use this endpoint", status=400
+                )
+            return client
+        if method == "none" or not secret:
+            raise invalid_client("client secret required")
+        if not hmac.compare_digest(hash_client_secret(secret), client.secret_hash):
+            raise invalid_client()
+        return client
+
+
+def _credentials(
+    authorization: str | None, form: Mapping[str, str]
+) -> tuple[str, str | None, str]:
+    form_id = form.get("client_id", "")
+    form_secret = form.get("client_secret")
+    if authorization and authorization[:6].lower() == "basic ":
+        if form_secret:
+            raise invalid_request("use one client authentication method, not two")
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            raw_id, _, raw_secret = decoded.partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise invalid_client("malformed Basic authorization header") from None
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        if form_id and form_id != client_id:
+            raise invalid_request("client_id does not match the Basic credentials")
+        return client_id, secret, "basic"
+    if form_secret is not None:
+        return form_id, form_secret, "post"
+    return form_id, None, "none"

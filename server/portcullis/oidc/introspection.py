@@ -1,0 +1,143 @@
+"""Token introspection (RFC 7662), revocation (RFC 7009) and userinfo: everything that reads
+back a token the issuer minted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from joserfc.errors import JoseError
+
+from portcullis.clock import Clock
+from portcullis.oidc.clients import ClientRegistry
+from portcullis.oidc.errors import OAuthError, invalid_request
+from portcullis.oidc.tokens import TokenMinter, parse_refresh_token, secret_matches
+from portcullis.storage.base import NotFoundError, Storage
+from portcullis.storage.models import Client, RefreshToken
+
+# Claims that describe the token rather than the user; userinfo leaves them out.
+_TOKEN_CLAIMS = {"iss", "aud", "exp", "iat", "nbf", "jti", "azp", "scope", "client_id", "at_hash"}
+
+
+class TokenReader:
+    def __init__(
+        self,
+        issuer: str,
+        storage: Storage,
+        clients: ClientRegistry,
+        minter: TokenMinter,
+        clock: Clock,
+    ) -> None:
+        self._issuer = issuer
+        self._storage = storage
+        self._clients = clients
+        self._minter = minter
+        self._clock = clock
+
+    # -- JWT access tokens ------------------------------------------------------------------
+    def _jwt_claims(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
+        """Claims of a valid, unrevoked JWT this issuer signed, else None."""
+        if token.count(".") != 2:
+            return None
+        try:
+            claims = self._minter.keys.verify(token)
+        except (JoseError, ValueError):
+            return None
+        if claims.get("iss") != self._issuer:
+            return None
+        if check_expiry and not isinstance(claims.get("exp"), int | float):
+            return None
+        if check_expiry and claims["exp"] <= self._clock.now():
+            return None
+        jti = claims.get("jti")
+        if isinstance(jti, str) and self._storage.is_token_revoked(jti):
+            return None
+        return claims
+
+    def _refresh_token(self, token: str) -> RefreshToken | None:
+        parsed = parse_refresh_token(token)
+        if parsed is None:
+            return None
+        try:
+            record = self._storage.get_refresh_token(parsed[0])
+        except NotFoundError:
+            return None
+        if not secret_matches(parsed[1], record.token_hash):
+            return None
+        if record.expires_at and record.expires_at < self._clock.now():
+            return None
+        return record
+
+    # -- RFC 7662 ---------------------------------------------------------------------------
+    def introspect(self, caller: Client, form: Mapping[str, str]) -> dict[str, Any]:
+        token = form.get("token", "")
+        if not token:
+            raise invalid_request("the token parameter is missing")
+        hint = form.get("token_type_hint", "")
+        order = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
+        for kind in order:
+            if kind == "access":
+                claims = self._jwt_claims(token)
+                if claims is not None:
+                    return {"active": True, "token_type": "Bearer", **claims}
+            else:
+                record = self._refresh_token(token)
+                # Refresh tokens are the client's own credentials: only it may inspect them.
+                if record is not None and record.client_id == caller.id:
+                    result: dict[str, Any] = {
+                        "active": True,
+                        "token_type": "refresh_token",
+                        "client_id": record.client_id,
+                        "scope": " ".join(record.scopes),
+                        "iat": int(record.created_at),
+                        "iss": self._issuer,
+                    }
+                    if record.expires_at:
+                        result["exp"] = int(record.expires_at)
+                    return result
+        return {"active": False}
+
+    # -- RFC 7009 ---------------------------------------------------------------------------
+    def revoke(self, caller: Client, form: Mapping[str, str]) -> None:
+        """Revoke a refresh token family or an access/ID token. Unknown tokens are not an
+        error (RFC 7009 §2.2), and tokens of other clients are left alone silently."""
+        token = form.get("token", "")
+        if not token:
+            raise invalid_request("the token parameter is missing")
+        hint = form.get("token_type_hint", "")
+        if hint and hint not in ("access_token", "refresh_token"):
+            raise OAuthError("unsupported_token_type", f"token_type_hint {hint!r} is not supported")
+        parsed = parse_refresh_token(token)
+        if parsed is not None:
+            try:
+                record = self._storage.get_refresh_token(parsed[0])
+            except NotFoundError:
+                return
+            owns = record.client_id == caller.id
+            knows = secret_matches(parsed[1], record.token_hash) or secret_matches(
+                parsed[1], record.obsolete_token_hash
+            )
+            if owns and knows:
+                try:
+                    self._storage.delete_refresh_token(record.id)
+                except NotFoundError:
+                    pass
+            return
+        claims = self._jwt_claims(token, check_expiry=False)
+        if claims is None:
+            return
+        audiences = claims.get("aud")
+        audience_list = audiences if isinstance(audiences, list) else [audiences]
+        if caller.id in (claims.get("client_id"), claims.get("azp"), *audience_list):
+            jti = claims.get("jti")
+            exp = claims.get("exp")
+            if isinstance(jti, str) and isinstance(exp, int | float):
+                self._storage.revoke_token(jti, float(exp))
+
+    # -- userinfo ---------------------------------------------------------------------------
+    def userinfo(self, access_token: str) -> dict[str, Any] | None:
+        claims = self._jwt_claims(access_token)
+        if claims is None or "client_id" not in claims:
+            # ID tokens carry no client_id claim and are not access tokens.
+            return None
+        return {k: v for k, v in claims.items() if k not in _TOKEN_CLAIMS}

@@ -1,0 +1,96 @@
+"""The OpenID provider: one object wiring settings, storage, keys, clients and connectors into the
+protocol pieces (authorization flow, token endpoint, token reader). Built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from portcullis.clock import Clock
+from portcullis.config.load import Config
+from portcullis.connectors.base import Connector
+from portcullis.keys.manager import KeyManager
+from portcullis.oidc.authorize import AuthorizationFlow
+from portcullis.oidc.clients import ClientRegistry, hash_client_secret
+from portcullis.oidc.discovery import discovery_document, render
+from portcullis.oidc.grants import TokenEndpoint
+from portcullis.oidc.introspection import TokenReader
+from portcullis.oidc.settings import ProtocolSettings
+from portcullis.oidc.throttle import LoginThrottle
+from portcullis.oidc.tokens import TokenMinter
+from portcullis.storage.base import Storage
+from portcullis.storage.models import Client
+
+
+def static_clients(config: Config) -> list[Client]:
+    return [
+        Client(
+            id=spec.id,
+            secret_hash=hash_client_secret(spec.secret) if spec.secret else "",
+            redirect_uris=spec.redirect_uris,
+            trusted_peers=spec.trusted_peers,
+            public=spec.public,
+            name=spec.name,
+            logo_url=spec.logo_url,
+            grant_types=spec.grant_types,
+            response_types=spec.response_types,
+            allowed_connectors=spec.allowed_connectors,
+            id_token_ttl=spec.id_token_ttl,
+            refresh_token_absolute_lifetime=spec.refresh_token_lifetime,
+        )
+        for spec in config.clients
+    ]
+
+
+class Provider:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        connectors: Mapping[str, Connector],
+        clock: Clock,
+        *,
+        fips_mode: bool = False,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.clock = clock
+        self.connectors = dict(connectors)
+        self.settings = ProtocolSettings.from_config(config, fips_mode=fips_mode)
+        self.clients = ClientRegistry(storage, static_clients(config))
+        signer = config.raw.signer.config
+        self.keys = KeyManager(
+            storage,
+            clock,
+            algorithm=signer.algorithm,
+            rotation_period=config.raw.expiry.signing_keys or signer.keys_rotation_period,
+            max_token_lifetime=self.settings.max_token_lifetime(self.clients.all()),
+        )
+        self.minter = TokenMinter(self.settings.issuer, self.keys)
+        self.throttle = LoginThrottle(
+            storage,
+            clock,
+            per_user=self.settings.throttle_per_user,
+            per_ip=self.settings.throttle_per_ip,
+            window=self.settings.throttle_window,
+        )
+        self.authorization = AuthorizationFlow(
+            self.settings, storage, self.clients, self.minter, clock
+        )
+        self.tokens = TokenEndpoint(
+            self.settings, storage, self.clients, self.minter, self.connectors, self.throttle, clock
+        )
+        self.reader = TokenReader(self.settings.issuer, storage, self.clients, self.minter, clock)
+        self._discovery: bytes | None = None
+
+    def start(self) -> None:
+        """Make sure a signing key exists (first start, or overdue rotation)."""
+        self.keys.rotate_if_due()
+        self.keys.reload()
+        algorithms = sorted({signer_alg for signer_alg in (
+            self.config.raw.signer.config.algorithm, self.keys.current().algorithm)})
+        self._discovery = render(discovery_document(self.settings, algorithms))
+
+    @property
+    def discovery(self) -> bytes:
+        assert self._discovery is not None, "Provider.start() was not called"
+        return self._discovery

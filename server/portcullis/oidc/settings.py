@@ -1,0 +1,90 @@
+"""Protocol settings resolved once from the config (no per-request config parsing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from portcullis.config.load import Config
+from portcullis.storage.models import Client
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    disable_rotation: bool
+    reuse_interval: float
+    valid_if_not_used_for: float
+    absolute_lifetime: float
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    issuer: str
+    id_token_ttl: float
+    auth_request_ttl: float
+    auth_code_ttl: float
+    refresh: RefreshPolicy
+    grant_types: tuple[str, ...]
+    response_types: tuple[str, ...]
+    pkce_enforce: bool
+    pkce_methods: tuple[str, ...]
+    skip_approval: bool
+    always_show_login: bool
+    password_connector: str
+    throttle_per_user: int
+    throttle_per_ip: int
+    throttle_window: float
+    fips_mode: bool
+
+    @classmethod
+    def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
+        raw = config.raw
+        grants = list(raw.oauth2.grant_types)
+        if not grants:
+            grants = ["authorization_code", "refresh_token"]
+            if raw.oauth2.password_connector:
+                grants.append("password")
+            if any(t in raw.oauth2.response_types for t in ("token", "id_token")):
+                grants.append("implicit")
+        refresh = raw.expiry.refresh_tokens
+        throttle = raw.web.password_throttle
+        return cls(
+            issuer=config.issuer,
+            id_token_ttl=raw.expiry.id_tokens,
+            auth_request_ttl=raw.expiry.auth_requests,
+            auth_code_ttl=raw.expiry.auth_codes,
+            refresh=RefreshPolicy(
+                disable_rotation=refresh.disable_rotation,
+                reuse_interval=refresh.reuse_interval,
+                valid_if_not_used_for=refresh.valid_if_not_used_for,
+                absolute_lifetime=refresh.absolute_lifetime,
+            ),
+            grant_types=tuple(grants),
+            response_types=tuple(raw.oauth2.response_types),
+            pkce_enforce=raw.oauth2.pkce.enforce,
+            pkce_methods=tuple(raw.oauth2.pkce.code_challenge_methods_supported),
+            skip_approval=raw.oauth2.skip_approval_screen,
+            always_show_login=raw.oauth2.always_show_login_screen,
+            password_connector=raw.oauth2.password_connector,
+            throttle_per_user=throttle.max_failures_per_user,
+            throttle_per_ip=throttle.max_failures_per_ip,
+            throttle_window=throttle.window,
+            fips_mode=fips_mode,
+        )
+
+    def client_grants(self, client: Client) -> tuple[str, ...]:
+        """Grants this client may use: its own list (if any) within the server's."""
+        if client.grant_types:
+            return tuple(g for g in client.grant_types if g in self.grant_types)
+        # client_credentials is opt-in per server; confidential clients only.
+        return tuple(g for g in self.grant_types if g != "client_credentials" or not client.public)
+
+    def client_response_types(self, client: Client) -> tuple[str, ...]:
+        if client.response_types:
+            return tuple(t for t in client.response_types if t in self.response_types)
+        return self.response_types
+
+    def id_token_ttl_for(self, client: Client) -> float:
+        return client.id_token_ttl or self.id_token_ttl
+
+    def max_token_lifetime(self, clients: list[Client]) -> float:
+        return max([self.id_token_ttl, *(c.id_token_ttl or 0 for c in clients)])

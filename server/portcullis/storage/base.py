@@ -1,0 +1,176 @@
+"""The storage contract every backend implements (memory, sqlite3, postgres).
+
+Mutations that depend on current state take an ``updater`` callback run inside one transaction,
+so concurrent workers and replicas never lose an update (Dex's pattern). Every backend must pass
+the conformance suite in ``tests/unit/storage/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from portcullis.storage.models import (
+    AuthCode,
+    AuthRequest,
+    Client,
+    GCResult,
+    Keys,
+    Password,
+    RefreshToken,
+)
+
+
+class StorageError(Exception):
+    """Base class for storage failures."""
+
+
+class NotFoundError(StorageError):
+    """The record does not exist (or has already been consumed)."""
+
+
+class AlreadyExistsError(StorageError):
+    """A record with that key already exists."""
+
+
+class Storage(ABC):
+    """Persistence for the issuer. Implementations must be safe across processes when the backend
+    is shared (sqlite file, PostgreSQL)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StorageError unless the backend answers (readiness probe)."""
+
+    # -- clients -----------------------------------------------------------------------------
+    @abstractmethod
+    def create_client(self, client: Client) -> None: ...
+
+    @abstractmethod
+    def get_client(self, client_id: str) -> Client: ...
+
+    @abstractmethod
+    def list_clients(self) -> list[Client]: ...
+
+    @abstractmethod
+    def update_client(self, client_id: str, updater: Callable[[Client], Client]) -> Client: ...
+
+    @abstractmethod
+    def delete_client(self, client_id: str) -> None: ...
+
+    # -- auth requests -----------------------------------------------------------------------
+    @abstractmethod
+    def create_auth_request(self, request: AuthRequest) -> None: ...
+
+    @abstractmethod
+    def get_auth_request(self, request_id: str) -> AuthRequest: ...
+
+    @abstractmethod
+    def update_auth_request(
+        self, request_id: str, updater: Callable[[AuthRequest], AuthRequest]
+    ) -> AuthRequest: ...
+
+    @abstractmethod
+    def delete_auth_request(self, request_id: str) -> None: ...
+
+    # -- auth codes --------------------------------------------------------------------------
+    @abstractmethod
+    def create_auth_code(self, code: AuthCode) -> None: ...
+
+    @abstractmethod
+    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+        """Atomically mark the code used and return it; a second call raises
+        CodeReplayedError carrying the original code so callers can revoke what it issued."""
+
+    @abstractmethod
+    def delete_auth_code(self, code_id: str) -> None: ...
+
+    # -- refresh tokens ----------------------------------------------------------------------
+    @abstractmethod
+    def create_refresh_token(self, token: RefreshToken) -> None: ...
+
+    @abstractmethod
+    def get_refresh_token(self, token_id: str) -> RefreshToken: ...
+
+    @abstractmethod
+    def update_refresh_token(
+        self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
+    ) -> RefreshToken: ...
+
+    @abstractmethod
+    def delete_refresh_token(self, token_id: str) -> None: ...
+
+    @abstractmethod
+    def list_refresh_tokens(self, user_id: str = "", connector_id: str = "") -> list[RefreshToken]:
+        """Refresh tokens, optionally only one user's (by identity user_id + connector)."""
+
+    @abstractmethod
+    def refresh_tokens_issued_by_code(self, code_id: str) -> list[RefreshToken]: ...
+
+    # -- passwords ---------------------------------------------------------------------------
+    @abstractmethod
+    def create_password(self, password: Password) -> None: ...
+
+    @abstractmethod
+    def get_password(self, email: str) -> Password:
+        """Lookup is case-insensitive on email, like Dex."""
+
+    @abstractmethod
+    def list_passwords(self) -> list[Password]: ...
+
+    @abstractmethod
+    def update_password(self, email: str, updater: Callable[[Password], Password]) -> Password: ...
+
+    @abstractmethod
+    def delete_password(self, email: str) -> None: ...
+
+    # -- signing keys ------------------------------------------------------------------------
+    @abstractmethod
+    def get_keys(self) -> Keys:
+        """The key set; an empty one (no signing key, next_rotation 0) before the first rotation."""
+
+    @abstractmethod
+    def update_keys(self, updater: Callable[[Keys], Keys]) -> Keys:
+        """Run updater on the current keys in one transaction. The updater may raise
+        RotationNotDueError to abort (another replica already rotated)."""
+
+    # -- token revocation (RFC 7009) ---------------------------------------------------------
+    @abstractmethod
+    def revoke_token(self, jti: str, expiry: float) -> None:
+        """Remember a revoked JWT id until it would have expired anyway (idempotent)."""
+
+    @abstractmethod
+    def is_token_revoked(self, jti: str) -> bool: ...
+
+    # -- password-login throttling -----------------------------------------------------------
+    @abstractmethod
+    def record_login_failure(self, key: str, now: float, window: float) -> int:
+        """Count a failed login for key (e.g. ``user:alice`` or ``ip:10.0.0.1``) and return the
+        number of failures inside the sliding window ending at now."""
+
+    @abstractmethod
+    def login_failures(self, key: str, now: float, window: float) -> int: ...
+
+    @abstractmethod
+    def clear_login_failures(self, key: str) -> None: ...
+
+    # -- garbage collection ------------------------------------------------------------------
+    @abstractmethod
+    def garbage_collect(self, now: float, batch_size: int = 500) -> GCResult:
+        """Delete expired records, at most batch_size per kind per call, so one GC pass never
+        holds a long lock (Dex #4979)."""
+
+
+class CodeReplayedError(StorageError):
+    """An auth code was presented a second time."""
+
+    def __init__(self, code: AuthCode) -> None:
+        super().__init__("authorization code already used")
+        self.code = code
+
+
+class RotationNotDueError(StorageError):
+    """Raised by a key updater to abort a rotation that another replica already did."""

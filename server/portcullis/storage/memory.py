@@ -1,0 +1,260 @@
+"""In-process storage: for tests and single-process development (state dies with the process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from portcullis.storage.base import (
+    AlreadyExistsError,
+    CodeReplayedError,
+    NotFoundError,
+    Storage,
+)
+from portcullis.storage.models import (
+    AuthCode,
+    AuthRequest,
+    Client,
+    GCResult,
+    Keys,
+    Password,
+    RefreshToken,
+)
+
+T = TypeVar("T")
+
+# Failed-login records older than this are useless to any sane throttle window.
+LOGIN_ATTEMPT_RETENTION = 24 * 3600.0
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._clients: dict[str, Client] = {}
+        self._auth_requests: dict[str, AuthRequest] = {}
+        self._auth_codes: dict[str, AuthCode] = {}
+        self._refresh: dict[str, RefreshToken] = {}
+        self._passwords: dict[str, Password] = {}
+        self._keys = Keys(signing_key=None, verification_keys=(), next_rotation=0.0)
+        self._revoked: dict[str, float] = {}
+        self._login_failures: dict[str, list[float]] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    # Error messages never quote the key: an auth code's id *is* the code, a secret.
+    def _create(self, table: dict[str, T], key: str, value: T) -> None:
+        with self._lock:
+            if key in table:
+                raise AlreadyExistsError("record already exists")
+            table[key] = value
+
+    def _get(self, table: dict[str, T], key: str) -> T:
+        with self._lock:
+            try:
+                return table[key]
+            except KeyError:
+                raise NotFoundError("record not found") from None
+
+    def _update(
+        self,
+        table: dict[str, T],
+        key: str,
+        updater: Callable[[T], T],
+        key_of: Callable[[T], str],
+    ) -> T:
+        with self._lock:
+            current = self._get(table, key)
+            new = updater(current)
+            if key_of(new) != key:
+                # Same rule as the SQL backends: a record's key is its identity.
+                raise ValueError("updater changed the record key; create a new record instead")
+            table[key] = new
+            return new
+
+    def _delete(self, table: dict[str, T], key: str) -> None:
+        with self._lock:
+            if table.pop(key, None) is None:
+                raise NotFoundError("record not found")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    # -- clients -----------------------------------------------------------------------------
+    def create_client(self, client: Client) -> None:
+        self._create(self._clients, client.id, client)
+
+    def get_client(self, client_id: str) -> Client:
+        return self._get(self._clients, client_id)
+
+    def list_clients(self) -> list[Client]:
+        with self._lock:
+            return sorted(self._clients.values(), key=lambda c: c.id)
+
+    def update_client(self, client_id: str, updater: Callable[[Client], Client]) -> Client:
+        return self._update(self._clients, client_id, updater, lambda c: c.id)
+
+    def delete_client(self, client_id: str) -> None:
+        self._delete(self._clients, client_id)
+
+    # -- auth requests -----------------------------------------------------------------------
+    def create_auth_request(self, request: AuthRequest) -> None:
+        self._create(self._auth_requests, request.id, request)
+
+    def get_auth_request(self, request_id: str) -> AuthRequest:
+        return self._get(self._auth_requests, request_id)
+
+    def update_auth_request(
+        self, request_id: str, updater: Callable[[AuthRequest], AuthRequest]
+    ) -> AuthRequest:
+        return self._update(self._auth_requests, request_id, updater, lambda r: r.id)
+
+    def delete_auth_request(self, request_id: str) -> None:
+        self._delete(self._auth_requests, request_id)
+
+    # -- auth codes --------------------------------------------------------------------------
+    def create_auth_code(self, code: AuthCode) -> None:
+        self._create(self._auth_codes, code.id, code)
+
+    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+        with self._lock:
+            code = self._get(self._auth_codes, code_id)
+            if code.used_at:
+                raise CodeReplayedError(code)
+            used = dataclasses.replace(code, used_at=now)
+            self._auth_codes[code_id] = used
+            return used
+
+    def delete_auth_code(self, code_id: str) -> None:
+        self._delete(self._auth_codes, code_id)
+
+    # -- refresh tokens ----------------------------------------------------------------------
+    def create_refresh_token(self, token: RefreshToken) -> None:
+        self._create(self._refresh, token.id, token)
+
+    def get_refresh_token(self, token_id: str) -> RefreshToken:
+        return self._get(self._refresh, token_id)
+
+    def update_refresh_token(
+        self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
+    ) -> RefreshToken:
+        return self._update(self._refresh, token_id, updater, lambda t: t.id)
+
+    def delete_refresh_token(self, token_id: str) -> None:
+        self._delete(self._refresh, token_id)
+
+    def list_refresh_tokens(self, user_id: str = "", connector_id: str = "") -> list[RefreshToken]:
+        with self._lock:
+            tokens = [
+                t
+                for t in self._refresh.values()
+                if (not user_id or t.identity.user_id == user_id)
+                and (not connector_id or t.connector_id == connector_id)
+            ]
+        return sorted(tokens, key=lambda t: (t.created_at, t.id))
+
+    def refresh_tokens_issued_by_code(self, code_id: str) -> list[RefreshToken]:
+        with self._lock:
+            tokens = [t for t in self._refresh.values() if t.issued_by_code == code_id]
+        return sorted(tokens, key=lambda t: (t.created_at, t.id))
+
+    # -- passwords ---------------------------------------------------------------------------
+    def create_password(self, password: Password) -> None:
+        self._create(self._passwords, password.email.lower(), password)
+
+    def get_password(self, email: str) -> Password:
+        return self._get(self._passwords, email.lower())
+
+    def list_passwords(self) -> list[Password]:
+        with self._lock:
+            return sorted(self._passwords.values(), key=lambda p: p.email.lower())
+
+    def update_password(self, email: str, updater: Callable[[Password], Password]) -> Password:
+        return self._update(self._passwords, email.lower(), updater, lambda p: p.email.lower())
+
+    def delete_password(self, email: str) -> None:
+        self._delete(self._passwords, email.lower())
+
+    # -- signing keys ------------------------------------------------------------------------
+    def get_keys(self) -> Keys:
+        with self._lock:
+            return self._keys
+
+    def update_keys(self, updater: Callable[[Keys], Keys]) -> Keys:
+        with self._lock:
+            self._keys = updater(self._keys)
+            return self._keys
+
+    # -- revocation --------------------------------------------------------------------------
+    def revoke_token(self, jti: str, expiry: float) -> None:
+        with self._lock:
+            self._revoked[jti] = max(expiry, self._revoked.get(jti, 0.0))
+
+    def is_token_revoked(self, jti: str) -> bool:
+        with self._lock:
+            return jti in self._revoked
+
+    # -- throttling --------------------------------------------------------------------------
+    def record_login_failure(self, key: str, now: float, window: float) -> int:
+        with self._lock:
+            self._login_failures.setdefault(key, []).append(now)
+            return self.login_failures(key, now, window)
+
+    def login_failures(self, key: str, now: float, window: float) -> int:
+        with self._lock:
+            return sum(1 for t in self._login_failures.get(key, ()) if t > now - window)
+
+    def clear_login_failures(self, key: str) -> None:
+        with self._lock:
+            self._login_failures.pop(key, None)
+
+    # -- gc ----------------------------------------------------------------------------------
+    def garbage_collect(self, now: float, batch_size: int = 500) -> GCResult:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        with self._lock:
+
+            def sweep(table: dict[str, T], expired: Callable[[T], bool]) -> int:
+                doomed = [k for k, v in table.items() if expired(v)][:batch_size]
+                for k in doomed:
+                    del table[k]
+                return len(doomed)
+
+            requests = sweep(self._auth_requests, lambda r: r.expiry < now)
+            codes = sweep(self._auth_codes, lambda c: c.expiry < now)
+            refresh = sweep(self._refresh, lambda t: 0 < t.expires_at < now)
+            revoked_keys = [j for j, exp in self._revoked.items() if exp < now][:batch_size]
+            for j in revoked_keys:
+                del self._revoked[j]
+            kept = tuple(k for k in self._keys.verification_keys if k.expiry >= now)
+            dropped_keys = len(self._keys.verification_keys) - len(kept)
+            if dropped_keys:
+                self._keys = dataclasses.replace(self._keys, verification_keys=kept)
+            # Bounded by records, not keys, and only keys with stale records are visited, so
+            # a crowd of active keys cannot starve the cleanup of old ones.
+            attempts = 0
+            cutoff = now - LOGIN_ATTEMPT_RETENTION
+            for key in list(self._login_failures):
+                if attempts >= batch_size:
+                    break
+                times = self._login_failures[key]
+                stale = [t for t in times if t <= cutoff][: batch_size - attempts]
+                if not stale:
+                    continue
+                attempts += len(stale)
+                for t in stale:
+                    times.remove(t)
+                if not times:
+                    del self._login_failures[key]
+            return GCResult(
+                auth_requests=requests,
+                auth_codes=codes,
+                refresh_tokens=refresh,
+                revoked_tokens=len(revoked_keys),
+                verification_keys=dropped_keys,
+                login_attempts=attempts,
+            )

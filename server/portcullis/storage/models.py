@@ -1,0 +1,182 @@
+"""Records the issuer persists. Plain frozen dataclasses so every backend stores the same shape.
+
+Times are float Unix seconds from the injected clock. Secrets that must be compared later (refresh
+token secrets, client secrets) are stored as SHA-256 digests, never in clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a connector asserts about a user after a successful login."""
+
+    user_id: str
+    username: str
+    preferred_username: str = ""
+    email: str = ""
+    email_verified: bool = False
+    groups: tuple[str, ...] = ()
+    connector_data: bytes = b""
+
+
+@dataclass(frozen=True)
+class PKCE:
+    code_challenge: str = ""
+    code_challenge_method: str = ""  # "S256" | "plain" | "" (none)
+
+
+@dataclass(frozen=True)
+class Client:
+    """An OAuth2 client (static from config, or created through the admin API)."""
+
+    id: str
+    secret_hash: str = ""  # hex SHA-256 of the secret; "" for public clients
+    redirect_uris: tuple[str, ...] = ()
+    trusted_peers: tuple[str, ...] = ()
+    public: bool = False
+    name: str = ""
+    logo_url: str = ""
+    # Portcullis extensions (Dex master has some of them): empty = server defaults.
+    grant_types: tuple[str, ...] = ()
+    response_types: tuple[str, ...] = ()
+    allowed_connectors: tuple[str, ...] = ()
+    id_token_ttl: float | None = None
+    refresh_token_absolute_lifetime: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """A login in progress: created by /auth, completed by a connector, consumed by approval."""
+
+    id: str
+    client_id: str
+    response_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    redirect_uri: str
+    expiry: float
+    nonce: str = ""
+    state: str = ""
+    force_approval_prompt: bool = False
+    logged_in: bool = False
+    identity: Identity | None = None
+    connector_id: str = ""
+    pkce: PKCE = field(default_factory=PKCE)
+    auth_time: float = 0.0
+    # Secret bound to the browser (CSRF cookie) so a leaked request id cannot be replayed.
+    browser_binding: str = ""
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    """A single-use authorization code; ``used_at`` is set when it is exchanged."""
+
+    id: str
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    identity: Identity
+    connector_id: str
+    expiry: float
+    nonce: str = ""
+    pkce: PKCE = field(default_factory=PKCE)
+    auth_time: float = 0.0
+    used_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """One refresh-token family (one device session).
+
+    The id is stable across rotations; ``token_hash`` is the digest of the current secret and
+    ``obsolete_token_hash`` the one it replaced, accepted again only inside the reuse interval.
+    """
+
+    id: str
+    token_hash: str
+    client_id: str
+    connector_id: str
+    identity: Identity
+    scopes: tuple[str, ...]
+    created_at: float
+    last_used: float
+    obsolete_token_hash: str = ""
+    # The current secret sealed (AES-GCM) under a key derived from the obsolete secret: only a
+    # client that still holds the obsolete secret can recover it, so a retry inside reuseInterval
+    # gets the same successor while a storage dump reveals no usable token (see oidc.refresh).
+    successor_sealed: str = ""
+    nonce: str = ""
+    auth_time: float = 0.0
+    # Which auth code issued this family, so a replayed code can revoke it.
+    issued_by_code: str = ""
+    # When the family dies: min(created + absoluteLifetime, last_used + validIfNotUsedFor),
+    # recomputed on every use by the protocol core; 0 means never. GC deletes past it.
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Password:
+    """A local-password-DB user (Dex's storage.Password)."""
+
+    email: str
+    hash: str
+    username: str
+    user_id: str
+    name: str = ""
+    preferred_username: str = ""
+    email_verified: bool = True
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private signing key as a JWK dict (with kid and alg)."""
+
+    jwk: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A retired public key kept until every token it signed has expired."""
+
+    jwk: dict[str, Any]
+    expiry: float
+
+
+@dataclass(frozen=True)
+class Keys:
+    signing_key: SigningKey | None
+    verification_keys: tuple[VerificationKey, ...]
+    next_rotation: float
+
+
+@dataclass(frozen=True)
+class RevokedToken:
+    """An access/ID token id (jti) revoked before its expiry (RFC 7009)."""
+
+    jti: str
+    expiry: float
+
+
+@dataclass(frozen=True)
+class GCResult:
+    auth_requests: int = 0
+    auth_codes: int = 0
+    refresh_tokens: int = 0
+    revoked_tokens: int = 0
+    verification_keys: int = 0
+    login_attempts: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.auth_requests
+            + self.auth_codes
+            + self.refresh_tokens
+            + self.revoked_tokens
+            + self.verification_keys
+            + self.login_attempts
+        )

@@ -1,0 +1,167 @@
+"""Observability: logging set-up (text or JSON), Prometheus metrics, health endpoints.
+
+Access logs carry the path without its query string: authorization codes, states and request
+ids travel in query strings and must never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from portcullis import __version__
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+class JSONFormatter(logging.Formatter):
+    def __init__(self, exclude: set[str] | None = None) -> None:
+        super().__init__()
+        self._exclude = exclude or set()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update({k: v for k, v in extra.items() if k not in self._exclude})
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, fmt: str, exclude_fields: list[str] | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter(set(exclude_fields or ())))
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    # uvicorn's own access log prints query strings; ours does not.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class Metrics:
+    """One registry per app instance: no module-level mutable state."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "portcullis_http_requests_total",
+            "HTTP requests by route, method and status code.",
+            ["route", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "portcullis_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+
+class AccessLogMiddleware:
+    """Counts and logs every request by route template (never the query string)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.route_of = route_of
+        self.log = logging.getLogger("portcullis.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = self.route_of(scope)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            client = scope.get("client")
+            self.log.debug(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "remote": client[0] if client else "",
+                    }
+                },
+            )
+
+
+# -- health ----------------------------------------------------------------------------------
+
+HealthCheck = Callable[[], dict[str, Any]]
+
+
+def telemetry_app(metrics: Metrics, ready: HealthCheck) -> Starlette:
+    """The telemetry listener: /metrics, /healthz, /healthz/live, /healthz/ready."""
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def live(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readiness(request: Request) -> Response:
+        report = ready()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", prometheus),
+            Route("/healthz", readiness),
+            Route("/healthz/live", live),
+            Route("/healthz/ready", readiness),
+        ]
+    )
+
+
+def version_info() -> dict[str, Any]:
+    return {"version": __version__, "python": sys.version.split()[0]}

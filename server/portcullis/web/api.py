@@ -1,0 +1,166 @@
+"""JSON endpoints: discovery, JWKS, token, userinfo, introspection, revocation (with CORS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from portcullis.oidc.errors import OAuthError, invalid_request
+from portcullis.oidc.provider import Provider
+from portcullis.web.security import ClientIPResolver
+
+log = logging.getLogger("portcullis.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(data, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def _oauth_error(error: OAuthError) -> Response:
+    return _json(error.as_dict(), error.status, error.headers)
+
+
+class Cors:
+    """CORS for the endpoints Dex allows it on, limited to web.allowedOrigins."""
+
+    def __init__(self, allowed_origins: list[str], allowed_headers: list[str]) -> None:
+        self._any = "*" in allowed_origins
+        self._origins = set(allowed_origins)
+        self._headers = ", ".join(
+            dict.fromkeys(["Authorization", "Content-Type", *allowed_headers])
+        )
+
+    def wrap(self, handler: Handler) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            origin = request.headers.get("origin")
+            allowed = origin is not None and (self._any or origin in self._origins)
+            if request.method == "OPTIONS":
+                if not allowed:
+                    return Response(status_code=403)
+                return Response(
+                    status_code=204,
+                    headers={
+                        "Access-Control-Allow-Origin": origin or "",
+                        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                        "Access-Control-Allow-Headers": self._headers,
+                        "Access-Control-Max-Age": "600",
+                        "Vary": "Origin",
+                    },
+                )
+            response = await handler(request)
+            if allowed:
+                response.headers["Access-Control-Allow-Origin"] = origin or ""
+                response.headers["Vary"] = "Origin"
+            return response
+
+        return wrapped
+
+
+async def _form(request: Request) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        raise invalid_request(f"the request body must be {FORM_TYPE}")
+    form = await request.form()
+    values: dict[str, str] = {}
+    for key in form:
+        items = form.getlist(key)
+        if len(items) > 1:
+            # RFC 6749 §3.1: parameters must not be repeated.
+            raise invalid_request(f"the {key} parameter is repeated")
+        values[key] = str(items[0])
+    return values
+
+
+class ApiRoutes:
+    def __init__(self, provider: Provider, ip_resolver: ClientIPResolver) -> None:
+        self.provider = provider
+        self.ip = ip_resolver
+
+    async def discovery(self, request: Request) -> Response:
+        return Response(
+            self.provider.discovery,
+            media_type="application/json",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    async def keys(self, request: Request) -> Response:
+        state = self.provider.keys.current()
+        headers = {"Cache-Control": "public, max-age=600", "ETag": state.jwks_etag}
+        if request.headers.get("if-none-match") == state.jwks_etag:
+            return Response(status_code=304, headers=headers)
+        return Response(state.jwks_body, media_type="application/json", headers=headers)
+
+    async def token(self, request: Request) -> Response:
+        if request.method != "POST":
+            return _oauth_error(OAuthError("invalid_request", "use POST", status=405))
+        try:
+            form = await _form(request)
+            result = await self.provider.tokens.handle(
+                form, request.headers.get("authorization"), self.ip.resolve(request)
+            )
+        except OAuthError as error:
+            log.info("token request refused: %s", error.error)
+            return _oauth_error(error)
+        return _json(result)
+
+    async def introspect(self, request: Request) -> Response:
+        try:
+            form = await _form(request)
+            caller = self.provider.clients.authenticate(
+                request.headers.get("authorization"), form, allow_public=False
+            )
+            result = self.provider.reader.introspect(caller, form)
+        except OAuthError as error:
+            return _oauth_error(error)
+        return _json(result)
+
+    async def revoke(self, request: Request) -> Response:
+        try:
+            form = await _form(request)
+            caller = self.provider.clients.authenticate(
+                request.headers.get("authorization"), form, allow_public=True
+            )
+            self.provider.reader.revoke(caller, form)
+        except OAuthError as error:
+            return _oauth_error(error)
+        return Response(status_code=200, headers=NO_STORE)
+
+    async def userinfo(self, request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not token and request.method == "POST":
+            try:
+                token = (await _form(request)).get("access_token", "")
+            except OAuthError:
+                token = ""
+        if not token:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "no access token"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="portcullis"', **NO_STORE},
+            )
+        claims = self.provider.reader.userinfo(token)
+        if claims is None:
+            return JSONResponse(
+                {"error": "invalid_token", "error_description": "the access token is not valid"},
+                status_code=401,
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="portcullis", error="invalid_token"',
+                    **NO_STORE,
+                },
+            )
+        return _json(claims)

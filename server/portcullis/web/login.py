@@ -1,0 +1,327 @@
+"""Browser routes of a login: /auth, /auth/{connector}, /auth/{connector}/login, /callback,
+/approval. HTTP only; every decision is made by portcullis.oidc.authorize."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from portcullis.connectors.base import (
+    CallbackConnector,
+    Connector,
+    ConnectorError,
+    PasswordConnector,
+    Scopes,
+)
+from portcullis.oidc.authorize import error_redirect
+from portcullis.oidc.errors import AuthorizeError
+from portcullis.oidc.provider import Provider
+from portcullis.oidc.scopes import GROUPS, OFFLINE_ACCESS
+from portcullis.oidc.throttle import Throttled
+from portcullis.storage.models import AuthRequest
+from portcullis.web import security
+from portcullis.web.pages import NO_STORE, Pages
+
+log = logging.getLogger("portcullis.login")
+
+SCOPE_DESCRIPTIONS = {
+    "openid": None,
+    "email": "View your email address",
+    "profile": "View basic profile information",
+    "groups": "View your groups",
+    "offline_access": "Have offline access",
+    "federated:id": "View the identity provider and user id behind your account",
+}
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers=NO_STORE)
+
+
+class LoginRoutes:
+    def __init__(
+        self,
+        provider: Provider,
+        pages: Pages,
+        ip_resolver: security.ClientIPResolver,
+        *,
+        secure_cookies: bool,
+    ) -> None:
+        self.provider = provider
+        self.pages = pages
+        self.ip = ip_resolver
+        self.flow = provider.authorization
+        self.base = provider.config.issuer_path
+        self.secure_cookies = secure_cookies
+        self.cookie_ttl = int(min(provider.settings.auth_request_ttl, 24 * 3600))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _connectors_for(self, request: AuthRequest) -> list[Connector]:
+        client = self.flow.client_for(request)
+        allowed = client.allowed_connectors if client else ()
+        return [
+            c for c in self.provider.connectors.values() if not allowed or c.id in allowed
+        ]
+
+    def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
+        """The auth request, only for the browser that started it."""
+        if not request_id:
+            return self.pages.error(400, "Bad request", "The login request is missing.")
+        auth_request = self.flow.get(request_id)
+        if auth_request is None:
+            return self.pages.error(
+                400,
+                "Login expired",
+                "This login request is unknown or has expired. Go back to the application "
+                "and start again.",
+            )
+        if not security.browser_owns(http, request_id, auth_request.browser_binding):
+            return self.pages.error(
+                403,
+                "Login not started in this browser",
+                "This login was started in another browser or its cookie is missing. Go back "
+                "to the application and start again.",
+            )
+        return auth_request
+
+    def _authorize_error(self, error: AuthorizeError) -> Response:
+        if error.redirect_uri:
+            return _redirect(error_redirect(error))
+        return self.pages.error(400, "Invalid login request", error.description)
+
+    @staticmethod
+    def _scopes(auth_request: AuthRequest) -> Scopes:
+        return Scopes(
+            offline_access=OFFLINE_ACCESS in auth_request.scopes,
+            groups=GROUPS in auth_request.scopes,
+        )
+
+    # -- /auth -------------------------------------------------------------------------------
+    async def auth(self, http: Request) -> Response:
+        params = dict(http.query_params)
+        if http.method == "POST":
+            params.update({k: str(v) for k, v in (await http.form()).items()})
+        connector_from_path = http.path_params.get("connector", "")
+        if connector_from_path:
+            params.setdefault("connector_id", connector_from_path)
+        binding = security.new_binding()
+        try:
+            auth_request = self.flow.parse(params, security.binding_digest(binding))
+        except AuthorizeError as error:
+            return self._authorize_error(error)
+        connectors = self._connectors_for(auth_request)
+        if auth_request.connector_id:
+            target = f"{self.base}/auth/{auth_request.connector_id}?{urlencode({'state': auth_request.id})}"
+            response: Response = _redirect(target)
+        elif len(connectors) == 1 and not self.provider.settings.always_show_login:
+            target = f"{self.base}/auth/{connectors[0].id}?{urlencode({'state': auth_request.id})}"
+            response = _redirect(target)
+        else:
+            response = self.pages.render(
+                "login.html",
+                connectors=[
+                    {
+                        "id": c.id,
+                        "name": c.name,
+                        "type": c.type,
+                        "dev_only": c.dev_only,
+                        "url": f"{self.base}/auth/{c.id}?{urlencode({'state': auth_request.id})}",
+                    }
+                    for c in connectors
+                ],
+            )
+        response.set_cookie(
+            security.binding_cookie_name(auth_request.id),
+            binding,
+            max_age=self.cookie_ttl,
+            path=self.base or "/",
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    # -- /auth/{connector} -------------------------------------------------------------------
+    async def auth_connector(self, http: Request) -> Response:
+        if "client_id" in http.query_params:
+            # Dex lets clients start directly at a connector with the full request.
+            return await self.auth(http)
+        connector_id = http.path_params["connector"]
+        loaded = self._load(http, http.query_params.get("state", ""))
+        if isinstance(loaded, Response):
+            return loaded
+        connector = self._connector(loaded, connector_id)
+        if connector is None:
+            return self.pages.error(404, "Unknown login method", "That login method does not exist.")
+        self.provider.storage.update_auth_request(
+            loaded.id, lambda r: _with_connector(r, connector_id)
+        )
+        if isinstance(connector, PasswordConnector):
+            return _redirect(
+                f"{self.base}/auth/{connector_id}/login?{urlencode({'state': loaded.id})}"
+            )
+        if isinstance(connector, CallbackConnector):
+            try:
+                url = await connector.login_url(
+                    self._scopes(loaded), self._callback_url(), loaded.id
+                )
+            except ConnectorError as exc:
+                log.warning("connector %s failed to start a login: %s", connector_id, exc)
+                return self.pages.error(502, "Login failed", str(exc))
+            return _redirect(url)
+        return self.pages.error(500, "Login failed", "This login method cannot be used here.")
+
+    def _connector(self, auth_request: AuthRequest, connector_id: str) -> Connector | None:
+        for connector in self._connectors_for(auth_request):
+            if connector.id == connector_id:
+                return connector
+        return None
+
+    def _callback_url(self) -> str:
+        return f"{self.provider.settings.issuer}/callback"
+
+    # -- /auth/{connector}/login (password form) ---------------------------------------------
+    async def password_login(self, http: Request) -> Response:
+        connector_id = http.path_params["connector"]
+        request_id = http.query_params.get("state", "")
+        form = await http.form() if http.method == "POST" else None
+        if form is not None and not request_id:
+            request_id = str(form.get("state", ""))
+        loaded = self._load(http, request_id)
+        if isinstance(loaded, Response):
+            return loaded
+        connector = self._connector(loaded, connector_id)
+        if not isinstance(connector, PasswordConnector):
+            return self.pages.error(404, "Unknown login method", "That login method does not exist.")
+
+        def form_page(status: int = 200, error: str = "", username: str = "") -> Response:
+            return self.pages.render(
+                "password.html",
+                status=status,
+                action=f"{self.base}/auth/{connector_id}/login?{urlencode({'state': loaded.id})}",
+                prompt=connector.prompt,
+                connector_name=connector.name,
+                dev_only=connector.dev_only,
+                username=username,
+                error=error,
+                csrf_token=security.csrf_token(http, loaded.id),
+            )
+
+        if form is None:
+            return form_page()
+        if not security.csrf_valid(http, loaded.id, str(form.get("csrf_token", ""))):
+            return self.pages.error(403, "Form expired", "The form was not valid. Start again.")
+        username = str(form.get("login", "")).strip()
+        password = str(form.get("password", ""))
+        if not username or not password:
+            return form_page(400, "Enter both your username and your password.", username)
+        client_ip = self.ip.resolve(http)
+        try:
+            self.provider.throttle.check(username, client_ip)
+        except Throttled as exc:
+            response = form_page(
+                429, "Too many failed attempts. Wait a few minutes and try again.", username
+            )
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        try:
+            identity = await connector.login(self._scopes(loaded), username, password)
+        except ConnectorError as exc:
+            log.warning("password login via %s failed upstream: %s", connector_id, exc)
+            return form_page(502, str(exc), username)
+        if identity is None:
+            self.provider.throttle.failed(username, client_ip)
+            log.info("failed password login via %s from %s", connector_id, client_ip)
+            return form_page(401, "Invalid username or password.", username)
+        self.provider.throttle.succeeded(username)
+        self.flow.record_login(loaded.id, connector_id, identity)
+        log.info("login via %s for client %s", connector_id, loaded.client_id)
+        return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
+
+    # -- /callback ----------------------------------------------------------------------------
+    async def callback(self, http: Request) -> Response:
+        params = dict(http.query_params)
+        if http.method == "POST":  # SAML POST binding
+            params.update({k: str(v) for k, v in (await http.form()).items()})
+        loaded = self._load(http, params.get("state", ""))
+        if isinstance(loaded, Response):
+            return loaded
+        connector = self._connector(loaded, loaded.connector_id)
+        if not isinstance(connector, CallbackConnector):
+            return self.pages.error(400, "Login failed", "No login is waiting for this callback.")
+        if "error" in params:
+            return self.pages.error(
+                401, "Login failed", "The identity provider refused the login."
+            )
+        try:
+            identity = await connector.handle_callback(self._scopes(loaded), params)
+        except ConnectorError as exc:
+            log.warning("callback via %s failed: %s", connector.id, exc)
+            return self.pages.error(502, "Login failed", str(exc))
+        self.flow.record_login(loaded.id, connector.id, identity)
+        return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
+
+    # -- /approval ----------------------------------------------------------------------------
+    async def approval(self, http: Request) -> Response:
+        form = await http.form() if http.method == "POST" else None
+        request_id = http.query_params.get("req", "") or (
+            str(form.get("req", "")) if form is not None else ""
+        )
+        loaded = self._load(http, request_id)
+        if isinstance(loaded, Response):
+            return loaded
+        if not loaded.logged_in:
+            return self.pages.error(400, "Login not finished", "Log in before approving access.")
+        try:
+            if form is None:
+                if not self.flow.needs_approval(loaded):
+                    return self._finish(loaded)
+                client = self.flow.client_for(loaded)
+                return self.pages.render(
+                    "approval.html",
+                    client_name=client.name if client else loaded.client_id,
+                    scopes=[
+                        SCOPE_DESCRIPTIONS[s]
+                        for s in loaded.scopes
+                        if SCOPE_DESCRIPTIONS.get(s)
+                    ],
+                    audiences=[
+                        s.split(":", 3)[3] for s in loaded.scopes if s.startswith("audience:")
+                    ],
+                    username=loaded.identity.email or loaded.identity.username
+                    if loaded.identity
+                    else "",
+                    action=f"{self.base}/approval?{urlencode({'req': loaded.id})}",
+                    req=loaded.id,
+                    csrf_token=security.csrf_token(http, loaded.id),
+                )
+            if not security.csrf_valid(http, loaded.id, str(form.get("csrf_token", ""))):
+                return self.pages.error(403, "Form expired", "The form was not valid. Start again.")
+            if form.get("approval") == "approve":
+                return self._finish(loaded)
+            return self._clear(_redirect(self.flow.deny(loaded)), loaded.id)
+        except AuthorizeError as error:
+            return self._authorize_error(error)
+
+    def _finish(self, auth_request: AuthRequest) -> Response:
+        return self._clear(_redirect(self.flow.finish(auth_request)), auth_request.id)
+
+    def _clear(self, response: Response, request_id: str) -> Response:
+        response.delete_cookie(
+            security.binding_cookie_name(request_id),
+            path=self.base or "/",
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+
+def _with_connector(request: AuthRequest, connector_id: str) -> AuthRequest:
+    if request.logged_in:
+        return request
+    return dataclasses.replace(request, connector_id=connector_id)

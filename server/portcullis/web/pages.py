@@ -1,0 +1,59 @@
+"""Server-rendered HTML: the Jinja2 environment (with frontend.dir overrides) and page helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.responses import HTMLResponse
+
+from portcullis.config.model import FrontendSection
+
+PACKAGE_DIR = Path(__file__).parent
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+THEMES_DIR = PACKAGE_DIR / "themes"
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class Pages:
+    def __init__(self, frontend: FrontendSection, issuer_path: str) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if frontend.dir:
+            loaders.append(jinja2.FileSystemLoader(str(Path(frontend.dir) / "templates")))
+        loaders.append(jinja2.FileSystemLoader(str(TEMPLATES_DIR)))
+        self._env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=jinja2.select_autoescape(default=True),
+            undefined=jinja2.StrictUndefined,
+            auto_reload=False,
+        )
+        self._globals = {
+            "issuer_name": frontend.issuer,
+            "logo_url": frontend.logo_url or f"{issuer_path}/theme/logo.svg",
+            "theme_css": f"{issuer_path}/theme/styles.css",
+            "static": f"{issuer_path}/static",
+            "extra": frontend.extra,
+        }
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self._env.get_template(template).render(**self._globals, **context)
+        return HTMLResponse(html, status_code=status, headers=NO_STORE)
+
+    def error(self, status: int, title: str, message: str) -> HTMLResponse:
+        return self.render("error.html", status=status, title=title, message=message)
+
+
+def static_dirs(frontend: FrontendSection) -> tuple[list[Path], list[Path]]:
+    """(static dirs, theme dirs) in lookup order: the operator's frontend.dir first."""
+    statics: list[Path] = []
+    themes: list[Path] = []
+    if frontend.dir:
+        statics.append(Path(frontend.dir) / "static")
+        themes.append(Path(frontend.dir) / "themes" / frontend.theme)
+    statics.append(STATIC_DIR)
+    themes.append(THEMES_DIR / frontend.theme)
+    themes.append(THEMES_DIR / "light")
+    return statics, themes
