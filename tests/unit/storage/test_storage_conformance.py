@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -492,3 +494,44 @@ def test_gc_is_bounded_by_batch_size(storage: Storage, samples: Any) -> None:
 def test_gc_rejects_a_non_positive_batch(storage: Storage) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         storage.garbage_collect(NOW, batch_size=0)
+
+
+# -- concurrency inside one process (threads: the ASGI thread pool, the GC thread) -----------
+def test_concurrent_updaters_from_threads_lose_no_increment(storage: Storage, samples: Any) -> None:
+    storage.create_refresh_token(samples.refresh_token("counter", last_used=0.0))
+    threads, increments = 4, 50
+
+    def bump() -> None:
+        for _ in range(increments):
+            storage.update_refresh_token(
+                "counter", lambda t: dataclasses.replace(t, last_used=t.last_used + 1)
+            )
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(bump) for _ in range(threads)]:
+            future.result()
+    assert storage.get_refresh_token("counter").last_used == threads * increments
+
+
+def test_threads_racing_for_one_code_have_exactly_one_winner(
+    storage: Storage, samples: Any
+) -> None:
+    codes, threads = 30, 4
+    for i in range(codes):
+        storage.create_auth_code(samples.auth_code(f"c{i}"))
+    barrier = threading.Barrier(threads)
+
+    def consume_all() -> list[int]:
+        barrier.wait()
+        won = []
+        for i in range(codes):
+            try:
+                storage.consume_auth_code(f"c{i}", NOW)
+                won.append(i)
+            except CodeReplayedError:
+                pass
+        return won
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = [f.result() for f in [pool.submit(consume_all) for _ in range(threads)]]
+    assert sorted(i for won in results for i in won) == list(range(codes))
