@@ -1,0 +1,405 @@
+"""`portcullis-release verify`: prove a pulled artefact is the one we built, offline but for the
+registry.
+
+Checks, in order, each failing with its own reason:
+1. the reference resolves, and a pinned ``tag@digest`` still has the tag on that digest;
+2. the manifest and every blob it references hash to their digests;
+3. a cosign signature at ``sha256-<hex>.sig`` verifies with the key and names exactly this digest;
+4. a provenance attestation (SLSA v1, DSSE) verifies, names this digest as a subject, and its
+   builder and source match the policy;
+5. an SBOM attestation (CycloneDX) verifies and describes this digest.
+All signed material is checked with the given public key only: no transparency log, no network
+beyond the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from portcullis_release import cosign_keys, dsse, oci, sign
+from portcullis_release.oci import Artifact
+from portcullis_release.registry import (
+    NotFoundError,
+    Reference,
+    RegistryClient,
+    RegistryError,
+    client_for,
+)
+
+SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+CYCLONEDX_BOM = "https://cyclonedx.org/bom"
+STATEMENT_TYPES = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1")
+
+
+class VerificationError(Exception):
+    """The artefact is not what the policy accepts; ``str()`` is the precise reason."""
+
+
+@dataclass
+class Policy:
+    """What the provenance must say. ``None`` means "do not check" (only where allowed)."""
+
+    builder_id: str | None = None
+    source_repository: str | None = None
+    require_provenance: bool = True
+    require_sbom: bool = True
+
+    @classmethod
+    def from_file(cls, path: Path) -> Policy:
+        doc = yaml.safe_load(path.read_text())
+        if (
+            not isinstance(doc, dict)
+            or doc.get("apiVersion") != "portcullis.dev/v1"
+            or doc.get("kind") != "VerificationPolicy"
+        ):
+            raise ValueError(f"{path}: not a portcullis.dev/v1 VerificationPolicy")
+        spec = doc.get("spec") or {}
+        unknown = set(spec) - {"builderId", "sourceRepository", "requireProvenance", "requireSbom"}
+        if unknown:
+            raise ValueError(f"{path}: unknown field spec.{sorted(unknown)[0]}")
+        return cls(
+            spec.get("builderId"),
+            spec.get("sourceRepository"),
+            bool(spec.get("requireProvenance", True)),
+            bool(spec.get("requireSbom", True)),
+        )
+
+
+@dataclass
+class Result:
+    reference: Reference
+    digest: str
+    blobs_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _verify_raw(key: ec.EllipticCurvePublicKey, signature_b64: str, payload: bytes) -> bool:
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+        key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+class Verifier:
+    def __init__(self, client: RegistryClient, key: ec.EllipticCurvePublicKey, policy: Policy):
+        self.client = client
+        self.key = key
+        self.fingerprint = cosign_keys.key_fingerprint(key)
+        self.policy = policy
+
+    # -- 1 and 2: content addressing ------------------------------------------------------
+
+    def resolve(self, ref: Reference) -> tuple[str, Artifact]:
+        repo = ref.repository
+        lookup = ref.tag or ref.digest
+        if lookup is None:
+            raise VerificationError(f"{ref}: give a tag or a digest")
+        try:
+            manifest, media_type = self.client.get_manifest(repo, lookup)
+        except NotFoundError:
+            raise VerificationError(f"{ref}: no such manifest in the registry") from None
+        digest = oci.sha256_digest(manifest)
+        if ref.tag and ref.digest and digest != ref.digest:
+            raise VerificationError(
+                f"tag moved: {ref.name}:{ref.tag} now resolves to {digest}, not the pinned "
+                f"{ref.digest}"
+            )
+        if not ref.tag and ref.digest and digest != ref.digest:
+            raise VerificationError(
+                f"manifest served for {ref.digest} hashes to {digest}: the registry content is "
+                "altered"
+            )
+        return digest, Artifact(manifest, media_type or oci.OCI_MANIFEST)
+
+    def check_blobs(self, repo: str, artifact: Artifact, where: str) -> int:
+        """Fetch every blob and compare its hash; recurse into an index's manifests."""
+        doc = artifact.manifest_json()
+        count = 0
+        if "manifests" in doc:
+            for i, child in enumerate(doc["manifests"]):
+                desc = oci.Descriptor.from_json(child, f"{where}.manifests[{i}]")
+                data, media_type = self.client.get_manifest(repo, desc.digest)
+                if oci.sha256_digest(data) != desc.digest:
+                    raise VerificationError(f"{where}: manifest {desc.digest} is altered")
+                count += self.check_blobs(repo, Artifact(data, media_type), desc.digest)
+            return count
+        for i, desc in enumerate(oci.manifest_blobs(doc, where)):
+            what = (
+                "config"
+                if i == 0 and "config" in doc
+                else f"layer {i - 1 if 'config' in doc else i}"
+            )
+            data = self._blob(repo, desc.digest, f"{where} {what}")
+            actual = oci.sha256_digest(data)
+            if actual != desc.digest:
+                raise VerificationError(
+                    f"{what} blob {desc.digest} of {repo} hashes to {actual}: the blob was altered"
+                )
+            if len(data) != desc.size:
+                raise VerificationError(
+                    f"{what} blob {desc.digest} has size {len(data)}, manifest says {desc.size}"
+                )
+            count += 1
+        return count
+
+    def _blob(self, repo: str, digest: str, what: str) -> bytes:
+        try:
+            return self.client.get_blob(repo, digest)
+        except NotFoundError:
+            raise VerificationError(f"{what}: blob {digest} is missing from {repo}") from None
+
+    def _attachment(self, repo: str, tag: str) -> Artifact | None:
+        try:
+            manifest, media_type = self.client.get_manifest(repo, tag)
+        except NotFoundError:
+            return None
+        art = Artifact(manifest, media_type or oci.OCI_MANIFEST)
+        for desc in art.layers():
+            art.blobs[desc.digest] = self._blob(repo, desc.digest, tag)
+        return art
+
+    # -- 3: signature ---------------------------------------------------------------------
+
+    def signature_findings(self, repo: str, digest: str) -> tuple[bool, list[str], list[str]]:
+        """(verified-for-this-digest, digests named by verified payloads, problems)."""
+        tag = sign.sig_tag(digest)
+        art = self._attachment(repo, tag)
+        if art is None:
+            raise VerificationError(
+                f"unsigned: no cosign signature for {digest} (tag {tag} does not exist)"
+            )
+        named: list[str] = []
+        problems: list[str] = []
+        for i, desc in enumerate(art.layers()):
+            if desc.media_type != sign.SIMPLESIGNING_MEDIA_TYPE:
+                continue
+            payload = art.blobs[desc.digest]
+            actual = oci.sha256_digest(payload)
+            if actual != desc.digest:
+                problems.append(
+                    f"signature layer {i}: payload blob hashes to {actual}, not "
+                    f"{desc.digest} (payload altered in storage)"
+                )
+                continue
+            sig = desc.annotations.get(sign.SIGNATURE_ANNOTATION, "")
+            if not _verify_raw(self.key, sig, payload):
+                problems.append(f"signature layer {i}")
+                continue
+            try:
+                claims = json.loads(payload)
+                claimed = claims["critical"]["image"]["docker-manifest-digest"]
+                kind = claims["critical"]["type"]
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"signature layer {i}: signed payload is not simple-signing JSON")
+                continue
+            if kind != sign.SIMPLESIGNING_TYPE:
+                problems.append(f"signature layer {i}: signed payload type {kind!r} unexpected")
+                continue
+            if claimed == digest:
+                return True, named, problems
+            named.append(str(claimed))
+        return False, named, problems
+
+    # -- 4 and 5: attestations ------------------------------------------------------------
+
+    def attestations(self, repo: str, digest: str) -> tuple[list[dict[str, Any]], int]:
+        """(statements whose envelopes verify with the key, count of envelopes that do not)."""
+        art = self._attachment(repo, sign.att_tag(digest))
+        if art is None:
+            return [], 0
+        good: list[dict[str, Any]] = []
+        bad = 0
+        for desc in art.layers():
+            if desc.media_type != dsse.ENVELOPE_MEDIA_TYPE:
+                continue
+            data = art.blobs[desc.digest]
+            if oci.sha256_digest(data) != desc.digest:
+                bad += 1
+                continue
+            try:
+                envelope = dsse.Envelope.parse(data)
+                if not envelope.verified_by(self.key):
+                    bad += 1
+                    continue
+                statement = envelope.statement()
+            except dsse.EnvelopeError:
+                bad += 1
+                continue
+            if statement.get("_type") in STATEMENT_TYPES:
+                good.append(statement)
+        return good, bad
+
+    @staticmethod
+    def _subjects(statement: dict[str, Any]) -> list[str]:
+        out = []
+        for subject in statement.get("subject") or []:
+            value = (
+                (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
+            )
+            if isinstance(value, str):
+                out.append(f"sha256:{value}")
+        return out
+
+    def check_provenance(self, statements: list[dict[str, Any]], digest: str) -> str:
+        provs = [s for s in statements if s.get("predicateType") == SLSA_PROVENANCE_V1]
+        if not provs:
+            raise VerificationError(
+                f"no provenance: no SLSA v1 provenance attestation for "
+                f"{digest} verifies with key {self.fingerprint}"
+            )
+        mine = [s for s in provs if digest in self._subjects(s)]
+        if not mine:
+            others = sorted({d for s in provs for d in self._subjects(s)})
+            raise VerificationError(
+                f"provenance is for another artefact: its subjects {others} do not include {digest}"
+            )
+        statement = mine[0]
+        predicate = statement.get("predicate") or {}
+        builder = ((predicate.get("runDetails") or {}).get("builder") or {}).get("id")
+        if self.policy.builder_id is not None and builder != self.policy.builder_id:
+            raise VerificationError(
+                f"provenance builder mismatch: runDetails.builder.id is "
+                f"{builder!r}, the policy requires {self.policy.builder_id!r}"
+            )
+        params = (predicate.get("buildDefinition") or {}).get("externalParameters") or {}
+        source = (params.get("source") or {}).get("repository")
+        if self.policy.source_repository is not None and source != self.policy.source_repository:
+            raise VerificationError(
+                f"provenance source mismatch: buildDefinition.externalParameters.source.repository "
+                f"is {source!r}, the policy requires {self.policy.source_repository!r}"
+            )
+        return f"provenance: builder {builder}, source {source}"
+
+    def check_sbom(self, statements: list[dict[str, Any]], digest: str) -> str:
+        sboms = [s for s in statements if s.get("predicateType") == CYCLONEDX_BOM]
+        if not sboms:
+            raise VerificationError(
+                f"missing SBOM: no CycloneDX SBOM attestation for {digest} "
+                f"verifies with key {self.fingerprint}"
+            )
+        for statement in sboms:
+            if digest not in self._subjects(statement):
+                continue
+            bom = statement.get("predicate") or {}
+            component = (bom.get("metadata") or {}).get("component") or {}
+            purl = urllib.parse.unquote(str(component.get("purl", "")))
+            if f"@{digest}" not in purl:
+                raise VerificationError(
+                    f"SBOM does not describe this image: metadata.component "
+                    f"purl {purl!r} does not name {digest}"
+                )
+            count = len(bom.get("components") or [])
+            return f"SBOM: CycloneDX {bom.get('specVersion')}, {count} components"
+        raise VerificationError(f"SBOM is for another artefact: no SBOM subject is {digest}")
+
+    # -- all together ---------------------------------------------------------------------
+
+    def verify(self, ref: Reference) -> Result:
+        digest, artifact = self.resolve(ref)
+        result = Result(ref, digest)
+        result.blobs_checked = self.check_blobs(ref.repository, artifact, str(ref))
+        signed, named, problems = self.signature_findings(ref.repository, digest)
+        statements, _bad = self.attestations(ref.repository, digest)
+        if not signed:
+            raise VerificationError(self._signature_reason(digest, named, problems, statements))
+        result.notes.append(f"signature: verified with key {self.fingerprint}")
+        if self.policy.require_provenance:
+            result.notes.append(self.check_provenance(statements, digest))
+        if self.policy.require_sbom:
+            result.notes.append(self.check_sbom(statements, digest))
+        return result
+
+    def _signature_reason(
+        self, digest: str, named: list[str], problems: list[str], statements: list[dict[str, Any]]
+    ) -> str:
+        altered = [p for p in problems if "altered" in p]
+        if altered:
+            return altered[0]
+        if named:
+            return (
+                f"signature replayed from another image: the signed payload names "
+                f"{named[0]}, not {digest}"
+            )
+        if statements:
+            # The key is the right one (it verifies this artefact's attestations), so the
+            # signature layer itself must have been changed.
+            return (
+                f"tampered signature payload: {problems[0] if problems else 'signature'} does "
+                f"not verify although key {self.fingerprint} verifies this artefact's "
+                "attestations"
+            )
+        return (
+            f"wrong key: no signature for {digest} verifies with key {self.fingerprint} "
+            "(signed by a different key, or not signed by this release's key)"
+        )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="verify a published image or chart: digests, signature, provenance, SBOM",
+        description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
+        "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
+        "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
+        "(repo:tag@sha256:...) to also detect a moved tag.",
+    )
+    parser.add_argument("ref", help="host[:port]/repository[:tag][@sha256:...]")
+    parser.add_argument("--key", type=Path, required=True, help="cosign public key (PEM)")
+    parser.add_argument("--policy", type=Path, help="VerificationPolicy YAML (provenance/)")
+    parser.add_argument("--source-repo", help="required externalParameters.source.repository")
+    parser.add_argument("--builder-id", help="required runDetails.builder.id")
+    parser.add_argument(
+        "--auth-file",
+        type=Path,
+        default=Path(os.environ["AUTH_FILE"]) if os.environ.get("AUTH_FILE") else None,
+        help="docker config JSON for a private registry",
+    )
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        default=None,
+        help="speak HTTP (default only for loopback registries)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        ref = Reference.parse(args.ref)
+        key = cosign_keys.load_public_key(args.key)
+        policy = Policy.from_file(args.policy) if args.policy else Policy()
+    except (ValueError, OSError, cosign_keys.KeyFileError) as exc:
+        print(f"verify: {exc}")
+        return 2
+    if args.builder_id:
+        policy.builder_id = args.builder_id
+    if args.source_repo:
+        policy.source_repository = args.source_repo
+    try:
+        with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
+            result = Verifier(client, key, policy).verify(ref)
+    except VerificationError as exc:
+        print(f"FAILED {ref}: {exc}")
+        return 1
+    except RegistryError as exc:
+        print(f"verify: registry error: {exc}")
+        return 2
+    print(f"OK {ref.name}@{result.digest}")
+    print(f"  manifest and {result.blobs_checked} blobs match their digests")
+    for note in result.notes:
+        print(f"  {note}")
+    return 0
