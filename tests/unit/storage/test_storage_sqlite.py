@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from portcullis.storage import sql_schema
 from portcullis.storage.base import CodeReplayedError, StorageError
 from portcullis.storage.migrations import (
+    Migration,
     MigrationError,
     SchemaTooNewError,
     load_migrations,
@@ -207,16 +208,34 @@ def test_database_from_another_build_is_refused(db_path: str) -> None:
         SQLiteStorage(db_path)
 
 
-def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
+def test_a_failing_migration_leaves_no_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Migrations run in one transaction: a half-applied schema is impossible."""
+    good = load_migrations("sqlite")
+    broken = (
+        *good,
+        Migration(len(good) + 1, "broken", ("CREATE TABLE extra (x INTEGER)", "NOT VALID SQL")),
+    )
+    monkeypatch.setattr("portcullis.storage.sqlite.load_migrations", lambda _dialect: broken)
     path = str(tmp_path / "half.db")
-    with _raw(path) as raw:  # a conflicting table makes the initial migration fail midway
-        raw.execute("CREATE TABLE passwords (x INTEGER)")
-    with pytest.raises(StorageError, match="already exists"):
+    with pytest.raises(StorageError, match="syntax error"):
+        SQLiteStorage(path)
+    with _raw(path) as raw:
+        tables = raw.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    assert tables == []
+
+
+def test_a_foreign_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = str(tmp_path / "dex.db")
+    with _raw(path) as raw:  # what a Dex sqlite3 file looks like: its own tables, no history
+        raw.execute("CREATE TABLE migrations (num INTEGER NOT NULL, at TEXT NOT NULL)")
+        raw.execute("CREATE TABLE client (id TEXT PRIMARY KEY)")
+    with pytest.raises(MigrationError, match="not a Portcullis database"):
         SQLiteStorage(path)
     with _raw(path) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"passwords"}
+    assert tables == {"migrations", "client"}
 
 
 def test_migrated_schema_matches_the_table_definitions(db_path: str) -> None:

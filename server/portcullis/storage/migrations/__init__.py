@@ -96,8 +96,18 @@ def apply_migrations(
 
     Returns the versions applied now. A database whose history has versions this code does not
     know raises SchemaTooNewError; a history whose names differ from the files (a database from
-    another branch) raises MigrationError. Neither is ever "repaired" automatically.
+    another branch) or a non-empty database without a history (a Dex database) raises
+    MigrationError. None of these is ever "repaired" automatically.
     """
+    existing = {
+        name for name in sa.inspect(conn).get_table_names() if not name.startswith("sqlite_")
+    }
+    if existing and schema_migrations.name not in existing:
+        # E.g. a Dex database file: never write our tables into someone else's schema.
+        raise MigrationError(
+            "the database already has tables but no schema_migrations table, so it is not a "
+            f"Portcullis database (found: {', '.join(sorted(existing)[:5])}); use an empty one"
+        )
     schema_migrations.create(conn, checkfirst=True)
     history = applied_versions(conn)
     known = {m.version: m for m in migrations}
