@@ -1,8 +1,10 @@
 """The storage contract every backend implements (memory, sqlite3, postgres).
 
 Mutations that depend on current state take an ``updater`` callback run inside one transaction,
-so concurrent workers and replicas never lose an update (Dex's pattern). Every backend must pass
-the conformance suite in ``tests/unit/storage/``.
+so concurrent workers and replicas never lose an update (Dex's pattern). An updater must keep the
+record's key (id, or email up to case): changing it raises ValueError and stores nothing. Error
+messages never quote keys (an auth code's id is the code itself). Every backend must pass the
+conformance suite in ``tests/unit/storage/``.
 """
 
 from __future__ import annotations
