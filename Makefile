@@ -46,6 +46,7 @@ test-system-deps:
 ## ---- the two commands ------------------------------------------------------------------
 
 run: venv
+	mkdir -p var
 	exec $(VENV)/bin/portcullis serve $(CONFIG)
 
 test: test-venv test-system-deps lint typecheck
@@ -79,6 +80,51 @@ tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.
 chart-node-deps: tests/node/node_modules/.stamp
 
 test: chart-node-deps
+
+## ---- image ---------------------------------------------------------------------------------
+# The hardened image (issue 3): PyInstaller-frozen server on a distroless rootfs from pinned
+# Debian packages, with an OpenSSL FIPS provider built from Debian's source, written as a
+# reproducible OCI image layout in dist/image/ tagged with the project version.
+# Recipe: images/portcullis/; code: scripts/portcullis_release/{debs,rootfs,fips_provider,
+# freeze,oci_layout,image}.py. Downloads and the built provider are cached under .cache/image.
+IMAGE_DIR        := dist/image
+IMAGE_CACHE      := $(CACHE)/image
+IMAGE_DEB_SRC    := /etc/apt/sources.list.d/portcullis-deb-src.sources
+# Build the FIPS provider (compiler, dpkg-source) and sanity-check the layout (skopeo).
+IMAGE_BUILD_APT_PACKAGES := dpkg-dev build-essential perl openssl skopeo ca-certificates
+# runc runs the image for real in tests/image; skopeo reads the layout back.
+TEST_APT_PACKAGES += runc skopeo
+
+.PHONY: image-build-deps image-check
+
+# deb-src lines for bookworm (+ security) so `apt-get source openssl` can fetch the signed
+# source package; apt lists are refreshed only when this file is new or the source is unknown.
+image-build-deps:
+	@if [ ! -f $(IMAGE_DEB_SRC) ]; then \
+	  printf '%s\n' '# Added by the Portcullis Makefile (make image): source packages for the FIPS provider.' \
+	    'Types: deb-src' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm bookworm-updates' \
+	    'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' '' \
+	    'Types: deb-src' 'URIs: http://deb.debian.org/debian-security' 'Suites: bookworm-security' \
+	    'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(IMAGE_DEB_SRC); \
+	  echo "wrote $(IMAGE_DEB_SRC)"; rm -f $(IMAGE_CACHE)/.apt-updated; fi
+	@mkdir -p $(IMAGE_CACHE)
+	@if [ ! -f $(IMAGE_CACHE)/.apt-updated ] || ! apt-cache showsrc openssl 2>/dev/null | grep -q '^Package: openssl'; then \
+	  echo "apt-get update (deb-src for the FIPS provider)"; $(APT_GET) update >/dev/null; touch $(IMAGE_CACHE)/.apt-updated; fi
+	@missing=$$(for p in $(IMAGE_BUILD_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing Debian packages: $$missing"; \
+	  $(APT_GET) install --no-install-recommends $$missing >/dev/null; fi
+
+# Writes dist/image/ (OCI layout, tag = project version); same commit => same manifest digest.
+image: test-venv image-build-deps
+	$(VENV)/bin/portcullis-release image build --output $(IMAGE_DIR) --cache $(IMAGE_CACHE)
+
+# Reads the layout back with an independent tool.
+image-check: image
+	skopeo inspect --raw oci:$(IMAGE_DIR):$$($(PY) -c 'import portcullis; print(portcullis.__version__)') >/dev/null
+	@echo "skopeo reads oci:$(IMAGE_DIR)"
+
+# The container tests (tests/image) run the built layout under runc.
+test: image
 
 ## ---- release artefacts ------------------------------------------------------------------
 

@@ -146,8 +146,13 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 
 def parse_config(
-    text: str, source: str = "<config>", environ: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    fips_mode: bool = False,
 ) -> Config:
+    """Parse and validate; ``fips_mode`` applies the FIPS password-hash policy too."""
     env = os.environ if environ is None else environ
     document = _parse_yaml(text, source)
     if env.get("DEX_EXPAND_ENV", "true").lower() not in ("false", "0"):
@@ -161,16 +166,21 @@ def parse_config(
         raw = RawConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(_pydantic_problems(exc)) from None
-    return _resolve(raw, source, env)
+    return _resolve(raw, source, env, fips_mode=fips_mode)
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    fips_mode: bool = False,
+) -> Config:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(file), environ)
+    return parse_config(text, str(file), environ, fips_mode=fips_mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,12 +188,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve(raw: RawConfig, source: str, env: Mapping[str, str]) -> Config:
+def _resolve(raw: RawConfig, source: str, env: Mapping[str, str], *, fips_mode: bool) -> Config:
     problems: list[str] = []
     storage_config = _resolve_storage(raw, problems)
     connectors = _resolve_connectors(raw, problems)
     clients = _resolve_clients(raw, env, problems)
-    password_specs = _resolve_passwords(raw, env, problems)
+    password_specs = _resolve_passwords(raw, env, problems, fips_mode=fips_mode)
 
     connector_ids = {c.id for c in connectors}
     if raw.enable_password_db:
@@ -236,7 +246,7 @@ def _resolve_connectors(raw: RawConfig, problems: list[str]) -> list[ConnectorSp
     specs: list[ConnectorSpec] = []
     seen: set[str] = set()
     for i, connector in enumerate(raw.connectors):
-        if connector.id in seen or connector.id == LOCAL_CONNECTOR_ID and raw.enable_password_db:
+        if connector.id in seen or (connector.id == LOCAL_CONNECTOR_ID and raw.enable_password_db):
             problems.append(f"connectors[{i}].id: duplicate connector id {connector.id!r}")
         seen.add(connector.id)
         kind = CONNECTOR_TYPES.get(connector.type)
@@ -286,8 +296,10 @@ def _resolve_clients(
             problems.append(f"{at}.secret: required for a confidential client (or set public)")
         if client.public and secret:
             problems.append(f"{at}.secret: a public client must not have a secret")
-        if not client.public and not client.redirect_uris and (
-            not client.grant_types or "authorization_code" in client.grant_types
+        if (
+            not client.public
+            and not client.redirect_uris
+            and (not client.grant_types or "authorization_code" in client.grant_types)
         ):
             problems.append(f"{at}.redirectURIs: a confidential client needs at least one")
         if client_id in seen:
@@ -344,7 +356,7 @@ def _default_grants(raw: RawConfig) -> tuple[str, ...]:
 
 
 def _resolve_passwords(
-    raw: RawConfig, env: Mapping[str, str], problems: list[str]
+    raw: RawConfig, env: Mapping[str, str], problems: list[str], *, fips_mode: bool
 ) -> list[PasswordSpec]:
     specs: list[PasswordSpec] = []
     seen: set[str] = set()
@@ -362,7 +374,7 @@ def _resolve_passwords(
             if entry.hash is None and not entry.hash_from_env:
                 problems.append(f"{at}.hash: required (or hashFromEnv)")
         else:
-            problem = passwords.check_hash_format(hashed)
+            problem = passwords.check_hash_format(hashed, fips_mode=fips_mode)
             if problem:
                 problems.append(f"{at}.{field}: {problem}")
         if entry.email.lower() in seen:

@@ -110,6 +110,9 @@ GrantType = Literal[
 ResponseType = Literal["code", "token", "id_token"]
 SigningAlgorithm = Literal["RS256", "PS256", "ES256", "ES384"]
 
+_PKCE_METHODS: tuple[Literal["S256", "plain"], ...] = ("S256", "plain")
+_CODE_ONLY: tuple[ResponseType, ...] = ("code",)
+
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "password", "client_credentials")
 
 
@@ -250,13 +253,15 @@ class ExpirySection(Section):
 class PKCESection(Section):
     enforce: bool = False
     code_challenge_methods_supported: list[Literal["S256", "plain"]] = Field(
-        default_factory=lambda: ["S256", "plain"], min_length=1
+        default_factory=lambda: list(_PKCE_METHODS), min_length=1
     )
 
 
 class OAuth2Section(Section):
     grant_types: list[GrantType] = Field(default_factory=list)
-    response_types: list[ResponseType] = Field(default_factory=lambda: ["code"], min_length=1)
+    response_types: list[ResponseType] = Field(
+        default_factory=lambda: list(_CODE_ONLY), min_length=1
+    )
     skip_approval_screen: bool = False
     always_show_login_screen: bool = False
     password_connector: str = ""

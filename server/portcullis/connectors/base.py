@@ -27,7 +27,7 @@ class ConnectorError(Exception):
     """Upstream failed or refused; the message is safe to show to the user."""
 
 
-class Connector(ABC):
+class Connector:
     def __init__(self, connector_id: str, name: str, connector_type: str) -> None:
         self.id = connector_id
         self.name = name

@@ -75,9 +75,7 @@ class AuthorizationFlow:
         allowed_types = self._settings.client_response_types(client)
         for response_type in response_types:
             if response_type not in ("code", "token", "id_token"):
-                raise fail(
-                    "unsupported_response_type", f"unknown response_type {response_type!r}"
-                )
+                raise fail("unsupported_response_type", f"unknown response_type {response_type!r}")
             if response_type not in allowed_types:
                 raise fail(
                     "unsupported_response_type",
@@ -136,8 +134,14 @@ class AuthorizationFlow:
             raise fail("login_required", "no active session; prompt=none cannot be honoured")
 
         connector_id = params.get("connector_id", "")
-        if connector_id and client.allowed_connectors and connector_id not in client.allowed_connectors:
-            raise fail("invalid_request", f"connector {connector_id!r} is not allowed for this client")
+        if (
+            connector_id
+            and client.allowed_connectors
+            and connector_id not in client.allowed_connectors
+        ):
+            raise fail(
+                "invalid_request", f"connector {connector_id!r} is not allowed for this client"
+            )
 
         now = self._clock.now()
         request = AuthRequest(
@@ -252,7 +256,7 @@ class AuthorizationFlow:
             if "token" in request.response_types:
                 values.update(
                     access_token=minted.access_token,
-                    token_type="bearer",
+                    token_type="bearer",  # noqa: S106 - a token type, not a secret
                     expires_in=str(minted.expires_in),
                 )
             if "id_token" in request.response_types:

@@ -65,9 +65,7 @@ class ClientRegistry:
         return client
 
 
-def _credentials(
-    authorization: str | None, form: Mapping[str, str]
-) -> tuple[str, str | None, str]:
+def _credentials(authorization: str | None, form: Mapping[str, str]) -> tuple[str, str | None, str]:
     form_id = form.get("client_id", "")
     form_secret = form.get("client_secret")
     if authorization and authorization[:6].lower() == "basic ":

@@ -33,8 +33,14 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
     response_types = ["code"]
     if "token" in settings.response_types or "id_token" in settings.response_types:
         response_types = []
-        for combo in ("code", "id_token", "id_token token", "code id_token", "code token",
-                      "code id_token token"):
+        for combo in (
+            "code",
+            "id_token",
+            "id_token token",
+            "code id_token",
+            "code token",
+            "code id_token token",
+        ):
             parts = combo.split()
             if all(p in settings.response_types for p in parts):
                 response_types.append(combo)

@@ -7,6 +7,7 @@ successor (a lost response retried), after it revokes the whole family (RFC 9700
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -14,13 +15,13 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from portcullis.clock import Clock
+from portcullis.connectors.base import Connector as BaseConnector
 from portcullis.connectors.base import (
     ConnectorError,
     PasswordConnector,
     RefreshConnector,
     Scopes,
 )
-from portcullis.connectors.base import Connector as BaseConnector
 from portcullis.oidc import pkce, scopes
 from portcullis.oidc.clients import ClientRegistry
 from portcullis.oidc.errors import (
@@ -32,7 +33,7 @@ from portcullis.oidc.errors import (
     unsupported_grant_type,
 )
 from portcullis.oidc.settings import ProtocolSettings
-from portcullis.oidc.throttle import LoginThrottle, Throttled
+from portcullis.oidc.throttle import LoginThrottle, ThrottledError
 from portcullis.oidc.tokens import (
     TokenMinter,
     derived_jti,
@@ -138,10 +139,8 @@ class TokenEndpoint:
     def _revoke_code_issue(self, code_id: str, now: float) -> None:
         """A replayed code means it leaked: kill everything it issued (RFC 6749 §4.1.2)."""
         for token in self._storage.refresh_tokens_issued_by_code(code_id):
-            try:
+            with contextlib.suppress(NotFoundError):
                 self._storage.delete_refresh_token(token.id)
-            except NotFoundError:
-                pass
         horizon = now + self._settings.max_token_lifetime(self._clients.all())
         for purpose in ("access", "id"):
             self._storage.revoke_token(derived_jti(code_id, purpose), horizon)
@@ -217,9 +216,7 @@ class TokenEndpoint:
         result = outcome[0] if outcome else "!invalid"
         if result == "!reuse":
             self._delete_family(token.id)
-            raise invalid_grant(
-                "the refresh token was already used; the session has been revoked"
-            )
+            raise invalid_grant("the refresh token was already used; the session has been revoked")
         if result == "!invalid":
             raise invalid_grant("the refresh token is invalid or was revoked")
         return self._tokens_response(
@@ -244,7 +241,9 @@ class TokenEndpoint:
             return await connector.refresh(_scopes_for(granted), token.identity)
         except ConnectorError as exc:
             self._delete_family(token.id)
-            raise invalid_grant(f"the upstream identity provider refused the refresh: {exc}") from None
+            raise invalid_grant(
+                f"the upstream identity provider refused the refresh: {exc}"
+            ) from None
 
     def _family_expiry(self, client: Client, created_at: float, now: float) -> float:
         policy = self._settings.refresh
@@ -257,10 +256,8 @@ class TokenEndpoint:
         return min(limits) if limits else 0.0
 
     def _delete_family(self, token_id: str) -> None:
-        try:
+        with contextlib.suppress(NotFoundError):
             self._storage.delete_refresh_token(token_id)
-        except NotFoundError:
-            pass
 
     # -- password ---------------------------------------------------------------------------
     async def _password(
@@ -281,7 +278,7 @@ class TokenEndpoint:
             raise unauthorized_client("the password grant has no password connector")
         try:
             self._throttle.check(username, client_ip)
-        except Throttled as exc:
+        except ThrottledError as exc:
             raise OAuthError(
                 "invalid_grant",
                 "too many failed logins; try again later",
@@ -434,6 +431,4 @@ class TokenEndpoint:
 
 
 def _scopes_for(granted: tuple[str, ...]) -> Scopes:
-    return Scopes(
-        offline_access=scopes.OFFLINE_ACCESS in granted, groups=scopes.GROUPS in granted
-    )
+    return Scopes(offline_access=scopes.OFFLINE_ACCESS in granted, groups=scopes.GROUPS in granted)

@@ -3,6 +3,7 @@ back a token the issuer minted."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,10 +119,8 @@ class TokenReader:
                 parsed[1], record.obsolete_token_hash
             )
             if owns and knows:
-                try:
+                with contextlib.suppress(NotFoundError):
                     self._storage.delete_refresh_token(record.id)
-                except NotFoundError:
-                    pass
             return
         claims = self._jwt_claims(token, check_expiry=False)
         if claims is None:

@@ -86,8 +86,9 @@ class Provider:
         """Make sure a signing key exists (first start, or overdue rotation)."""
         self.keys.rotate_if_due()
         self.keys.reload()
-        algorithms = sorted({signer_alg for signer_alg in (
-            self.config.raw.signer.config.algorithm, self.keys.current().algorithm)})
+        algorithms = sorted(
+            {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
+        )
         self._discovery = render(discovery_document(self.settings, algorithms))
 
     @property

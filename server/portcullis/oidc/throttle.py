@@ -7,7 +7,7 @@ from portcullis.clock import Clock
 from portcullis.storage.base import Storage
 
 
-class Throttled(Exception):
+class ThrottledError(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__("too many failed logins")
         self.retry_after = retry_after
@@ -28,12 +28,12 @@ class LoginThrottle:
         return "user:" + username.strip().lower()
 
     def check(self, username: str, client_ip: str) -> None:
-        """Raise Throttled when either limit is reached; checked before the password is."""
+        """Raise ThrottledError when either limit is reached; checked before the password is."""
         now = self._clock.now()
         user_failures = self._storage.login_failures(self._user_key(username), now, self._window)
         ip_failures = self._storage.login_failures("ip:" + client_ip, now, self._window)
         if user_failures >= self._per_user or ip_failures >= self._per_ip:
-            raise Throttled(retry_after=int(self._window))
+            raise ThrottledError(retry_after=int(self._window))
 
     def failed(self, username: str, client_ip: str) -> None:
         now = self._clock.now()

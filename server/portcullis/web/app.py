@@ -63,7 +63,7 @@ class Issuer:
             checks["storage"] = f"unavailable: {type(exc).__name__}"
         try:
             checks["signing_key"] = self.provider.keys.current().signing_kid and "ok"
-        except Exception as exc:  # noqa: BLE001 - readiness must report, never raise
+        except Exception as exc:
             checks["signing_key"] = f"missing: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
         report: dict[str, Any] = {"ready": ready, "checks": checks}
@@ -171,7 +171,11 @@ def create_issuer(
 
     get_post = ["GET", "POST"]
     routes = [
-        Route("/.well-known/openid-configuration", cors.wrap(api.discovery), methods=["GET", "OPTIONS"]),
+        Route(
+            "/.well-known/openid-configuration",
+            cors.wrap(api.discovery),
+            methods=["GET", "OPTIONS"],
+        ),
         Route("/keys", cors.wrap(api.keys), methods=["GET", "OPTIONS"]),
         Route("/token", cors.wrap(api.token), methods=["POST", "OPTIONS"]),
         Route("/userinfo", cors.wrap(api.userinfo), methods=["GET", "POST", "OPTIONS"]),
@@ -233,10 +237,8 @@ def create_issuer(
 async def _key_loop(provider: Provider, stop: asyncio.Event) -> None:
     """Every worker checks the schedule; the storage transaction makes one of them win."""
     while not stop.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=KEY_CHECK_INTERVAL)
-        except TimeoutError:
-            pass
         if stop.is_set():
             return
         try:

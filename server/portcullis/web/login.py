@@ -21,7 +21,7 @@ from portcullis.oidc.authorize import error_redirect
 from portcullis.oidc.errors import AuthorizeError
 from portcullis.oidc.provider import Provider
 from portcullis.oidc.scopes import GROUPS, OFFLINE_ACCESS
-from portcullis.oidc.throttle import Throttled
+from portcullis.oidc.throttle import ThrottledError
 from portcullis.storage.models import AuthRequest
 from portcullis.web import security
 from portcullis.web.pages import NO_STORE, Pages
@@ -63,9 +63,7 @@ class LoginRoutes:
     def _connectors_for(self, request: AuthRequest) -> list[Connector]:
         client = self.flow.client_for(request)
         allowed = client.allowed_connectors if client else ()
-        return [
-            c for c in self.provider.connectors.values() if not allowed or c.id in allowed
-        ]
+        return [c for c in self.provider.connectors.values() if not allowed or c.id in allowed]
 
     def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
         """The auth request, only for the browser that started it."""
@@ -100,6 +98,9 @@ class LoginRoutes:
             groups=GROUPS in auth_request.scopes,
         )
 
+    def _connector_url(self, connector_id: str, auth_request: AuthRequest) -> str:
+        return f"{self.base}/auth/{connector_id}?{urlencode({'state': auth_request.id})}"
+
     # -- /auth -------------------------------------------------------------------------------
     async def auth(self, http: Request) -> Response:
         params = dict(http.query_params)
@@ -115,11 +116,11 @@ class LoginRoutes:
             return self._authorize_error(error)
         connectors = self._connectors_for(auth_request)
         if auth_request.connector_id:
-            target = f"{self.base}/auth/{auth_request.connector_id}?{urlencode({'state': auth_request.id})}"
-            response: Response = _redirect(target)
+            response: Response = _redirect(
+                self._connector_url(auth_request.connector_id, auth_request)
+            )
         elif len(connectors) == 1 and not self.provider.settings.always_show_login:
-            target = f"{self.base}/auth/{connectors[0].id}?{urlencode({'state': auth_request.id})}"
-            response = _redirect(target)
+            response = _redirect(self._connector_url(connectors[0].id, auth_request))
         else:
             response = self.pages.render(
                 "login.html",
@@ -129,7 +130,7 @@ class LoginRoutes:
                         "name": c.name,
                         "type": c.type,
                         "dev_only": c.dev_only,
-                        "url": f"{self.base}/auth/{c.id}?{urlencode({'state': auth_request.id})}",
+                        "url": self._connector_url(c.id, auth_request),
                     }
                     for c in connectors
                 ],
@@ -156,7 +157,9 @@ class LoginRoutes:
             return loaded
         connector = self._connector(loaded, connector_id)
         if connector is None:
-            return self.pages.error(404, "Unknown login method", "That login method does not exist.")
+            return self.pages.error(
+                404, "Unknown login method", "That login method does not exist."
+            )
         self.provider.storage.update_auth_request(
             loaded.id, lambda r: _with_connector(r, connector_id)
         )
@@ -196,7 +199,9 @@ class LoginRoutes:
             return loaded
         connector = self._connector(loaded, connector_id)
         if not isinstance(connector, PasswordConnector):
-            return self.pages.error(404, "Unknown login method", "That login method does not exist.")
+            return self.pages.error(
+                404, "Unknown login method", "That login method does not exist."
+            )
 
         def form_page(status: int = 200, error: str = "", username: str = "") -> Response:
             return self.pages.render(
@@ -222,7 +227,7 @@ class LoginRoutes:
         client_ip = self.ip.resolve(http)
         try:
             self.provider.throttle.check(username, client_ip)
-        except Throttled as exc:
+        except ThrottledError as exc:
             response = form_page(
                 429, "Too many failed attempts. Wait a few minutes and try again.", username
             )
@@ -254,9 +259,7 @@ class LoginRoutes:
         if not isinstance(connector, CallbackConnector):
             return self.pages.error(400, "Login failed", "No login is waiting for this callback.")
         if "error" in params:
-            return self.pages.error(
-                401, "Login failed", "The identity provider refused the login."
-            )
+            return self.pages.error(401, "Login failed", "The identity provider refused the login.")
         try:
             identity = await connector.handle_callback(self._scopes(loaded), params)
         except ConnectorError as exc:
@@ -285,9 +288,7 @@ class LoginRoutes:
                     "approval.html",
                     client_name=client.name if client else loaded.client_id,
                     scopes=[
-                        SCOPE_DESCRIPTIONS[s]
-                        for s in loaded.scopes
-                        if SCOPE_DESCRIPTIONS.get(s)
+                        SCOPE_DESCRIPTIONS[s] for s in loaded.scopes if SCOPE_DESCRIPTIONS.get(s)
                     ],
                     audiences=[
                         s.split(":", 3)[3] for s in loaded.scopes if s.startswith("audience:")

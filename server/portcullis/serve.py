@@ -1,0 +1,225 @@
+"""Run the issuer: bind every listener first (clear error if a port is taken), then serve them
+from one or more worker processes that share the sockets and the storage.
+
+Signals: SIGTERM/SIGINT stop accepting, let in-flight requests finish (up to the drain
+timeout) and exit 0. With several workers the parent forwards the signal and exits 0 only if
+every worker did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from portcullis import __version__
+from portcullis.config.load import Config
+
+log = logging.getLogger("portcullis")
+
+EXIT_LISTEN_FAILED = 1
+
+
+class _SharedSignalServer(uvicorn.Server):
+    """uvicorn installs its own handlers per server; we stop all listeners together instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str  # the config key, for error messages
+    address: str
+    sock: socket.socket
+    telemetry: bool = False
+    tls: bool = False
+
+
+def _bind(name: str, address: str) -> socket.socket:
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an empty host means all, like Go
+    if host == "localhost":
+        host = "127.0.0.1"
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port_text)))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {name} {address}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_listeners(config: Config) -> list[Listener]:
+    raw = config.raw
+    wanted = [
+        ("web.http", raw.web.http, False, False),
+        ("web.https", raw.web.https, False, True),
+        ("telemetry.http", raw.telemetry.http, True, False),
+    ]
+    listeners: list[Listener] = []
+    try:
+        for name, address, telemetry, tls in wanted:
+            if address:
+                listeners.append(Listener(name, address, _bind(name, address), telemetry, tls))
+    except OSError:
+        for listener in listeners:
+            listener.sock.close()
+        raise
+    return listeners
+
+
+def _tls_context(config: Config, fips_mode: bool) -> ssl.SSLContext:
+    raw = config.raw.web
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert raw.tls_cert
+    assert raw.tls_key
+    context.load_cert_chain(raw.tls_cert, raw.tls_key)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if raw.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if raw.tls_max_version == "1.2":
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if fips_mode:
+        from portcullis.fips import TLS_CIPHERS_FIPS
+
+        context.set_ciphers(TLS_CIPHERS_FIPS)
+    return context
+
+
+def run_worker(
+    config: Config,
+    listeners: list[Listener],
+    *,
+    fips_mode: bool,
+    fips_status: dict[str, Any],
+    drain_timeout: float,
+) -> int:
+    """Serve every listener in this process until a stop signal; returns the exit code."""
+    from portcullis.web.app import create_issuer
+
+    issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
+    common: dict[str, Any] = {
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": drain_timeout,
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    servers: list[tuple[_SharedSignalServer, socket.socket]] = []
+    for listener in listeners:
+        app = issuer.telemetry if listener.telemetry else issuer.app
+        uv_config = uvicorn.Config(app, lifespan="off" if listener.telemetry else "on", **common)
+        server = _SharedSignalServer(uv_config)
+        if listener.tls:
+            # uvicorn wraps accepted connections with config.ssl once loaded.
+            uv_config.load()
+            uv_config.ssl = _tls_context(config, fips_mode)
+        servers.append((server, listener.sock))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop(signame: str) -> None:
+            log.info("received %s: draining in-flight requests", signame)
+            for server, _ in servers:
+                server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig.name)
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+
+    try:
+        asyncio.run(run())
+    finally:
+        issuer.provider.storage.close()
+    failed = [s for s, _ in servers if not s.started]
+    return 1 if failed else 0
+
+
+def serve(
+    config: Config,
+    *,
+    workers: int,
+    fips_mode: bool,
+    fips_status: dict[str, Any],
+    drain_timeout: float,
+) -> int:
+    try:
+        listeners = bind_listeners(config)
+    except OSError as exc:
+        print(f"portcullis: {exc}", file=sys.stderr)
+        return EXIT_LISTEN_FAILED
+    log.info(
+        "serving issuer %s on %s (version %s, storage %s, %d worker(s), FIPS %s)",
+        config.issuer,
+        ", ".join(f"{listener.name}={listener.address}" for listener in listeners),
+        __version__,
+        config.raw.storage.type,
+        workers,
+        "on" if fips_mode else "off",
+    )
+    kwargs: dict[str, Any] = {
+        "fips_mode": fips_mode,
+        "fips_status": fips_status,
+        "drain_timeout": drain_timeout,
+    }
+    if workers <= 1:
+        code = run_worker(config, listeners, **kwargs)
+        log.info("stopped")
+        return code
+    return _supervise(config, listeners, workers, kwargs)
+
+
+def _supervise(
+    config: Config, listeners: list[Listener], workers: int, kwargs: dict[str, Any]
+) -> int:
+    """Fork workers after binding (sockets are shared; storage connections are opened in each
+    child, never inherited) and wait for all of them."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                code = run_worker(config, listeners, **kwargs)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            log.error("worker %d exited with %d", child, code)
+            # One worker dying takes the others down: a half-served issuer is worse.
+            forward(signal.SIGTERM, None)
+            worst = worst or (code if code > 0 else 1)
+    for listener in listeners:
+        listener.sock.close()
+    log.info("stopped")
+    return worst
