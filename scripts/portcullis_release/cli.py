@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order `--help` lists them.
-STEP_MODULES: tuple[str, ...] = ()
+STEP_MODULES: tuple[str, ...] = ("manifest", "chart", "flux")
 
 
 def build_parser() -> argparse.ArgumentParser:
