@@ -254,6 +254,7 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
     release_dir: Path = args.release_dir
     release_dir.mkdir(parents=True, exist_ok=True)
     local = None
+    throwaway = False
     auth_path: Path | None
     registry, auth_file = env("REGISTRY"), env("AUTH_FILE")
     if registry is None:
@@ -277,6 +278,7 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
                 f"{key_path} (public key {pub_path}); do not ship what it signs."
             )
             key = cosign_keys.load_private_key(key_path, password.encode())
+            throwaway = True
         else:
             key = cosign_keys.load_private_key(Path(key_file), cosign_keys.password_from_env())
         (release_dir / "cosign.pub").write_bytes(cosign_keys.public_pem(key))
@@ -330,7 +332,9 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
         final = manifest.parse_manifest(
             {
                 **man.to_data(),
-                "development": False,
+                # Signed by a throwaway key into a registry that stops with this command, the
+                # release is a rehearsal, not something to deploy: keep it marked development.
+                "development": local is not None or throwaway,
                 "chart": {
                     "repository": plan.chart_ref.name,
                     "version": plan.chart_version,

@@ -221,7 +221,12 @@ def image_bom(plan: ReleasePlan, inputs: ImageInputs) -> dict[str, Any]:
                 path = inputs.deb_dir / deb.filename
                 if not path.is_file():
                     raise SbomError(f"{path}: .deb for {deb.name} not found (needed for its files)")
-                owned = deb_file_list(path) - owner.keys()
+                # The package's files, plus the dpkg status record a distroless rootfs keeps.
+                status = {
+                    f"/var/lib/dpkg/status.d/{deb.name}",
+                    f"/var/lib/dpkg/status.d/{deb.name}.md5sums",
+                }
+                owned = (deb_file_list(path) | status) - owner.keys()
                 owned &= set(files)
                 owner.update(dict.fromkeys(owned, deb.name))
                 _with_occurrences(comp, owned)

@@ -176,6 +176,31 @@ def test_published_release_verifies_and_republishing_pushes_nothing(
     assert f"OK {plan.image_ref.name}@{plan.image.digest}" in out
 
 
+def test_helm_pulls_the_chart_we_publish(
+    shared_registry: Registry,
+    inputs_a: SyntheticRelease,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our chart OCI artifact is one Helm (the Go SDK) accepts, byte for byte."""
+    import helm_python
+
+    plan = inputs_a.plan(f"{shared_registry.host}/helm")
+    pub = Publisher(client(shared_registry))
+    chart = plan.artifact_for("chart")
+    pub.upload(plan.chart_ref.repository, chart)
+    pub.tag(plan.chart_ref.repository, plan.chart_tag, chart)
+    monkeypatch.chdir(tmp_path)
+    helm = helm_python.RegistryClient(
+        plain_http=True, credentials_file=str(shared_registry.auth_file)
+    )
+    try:
+        helm.pull(f"oci://{plan.chart_ref.name}:{plan.chart_version}")
+    finally:
+        helm.close()
+    assert (tmp_path / f"portcullis-{plan.chart_version}.tgz").read_bytes() == plan.chart_tgz
+
+
 def test_cosign_verifies_our_signatures_and_attestations(
     shared_registry: Registry,
     inputs_a: SyntheticRelease,
