@@ -7,7 +7,6 @@ successor (a lost response retried), after it revokes the whole family (RFC 9700
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from portcullis.oidc.errors import (
     unauthorized_client,
     unsupported_grant_type,
 )
+from portcullis.oidc.families import end_family, live_access_tokens
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle, ThrottledError
 from portcullis.oidc.tokens import (
@@ -139,8 +139,7 @@ class TokenEndpoint:
     def _revoke_code_issue(self, code_id: str, now: float) -> None:
         """A replayed code means it leaked: kill everything it issued (RFC 6749 §4.1.2)."""
         for token in self._storage.refresh_tokens_issued_by_code(code_id):
-            with contextlib.suppress(NotFoundError):
-                self._storage.delete_refresh_token(token.id)
+            end_family(self._storage, token.id)
         horizon = now + self._settings.max_token_lifetime(self._clients.all())
         for purpose in ("access", "id"):
             self._storage.revoke_token(derived_jti(code_id, purpose), horizon)
@@ -174,15 +173,26 @@ class TokenEndpoint:
         identity = await self._refresh_identity(token, granted)
         policy = self._settings.refresh
         outcome: list[str] = []
+        jti_seed = new_id()
+        minted_exp = now + self._settings.id_token_ttl_for(client)
+        minted = (
+            (derived_jti(jti_seed, "access"), minted_exp),
+            (derived_jti(jti_seed, "id"), minted_exp),
+        )
 
         def rotate(current: RefreshToken) -> RefreshToken:
             outcome.clear()
             expires_at = self._family_expiry(client, current.created_at, now)
             if secret_matches(secret, current.token_hash):
+                access_tokens = live_access_tokens(current, now, minted)
                 if policy.disable_rotation:
                     outcome.append(secret)
                     return dataclasses.replace(
-                        current, last_used=now, identity=identity, expires_at=expires_at
+                        current,
+                        last_used=now,
+                        identity=identity,
+                        expires_at=expires_at,
+                        access_tokens=access_tokens,
                     )
                 successor = new_secret()
                 outcome.append(successor)
@@ -194,6 +204,7 @@ class TokenEndpoint:
                     last_used=now,
                     identity=identity,
                     expires_at=expires_at,
+                    access_tokens=access_tokens,
                 )
             if secret_matches(secret, current.obsolete_token_hash):
                 if now - current.last_used <= policy.reuse_interval:
@@ -203,8 +214,11 @@ class TokenEndpoint:
                         )
                     except (InvalidTag, ValueError):
                         outcome.append("!reuse")
-                else:
-                    outcome.append("!reuse")
+                        return current
+                    return dataclasses.replace(
+                        current, access_tokens=live_access_tokens(current, now, minted)
+                    )
+                outcome.append("!reuse")
             else:
                 outcome.append("!invalid")
             return current
@@ -226,7 +240,7 @@ class TokenEndpoint:
             granted=granted,
             nonce=token.nonce,
             auth_time=token.auth_time,
-            jti_seed="",
+            jti_seed=jti_seed,
             refresh_token=format_refresh_token(token.id, result),
         )
 
@@ -256,8 +270,7 @@ class TokenEndpoint:
         return min(limits) if limits else 0.0
 
     def _delete_family(self, token_id: str) -> None:
-        with contextlib.suppress(NotFoundError):
-            self._storage.delete_refresh_token(token_id)
+        end_family(self._storage, token_id)
 
     # -- password ---------------------------------------------------------------------------
     async def _password(
@@ -361,6 +374,7 @@ class TokenEndpoint:
         issued_by_code: str,
     ) -> dict[str, Any]:
         refresh_value = ""
+        jti_seed = jti_seed or new_id()
         if scopes.OFFLINE_ACCESS in granted and "refresh_token" in self._settings.client_grants(
             client
         ):
@@ -379,6 +393,10 @@ class TokenEndpoint:
                 auth_time=auth_time,
                 issued_by_code=issued_by_code,
                 expires_at=self._family_expiry(client, now, now),
+                access_tokens=tuple(
+                    (derived_jti(jti_seed, purpose), now + self._settings.id_token_ttl_for(client))
+                    for purpose in ("access", "id")
+                ),
             )
             self._storage.create_refresh_token(token)
             refresh_value = format_refresh_token(token.id, secret)

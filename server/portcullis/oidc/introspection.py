@@ -3,7 +3,6 @@ back a token the issuer minted."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from joserfc.errors import JoseError
 from portcullis.clock import Clock
 from portcullis.oidc.clients import ClientRegistry
 from portcullis.oidc.errors import OAuthError, invalid_request
+from portcullis.oidc.families import end_family
 from portcullis.oidc.tokens import TokenMinter, parse_refresh_token, secret_matches
 from portcullis.storage.base import NotFoundError, Storage
 from portcullis.storage.models import Client, RefreshToken
@@ -119,8 +119,7 @@ class TokenReader:
                 parsed[1], record.obsolete_token_hash
             )
             if owns and knows:
-                with contextlib.suppress(NotFoundError):
-                    self._storage.delete_refresh_token(record.id)
+                end_family(self._storage, record.id)
             return
         claims = self._jwt_claims(token, check_expiry=False)
         if claims is None:

@@ -3,6 +3,7 @@ protocol pieces (authorization flow, token endpoint, token reader). Built once a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from portcullis.clock import Clock
@@ -81,6 +82,7 @@ class Provider:
         )
         self.reader = TokenReader(self.settings.issuer, storage, self.clients, self.minter, clock)
         self._discovery: bytes | None = None
+        self.discovery_etag = ""
 
     def start(self) -> None:
         """Make sure a signing key exists (first start, or overdue rotation)."""
@@ -90,6 +92,7 @@ class Provider:
             {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
         )
         self._discovery = render(discovery_document(self.settings, algorithms))
+        self.discovery_etag = '"' + hashlib.sha256(self._discovery).hexdigest()[:32] + '"'
 
     @property
     def discovery(self) -> bytes:

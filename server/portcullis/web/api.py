@@ -91,11 +91,11 @@ class ApiRoutes:
         self.ip = ip_resolver
 
     async def discovery(self, request: Request) -> Response:
-        return Response(
-            self.provider.discovery,
-            media_type="application/json",
-            headers={"Cache-Control": "public, max-age=3600"},
-        )
+        etag = self.provider.discovery_etag
+        headers = {"Cache-Control": "public, max-age=3600", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(self.provider.discovery, media_type="application/json", headers=headers)
 
     async def keys(self, request: Request) -> Response:
         state = self.provider.keys.current()

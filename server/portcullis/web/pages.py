@@ -32,7 +32,7 @@ class Pages:
         )
         self._globals = {
             "issuer_name": frontend.issuer,
-            "logo_url": frontend.logo_url or f"{issuer_path}/theme/logo.svg",
+            "logo_url": _logo_url(frontend.logo_url, issuer_path),
             "theme_css": f"{issuer_path}/theme/styles.css",
             "static": f"{issuer_path}/static",
             "extra": frontend.extra,
@@ -44,6 +44,15 @@ class Pages:
 
     def error(self, status: int, title: str, message: str) -> HTMLResponse:
         return self.render("error.html", status=status, title=title, message=message)
+
+
+def _logo_url(configured: str, issuer_path: str) -> str:
+    """Dex resolves a relative logoURL (e.g. "theme/logo.png") against the issuer."""
+    if not configured:
+        return f"{issuer_path}/theme/logo.svg"
+    if "://" in configured or configured.startswith("/"):
+        return configured
+    return f"{issuer_path}/{configured}"
 
 
 def static_dirs(frontend: FrontendSection) -> tuple[list[Path], list[Path]]:
