@@ -12,7 +12,17 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order `--help` lists them.
-STEP_MODULES: tuple[str, ...] = ("manifest", "chart", "flux")
+STEP_MODULES: tuple[str, ...] = (
+    "manifest",
+    "chart",
+    "flux",
+    "sbom",
+    "provenance",
+    "sign",
+    "publish",
+    "verify",
+    "release",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
