@@ -299,6 +299,8 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
                         "-m",
                         "portcullis_release.cli",
                         "chart",
+                        "--manifest",
+                        str(args.manifest),
                         "--output",
                         str(args.chart_dir),
                     ],

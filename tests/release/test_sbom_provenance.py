@@ -141,3 +141,17 @@ def test_provenance_statement_is_slsa_v1_with_digests_and_dependencies(
     envelope = dsse.Envelope.parse((tmp_path / "provenance.dsse.json").read_bytes())
     assert envelope.verified_by(key.public_key())
     assert envelope.statement() == statement
+
+
+def test_example_policy_loads_and_unknown_fields_are_rejected(tmp_path: Path) -> None:
+    from portcullis_release.verify import Policy
+
+    policy = Policy.from_file(REPO_ROOT / "provenance" / "policy.example.yaml")
+    assert policy.source_repository == "https://github.com/portcullis-oidc/portcullis"
+    assert policy.require_sbom
+    bad = tmp_path / "p.yaml"
+    bad.write_text(
+        "apiVersion: portcullis.dev/v1\nkind: VerificationPolicy\nspec:\n  builderID: x\n"
+    )
+    with pytest.raises(ValueError, match=r"unknown field spec\.builderID"):
+        Policy.from_file(bad)
