@@ -433,8 +433,8 @@ TAMPER_CASES = {
     "provenance for another digest": (
         tamper_provenance_digest,
         "provenance is for another artefact:",
-        None,
-        False,
+        "verify-attestation-slsa",
+        True,
     ),
     "provenance from another builder": (
         tamper_builder,
@@ -483,6 +483,16 @@ def test_tampered_release_fails_verify_with_its_own_reason(
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}@{ctx.plan.image.digest}")
     elif cosign_check == "verify-tag":
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}:{ctx.plan.image_tag}")
+    elif cosign_check == "verify-attestation-slsa":
+        code = cosign_verify(
+            cosign,
+            env,
+            ctx.key.public,
+            f"{image.name}@{ctx.plan.image.digest}",
+            "verify-attestation",
+            "--type",
+            "slsaprovenance1",
+        )
     else:
         code = cosign_verify(
             cosign,
