@@ -62,7 +62,7 @@ typecheck: test-venv
 ## ---- chart ---------------------------------------------------------------------------------
 # The OCI Helm chart, its Flux install path, and the test set-up they need: a real registry
 # (Debian docker-registry + htpasswd for bcrypt users) and npm peers for Flux CRD validation.
-TEST_APT_PACKAGES += docker-registry apache2-utils
+TEST_APT_PACKAGES += docker-registry apache2-utils nodejs
 
 CHART_DIR := chart/portcullis
 
@@ -70,10 +70,13 @@ CHART_DIR := chart/portcullis
 
 # Packages the chart from the release manifest's version; byte-reproducible (fixed mtimes).
 chart: test-venv
-	$(VENV)/bin/portcullis-release chart --output dist/chart
+	$(VENV)/bin/portcullis-release chart --chart-dir $(CHART_DIR) --output dist/chart
 
 # npm test peers (Flux CRD validators); `npm ci` keeps them at the locked versions.
-tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json
+# npm comes with NodeSource's nodejs but is a separate package in Debian's.
+tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json | test-system-deps
+	@command -v npm >/dev/null || { echo "installing Debian package: npm"; \
+	  $(APT_GET) update >/dev/null && $(APT_GET) install --no-install-recommends npm >/dev/null; }
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
