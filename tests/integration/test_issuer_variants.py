@@ -1,0 +1,378 @@
+"""Behaviour that depends on configuration or on the server's life cycle: expiry, refresh-token
+policies, PKCE enforcement, approval skipping, throttling, restarts and key rotation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from typing import Any
+
+import httpx
+import pytest
+from conftest import StartIssuer
+from issuer_harness import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    APP_REDIRECT,
+    DEV_EMAIL,
+    DEV_PASSWORD,
+    Browser,
+    Issuer,
+    query_of,
+)
+from oidc_checks import (
+    app_client,
+    authorization_url,
+    jwt_header,
+    new_verifier,
+    verify_id_token,
+)
+from portcullis.storage.models import Keys
+from portcullis.storage.sqlite import SQLiteStorage
+
+pytestmark = pytest.mark.integration
+
+CHALLENGE_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"  # RFC 7636 appendix B
+CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def _params(**overrides: str) -> dict[str, str]:
+    params = {
+        "client_id": "example-app",
+        "redirect_uri": APP_REDIRECT,
+        "response_type": "code",
+        "scope": "openid email offline_access",
+        "state": secrets.token_urlsafe(8),
+        "code_challenge": CHALLENGE,
+        "code_challenge_method": "S256",
+    }
+    params.update(overrides)
+    return {k: v for k, v in params.items() if v}
+
+
+def _password_grant(issuer: Issuer, scope: str = "openid email offline_access") -> dict[str, Any]:
+    response = issuer.token(
+        {"grant_type": "password", "username": DEV_EMAIL, "password": DEV_PASSWORD, "scope": scope},
+        auth=issuer.app_auth(),
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _refresh(issuer: Issuer, refresh_token: str) -> httpx.Response:
+    return issuer.token(
+        {"grant_type": "refresh_token", "refresh_token": refresh_token}, auth=issuer.app_auth()
+    )
+
+
+def _exchange(
+    issuer: Issuer, code: str, verifier: str | None = CHALLENGE_VERIFIER
+) -> httpx.Response:
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": APP_REDIRECT}
+    if verifier:
+        data["code_verifier"] = verifier
+    return issuer.token(data, auth=issuer.app_auth())
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+
+def test_expired_code_is_invalid_grant(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"expiry": {"authCodes": "1s"}})
+    with Browser(issuer) as browser:
+        code = query_of(browser.authorize_code(_params()))["code"]
+    time.sleep(1.5)
+    response = _exchange(issuer, code)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"
+
+
+# -- refresh policies --------------------------------------------------------------------------
+
+
+def test_refresh_reuse_grace_then_reuse_detection_revokes_the_family(
+    start_issuer: StartIssuer,
+) -> None:
+    issuer = start_issuer({"expiry": {"refreshTokens": {"reuseInterval": "1s"}}})
+    first = _password_grant(issuer)["refresh_token"]
+    rotated = _refresh(issuer, first)
+    assert rotated.status_code == 200, rotated.text
+    successor = rotated.json()["refresh_token"]
+    assert successor != first
+    # A retry inside reuseInterval (the response got lost) gets the same successor.
+    retry = _refresh(issuer, first)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["refresh_token"] == successor
+    time.sleep(1.5)
+    # After the interval, presenting the old token again is theft: the family dies.
+    reuse = _refresh(issuer, first)
+    assert reuse.status_code == 400
+    assert reuse.json()["error"] == "invalid_grant"
+    revoked = _refresh(issuer, successor)
+    assert revoked.status_code == 400
+    assert revoked.json()["error"] == "invalid_grant"
+
+
+def test_refresh_with_rotation_disabled_keeps_the_same_token(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"expiry": {"refreshTokens": {"disableRotation": True}}})
+    token = _password_grant(issuer)["refresh_token"]
+    for _ in range(3):
+        response = _refresh(issuer, token)
+        assert response.status_code == 200, response.text
+        assert response.json()["refresh_token"] == token
+
+
+def test_refresh_token_idle_limit(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"expiry": {"refreshTokens": {"validIfNotUsedFor": "1s"}}})
+    token = _password_grant(issuer)["refresh_token"]
+    fresh = _refresh(issuer, token)
+    assert fresh.status_code == 200, fresh.text
+    time.sleep(1.5)
+    stale = _refresh(issuer, fresh.json()["refresh_token"])
+    assert stale.status_code == 400
+    assert stale.json()["error"] == "invalid_grant"
+
+
+# -- PKCE, approval, token lifetimes, algorithms ---------------------------------------------
+
+
+def test_pkce_enforced_for_confidential_clients(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"oauth2": {"pkce": {"enforce": True}}})
+    params = _params(code_challenge="", code_challenge_method="")
+    with Browser(issuer) as browser:
+        response = browser.open_authorize(params)
+    assert response.status_code in (302, 303)
+    assert query_of(response.headers["location"])["error"] == "invalid_request"
+    with Browser(issuer) as browser:
+        code = query_of(browser.authorize_code(_params()))["code"]
+    assert _exchange(issuer, code).status_code == 200
+
+
+def test_without_enforcement_a_confidential_client_may_skip_pkce(issuer_plain: Issuer) -> None:
+    params = _params(code_challenge="", code_challenge_method="")
+    with Browser(issuer_plain) as browser:
+        code = query_of(browser.authorize_code(params))["code"]
+    assert _exchange(issuer_plain, code, verifier=None).status_code == 200
+
+
+def test_skip_approval_redirects_straight_to_the_client(issuer_plain: Issuer) -> None:
+    with Browser(issuer_plain) as browser:
+        steps = browser.login(_params())
+    assert steps.approval_page == "", "the approval screen was shown despite skipApprovalScreen"
+    assert steps.final is not None
+    assert steps.final.headers["location"].startswith(APP_REDIRECT + "?code=")
+    # prompt=consent still asks.
+    with Browser(issuer_plain) as browser:
+        consent = browser.login(_params(prompt="consent"))
+    assert 'value="approve"' in consent.approval_page
+
+
+def test_per_client_id_token_lifetime(issuer_plain: Issuer) -> None:
+    body = _password_grant(issuer_plain, scope="openid")
+    claims = verify_id_token(
+        issuer_plain,
+        body["id_token"],
+        client_id="example-app",
+        nonce=None,
+        access_token=body["access_token"],
+    )
+    assert claims["exp"] - claims["iat"] == 600
+    assert body["expires_in"] == 600
+    # Other clients keep the server-wide 1h.
+    bot = issuer_plain.token(
+        {"grant_type": "client_credentials", "scope": "openid"},
+        auth=("service-bot", issuer_plain.creds.bot),
+    ).json()
+    assert bot["expires_in"] == 3600
+
+
+@pytest.fixture(scope="module")
+def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """skipApprovalScreen, ES256 signing and a 10m ID-token lifetime for example-app."""
+    from conftest import _factory, _finish
+
+    start, started = _factory(tmp_path_factory.mktemp("plain"))
+
+    def edit(config: dict[str, Any]) -> None:
+        config["staticClients"][0]["idTokensValidFor"] = "10m"
+
+    try:
+        yield start(
+            {
+                "oauth2": {"skipApprovalScreen": True},
+                "signer": {"config": {"algorithm": "ES256"}},
+            },
+            edit,
+        )
+    finally:
+        for each in started:
+            _finish(each)
+
+
+def test_es256_signing_is_verifiable(issuer_plain: Issuer) -> None:
+    body = _password_grant(issuer_plain, scope="openid")
+    assert jwt_header(body["id_token"])["alg"] == "ES256"
+    keys = issuer_plain.jwks()["keys"]
+    assert {k["kty"] for k in keys} == {"EC"}
+    assert "ES256" in issuer_plain.discovery()["id_token_signing_alg_values_supported"]
+    verify_id_token(
+        issuer_plain,
+        body["id_token"],
+        client_id="example-app",
+        nonce=None,
+        access_token=body["access_token"],
+    )
+
+
+# -- throttling --------------------------------------------------------------------------------
+
+
+def test_password_form_throttles_after_repeated_failures(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"web": {"passwordThrottle": {"maxFailuresPerUser": 3, "window": "5m"}}})
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        for attempt in range(3):
+            wrong = browser.submit_password(steps, ADMIN_EMAIL, f"wrong-password-{attempt:04d}x")
+            assert wrong.status_code == 401, wrong.status_code
+        blocked = browser.submit_password(steps, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert blocked.status_code == 429
+        assert int(blocked.headers["retry-after"]) > 0
+        assert "location" not in blocked.headers
+    # The password grant shares the counter.
+    grant = issuer.token(
+        {"grant_type": "password", "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+        auth=issuer.app_auth(),
+    )
+    assert grant.status_code in (400, 429)
+    assert grant.json()["error"] in ("invalid_grant", "slow_down")
+    # Another user is not affected.
+    assert _password_grant(issuer, scope="openid")["access_token"]
+
+
+# -- life cycle --------------------------------------------------------------------------------
+
+
+def test_refresh_tokens_and_signing_key_survive_a_restart(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer()
+    client = app_client(issuer)
+    verifier, nonce = new_verifier(), secrets.token_urlsafe(8)
+    with Browser(issuer) as browser:
+        redirect = browser.authorize_code(authorization_url(issuer, client, verifier, nonce))
+    token = client.fetch_token(
+        issuer.url("/token"), authorization_response=redirect, code_verifier=verifier
+    )
+    issuer.remember(token["refresh_token"], token["access_token"], token["id_token"])
+    client.close()
+    kids_before = {k["kid"] for k in issuer.jwks()["keys"]}
+    assert issuer.stop() == 0
+    issuer.start()
+    assert {k["kid"] for k in issuer.jwks()["keys"]} == kids_before
+    verify_id_token(
+        issuer,
+        token["id_token"],
+        client_id="example-app",
+        nonce=nonce,
+        access_token=token["access_token"],
+    )
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 200
+    refreshed = _refresh(issuer, token["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    assert jwt_header(refreshed.json()["id_token"])["kid"] in kids_before
+
+
+def test_key_rotation_keeps_the_retired_key_published(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer()
+    old = _password_grant(issuer, scope="openid email")
+    old_kid = jwt_header(old["id_token"])["kid"]
+    assert issuer.stop() == 0
+    # Make the rotation due, as if the period had passed while the server was down.
+    storage = SQLiteStorage(str(issuer.db_path))
+    try:
+        storage.update_keys(lambda keys: dataclasses.replace(keys, next_rotation=time.time() - 60))
+        stored: Keys = storage.get_keys()
+        assert stored.signing_key is not None
+        assert stored.signing_key.jwk["kid"] == old_kid
+    finally:
+        storage.close()
+    issuer.start()
+    new = _password_grant(issuer, scope="openid email")
+    new_kid = jwt_header(new["id_token"])["kid"]
+    assert new_kid != old_kid, "the key did not rotate although the rotation was due"
+    jwks = issuer.jwks()
+    assert {old_kid, new_kid} <= {k["kid"] for k in jwks["keys"]}
+    # Tokens signed before the rotation still verify against the published set.
+    verify_id_token(
+        issuer,
+        old["id_token"],
+        client_id="example-app",
+        nonce=None,
+        access_token=old["access_token"],
+        jwks=jwks,
+    )
+    verify_id_token(
+        issuer,
+        new["id_token"],
+        client_id="example-app",
+        nonce=None,
+        access_token=new["access_token"],
+        jwks=jwks,
+    )
+    bearer = {"Authorization": f"Bearer {old['access_token']}"}
+    assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 200
+    # Not rotated again on the next restart: the schedule moved on.
+    assert issuer.stop() == 0
+    issuer.start()
+    assert jwt_header(_password_grant(issuer, scope="openid")["id_token"])["kid"] == new_kid
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def test_logs_never_contain_tokens_codes_secrets_or_passwords(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"logger": {"level": "debug", "format": "json"}})
+    wrong_passwords = [f"WrongPassword-{secrets.token_hex(8)}" for _ in range(2)]
+    issuer.remember(*wrong_passwords)
+    # A full browser login with a failed attempt first.
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        assert browser.submit_password(steps, DEV_EMAIL, wrong_passwords[0]).status_code == 401
+        redirect = browser.authorize_code(_params(), email=DEV_EMAIL, password=DEV_PASSWORD)
+    code = query_of(redirect)["code"]
+    tokens = _exchange(issuer, code).json()
+    _exchange(issuer, code)  # replay: logged as a refusal, without the code
+    _refresh(issuer, tokens["refresh_token"])
+    issuer.token(
+        {"grant_type": "password", "username": DEV_EMAIL, "password": wrong_passwords[1]},
+        auth=issuer.app_auth(),
+    )
+    issuer.token(
+        {"grant_type": "client_credentials"}, auth=("service-bot", "bad-" + issuer.creds.bot)
+    )
+    issuer.token({"grant_type": "client_credentials"}, auth=("service-bot", issuer.creds.bot))
+    httpx.post(
+        issuer.url("/token/introspect"),
+        data={"token": tokens["access_token"]},
+        auth=issuer.app_auth(),
+    )
+    httpx.post(
+        issuer.url("/token/revoke"), data={"token": tokens["access_token"]}, auth=issuer.app_auth()
+    )
+    httpx.get(
+        issuer.url("/userinfo"), headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert issuer.stop() == 0
+    logs = issuer.logs()
+    lines = [line for line in logs.splitlines() if line.startswith("{")]
+    assert lines, "no JSON log lines"
+    for line in lines:
+        json.loads(line)
+    assert "failed password login" in logs or "token request refused" in logs, "nothing logged"
+    assert len(issuer.sensitive) >= 8
+    leaked = issuer.leaked_secrets()
+    assert not leaked, f"{len(leaked)} secret value(s) in the log"
+    assert issuer.creds.app not in logs
+    assert DEV_PASSWORD not in logs
