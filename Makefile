@@ -154,7 +154,9 @@ release: test-venv image
 
 ## ---- release artefacts ------------------------------------------------------------------
 
+# Load figures for the hot paths (wrk on loopback); not a timed test. See bench/README.md.
 bench: test-venv
+	@command -v wrk >/dev/null || { $(APT_GET) update >/dev/null; $(APT_GET) install --no-install-recommends wrk >/dev/null; }
 	$(PY) bench/run.py
 
 ## ---- maintenance ------------------------------------------------------------------------

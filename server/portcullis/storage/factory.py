@@ -16,5 +16,7 @@ def open_storage(config: Config) -> Storage:
         from portcullis.storage.sqlite import SQLiteStorage
 
         assert isinstance(config.storage_config, SQLiteConfig)
-        return SQLiteStorage(config.storage_config.file)
+        return SQLiteStorage(
+            config.storage_config.file, synchronous=config.storage_config.synchronous
+        )
     raise ValueError(f"storage type {kind!r} is not supported")
