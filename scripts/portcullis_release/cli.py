@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 STEP_MODULES: tuple[str, ...] = (
+    "image",
     "manifest",
     "chart",
     "flux",

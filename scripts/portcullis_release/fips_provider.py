@@ -124,9 +124,7 @@ def build_fips_so(pin: FipsProviderPin, cache: Path, log: list[str]) -> Path:
     return out
 
 
-def assemble_bundle(
-    pin: FipsProviderPin, fips_so: Path, openssl_cnf: Path, dest: Path
-) -> Path:
+def assemble_bundle(pin: FipsProviderPin, fips_so: Path, openssl_cnf: Path, dest: Path) -> Path:
     """Write the provider bundle directory that the frozen server ships as data."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -162,3 +160,33 @@ def assemble_bundle(
     for path in dest.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return dest
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all(
+        (a / rel).read_bytes() == (b / rel).read_bytes() for rel in files_a
+    )
+
+
+def publish_bundle(bundle: Path, dest: Path) -> None:
+    """Leave a copy of the bundle at a stable path for FIPS mode outside the image.
+
+    ``PORTCULLIS_FIPS_BUNDLE=<dest>`` then runs the venv server in FIPS mode. An identical copy
+    is left alone (other processes may be using it); a different one is swapped out whole.
+    """
+    if dest.is_dir() and _same_tree(bundle, dest):
+        return
+    staging = dest.with_name(dest.name + ".new")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(bundle, staging)
+    retired = dest.with_name(dest.name + ".old")
+    if retired.exists():
+        shutil.rmtree(retired)
+    if dest.exists():
+        dest.rename(retired)
+    staging.rename(dest)
+    if retired.exists():
+        shutil.rmtree(retired)

@@ -1,0 +1,220 @@
+"""The image run for real under runc: hardened, FIPS mode on, serving an OIDC login."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import testinfra
+from image_harness import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    NONROOT,
+    REDIRECT_URI,
+    Container,
+    StartFn,
+    demo_config,
+    free_port,
+    proc_status,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+FIPS_DIR = "/opt/portcullis/_internal/portcullis_fips"
+
+
+def _ready(issuer: Container) -> float:
+    return wait_ready(issuer, f"http://127.0.0.1:{issuer.ports['telemetry']}/healthz/ready")
+
+
+def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Container) -> None:
+    _ready(issuer)
+    pid = issuer.pid()
+    host = testinfra.get_host("local://")
+    process = next(p for p in host.process.filter(comm="portcullis") if p.pid == pid)
+    assert (process.euid, process.egid) == (NONROOT, NONROOT)
+    status = proc_status(pid)
+    for capability_set in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[capability_set], 16) == 0, capability_set
+    assert status["NoNewPrivs"] == "1"
+    assert status["Uid"].split() == [str(NONROOT)] * 4
+    # PID 1 of its own PID namespace.
+    assert status["NSpid"].split()[-1] == "1"
+    mountinfo = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    root_mount = next(line for line in mountinfo if line.split()[4] == "/")
+    assert "ro" in root_mount.split()[5].split(",")
+    for port in issuer.ports.values():
+        assert host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    # The FIPS provider is mapped from inside the bundle, both copies.
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert f"{FIPS_DIR}/modules/stdlib/fips.so" in maps
+    assert f"{FIPS_DIR}/modules/cryptography/fips.so" in maps
+
+
+def test_discovery_keys_and_password_login_through_the_image(issuer: Container) -> None:
+    _ready(issuer)
+    base = f"http://127.0.0.1:{issuer.ports['web']}/dex"
+    discovery = httpx.get(f"{base}/.well-known/openid-configuration", timeout=5).json()
+    assert discovery["issuer"] == base
+    assert discovery["jwks_uri"] == f"{base}/keys"
+    jwks = httpx.get(discovery["jwks_uri"], timeout=5).json()
+    assert jwks["keys"], "no signing keys published"
+    assert {key["alg"] for key in jwks["keys"]} <= {"RS256", "PS256", "ES256", "ES384"}
+    token = httpx.post(
+        discovery["token_endpoint"],
+        data={
+            "grant_type": "password",
+            "username": ADMIN_EMAIL,
+            "password": ADMIN_PASSWORD,
+            "scope": "openid email",
+        },
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        timeout=10,
+    )
+    assert token.status_code == 200, token.text
+    claims = _jwt_claims(token.json()["id_token"])
+    assert claims["iss"] == base
+    assert claims["email"] == ADMIN_EMAIL
+    wrong = httpx.post(
+        discovery["token_endpoint"],
+        data={"grant_type": "password", "username": ADMIN_EMAIL, "password": "nope"},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        timeout=10,
+    )
+    assert wrong.status_code in (400, 401)
+
+
+def test_authorization_code_login_through_the_image(issuer: Container) -> None:
+    _ready(issuer)
+    base = f"http://127.0.0.1:{issuer.ports['web']}/dex"
+    with httpx.Client(base_url=base, timeout=10, follow_redirects=False) as client:
+        response = client.get(
+            "/auth",
+            params={
+                "client_id": CLIENT_ID,
+                "redirect_uri": REDIRECT_URI,
+                "response_type": "code",
+                "scope": "openid email",
+                "state": "s-123",
+            },
+        )
+        # Follow the issuer's own redirects to the password form.
+        for _ in range(5):
+            if response.status_code not in (302, 303):
+                break
+            response = client.get(str(response.url.join(response.headers["location"])))
+        assert response.status_code == 200, response.text[:500]
+        form = _LoginForm()
+        form.feed(response.text)
+        form_url = (
+            str(response.url.join(html.unescape(form.action))) if form.action else str(response.url)
+        )
+        response = client.post(
+            form_url, data={**form.hidden, "login": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        )
+        for _ in range(5):
+            location = response.headers.get("location", "")
+            if response.status_code not in (302, 303) or location.startswith(REDIRECT_URI):
+                break
+            response = client.get(str(response.url.join(location)))
+        location = response.headers.get("location", "")
+        assert location.startswith(REDIRECT_URI), (response.status_code, response.text[:500])
+        query = parse_qs(urlsplit(location).query)
+        assert query["state"] == ["s-123"]
+        token = client.post(
+            "/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": query["code"][0],
+                "redirect_uri": REDIRECT_URI,
+            },
+            auth=(CLIENT_ID, CLIENT_SECRET),
+        )
+    assert token.status_code == 200, token.text
+    assert _jwt_claims(token.json()["id_token"])["email"] == ADMIN_EMAIL
+
+
+def test_sigterm_stops_the_container_cleanly(issuer: Container) -> None:
+    _ready(issuer)
+    started = time.monotonic()
+    code = issuer.stop(timeout=20)
+    assert code == 0, issuer.stderr()[-2000:]
+    assert time.monotonic() - started < 10
+
+
+def test_fips_self_check_passes_and_is_reported(run_container: StartFn) -> None:
+    container = run_container(args=["/opt/portcullis/portcullis", "version", "--json"])
+    assert container.wait(timeout=30) == 0, container.stderr()
+    fips = json.loads(container.stdout())["fips"]
+    assert fips["enabled"] is True
+    assert fips["self_check"] == "passed"
+    assert fips["fips_so_sha256_ok"] is True
+    assert fips["provider_version"]
+
+
+def test_tampered_fips_provider_makes_the_container_exit_78(
+    run_container: StartFn, rootfs: Path, tmp_path: Path
+) -> None:
+    original = rootfs / FIPS_DIR.lstrip("/") / "modules/cryptography/fips.so"
+    tampered = tmp_path / "fips.so"
+    data = bytearray(original.read_bytes())
+    index = data.find(b"OpenSSL FIPS Provider")
+    assert index > 0
+    data[index] ^= 0x20  # one flipped bit in a string: loads fine, fails its integrity pin
+    tampered.write_bytes(bytes(data))
+    container = run_container(
+        args=["/opt/portcullis/portcullis", "serve", "/etc/portcullis/config.yaml"],
+        extra_binds={f"{FIPS_DIR}/modules/cryptography/fips.so": tampered},
+    )
+    assert container.wait(timeout=30) == 78
+    lines = container.stderr().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("portcullis: FIPS self-check failed:")
+    assert "sha256" in lines[0]
+
+
+def test_bcrypt_password_hash_is_refused_in_fips_mode(
+    run_container: StartFn, tmp_path: Path
+) -> None:
+    config = tmp_path / "bcrypt.yaml"
+    bcrypt_hash = "$2b$10$Vc9R39u3nJXVDBHXzlCa0OixeoMwCrcOGy44I2Sy8vRBI8FOG7GVa"
+    config.write_text(demo_config(free_port(), free_port(), bcrypt_hash))
+    config.chmod(0o644)
+    container = run_container(config_file=config)
+    assert container.wait(timeout=30) != 0
+    assert "hash-password --pbkdf2" in container.stderr()
+
+
+class _LoginForm(HTMLParser):
+    """The password form's action and hidden fields (CSRF token, request id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action = ""
+        self.hidden: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "form" and not self.action:
+            self.action = values.get("action", "")
+        if tag == "input" and values.get("type") == "hidden" and values.get("name"):
+            self.hidden[values["name"]] = values.get("value", "")
+
+
+def _jwt_claims(token: str) -> dict[str, object]:
+    import base64
+
+    payload = token.split(".")[1]
+    claims: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims

@@ -1,0 +1,151 @@
+"""FIPS mode outside the image: the venv server with the provider bundle `make image` leaves.
+
+Each case runs in a fresh interpreter, because FIPS mode is decided when OpenSSL first loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from image_harness import REPO
+
+BUNDLE = REPO / ".cache" / "image" / "fips-bundle"
+
+_STATUS = """
+import json
+from portcullis import fips
+fips.configure_environment()
+fips.enforce_or_exit()
+print(json.dumps(fips.status()))
+"""
+
+
+def _run(
+    code: str, bundle: Path | None = BUNDLE, fips: str = "1"
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSSL_", "PORTCULLIS_"))}
+    env["PORTCULLIS_FIPS"] = fips
+    if bundle is not None:
+        env["PORTCULLIS_FIPS_BUNDLE"] = str(bundle)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    assert (BUNDLE / "provider.json").is_file(), f"{BUNDLE} missing: `make image` writes it"
+    return BUNDLE
+
+
+def test_self_check_passes_with_the_pinned_provider(bundle: Path) -> None:
+    proc = _run(_STATUS, bundle)
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    pinned = json.loads((bundle / "provider.json").read_text())["fips_so_sha256"]
+    assert status["enabled"] is True
+    assert status["fips_so_sha256"] == pinned
+    assert status["fips_so_sha256_ok"] is True
+    assert status["validated_module"] is False
+    assert proc.stderr == ""
+
+
+def test_non_approved_algorithms_and_builtin_fallbacks_are_refused(bundle: Path) -> None:
+    code = (
+        _STATUS
+        + """
+import hashlib, sys
+from cryptography.hazmat.primitives.asymmetric import x25519, ec
+from cryptography.hazmat.primitives import hashes
+results = {}
+for name in ("md5", "blake2b", "sha1", "sha256", "sha3_256"):
+    try:
+        hashlib.new(name, b"x"); results[name] = "ok"
+    except ValueError:
+        results[name] = "refused"
+try:
+    import _md5; results["_md5"] = "ok"
+except ImportError:
+    results["_md5"] = "refused"
+try:
+    x25519.X25519PrivateKey.generate(); results["x25519"] = "ok"
+except Exception:
+    results["x25519"] = "refused"
+key = ec.generate_private_key(ec.SECP384R1())
+key.sign(b"m", ec.ECDSA(hashes.SHA384())); results["es384"] = "ok"
+print(json.dumps(results))
+"""
+    )
+    proc = _run(code, bundle)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert results == {
+        "md5": "refused",
+        "blake2b": "refused",
+        "sha1": "ok",
+        "sha256": "ok",
+        "sha3_256": "ok",
+        "_md5": "refused",
+        "x25519": "refused",
+        "es384": "ok",
+    }
+
+
+def test_tampered_provider_exits_78_with_one_line(bundle: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle, broken)
+    with (broken / "modules/stdlib/fips.so").open("ab") as fh:
+        fh.write(b"\0")
+    proc = _run(_STATUS, broken)
+    assert proc.returncode == 78
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "modules/stdlib/fips.so has sha256" in lines[0]
+
+
+def test_provider_swapped_with_matching_pin_still_fails_closed(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A changed fips.so whose pin was updated too fails the provider's own integrity test."""
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle, broken)
+    for sub in ("stdlib", "cryptography"):
+        with (broken / "modules" / sub / "fips.so").open("ab") as fh:
+            fh.write(b"\0")
+    import hashlib
+
+    digest = hashlib.sha256((broken / "modules/stdlib/fips.so").read_bytes()).hexdigest()
+    provider = json.loads((broken / "provider.json").read_text())
+    provider["fips_so_sha256"] = digest
+    (broken / "provider.json").write_text(json.dumps(provider))
+    proc = _run(_STATUS, broken)
+    assert proc.returncode == 78, proc.stdout
+    assert proc.stderr.startswith("portcullis: FIPS self-check failed:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_openssl_loaded_before_configuration_fails_closed(bundle: Path) -> None:
+    proc = _run("import ssl\n" + _STATUS, bundle)
+    assert proc.returncode == 78
+    assert "after OpenSSL was loaded" in proc.stderr
+
+
+def test_missing_bundle_fails_closed() -> None:
+    proc = _run(_STATUS, bundle=None)
+    assert proc.returncode == 78
+    assert "PORTCULLIS_FIPS_BUNDLE" in proc.stderr
+
+
+def test_fips_off_changes_nothing(bundle: Path) -> None:
+    code = _STATUS + "import hashlib; hashlib.md5(b'x'); print('md5 ok')"
+    proc = _run(code, bundle, fips="0")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["enabled"] is False
+    assert proc.stdout.splitlines()[1] == "md5 ok"
