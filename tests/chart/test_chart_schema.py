@@ -104,3 +104,12 @@ def test_schema_errors_also_fail_lint() -> None:
 def test_schema_accepts_the_allowed_combinations(values: dict[str, Any]) -> None:
     chart().validate_schema(values)
     assert render(values)
+
+
+def test_autoscaling_bounds_are_checked_when_rendering() -> None:
+    values = {
+        "storage": POSTGRES,
+        "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+    }
+    with pytest.raises(helm_python.HelmRenderError, match=r"autoscaling\.minReplicas"):
+        render(values)
