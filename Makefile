@@ -62,7 +62,7 @@ typecheck: test-venv
 ## ---- chart ---------------------------------------------------------------------------------
 # The OCI Helm chart, its Flux install path, and the test set-up they need: a real registry
 # (Debian docker-registry + htpasswd for bcrypt users) and npm peers for Flux CRD validation.
-TEST_APT_PACKAGES += docker-registry apache2-utils nodejs
+TEST_APT_PACKAGES += docker-registry apache2-utils nodejs curl
 
 CHART_DIR := chart/portcullis
 
