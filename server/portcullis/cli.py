@@ -34,11 +34,12 @@ def _fips() -> tuple[bool, dict[str, Any]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The FIPS self-check runs before anything else loads OpenSSL (see portcullis.fips).
+    fips_mode, fips_status = _fips()
+
     from portcullis.config.load import ConfigError, load_config
     from portcullis.serve import serve
     from portcullis.telemetry import configure_logging
-
-    fips_mode, fips_status = _fips()
     try:
         config = load_config(args.config, fips_mode=fips_mode)
     except ConfigError as exc:
@@ -172,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from portcullis import fips
+
+    if fips.fips_requested():
+        # Must happen before _hashlib, _ssl or cryptography are imported by anything.
+        fips.configure_environment()
     args = build_parser().parse_args(argv)
     result: int = args.handler(args)
     return result
