@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from portcullis_release import cosign_keys, dsse, oci
@@ -215,20 +217,145 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return cosign_keys.load_private_key(path, cosign_keys.password_from_env())
 
 
+class Signer(Protocol):
+    """Makes signature and attestation layers (with a key, or keyless through sigstore)."""
+
+    def signature_layer(self, docker_reference: str, digest: str) -> Layer: ...
+
+    def attestation_layer(self, statement: dict[str, Any]) -> Layer: ...
+
+
+@dataclass
+class KeySigner:
+    key: ec.EllipticCurvePrivateKey
+
+    def signature_layer(self, docker_reference: str, digest: str) -> Layer:
+        return signature_layer(self.key, docker_reference, digest)
+
+    def attestation_layer(self, statement: dict[str, Any]) -> Layer:
+        return attestation_layer(self.key, statement)
+
+
 def build_attachments(
-    key: ec.EllipticCurvePrivateKey,
+    signer: Signer | ec.EllipticCurvePrivateKey,
     targets: dict[str, tuple[str, str]],
     statements: dict[str, list[dict[str, Any]]],
 ) -> list[Attachment]:
     """Signatures for each target (role -> (docker reference, digest)) and attestations of the
     statements per role (each statement must name that target's digest as a subject)."""
+    if isinstance(signer, ec.EllipticCurvePrivateKey):
+        signer = KeySigner(signer)
     out = []
     for role, (reference, digest) in targets.items():
-        out.append(Attachment(role, sig_tag(digest), [signature_layer(key, reference, digest)]))
-        atts = [attestation_layer(key, st) for st in statements.get(role, [])]
+        out.append(Attachment(role, sig_tag(digest), [signer.signature_layer(reference, digest)]))
+        atts = [signer.attestation_layer(st) for st in statements.get(role, [])]
         if atts:
             out.append(Attachment(role, att_tag(digest), atts))
     return out
+
+
+# ---- keyless signing (sigstore: Fulcio certificate + Rekor entry) ----------------------------
+
+CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
+BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
+
+
+class KeylessError(Exception):
+    """Keyless signing is impossible here (no ambient identity, or sigstore failed)."""
+
+
+def ambient_identity_token() -> str:
+    """The CI's ambient OIDC token (GitHub Actions, GitLab, Buildkite, GCP...), as sigstore finds
+    it. Keyless signing never prompts: without an ambient identity it refuses."""
+    from sigstore.oidc import IdentityError, detect_credential
+
+    try:
+        token = detect_credential()
+    except IdentityError as exc:
+        raise KeylessError(f"ambient OIDC credential detection failed: {exc}") from None
+    if not token:
+        raise KeylessError(
+            "keyless signing needs an ambient OIDC identity (e.g. GitHub Actions with "
+            "`permissions: id-token: write`, or SIGSTORE_ID_TOKEN); none was found: sign with "
+            "--key / COSIGN_KEY instead"
+        )
+    return token
+
+
+def cosign_annotations(bundle: Any) -> dict[str, str]:
+    """cosign's per-layer keyless annotations from a sigstore ``Bundle``: the Fulcio signing
+    certificate (PEM) and the Rekor inclusion promise in cosign's "bundle" JSON shape, which is
+    what `cosign verify --certificate-identity ...` and Flux keyless verification read."""
+    cert = bundle.signing_certificate.public_bytes(serialization.Encoding.PEM).decode()
+    # sigstore exposes no public accessor for the raw log-entry fields cosign needs.
+    entry = bundle.log_entry._inner
+    rekor = {
+        "SignedEntryTimestamp": base64.b64encode(
+            entry.inclusion_promise.signed_entry_timestamp
+        ).decode(),
+        "Payload": {
+            "body": base64.b64encode(entry.canonicalized_body).decode(),
+            "integratedTime": int(entry.integrated_time),
+            "logIndex": int(entry.log_index),
+            "logID": bytes(entry.log_id.key_id).hex(),
+        },
+    }
+    return {
+        CERTIFICATE_ANNOTATION: cert,
+        BUNDLE_ANNOTATION: json.dumps(rekor, separators=(",", ":")),
+    }
+
+
+@dataclass
+class SigstoreSigner:
+    """Signs through a sigstore ``Signer`` (``SigningContext.signer(identity)``)."""
+
+    signer: Any
+
+    def signature_layer(self, docker_reference: str, digest: str) -> Layer:
+        payload = simple_signing_payload(docker_reference, digest)
+        bundle = self.signer.sign_artifact(payload)
+        annotations = {SIGNATURE_ANNOTATION: base64.b64encode(bundle.signature).decode()}
+        annotations.update(cosign_annotations(bundle))
+        return Layer(SIMPLESIGNING_MEDIA_TYPE, payload, annotations)
+
+    def attestation_layer(self, statement: dict[str, Any]) -> Layer:
+        from sigstore import dsse as sigstore_dsse
+
+        payload = json.dumps(statement, separators=(",", ":"), sort_keys=True).encode()
+        bundle = self.signer.sign_dsse(sigstore_dsse.Statement(payload))
+        env = bundle._inner.dsse_envelope
+        envelope = json.dumps(
+            {
+                "payloadType": env.payload_type,
+                "payload": base64.b64encode(env.payload).decode(),
+                "signatures": [
+                    {"keyid": "", "sig": base64.b64encode(sig.sig).decode()}
+                    for sig in env.signatures
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+        annotations = {
+            SIGNATURE_ANNOTATION: "",
+            PREDICATE_ANNOTATION: str(statement["predicateType"]),
+        }
+        annotations.update(cosign_annotations(bundle))
+        return Layer(dsse.ENVELOPE_MEDIA_TYPE, envelope, annotations)
+
+
+@contextlib.contextmanager
+def keyless_signer(staging: bool = False) -> Iterator[SigstoreSigner]:
+    """A sigstore signer for the ambient identity (public-good Sigstore, or its staging)."""
+    from sigstore.models import ClientTrustConfig
+    from sigstore.oidc import IdentityToken
+    from sigstore.sign import SigningContext
+
+    token = IdentityToken(ambient_identity_token())
+    config = ClientTrustConfig.staging() if staging else ClientTrustConfig.production()
+    context = SigningContext.from_trust_config(config)
+    with context.signer(token) as signer:
+        yield SigstoreSigner(signer)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -244,7 +371,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--registry", required=True, help="registry prefix, e.g. 127.0.0.1:5000/portcullis"
     )
-    parser.add_argument("--key", type=Path, required=True, help="private key file")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--key", type=Path, help="private key file (cosign format or PEM)")
+    how.add_argument(
+        "--keyless",
+        action="store_true",
+        help="sign through Sigstore (Fulcio + Rekor) with the CI's ambient OIDC identity",
+    )
+    parser.add_argument(
+        "--sigstore-staging", action="store_true", help="use Sigstore's staging instance"
+    )
     parser.add_argument(
         "--release-dir",
         type=Path,
@@ -255,9 +391,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    key = load_signing_key(args.key)
     plan = ReleasePlan.load(args.image, args.chart, args.registry)
-    attachments = build_attachments(key, plan.targets(), statements(args.release_dir, plan))
+    todo = statements(args.release_dir, plan)
+    if args.keyless:
+        try:
+            with keyless_signer(args.sigstore_staging) as signer:
+                attachments = build_attachments(signer, plan.targets(), todo)
+        except KeylessError as exc:
+            print(f"sign: {exc}", file=sys.stderr)
+            return 2
+    else:
+        attachments = build_attachments(load_signing_key(args.key), plan.targets(), todo)
     write_attachments(args.release_dir / "attachments", attachments)
     for att in attachments:
         print(f"signed {att.role}: {att.tag} ({len(att.layers)} layer(s))")
