@@ -126,6 +126,10 @@ def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...] = (
             message = "required"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            message = "must be a mapping of settings"
+        elif kind == "list_type":
+            message = "must be a list"
         elif kind == "literal_error":
             message = f"must be {message.removeprefix('Input should be ')}"
         # Validators on a whole section report at that section's path.
@@ -155,6 +159,8 @@ def parse_config(
     """Parse and validate; ``fips_mode`` applies the FIPS password-hash policy too."""
     env = os.environ if environ is None else environ
     document = _parse_yaml(text, source)
+    # An empty section ("oauth2:" with nothing under it) means defaults, as in Dex's Go YAML.
+    document = {key: value for key, value in document.items() if value is not None}
     if env.get("DEX_EXPAND_ENV", "true").lower() not in ("false", "0"):
         for section in ("storage", "signer"):
             if isinstance(document.get(section), dict) and "config" in document[section]:
