@@ -102,6 +102,15 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         print("portcullis: empty password", file=sys.stderr)
         return EXIT_USAGE
     scheme = "pbkdf2" if args.pbkdf2 else "bcrypt"
+    from portcullis.passwords import BCRYPT_MIN_COST, PBKDF2_MIN_ITERATIONS
+
+    minimum = PBKDF2_MIN_ITERATIONS if args.pbkdf2 else BCRYPT_MIN_COST
+    if args.cost is not None and args.cost < minimum:
+        print(
+            f"portcullis: --cost {args.cost} is below the minimum {minimum} the config accepts",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         print(hash_password(password, scheme=scheme, cost=args.cost))
     except ValueError as exc:

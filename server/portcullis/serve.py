@@ -48,19 +48,31 @@ class Listener:
     tls: bool = False
 
 
-def _bind(name: str, address: str) -> socket.socket:
+def _resolve(name: str, address: str) -> tuple[socket.AddressFamily, str, int]:
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an empty host means all, like Go
-    if host == "localhost":
-        host = "127.0.0.1"
-    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    try:
+        ip = ipaddress.ip_address(host)
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), host, int(port_text)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {name} {address}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0]), int(port_text)
+
+
+def _bind(name: str, address: str) -> socket.socket:
+    family, host, port = _resolve(name, address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this on Linux: without it, a response written as headers + body
     # waits for the client's delayed ACK (~40 ms per request).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        sock.bind((host, int(port_text)))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {name} {address}: {exc.strerror}") from None
@@ -115,9 +127,14 @@ def run_worker(
     drain_timeout: float,
 ) -> int:
     """Serve every listener in this process until a stop signal; returns the exit code."""
+    from portcullis.storage.base import StorageError
     from portcullis.web.app import create_issuer
 
-    issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
+    try:
+        issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
+    except StorageError as exc:
+        print(f"portcullis: storage ({config.raw.storage.type}): {exc}", file=sys.stderr)
+        return EXIT_LISTEN_FAILED
     common: dict[str, Any] = {
         "access_log": False,
         "log_config": None,

@@ -97,7 +97,12 @@ RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 CIDR = Annotated[str, AfterValidator(_cidr)]
 
-TLSVersion = Literal["1.2", "1.3"]
+def _version_text(value: object) -> object:
+    # Go's YAML decoder turns an unquoted 1.2 into the string "1.2"; do the same.
+    return str(value) if isinstance(value, float) else value
+
+
+TLSVersion = Annotated[Literal["1.2", "1.3"], BeforeValidator(_version_text)]
 GrantType = Literal[
     "authorization_code",
     "refresh_token",
@@ -175,7 +180,7 @@ class PasswordThrottle(Section):
     """Portcullis-only: limits on failed password logins inside a sliding window."""
 
     max_failures_per_user: int = Field(5, ge=1)
-    max_failures_per_ip: int = Field(20, ge=1)
+    max_failures_per_ip: int = Field(20, ge=1, alias="maxFailuresPerIP")
     window: Duration = 900.0
 
 

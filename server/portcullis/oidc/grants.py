@@ -157,6 +157,13 @@ class TokenEndpoint:
             token = self._storage.get_refresh_token(token_id)
         except NotFoundError:
             raise invalid_grant("the refresh token is invalid or was revoked") from None
+        # Prove possession before anything has side effects (upstream refresh, revocation):
+        # knowing a family id alone must not let anyone poke the upstream or end a session.
+        if not (
+            secret_matches(secret, token.token_hash)
+            or secret_matches(secret, token.obsolete_token_hash)
+        ):
+            raise invalid_grant("the refresh token is invalid or was revoked")
         if token.client_id != client.id:
             raise invalid_grant("the refresh token was issued to another client")
         now = self._clock.now()

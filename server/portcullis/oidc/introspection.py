@@ -10,7 +10,7 @@ from joserfc.errors import JoseError
 
 from portcullis.clock import Clock
 from portcullis.oidc.clients import ClientRegistry
-from portcullis.oidc.errors import OAuthError, invalid_request
+from portcullis.oidc.errors import invalid_request
 from portcullis.oidc.families import end_family
 from portcullis.oidc.tokens import TokenMinter, parse_refresh_token, secret_matches
 from portcullis.storage.base import NotFoundError, Storage
@@ -105,9 +105,7 @@ class TokenReader:
         token = form.get("token", "")
         if not token:
             raise invalid_request("the token parameter is missing")
-        hint = form.get("token_type_hint", "")
-        if hint and hint not in ("access_token", "refresh_token"):
-            raise OAuthError("unsupported_token_type", f"token_type_hint {hint!r} is not supported")
+        # The hint is advisory (RFC 7009 §2.1): the token's own format decides what it is.
         parsed = parse_refresh_token(token)
         if parsed is not None:
             try:

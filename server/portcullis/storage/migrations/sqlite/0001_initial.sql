@@ -70,8 +70,7 @@ CREATE TABLE refresh_tokens (
     created_at REAL NOT NULL,
     last_used REAL NOT NULL,
     issued_by_code TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    access_tokens TEXT NOT NULL
+    expires_at REAL NOT NULL
 );
 CREATE INDEX ix_refresh_tokens_user ON refresh_tokens (user_id, connector_id);
 CREATE INDEX ix_refresh_tokens_issued_by_code ON refresh_tokens (issued_by_code);
