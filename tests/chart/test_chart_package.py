@@ -18,7 +18,12 @@ import pytest
 import yaml
 from chart_testlib import CHART_DIR, REPO_ROOT, documents, find
 from portcullis_release.chart import package_chart, push_chart, sha256_file
-from portcullis_release.manifest import ReleaseManifest, load_manifest, parse_manifest
+from portcullis_release.manifest import (
+    PLACEHOLDER_DIGEST,
+    ReleaseManifest,
+    load_manifest,
+    parse_manifest,
+)
 
 from tests.support.registry import Registry
 
@@ -112,8 +117,7 @@ def test_packaged_chart_takes_version_and_pinned_image_from_the_manifest(tmp_pat
 
 
 def test_development_manifest_does_not_bake_its_placeholder_digest(tmp_path: Path) -> None:
-    manifest = load_manifest()
-    assert manifest.development
+    manifest = _release_manifest().with_image(digest=PLACEHOLDER_DIGEST)
     packaged = package_chart(manifest, output_dir=tmp_path)
     values = yaml.safe_load(_member(packaged.path, "values.yaml"))
     assert values["image"]["digest"] == ""

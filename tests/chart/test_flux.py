@@ -144,9 +144,10 @@ def test_readme_shows_the_same_digests_and_the_secret_commands() -> None:
 
 
 def test_development_manifest_is_refused_unless_allowed() -> None:
+    development = parse_manifest({**RELEASE.to_data(), "development": True})
     with pytest.raises(ManifestError, match="not a release manifest"):
-        render_flux(load_manifest())
-    files = render_flux(load_manifest(), allow_development=True)
+        render_flux(development)
+    files = render_flux(development, allow_development=True)
     assert "DEVELOPMENT MANIFEST" in files["helmrelease.yaml"]
 
 

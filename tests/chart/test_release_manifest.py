@@ -31,10 +31,11 @@ GOOD = {
 }
 
 
-def test_in_tree_manifest_is_a_valid_development_manifest() -> None:
+def test_in_tree_manifest_is_valid_and_in_canonical_form() -> None:
     manifest = load_manifest(DEFAULT_MANIFEST)
-    assert manifest.development is True
     assert DEFAULT_MANIFEST.read_text() == render_manifest(manifest)
+    if not manifest.development:
+        manifest.require_release()  # a release manifest never carries a placeholder
 
 
 def test_references_are_derived_from_the_fields() -> None:
@@ -97,7 +98,8 @@ def test_cli_set_updates_fields_and_show_validates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "manifest.yaml"
-    path.write_text(DEFAULT_MANIFEST.read_text())
+    development = {**GOOD, "development": True, "chart": {**GOOD["chart"], "version": "0.1.0"}}
+    path.write_text(render_manifest(parse_manifest(development)))
     digest = "sha256:" + "c" * 64
     assert release_cli(["manifest", "--manifest", str(path), "set", "--image-digest", digest]) == 0
     assert load_manifest(path).image.digest == digest
