@@ -319,6 +319,43 @@ class Issuer:
         return ("example-app", self.creds.app)
 
 
+StartIssuer = Callable[..., "Issuer"]
+
+
+def finish_issuer(issuer: Issuer) -> None:
+    """Stop with SIGTERM, require exit code 0 and clean logs (killed by PID on any failure)."""
+    if issuer.proc is None:
+        return
+    try:
+        if issuer.running:
+            code = issuer.stop()
+            assert code == 0, f"portcullis exited with {code} after SIGTERM:\n{issuer.logs()}"
+        leaked = issuer.leaked_secrets()
+        assert not leaked, f"{len(leaked)} secret value(s) found in the server log"
+    finally:
+        issuer.kill()
+
+
+def issuer_factory(base_dir: Path) -> tuple[StartIssuer, list[Issuer]]:
+    """``start(patch, edit, run=True)`` builds (and starts) a server under ``base_dir``; the
+    list collects every server so a fixture can finish them all."""
+    started: list[Issuer] = []
+
+    def start(
+        patch: Mapping[str, Any] | None = None,
+        edit: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        run: bool = True,
+    ) -> Issuer:
+        issuer = make_issuer(base_dir / f"issuer{len(started)}", patch, edit)
+        started.append(issuer)
+        if run:
+            issuer.start()
+        return issuer
+
+    return start, started
+
+
 def make_issuer(
     workdir: Path,
     patch: Mapping[str, Any] | None = None,

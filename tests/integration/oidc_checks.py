@@ -9,14 +9,14 @@ import secrets
 import warnings
 from typing import Any
 
-from authlib.integrations.httpx_client import OAuth2Client
+from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
 
 with warnings.catch_warnings():
     # authlib.jose is deprecated in favour of joserfc; it stays the independent verifier here
     # because the server itself signs with joserfc.
     warnings.simplefilter("ignore")
-    from authlib.jose import JsonWebKey, jwt
-    from authlib.oidc.core import CodeIDToken
+    from authlib.jose import JsonWebKey, jwt  # type: ignore[import-untyped]
+    from authlib.oidc.core import CodeIDToken  # type: ignore[import-untyped]
 
 from issuer_harness import APP_REDIRECT, KUBECTL_REDIRECT, Issuer
 

@@ -419,7 +419,9 @@ def test_authlib_sees_invalid_grant_for_a_bad_code(issuer: Issuer) -> None:
     verifier = new_verifier()
     url = authorization_url(issuer, client, verifier, "n")
     state = query_of(url)["state"]
-    from authlib.integrations.base_client.errors import OAuthError
+    from authlib.integrations.base_client.errors import (  # type: ignore[import-untyped]
+        OAuthError,
+    )
 
     with pytest.raises(OAuthError) as caught:
         client.fetch_token(

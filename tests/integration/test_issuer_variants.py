@@ -7,11 +7,11 @@ import dataclasses
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from conftest import StartIssuer
 from issuer_harness import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -20,6 +20,9 @@ from issuer_harness import (
     DEV_PASSWORD,
     Browser,
     Issuer,
+    StartIssuer,
+    finish_issuer,
+    issuer_factory,
     query_of,
 )
 from oidc_checks import (
@@ -190,11 +193,9 @@ def test_per_client_id_token_lifetime(issuer_plain: Issuer) -> None:
 
 
 @pytest.fixture(scope="module")
-def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
     """skipApprovalScreen, ES256 signing and a 10m ID-token lifetime for example-app."""
-    from conftest import _factory, _finish
-
-    start, started = _factory(tmp_path_factory.mktemp("plain"))
+    start, started = issuer_factory(tmp_path_factory.mktemp("plain"))
 
     def edit(config: dict[str, Any]) -> None:
         config["staticClients"][0]["idTokensValidFor"] = "10m"
@@ -209,7 +210,7 @@ def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Any:
         )
     finally:
         for each in started:
-            _finish(each)
+            finish_issuer(each)
 
 
 def test_es256_signing_is_verifiable(issuer_plain: Issuer) -> None:
