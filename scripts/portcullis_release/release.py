@@ -24,6 +24,7 @@ from portcullis_release import oci
 from portcullis_release.oci import Artifact
 from portcullis_release.registry import Reference
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_REPOSITORY = "portcullis"
 CHART_REPOSITORY = "charts/portcullis"
 
@@ -184,6 +185,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--chart-dir", type=Path, default=Path("dist/chart"))
     parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
     parser.add_argument("--manifest", type=Path, default=Path("release/manifest.yaml"))
+    parser.add_argument("--flux-dir", type=Path, default=Path("deploy/flux"))
+    parser.add_argument("--runtime-lock", type=Path, default=REPO_ROOT / "requirements/runtime.txt")
+    parser.add_argument(
+        "--packages-lock", type=Path, default=REPO_ROOT / "images/portcullis/packages.lock"
+    )
     parser.add_argument("--deb-dir", type=Path, default=Path(".cache/image/debs"))
     parser.add_argument(
         "--skip-chart-build",
@@ -207,9 +213,6 @@ def _run(args: argparse.Namespace) -> int:
             console.print(f"[red]release failed:[/red] {exc}")
             return 1
         raise
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _local_registry(console: Any) -> tuple[Any, str, Path]:
@@ -309,8 +312,8 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
             plan = ReleasePlan.load(args.image, _newest_chart(args.chart_dir), registry)
             status.update("release: SBOMs, provenance, signatures")
             inputs = sbom.ImageInputs(
-                runtime_lock=REPO_ROOT / "requirements/runtime.txt",
-                packages_lock=REPO_ROOT / "images/portcullis/packages.lock",
+                runtime_lock=args.runtime_lock,
+                packages_lock=args.packages_lock,
                 deb_dir=args.deb_dir if args.deb_dir.is_dir() else None,
             )
             if not inputs.packages_lock or not inputs.packages_lock.is_file():
@@ -347,6 +350,20 @@ def run_release(args: argparse.Namespace, console: Any) -> int:
         )
         manifest.dump_manifest(final, args.manifest)
         console.print(f"wrote {args.manifest}")
+        # deploy/flux/ pins exactly the manifest's digests: regenerate it with the manifest.
+        flux = [
+            sys.executable,
+            "-m",
+            "portcullis_release.cli",
+            "flux",
+            "--manifest",
+            str(args.manifest),
+            "--output",
+            str(args.flux_dir),
+        ]
+        if final.development:
+            flux.append("--allow-development")
+        subprocess.run(flux, check=True)
         return 0
     finally:
         if local is not None:

@@ -13,7 +13,7 @@ from portcullis_release.registry import DockerAuth, RegistryClient, RegistryErro
 from portcullis_release.release import prepare
 from portcullis_release.sbom import ImageInputs
 
-from tests.release.conftest import KeyPair, SyntheticRelease
+from tests.release.conftest import REPO_ROOT, KeyPair, SyntheticRelease
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,54 @@ def test_failed_publish_leaves_nothing_tagged(
     assert sorted(client.list_tags(plan.image_ref.repository)) == sorted(
         ["1.2.3", sign.sig_tag(plan.image.digest), sign.att_tag(plan.image.digest)]
     )
+
+
+def test_release_command_publishes_verifies_and_writes_the_manifest(
+    registry: Registry,
+    release_inputs: SyntheticRelease,
+    keypair: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make release` with REGISTRY/AUTH_FILE/COSIGN_KEY/COSIGN_PASSWORD set (like CI)."""
+    from portcullis_release.manifest import load_manifest
+
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text((REPO_ROOT / "release" / "manifest.yaml").read_text())
+    monkeypatch.setenv("REGISTRY", f"{registry.host}/rel")
+    monkeypatch.setenv("AUTH_FILE", str(registry.auth_file))
+    monkeypatch.setenv("COSIGN_KEY", str(keypair.private))
+    monkeypatch.setenv("COSIGN_PASSWORD", keypair.password)
+    flux = tmp_path / "flux"
+    code = cli.main(
+        [
+            "release",
+            "--image",
+            str(release_inputs.image_dir),
+            "--chart-dir",
+            str(release_inputs.chart.parent),
+            "--skip-chart-build",
+            "--manifest",
+            str(manifest),
+            "--flux-dir",
+            str(flux),
+            "--release-dir",
+            str(tmp_path / "out"),
+            "--deb-dir",
+            str(release_inputs.deb_dir),
+            "--packages-lock",
+            str(release_inputs.packages_lock),
+            "--runtime-lock",
+            str(release_inputs.runtime_lock),
+        ]
+    )
+    assert code == 0
+    written = load_manifest(manifest)
+    plan = release_inputs.plan(f"{registry.host}/rel")
+    assert not written.development
+    assert written.image.digest == plan.image.digest
+    assert written.image.repository == plan.image_ref.name
+    assert written.chart.digest == plan.artifact_for("chart").digest
+    flux_text = "\n".join(p.read_text() for p in flux.rglob("*.yaml"))
+    assert plan.artifact_for("chart").digest in flux_text
+    assert (tmp_path / "out" / "cosign.pub").read_bytes() == keypair.public.read_bytes()
