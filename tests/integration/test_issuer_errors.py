@@ -257,6 +257,13 @@ def test_token_endpoint_request_errors(issuer: Issuer) -> None:
         400,
         "invalid_grant",
     )
+    repeated = httpx.post(
+        issuer.url("/token"),
+        content="grant_type=client_credentials&grant_type=client_credentials",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        auth=("service-bot", issuer.creds.bot),
+    )
+    _error(repeated, 400, "invalid_request")
     json_body = httpx.post(
         issuer.url("/token"),
         json={"grant_type": "client_credentials"},
@@ -431,3 +438,32 @@ def test_authlib_sees_invalid_grant_for_a_bad_code(issuer: Issuer) -> None:
         )
     assert caught.value.error == "invalid_grant"
     client.close()
+
+
+def test_replayed_code_revokes_access_tokens_minted_by_its_refresh_tokens(issuer: Issuer) -> None:
+    """Everything that descends from a leaked code dies, including access tokens minted by
+    refreshing the session the code started (RFC 6749 §4.1.2, RFC 9700 §4.2.4)."""
+    code = _code(issuer)
+    tokens = _exchange(issuer, code).json()
+    rotated = issuer.token(
+        {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=issuer.app_auth(),
+    ).json()
+    bearer = {"Authorization": f"Bearer {rotated['access_token']}"}
+    assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 200
+    _error(_exchange(issuer, code), 400, "invalid_grant")
+    assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 401
+
+
+def test_approval_form_cannot_be_submitted_twice(issuer: Issuer) -> None:
+    with Browser(issuer) as browser:
+        steps = browser.login(_params())
+        assert steps.final is not None
+        assert "code" in query_of(steps.final.headers["location"])
+        fields = hidden_fields(steps.approval_page)
+        again = browser.http.post(
+            form_action(steps.approval_page, steps.approval_url),
+            data={**fields, "approval": "approve"},
+        )
+    assert again.status_code == 400
+    assert "location" not in again.headers

@@ -119,6 +119,26 @@ def test_refresh_reuse_grace_then_reuse_detection_revokes_the_family(
     assert revoked.json()["error"] == "invalid_grant"
 
 
+def test_reuse_of_an_older_generation_revokes_the_family(start_issuer: StartIssuer) -> None:
+    """RFC 9700 §4.14.2: an attacker who stole R0 refreshes twice (R1, R2) and keeps the session
+    alive; when the legitimate client finally presents R0, the server must see the reuse and
+    revoke the family, not just refuse R0 and leave the attacker's R2 working."""
+    issuer = start_issuer({"expiry": {"refreshTokens": {"reuseInterval": "1s"}}})
+    stolen = _password_grant(issuer)["refresh_token"]
+    first = _refresh(issuer, stolen)
+    assert first.status_code == 200, first.text
+    second = _refresh(issuer, first.json()["refresh_token"])
+    assert second.status_code == 200, second.text
+    attackers = second.json()["refresh_token"]
+    time.sleep(1.5)
+    legit = _refresh(issuer, stolen)
+    assert legit.status_code == 400
+    assert legit.json()["error"] == "invalid_grant"
+    after = _refresh(issuer, attackers)
+    assert after.status_code == 400, "the family survived the reuse of an older refresh token"
+    assert after.json()["error"] == "invalid_grant"
+
+
 def test_refresh_with_rotation_disabled_keeps_the_same_token(start_issuer: StartIssuer) -> None:
     issuer = start_issuer({"expiry": {"refreshTokens": {"disableRotation": True}}})
     token = _password_grant(issuer)["refresh_token"]
@@ -251,6 +271,19 @@ def test_password_form_throttles_after_repeated_failures(start_issuer: StartIssu
     assert grant.json()["error"] in ("invalid_grant", "slow_down")
     # Another user is not affected.
     assert _password_grant(issuer, scope="openid")["access_token"]
+
+
+def test_password_form_throttles_per_client_ip_across_users(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer(
+        {"web": {"passwordThrottle": {"maxFailuresPerUser": 50, "maxFailuresPerIP": 3}}}
+    )
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        for n in range(3):
+            sprayed = browser.submit_password(steps, f"user{n}@example.com", "Spray-Password-1")
+            assert sprayed.status_code == 401
+        blocked = browser.submit_password(steps, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert blocked.status_code == 429
 
 
 # -- life cycle --------------------------------------------------------------------------------
