@@ -97,6 +97,17 @@ def pinned(plan: ReleasePlan, role: str = "image") -> Reference:
     return Reference.parse(f"{ref}@{plan.artifact_for(role).digest}")
 
 
+def provenance_policy(directory: Path) -> Path:
+    """The builder/source policy as CUE, for `cosign verify-attestation --policy`: cosign unifies
+    it with each provenance statement and rejects on conflict."""
+    path = directory / "provenance-policy.cue"
+    path.write_text(
+        f'predicate: runDetails: builder: id: "{BUILDER_ID}"\n'
+        f'predicate: buildDefinition: externalParameters: source: repository: "{SOURCE_REPO}"\n'
+    )
+    return path
+
+
 def run_cosign(cosign: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(cosign), *args], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -242,6 +253,30 @@ def test_cosign_verifies_our_signatures_and_attestations(
                 )
                 for s in statements
             )
+
+
+def test_cosign_accepts_our_provenance_under_the_builder_source_policy(
+    shared_registry: Registry,
+    inputs_a: SyntheticRelease,
+    keypair: KeyPair,
+    tmp_path: Path,
+    cosign: Path,
+) -> None:
+    plan, _, _ = release(shared_registry, "cosign-policy", inputs_a, keypair, tmp_path)
+    env = cosign_env(tmp_path, shared_registry)
+    ref = f"{plan.image_ref.name}@{plan.image.digest}"
+    code = cosign_verify(
+        cosign,
+        env,
+        keypair.public,
+        ref,
+        "verify-attestation",
+        "--type",
+        "slsaprovenance1",
+        "--policy",
+        str(provenance_policy(tmp_path)),
+    )
+    assert code == 0
 
 
 def test_our_verifier_accepts_signatures_made_by_cosign(
@@ -439,10 +474,15 @@ TAMPER_CASES = {
     "provenance from another builder": (
         tamper_builder,
         "provenance builder mismatch:",
-        None,
-        False,
+        "verify-attestation-policy",
+        True,
     ),
-    "provenance from another source": (tamper_source, "provenance source mismatch:", None, False),
+    "provenance from another source": (
+        tamper_source,
+        "provenance source mismatch:",
+        "verify-attestation-policy",
+        True,
+    ),
     "missing SBOM": (tamper_missing_sbom, "missing SBOM:", "verify-attestation-cyclonedx", True),
 }
 
@@ -483,6 +523,18 @@ def test_tampered_release_fails_verify_with_its_own_reason(
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}@{ctx.plan.image.digest}")
     elif cosign_check == "verify-tag":
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}:{ctx.plan.image_tag}")
+    elif cosign_check == "verify-attestation-policy":
+        code = cosign_verify(
+            cosign,
+            env,
+            ctx.key.public,
+            f"{image.name}@{ctx.plan.image.digest}",
+            "verify-attestation",
+            "--type",
+            "slsaprovenance1",
+            "--policy",
+            str(provenance_policy(tmp_path)),
+        )
     elif cosign_check == "verify-attestation-slsa":
         code = cosign_verify(
             cosign,
