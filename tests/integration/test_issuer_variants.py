@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -301,8 +302,14 @@ def test_refresh_tokens_and_signing_key_survive_a_restart(start_issuer: StartIss
     issuer.remember(token["refresh_token"], token["access_token"], token["id_token"])
     client.close()
     kids_before = {k["kid"] for k in issuer.jwks()["keys"]}
+    # A login that is half-way through when the server restarts.
+    half_way = Browser(issuer)
+    steps = half_way.reach_password_form(_params())
     assert issuer.stop() == 0
     issuer.start()
+    finished = half_way.submit_password(steps)
+    assert finished.status_code == 303, finished.text[:500]
+    half_way.close()
     assert {k["kid"] for k in issuer.jwks()["keys"]} == kids_before
     verify_id_token(
         issuer,
@@ -361,6 +368,42 @@ def test_key_rotation_keeps_the_retired_key_published(start_issuer: StartIssuer)
     assert issuer.stop() == 0
     issuer.start()
     assert jwt_header(_password_grant(issuer, scope="openid")["id_token"])["kid"] == new_kid
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(start_issuer: StartIssuer) -> None:
+    """Clients keep logging in (bcrypt keeps each request busy) while SIGTERM arrives: every
+    request the server accepted gets its answer; later ones are refused at connect."""
+    issuer = start_issuer()
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def keep_granting() -> None:
+        while not stop.is_set():
+            try:
+                response = issuer.token(
+                    {"grant_type": "password", "username": DEV_EMAIL, "password": DEV_PASSWORD},
+                    auth=issuer.app_auth(),
+                )
+                outcomes.append(str(response.status_code))
+            except httpx.ConnectError:
+                outcomes.append("not accepted")
+                return
+            except httpx.HTTPError as exc:
+                outcomes.append(f"broken: {type(exc).__name__}")
+                return
+
+    threads = [threading.Thread(target=keep_granting) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while outcomes.count("200") < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert issuer.stop() == 0
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes.count("200") >= 4, outcomes
+    assert all(o in ("200", "not accepted") for o in outcomes), outcomes
 
 
 # -- logs --------------------------------------------------------------------------------------
