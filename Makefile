@@ -136,7 +136,7 @@ test: image
 # makes a throwaway key (and says so). Docs: docs/verify.md; code: scripts/portcullis_release/.
 # The tests cross-check with the real cosign (Debian trixie build, fetched into .cache/cosign
 # without touching the system apt configuration) against a real docker-registry.
-TEST_APT_PACKAGES += docker-registry apache2-utils dpkg debian-archive-keyring
+TEST_APT_PACKAGES += docker-registry apache2-utils dpkg debian-archive-keyring skopeo
 COSIGN := $(CACHE)/cosign/usr/bin/cosign
 
 .PHONY: release-test-deps

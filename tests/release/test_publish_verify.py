@@ -464,7 +464,8 @@ TAMPER_CASES = {
     "tampered payload": (tamper_payload, "tampered signature payload:", "verify", True),
     "replayed signature": (tamper_replay, "signature replayed from another image:", "verify", True),
     "tag moved": (tamper_move_tag, "tag moved:", "verify-tag", True),
-    "altered layer blob": (tamper_layer_blob, "layer 0 blob", None, False),
+    # cosign never reads layers; skopeo (an independent client) must refuse the altered blob.
+    "altered layer blob": (tamper_layer_blob, "layer 0 blob", "skopeo-copy", True),
     "provenance for another digest": (
         tamper_provenance_digest,
         "provenance is for another artefact:",
@@ -523,6 +524,28 @@ def test_tampered_release_fails_verify_with_its_own_reason(
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}@{ctx.plan.image.digest}")
     elif cosign_check == "verify-tag":
         code = cosign_verify(cosign, env, ctx.key.public, f"{image.name}:{ctx.plan.image_tag}")
+    elif cosign_check == "skopeo-copy":
+        policy = tmp_path / "skopeo-policy.json"
+        policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+        proc = subprocess.run(
+            [
+                "skopeo",
+                "--policy",
+                str(policy),
+                "copy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                f"{shared_registry.username}:{shared_registry.password}",
+                f"docker://{image.name}@{ctx.plan.image.digest}",
+                f"oci:{tmp_path / 'copy'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        code = proc.returncode
+        assert "digest" in proc.stderr.lower(), proc.stderr
     elif cosign_check == "verify-attestation-policy":
         code = cosign_verify(
             cosign,
