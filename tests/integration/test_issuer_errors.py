@@ -3,7 +3,12 @@ browser protections (CSRF, login bound to its browser, security headers, CORS)."
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import secrets
+import time
 from urllib.parse import urlencode
 
 import httpx
@@ -467,3 +472,49 @@ def test_approval_form_cannot_be_submitted_twice(issuer: Issuer) -> None:
         )
     assert again.status_code == 400
     assert "location" not in again.headers
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_forged_access_tokens_are_refused(issuer: Issuer) -> None:
+    """alg=none and HS256 signed with the public JWK (algorithm confusion) never pass."""
+    now = int(time.time())
+    claims = {
+        "iss": issuer.issuer,
+        "sub": "forged",
+        "aud": "example-app",
+        "iat": now,
+        "exp": now + 600,
+        "client_id": "example-app",
+        "jti": secrets.token_hex(16),
+    }
+    public = issuer.jwks()["keys"][0]
+    unsigned = _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(claims) + "."
+    signing_input = _b64({"alg": "HS256", "typ": "JWT", "kid": public["kid"]}) + "." + _b64(claims)
+    mac = hmac.new(json.dumps(public).encode(), signing_input.encode(), hashlib.sha256).digest()
+    confused = signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    for forged in (unsigned, confused):
+        bearer = {"Authorization": f"Bearer {forged}"}
+        assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 401
+        introspected = httpx.post(
+            issuer.url("/token/introspect"), data={"token": forged}, auth=issuer.app_auth()
+        )
+        assert introspected.json() == {"active": False}
+
+
+def test_user_input_is_escaped_in_html_pages(issuer: Issuer) -> None:
+    payload = "<script>alert(1)</script>"
+    error_page = httpx.get(
+        issuer.url("/auth"),
+        params={"client_id": payload, "redirect_uri": APP_REDIRECT, "response_type": "code"},
+    )
+    assert error_page.status_code == 400
+    assert payload not in error_page.text
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        failed = browser.submit_password(steps, f'"><{payload}', "wrong-password")
+    assert failed.status_code == 401
+    assert payload not in failed.text
+    assert "&lt;script&gt;" in failed.text

@@ -84,14 +84,25 @@ def _exchange(
 # -- expiry ------------------------------------------------------------------------------------
 
 
-def test_expired_code_is_invalid_grant(start_issuer: StartIssuer) -> None:
-    issuer = start_issuer({"expiry": {"authCodes": "1s"}})
+def test_expired_code_and_expired_tokens_are_refused(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"expiry": {"authCodes": "1s", "idTokens": "1s"}})
     with Browser(issuer) as browser:
         code = query_of(browser.authorize_code(_params()))["code"]
-    time.sleep(1.5)
+    tokens = _password_grant(issuer)
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    time.sleep(2.1)
     response = _exchange(issuer, code)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+    assert httpx.get(issuer.url("/userinfo"), headers=bearer).status_code == 401
+    introspected = httpx.post(
+        issuer.url("/token/introspect"),
+        data={"token": tokens["access_token"]},
+        auth=issuer.app_auth(),
+    )
+    assert introspected.json() == {"active": False}
+    # The refresh token outlives the ID token: the session continues.
+    assert _refresh(issuer, tokens["refresh_token"]).status_code == 200
 
 
 # -- refresh policies --------------------------------------------------------------------------
