@@ -470,12 +470,17 @@ class Browser:
         return steps
 
     def submit_password(
-        self, steps: LoginSteps, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD
+        self,
+        steps: LoginSteps,
+        email: str = ADMIN_EMAIL,
+        password: str = ADMIN_PASSWORD,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         fields = hidden_fields(steps.password_page)
         return self.http.post(
             form_action(steps.password_page, steps.password_form_url),
             data={**fields, "login": email, "password": password},
+            headers=dict(headers or {}),
         )
 
     def login(

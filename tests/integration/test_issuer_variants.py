@@ -298,6 +298,51 @@ def test_password_form_throttles_per_client_ip_across_users(start_issuer: StartI
         assert blocked.status_code == 429
 
 
+def _spray_then_login(issuer: Issuer, spray_from: list[str], login_from: str) -> int:
+    """Failed logins with X-Forwarded-For values, then the right password; its status."""
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        for n, address in enumerate(spray_from):
+            failed = browser.submit_password(
+                steps, f"user{n}@example.com", "Spray-Password-1", {"X-Forwarded-For": address}
+            )
+            assert failed.status_code == 401
+        ok = browser.submit_password(
+            steps, ADMIN_EMAIL, ADMIN_PASSWORD, {"X-Forwarded-For": login_from}
+        )
+        return ok.status_code
+
+
+def test_forwarded_client_ip_is_ignored_from_untrusted_peers(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer(
+        {
+            "web": {
+                "passwordThrottle": {"maxFailuresPerUser": 50, "maxFailuresPerIP": 2},
+                "clientRemoteIP": {"header": "X-Forwarded-For", "trustedProxies": ["10.0.0.0/8"]},
+            }
+        }
+    )
+    # Rotating the header does not escape the per-IP limit: the peer (127.0.0.1) is counted.
+    assert _spray_then_login(issuer, ["203.0.113.1", "203.0.113.2"], "203.0.113.3") == 429
+
+
+def test_forwarded_client_ip_is_honoured_from_trusted_proxies(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer(
+        {
+            "web": {
+                "passwordThrottle": {"maxFailuresPerUser": 50, "maxFailuresPerIP": 2},
+                "clientRemoteIP": {
+                    "header": "X-Forwarded-For",
+                    "trustedProxies": ["127.0.0.1/32"],
+                },
+            }
+        }
+    )
+    # Failures from one client behind the proxy do not lock out another client.
+    assert _spray_then_login(issuer, ["203.0.113.1", "203.0.113.1"], "203.0.113.9") == 303
+    assert _spray_then_login(issuer, [], "203.0.113.1") == 429
+
+
 # -- life cycle --------------------------------------------------------------------------------
 
 
@@ -452,6 +497,8 @@ def test_logs_never_contain_tokens_codes_secrets_or_passwords(start_issuer: Star
     httpx.get(
         issuer.url("/userinfo"), headers={"Authorization": f"Bearer {tokens['access_token']}"}
     )
+    metrics = httpx.get(issuer.telemetry + "/metrics").text
+    assert not [v for v in issuer.sensitive if v in metrics], "a secret value is in /metrics"
     assert issuer.stop() == 0
     logs = issuer.logs()
     lines = [line for line in logs.splitlines() if line.startswith("{")]
