@@ -152,6 +152,19 @@ test: release-test-deps
 release: test-venv image
 	$(VENV)/bin/portcullis-release release
 
+## ---- postgres --------------------------------------------------------------------------
+
+# The storage tests run a real PostgreSQL 15 server of their own (tests/support/postgres.py:
+# initdb in a temp dir, loopback, free port, stopped by PID). The package's default "main"
+# cluster would never be used, so it is not created when the package is installed here.
+TEST_APT_PACKAGES += postgresql
+.PHONY: postgres-no-main-cluster
+test-system-deps: postgres-no-main-cluster
+postgres-no-main-cluster:
+	@if ! dpkg-query -W -f='$${Status}' postgresql-15 2>/dev/null | grep -q 'install ok installed'; then \
+	  mkdir -p /etc/postgresql-common/createcluster.d; \
+	  echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/portcullis-tests.conf; fi
+
 ## ---- release artefacts ------------------------------------------------------------------
 
 # Load figures for the hot paths (wrk on loopback); not a timed test. See bench/README.md.

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from portcullis import passwords
-from portcullis.config.model import RawConfig, SQLiteConfig
+from portcullis.config.model import PostgresConfig, RawConfig, SQLiteConfig
 from portcullis.connectors.registry import CONNECTOR_TYPES, LOCAL_CONNECTOR_ID
 
 
@@ -238,9 +238,14 @@ def _resolve(raw: RawConfig, source: str, env: Mapping[str, str], *, fips_mode: 
 
 
 def _resolve_storage(raw: RawConfig, problems: list[str]) -> BaseModel | None:
-    if raw.storage.type == "sqlite3":
+    backend_models: dict[str, type[BaseModel]] = {
+        "sqlite3": SQLiteConfig,
+        "postgres": PostgresConfig,
+    }
+    model = backend_models.get(raw.storage.type)
+    if model is not None:
         try:
-            return SQLiteConfig.model_validate(raw.storage.config)
+            return model.model_validate(raw.storage.config)
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, ("storage", "config")))
     elif raw.storage.config:

@@ -144,10 +144,10 @@ class StorageSection(Section):
 
     @model_validator(mode="after")
     def _check_backend(self) -> StorageSection:
-        if self.type in ("mysql", "etcd", "kubernetes", "postgres"):
+        if self.type in ("mysql", "etcd", "kubernetes"):
             raise ValueError(
                 f"storage type {self.type!r} is not supported by this Portcullis version "
-                "(supported: memory, sqlite3)"
+                "(supported: memory, sqlite3, postgres)"
             )
         return self
 
@@ -157,6 +157,50 @@ class SQLiteConfig(Section):
     # Portcullis-only. FULL (default) fsyncs every commit, so a consumed code or a revocation
     # survives power loss; NORMAL (WAL) survives process crashes only and writes ~3x faster.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+PostgresSSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class PostgresSSL(Section):
+    """Dex's ``storage.config.ssl`` for postgres (key names and default as Dex)."""
+
+    # Dex assumes the strictest mode when none is given; so do we.
+    mode: PostgresSSLMode = "verify-full"
+    # Empty with verify-full: the system trust store (as Dex's Go driver does).
+    ca_file: str = ""
+    key_file: str = ""
+    cert_file: str = ""
+
+    @model_validator(mode="after")
+    def _check_files(self) -> PostgresSSL:
+        if bool(self.key_file) != bool(self.cert_file):
+            raise ValueError("keyFile and certFile must be given together (client certificate)")
+        if self.mode == "verify-ca" and not self.ca_file:
+            # libpq trusts the system store only with verify-full, which also checks the name.
+            raise ValueError("mode verify-ca needs caFile (or use verify-full with system CAs)")
+        return self
+
+
+class PostgresConfig(Section):
+    """Dex's postgres storage settings. Times are whole seconds, as in Dex."""
+
+    # A unix-socket directory, a name/address, or "host:port" (Dex's backwards-compatible form).
+    host: str = ""
+    port: int = Field(default=5432, ge=0, le=65535)  # 0: the default, as in Dex
+    database: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    # Never logged or echoed in errors; usually "$DB_PASSWORD" (expanded from the environment).
+    password: SecretStr = SecretStr("")
+    ssl: PostgresSSL = Field(default_factory=PostgresSSL)
+    # 0 (Dex's default) means Portcullis's bounded default, so a dead database never hangs
+    # start-up or the readiness probe forever (Dex would wait for the OS TCP timeout).
+    connection_timeout: int = Field(default=0, ge=0)
+    # Go database/sql pool tunables in Dex; 0 means Dex's default: 5 open, 5 idle, connections
+    # never recycled. More idle than open connections is capped, as Go does.
+    max_open_conns: int = Field(default=0, ge=0)
+    max_idle_conns: int = Field(default=0, ge=0)
+    conn_max_lifetime: int = Field(default=0, ge=0)
 
 
 class ClientRemoteIP(Section):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from portcullis.config.load import Config
-from portcullis.config.model import SQLiteConfig
+from portcullis.config.model import PostgresConfig, SQLiteConfig
 from portcullis.storage.base import Storage
 from portcullis.storage.memory import MemoryStorage
 
@@ -19,4 +19,9 @@ def open_storage(config: Config) -> Storage:
         return SQLiteStorage(
             config.storage_config.file, synchronous=config.storage_config.synchronous
         )
+    if kind == "postgres":
+        from portcullis.storage.postgres import PostgresStorage
+
+        assert isinstance(config.storage_config, PostgresConfig)
+        return PostgresStorage(config.storage_config)
     raise ValueError(f"storage type {kind!r} is not supported")

@@ -63,6 +63,11 @@ class SQLStorage(Storage):
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
 
+    def _lock_name(self, conn: sa.Connection, name: str) -> None:
+        """Serialise write transactions about one logical name that has no row to lock (e.g.
+        counting failed logins for a throttle key). A no-op where a write transaction already
+        holds a database-wide write lock (SQLite); PostgreSQL takes an advisory lock."""
+
     # -- generic helpers ---------------------------------------------------------------------
     def _insert(self, table: sa.Table, row: Mapping[Any, Any]) -> None:
         with self._write() as conn:
@@ -131,7 +136,9 @@ class SQLStorage(Storage):
 
     def _delete_batch(self, table: sa.Table, key_col: sa.Column[Any], expired: Any, n: int) -> int:
         """Delete at most n expired rows in one short transaction (Dex #4979: no long GC lock)."""
-        doomed = sa.select(key_col).where(expired).limit(n)
+        # SKIP LOCKED (PostgreSQL; SQLite renders nothing): replicas collecting at the same
+        # time share the work instead of queueing or deadlocking on the same rows.
+        doomed = sa.select(key_col).where(expired).limit(n).with_for_update(skip_locked=True)
         with self._write() as conn:
             return int(conn.execute(sa.delete(table).where(key_col.in_(doomed))).rowcount)
 
@@ -313,6 +320,7 @@ class SQLStorage(Storage):
 
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         with self._write() as conn:
+            self._lock_name(conn, f"login_attempts:{key}")
             conn.execute(t.login_attempts.insert().values(throttle_key=key, at=now))
             return self._count_failures(conn, key, now, window)
 

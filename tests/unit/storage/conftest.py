@@ -1,16 +1,20 @@
 """The storage conformance fixtures: every backend in BACKENDS runs every conformance test.
 
 A new backend joins by adding one entry to BACKENDS (a name and a factory that opens a fresh,
-empty store in the test's temp dir). Sample records are built by the ``samples`` fixture so the
-tests stay independent of how pytest imports this directory.
+empty store in the test's temp dir, or from a fixture such as a fresh PostgreSQL database).
+Sample records are built by the ``samples`` fixture so the tests stay independent of how pytest
+imports this directory.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from portcullis.config.model import PostgresConfig
 from portcullis.storage.base import Storage
 from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import (
@@ -22,17 +26,33 @@ from portcullis.storage.models import (
     Password,
     RefreshToken,
 )
+from portcullis.storage.postgres import PostgresStorage
 from portcullis.storage.sqlite import SQLiteStorage
 
-BACKENDS: dict[str, Callable[[Path], Storage]] = {
-    "memory": lambda _tmp: MemoryStorage(),
-    "sqlite": lambda tmp: SQLiteStorage(str(tmp / "portcullis.db")),
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:  # tests/support is shared between areas
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.postgres import postgres_cluster, postgres_database  # noqa: E402, F401
+
+
+def _postgres(request: pytest.FixtureRequest, _tmp: Path) -> Storage:
+    # A fresh database on the session's real PostgreSQL server (started on first use).
+    settings: dict[str, Any] = request.getfixturevalue("postgres_database")
+    return PostgresStorage(PostgresConfig.model_validate(settings))
+
+
+# name -> factory(request, tmp_path) opening a fresh, empty store.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Storage]] = {
+    "memory": lambda _request, _tmp: MemoryStorage(),
+    "sqlite": lambda _request, tmp: SQLiteStorage(str(tmp / "portcullis.db")),
+    "postgres": _postgres,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    store = BACKENDS[request.param](tmp_path)
+    store = BACKENDS[request.param](request, tmp_path)
     try:
         yield store
     finally:

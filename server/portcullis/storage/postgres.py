@@ -1,0 +1,220 @@
+"""PostgreSQL backend: what makes several issuer replicas sharing one database safe.
+
+* Every read-modify-write (consume a code, rotate keys, run an updater) selects its row
+  ``FOR UPDATE`` inside one READ COMMITTED transaction (the queries are in ``sql_storage.py``):
+  a second replica blocks on the row lock and then sees the committed result, so nothing is
+  consumed twice and no update is lost. Rows that do not exist yet (a throttle key's failure
+  count) are serialised by a transaction-scoped advisory lock on a hash of their name.
+* Migrations run under ``pg_advisory_xact_lock``: replicas starting together queue on it and
+  exactly one applies the schema; DDL is transactional, so a failure leaves nothing behind.
+* Connection problems become :class:`DatabaseUnavailableError` messages that name the
+  ``storage.config`` field to check and never contain the password.
+
+The password and other connection settings go to psycopg as keyword arguments, never into a URL
+or a logged DSN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from portcullis.clock import Clock, SystemClock
+from portcullis.config.model import PostgresConfig
+from portcullis.storage import sql_schema as t
+from portcullis.storage.base import StorageError
+from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.sql_storage import SQLStorage
+
+# pg_advisory_xact_lock key for schema migrations: any constant unlikely to clash with another
+# application's advisory locks in the same database ("portcullis" in ASCII, truncated).
+MIGRATION_LOCK_KEY = 0x706F727463756C6C
+# Dex's defaults (Go database/sql settings): 5 open connections, 5 idle, no lifetime limit.
+DEFAULT_MAX_OPEN = 5
+DEFAULT_MAX_IDLE = 5
+# Used when connectionTimeout is 0 (Dex's default, which waits for the OS TCP timeout).
+DEFAULT_CONNECT_TIMEOUT = 10
+# How long a request waits for a free pooled connection before failing.
+POOL_TIMEOUT = 30.0
+
+_UNIQUE_VIOLATION = "23505"
+_FIELD = "storage.config"
+
+
+class DatabaseUnavailableError(StorageError):
+    """PostgreSQL could not be reached or refused the login; the message names the setting."""
+
+
+def split_host_port(host: str, port: int) -> tuple[str, int]:
+    """Dex accepts ``host: "db:5433"`` for backwards compatibility; a bare host (or a unix
+    socket directory, or an unbracketed IPv6 address) uses ``port``."""
+    port = port or 5432
+    if host.startswith("["):
+        address, sep, rest = host[1:].partition("]")
+        if sep and rest.startswith(":") and rest[1:].isdigit():
+            return address, int(rest[1:])
+        return address if sep and not rest else host, port
+    name, sep, tail = host.rpartition(":")
+    if sep and name and ":" not in name and tail.isdigit():
+        return name, int(tail)
+    return host, port
+
+
+def connect_arguments(config: PostgresConfig) -> dict[str, Any]:
+    """libpq connection parameters for the config (the password included: never log this)."""
+    host, port = split_host_port(config.host, config.port)
+    timeout = config.connection_timeout or DEFAULT_CONNECT_TIMEOUT
+    args: dict[str, Any] = {
+        "dbname": config.database,
+        "user": config.user,
+        "port": port,
+        "connect_timeout": timeout,
+        "sslmode": config.ssl.mode,
+        "application_name": "portcullis",
+    }
+    if host:
+        args["host"] = host
+    password = config.password.get_secret_value()
+    if password:
+        args["password"] = password
+    if config.ssl.mode != "disable":
+        if config.ssl.ca_file:
+            args["sslrootcert"] = config.ssl.ca_file
+        elif config.ssl.mode == "verify-full":
+            # Dex's Go driver trusts the system CAs when no caFile is given; libpq must be
+            # told to (libpq >= 16, bundled by psycopg-binary).
+            args["sslrootcert"] = "system"
+        if config.ssl.cert_file:
+            args["sslcert"] = config.ssl.cert_file
+            args["sslkey"] = config.ssl.key_file
+    return args
+
+
+def describe_target(config: PostgresConfig) -> str:
+    host, port = split_host_port(config.host, config.port)
+    where = host or "the default unix socket"
+    return f"postgres database {config.database!r} on {where}:{port} as user {config.user!r}"
+
+
+def _libpq_reason(exc: BaseException) -> str:
+    """The driver's own words, first line only: later lines are hints or DETAIL, which can
+    quote row values."""
+    orig = getattr(exc, "orig", None) or exc
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(orig)
+    return text.strip().splitlines()[0] if text.strip() else type(orig).__name__
+
+
+def _connect_hint(reason: str, sqlstate: str | None) -> str:
+    lowered = reason.lower()
+    if sqlstate in ("28P01", "28000") or "authentication" in lowered or "password" in lowered:
+        return f"check {_FIELD}.user and {_FIELD}.password"
+    if sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
+        return f"check {_FIELD}.database"
+    if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
+        return f"check {_FIELD}.ssl (mode, caFile, certFile, keyFile)"
+    if "timeout" in lowered or "timed out" in lowered:
+        return f"check {_FIELD}.host and {_FIELD}.port, or raise {_FIELD}.connectionTimeout"
+    return f"check {_FIELD}.host and {_FIELD}.port"
+
+
+class PostgresStorage(SQLStorage):
+    """Storage in a PostgreSQL database shared by every replica, migrated when opened."""
+
+    def __init__(self, config: PostgresConfig, *, clock: Clock | None = None) -> None:
+        self._config = config
+        self._target = describe_target(config)
+        self._password = config.password.get_secret_value()
+        max_open = config.max_open_conns or DEFAULT_MAX_OPEN
+        max_idle = min(config.max_idle_conns or DEFAULT_MAX_IDLE, max_open)
+        self._engine = sa.create_engine(
+            "postgresql+psycopg://",
+            connect_args=connect_arguments(config),
+            # Parameters can be token hashes or connector data: keep them out of error messages.
+            hide_parameters=True,
+            isolation_level="READ COMMITTED",
+            pool_size=max_idle,
+            max_overflow=max_open - max_idle,
+            pool_timeout=POOL_TIMEOUT,
+            pool_recycle=config.conn_max_lifetime or -1,
+            # A replica outlives database restarts and fail-overs: check a pooled connection
+            # before handing it out rather than failing the request that draws a dead one.
+            pool_pre_ping=True,
+        )
+        try:
+            with self._write() as conn:
+                # Replicas starting together queue here; the first applies, the rest see it done.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+                self.applied_migrations = apply_migrations(
+                    conn, load_migrations("postgres"), (clock or SystemClock()).now()
+                )
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- errors ------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "********") if self._password else text
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
+        reason = _libpq_reason(exc)
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        hint = _connect_hint(reason, sqlstate)
+        return DatabaseUnavailableError(
+            self._scrub(f"cannot connect to {self._target}: {reason} ({hint})")
+        )
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sa.Connection]:
+        try:
+            conn = self._engine.connect()
+        except sa.exc.TimeoutError:
+            raise DatabaseUnavailableError(
+                f"{self._target}: no free connection after {POOL_TIMEOUT:.0f}s "
+                f"(raise {_FIELD}.maxOpenConns?)"
+            ) from None
+        except (sa.exc.DBAPIError, psycopg.Error) as exc:
+            raise self._unavailable(exc) from None
+        with conn:
+            yield conn
+
+    # -- dialect hooks -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        with self._connection() as conn:
+            try:
+                with conn.begin():
+                    yield conn
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise self._unavailable(exc) from None
+                raise StorageError(self._scrub(f"{self._target}: {_libpq_reason(exc)}")) from exc
+
+    def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return self._transaction()
+
+    def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return self._transaction()
+
+    def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
+        return getattr(error.orig, "sqlstate", None) == _UNIQUE_VIOLATION
+
+    def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
+        rv = t.revoked_tokens
+        stmt = pg_insert(rv).values(jti=jti, expiry=expiry)
+        later = sa.func.greatest(rv.c.expiry, stmt.excluded.expiry)
+        return stmt.on_conflict_do_update(index_elements=[rv.c.jti], set_={"expiry": later})
+
+    def _lock_name(self, conn: sa.Connection, name: str) -> None:
+        # hashtextextended gives a 64-bit key; a rare collision only serialises two names.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self._engine.dispose()

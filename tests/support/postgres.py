@@ -1,0 +1,237 @@
+"""A real, throwaway PostgreSQL 15 cluster for tests (Debian's ``postgresql`` package).
+
+One cluster per test session (per xdist worker): ``initdb`` into a private temp dir, the server
+listening on 127.0.0.1 on a free port with its unix socket in that dir, password (SCRAM) auth
+for TCP so tests exercise a real login, and durability switched off (fsync) because test data
+is disposable. Each test gets a fresh database cloned from a template that is already migrated
+(``CREATE DATABASE ... TEMPLATE`` takes milliseconds), and the server is stopped by its PID.
+
+PostgreSQL refuses to run as root, so as root every server binary runs as the ``postgres`` user
+that the Debian package creates (``runuser``); as any other user it runs as that user.
+
+Use from a conftest::
+
+    from tests.support.postgres import postgres_cluster, postgres_database  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SUPERUSER = "portcullis_admin"
+TEMPLATE = "portcullis_template"
+_counter = itertools.count()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+@dataclass
+class PostgresCluster:
+    """A running server; ``config(db)`` gives a Dex-format ``storage.config`` for a database."""
+
+    root: Path
+    port: int
+    password: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    databases: list[str] = field(default_factory=list)
+
+    def config(self, database: str, **overrides: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "database": database,
+            "user": SUPERUSER,
+            "password": self.password,
+            "ssl": {"mode": "disable"},
+            "connectionTimeout": 5,
+        }
+        settings.update(overrides)
+        return settings
+
+    def admin(self, database: str = "postgres") -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def create_database(self, template: str | None = TEMPLATE) -> str:
+        name = f"test_{os.getpid()}_{next(_counter)}"
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with self.admin() as conn:
+            conn.execute(statement)
+        self.databases.append(name)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """Fast shutdown of the postmaster by its PID, SIGKILL if it does not go."""
+        pid_file = self.root / "data" / "postmaster.pid"
+        if self.proc.poll() is None and pid_file.exists():
+            postmaster = int(pid_file.read_text().split()[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> PostgresCluster:
+    """initdb + start; raises with the server log if it does not come up in 30 s."""
+    for tool in ("initdb", "postgres"):
+        if not (PG_BIN / tool).exists():
+            raise RuntimeError(f"{PG_BIN / tool} missing: `make test` installs Debian postgresql")
+    root = Path(tempfile.mkdtemp(prefix="portcullis-pg-"))
+    if os.geteuid() == 0:
+        server_user = pwd.getpwnam("postgres")
+        os.chown(root, server_user.pw_uid, server_user.pw_gid)
+    password = secrets.token_urlsafe(18)
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if os.geteuid() == 0:
+        os.chown(pwfile, server_user.pw_uid, server_user.pw_gid)
+    data = root / "data"
+    subprocess.run(
+        _as_server_user(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    pwfile.unlink()
+    port = _free_port()
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            _as_server_user(
+                [
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(data),
+                    "-k",
+                    str(root),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-c",
+                    f"fsync={'on' if fsync else 'off'}",
+                    "-c",
+                    f"synchronous_commit={'on' if fsync else 'off'}",
+                    "-c",
+                    f"full_page_writes={'on' if fsync else 'off'}",
+                    "-c",
+                    f"max_connections={max_connections}",
+                ]
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    cluster = PostgresCluster(root, port, password, proc, log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            logs = cluster.logs()
+            shutil.rmtree(root, ignore_errors=True)
+            raise RuntimeError(f"postgres exited with {proc.returncode}:\n{logs}")
+        try:
+            with cluster.admin():
+                break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                logs = cluster.logs()
+                cluster.stop()
+                raise RuntimeError(f"postgres not ready after 30 s:\n{logs}") from None
+            time.sleep(0.05)
+    return cluster
+
+
+def prepare_template(cluster: PostgresCluster) -> None:
+    """A migrated database to clone for every test (the migration itself is tested apart)."""
+    from portcullis.config.model import PostgresConfig
+    from portcullis.storage.postgres import PostgresStorage
+
+    with cluster.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    PostgresStorage(PostgresConfig.model_validate(cluster.config(TEMPLATE))).close()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    cluster = start_cluster()
+    try:
+        prepare_template(cluster)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: PostgresCluster) -> Iterator[dict[str, Any]]:
+    """A fresh, migrated database for one test, as a Dex-format ``storage.config``."""
+    name = postgres_cluster.create_database()
+    try:
+        yield postgres_cluster.config(name)
+    finally:
+        postgres_cluster.drop_database(name)
