@@ -1,0 +1,194 @@
+"""Measure the built image: size, cold start to ready, idle RSS, frozen vs venv, FIPS vs not.
+
+Not a timed test: it prints figures for the record (targets from issue 3: compressed image
+<= 40 MB, start to ready <= 0.5 s). Needs `make image` (dist/image) and runc; runs as root
+like the image tests. Every server it starts listens on free 127.0.0.1 ports and is stopped.
+
+    .venv/bin/python bench/image_bench.py [--runs 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "image"))
+
+from image_harness import (  # noqa: E402  # shared with the image tests
+    LAYOUT,
+    ImageConfig,
+    demo_config,
+    free_port,
+    pbkdf2_hash,
+    project_version,
+    start_container,
+)
+from portcullis_release import oci, oci_layout  # noqa: E402
+
+
+def _wait_ready(url: str, alive: Callable[[], bool], timeout: float = 30.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not alive():
+            raise RuntimeError("server exited before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _sizes(artifact: oci.Artifact) -> dict[str, float]:
+    layers = artifact.layers()
+    compressed = sum(d.size for d in artifact.descriptors()) + len(artifact.manifest)
+    uncompressed = 0
+    for desc in layers:
+        import gzip
+
+        uncompressed += len(gzip.decompress(artifact.blobs[desc.digest]))
+    return {"compressed_mb": compressed / 1e6, "uncompressed_mb": uncompressed / 1e6}
+
+
+def _container_run(
+    work: Path, rootfs: Path, image: ImageConfig, password_hash: str, fips: bool
+) -> dict[str, float]:
+    web, telemetry = free_port(), free_port()
+    config = work / f"config-{web}.yaml"
+    config.write_text(demo_config(web, telemetry, password_hash))
+    config.chmod(0o644)
+    started = time.monotonic()
+    container = start_container(
+        work, rootfs, image, config_file=config, env={"PORTCULLIS_FIPS": "1" if fips else "0"}
+    )
+    try:
+        _wait_ready(
+            f"http://127.0.0.1:{telemetry}/healthz/ready", lambda: container.process.poll() is None
+        )
+        ready = time.monotonic() - started
+        time.sleep(2.0)
+        rss = _rss_kib(container.pid())
+    finally:
+        code = container.stop()
+    if code != 0:
+        raise RuntimeError(f"container exited {code}: {container.stderr()[-500:]}")
+    return {"ready_s": ready, "idle_rss_mib": rss / 1024}
+
+
+def _host_run(
+    work: Path, command: list[str], env: dict[str, str], password_hash: str
+) -> dict[str, float]:
+    web, telemetry = free_port(), free_port()
+    config_text = demo_config(web, telemetry, password_hash).replace(
+        "/var/lib/portcullis/portcullis.db", str(work / f"host-{web}.db")
+    )
+    config = work / f"host-{web}.yaml"
+    config.write_text(config_text)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*command, "serve", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{telemetry}/healthz/ready", lambda: process.poll() is None)
+        ready = time.monotonic() - started
+        time.sleep(2.0)
+        rss = _rss_kib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return {"ready_s": ready, "idle_rss_mib": rss / 1024}
+
+
+def _summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median kept)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    artifact = oci.read_layout(LAYOUT, project_version())
+    config = json.loads(artifact.blobs[artifact.descriptors()[0].digest])
+    image = ImageConfig.from_layout_config(config)
+    password_hash = pbkdf2_hash("password")
+    results: dict[str, Any] = {"image": {"digest": artifact.digest, **_sizes(artifact)}}
+    with tempfile.TemporaryDirectory(prefix="image-bench-") as tmp:
+        work = Path(tmp)
+        rootfs = work / "rootfs"
+        oci_layout.unpack_layers(oci_layout.artifact_layers(artifact), rootfs)
+        bundle = ROOT / ".cache" / "image" / "fips-bundle"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+        frozen = [str(rootfs / "opt/portcullis/portcullis")]
+        venv = [str(ROOT / ".venv/bin/portcullis")]
+        scenarios: dict[str, Callable[[], dict[str, float]]] = {
+            "runc, frozen, FIPS": lambda: _container_run(work, rootfs, image, password_hash, True),
+            "runc, frozen, no FIPS": lambda: _container_run(
+                work, rootfs, image, password_hash, False
+            ),
+            "host, frozen, FIPS": lambda: _host_run(
+                work, frozen, {**base_env, "PORTCULLIS_FIPS": "1"}, password_hash
+            ),
+            "host, frozen, no FIPS": lambda: _host_run(
+                work, frozen, {**base_env, "PORTCULLIS_FIPS": "0"}, password_hash
+            ),
+            "host, venv, FIPS": lambda: _host_run(
+                work,
+                venv,
+                {**base_env, "PORTCULLIS_FIPS": "1", "PORTCULLIS_FIPS_BUNDLE": str(bundle)},
+                password_hash,
+            ),
+            "host, venv, no FIPS": lambda: _host_run(
+                work, venv, {**base_env, "PORTCULLIS_FIPS": "0"}, password_hash
+            ),
+        }
+        for name, scenario in scenarios.items():
+            try:
+                results[name] = _summarise([scenario() for _ in range(args.runs)])
+            except RuntimeError as exc:
+                results[name] = {"error": str(exc)}
+    sizes = results["image"]
+    print(f"image {sizes['digest']}")
+    print(
+        f"  size: {sizes['compressed_mb']:.1f} MB compressed (target <= 40), "
+        f"{sizes['uncompressed_mb']:.1f} MB uncompressed"
+    )
+    print(f"  {'scenario':<24} {'start to ready':>15} {'idle RSS':>10}")
+    for name, figures in results.items():
+        if name == "image":
+            continue
+        if "error" in figures:
+            print(f"  {name:<24} error: {figures['error']}")
+            continue
+        print(f"  {name:<24} {figures['ready_s']:>13.3f} s {figures['idle_rss_mib']:>7.1f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
