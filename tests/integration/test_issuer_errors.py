@@ -244,6 +244,17 @@ def test_wrong_client_secret_is_invalid_client_401(issuer: Issuer) -> None:
         {"grant_type": "refresh_token", "refresh_token": "pcr1.x.y"}, auth=("ghost", "boo")
     )
     _error(unknown, 401, "invalid_client")
+    # A confidential client that only names itself is not authenticated.
+    anonymous = issuer.token(
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": APP_REDIRECT,
+            "code_verifier": CHALLENGE_VERIFIER,
+            "client_id": "example-app",
+        }
+    )
+    _error(anonymous, 401, "invalid_client")
     # The code survived the failed attempts.
     assert _exchange(issuer, code).status_code == 200
 

@@ -144,6 +144,22 @@ def test_public_client_uses_pkce_and_any_loopback_port(issuer: Issuer) -> None:
     refreshed = client.refresh_token(issuer.url("/token"), refresh_token=token["refresh_token"])
     issuer.remember(refreshed["refresh_token"], refreshed["access_token"])
     assert refreshed["refresh_token"] != token["refresh_token"]
+    # A public client may revoke its own session (RFC 7009) without a secret.
+    revoked = client.revoke_token(
+        issuer.url("/token/revoke"),
+        token=refreshed["refresh_token"],
+        token_type_hint="refresh_token",
+    )
+    assert revoked.status_code == 200
+    dead = issuer.token(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": refreshed["refresh_token"],
+            "client_id": "kubectl",
+        }
+    )
+    assert dead.status_code == 400
+    assert dead.json()["error"] == "invalid_grant"
     client.close()
 
 
@@ -342,6 +358,7 @@ def test_password_grant_issues_tokens_for_valid_credentials(issuer: Issuer) -> N
     assert claims["email"] == DEV_EMAIL
     assert claims["groups"] == ["developers"]
     assert body["refresh_token"].startswith("pcr1.")
+    assert response.headers["cache-control"] == "no-store"
     wrong = issuer.token(
         {"grant_type": "password", "username": DEV_EMAIL, "password": "not-" + DEV_PASSWORD},
         auth=issuer.app_auth(),
