@@ -16,7 +16,7 @@ with warnings.catch_warnings():
     # because the server itself signs with joserfc.
     warnings.simplefilter("ignore")
     from authlib.jose import JsonWebKey, jwt  # type: ignore[import-untyped]
-    from authlib.oidc.core import CodeIDToken  # type: ignore[import-untyped]
+    from authlib.oidc.core import CodeIDToken, HybridIDToken  # type: ignore[import-untyped]
 
 from issuer_harness import APP_REDIRECT, KUBECTL_REDIRECT, Issuer
 
@@ -79,6 +79,7 @@ def verify_id_token(
     access_token: str | None,
     audience: str | None = None,
     jwks: dict[str, Any] | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
     """Signature against /keys, then iss, aud, exp, iat, nonce, at_hash and azp (OIDC Core
     §3.1.3.7) with Authlib's rules. Returns the claims."""
@@ -86,15 +87,23 @@ def verify_id_token(
     claims = jwt.decode(
         id_token,
         key_set,
-        claims_cls=CodeIDToken,
+        # Hybrid rules add c_hash (OIDC Core §3.3.2.11) when the code came with the ID token.
+        claims_cls=HybridIDToken if code else CodeIDToken,
         claims_options={
             "iss": {"essential": True, "value": issuer.issuer},
             "aud": {"essential": True, "value": audience or client_id},
             "exp": {"essential": True},
         },
-        claims_params={"nonce": nonce, "client_id": client_id, "access_token": access_token},
+        claims_params={
+            "nonce": nonce,
+            "client_id": client_id,
+            "access_token": access_token,
+            "code": code,
+        },
     )
     claims.validate(leeway=5)
+    if code is not None:
+        assert "c_hash" in claims, "c_hash missing although a code came with the ID token"
     if access_token is not None:
         assert "at_hash" in claims, "at_hash missing although an access token was issued"
     return dict(claims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -15,6 +16,9 @@ from issuer_harness import (
     DEV_USER_ID,
     Browser,
     Issuer,
+    connector_link,
+    form_action,
+    hidden_fields,
     query_of,
 )
 from oidc_checks import (
@@ -448,3 +452,55 @@ def test_two_sessions_for_one_user_both_keep_working(issuer: Issuer) -> None:
             auth=issuer.app_auth(),
         )
         assert response.status_code == 200, response.text
+
+
+def test_callback_connector_login_through_the_picker(issuer: Issuer) -> None:
+    """The dev-only mock connector (callback style): picker -> /callback -> approval -> code."""
+    client = app_client(issuer, scope="openid email groups federated:id")
+    verifier, nonce = new_verifier(), secrets.token_urlsafe(8)
+    with Browser(issuer) as browser:
+        picker = browser.open_authorize(authorization_url(issuer, client, verifier, nonce))
+        assert picker.status_code == 200
+        assert "Development only" in picker.text
+        link = connector_link(picker.text, "mock", str(picker.url))
+        approval = browser.follow_internal(browser.get(link))
+        assert approval.status_code == 200, approval.text[:500]
+        fields = hidden_fields(approval.text)
+        done = browser.http.post(
+            form_action(approval.text, str(approval.url)), data={**fields, "approval": "approve"}
+        )
+    assert done.status_code == 303
+    redirect = done.headers["location"]
+    issuer.remember(query_of(redirect).get("code"))
+    token = client.fetch_token(
+        issuer.url("/token"), authorization_response=redirect, code_verifier=verifier
+    )
+    issuer.remember(token["access_token"], token["id_token"])
+    claims = verify_id_token(
+        issuer,
+        token["id_token"],
+        client_id="example-app",
+        nonce=nonce,
+        access_token=token["access_token"],
+    )
+    assert claims["federated_claims"]["connector_id"] == "mock"
+    user_id = claims["federated_claims"]["user_id"]
+    assert claims["sub"] == dex_subject(user_id, "mock")
+    client.close()
+
+
+def test_starting_directly_at_a_connector(issuer: Issuer) -> None:
+    """Dex lets a client skip the picker with /auth/{connector}?client_id=..."""
+    params = {
+        "client_id": "example-app",
+        "redirect_uri": APP_REDIRECT,
+        "response_type": "code",
+        "scope": "openid",
+        "state": "direct",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    }
+    with Browser(issuer) as browser:
+        redirect = browser.authorize_code(issuer.url("/auth/local") + "?" + urlencode(params))
+    assert query_of(redirect)["state"] == "direct"
+    assert query_of(redirect)["code"]

@@ -10,12 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from issuer_harness import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
+    ADMIN_USER_ID,
     APP_REDIRECT,
     DEV_EMAIL,
     DEV_PASSWORD,
@@ -29,6 +31,7 @@ from issuer_harness import (
 from oidc_checks import (
     app_client,
     authorization_url,
+    dex_subject,
     jwt_header,
     new_verifier,
     verify_id_token,
@@ -226,16 +229,23 @@ def test_per_client_id_token_lifetime(issuer_plain: Issuer) -> None:
 
 @pytest.fixture(scope="module")
 def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
-    """skipApprovalScreen, ES256 signing and a 10m ID-token lifetime for example-app."""
+    """skipApprovalScreen, ES256 signing, hybrid flow enabled; example-app has a 10m ID-token
+    lifetime and may only use the local connector."""
     start, started = issuer_factory(tmp_path_factory.mktemp("plain"))
 
     def edit(config: dict[str, Any]) -> None:
         config["staticClients"][0]["idTokensValidFor"] = "10m"
+        config["staticClients"][0]["allowedConnectors"] = ["local"]
+        config["oauth2"]["grantTypes"].append("implicit")
+        config["staticClients"][0]["grantTypes"].append("implicit")
 
     try:
         yield start(
             {
-                "oauth2": {"skipApprovalScreen": True},
+                "oauth2": {
+                    "skipApprovalScreen": True,
+                    "responseTypes": ["code", "id_token", "token"],
+                },
                 "signer": {"config": {"algorithm": "ES256"}},
             },
             edit,
@@ -258,6 +268,52 @@ def test_es256_signing_is_verifiable(issuer_plain: Issuer) -> None:
         nonce=None,
         access_token=body["access_token"],
     )
+
+
+def test_allowed_connectors_limit_the_login_methods(issuer_plain: Issuer) -> None:
+    with Browser(issuer_plain) as browser:
+        first = browser.open_authorize(_params())
+        assert first.status_code == 303, "a picker was shown although one connector is allowed"
+        assert "/auth/local?" in first.headers["location"]
+        refused = browser.open_authorize(_params(connector_id="mock"))
+    assert refused.status_code in (302, 303)
+    assert refused.headers["location"].startswith(APP_REDIRECT)
+    assert query_of(refused.headers["location"])["error"] == "invalid_request"
+
+
+def test_hybrid_flow_returns_code_and_id_token_in_the_fragment(issuer_plain: Issuer) -> None:
+    nonce = secrets.token_urlsafe(8)
+    params = _params(response_type="code id_token", nonce=nonce)
+    with Browser(issuer_plain) as browser:
+        steps = browser.login(params)
+    assert steps.final is not None
+    location = steps.final.headers["location"]
+    assert location.startswith(APP_REDIRECT + "#")
+    fragment = {k: v[0] for k, v in parse_qs(location.split("#", 1)[1]).items()}
+    assert fragment["state"] == params["state"]
+    issuer_plain.remember(fragment["code"], fragment["id_token"])
+    claims = verify_id_token(
+        issuer_plain,
+        fragment["id_token"],
+        client_id="example-app",
+        nonce=nonce,
+        access_token=None,
+        code=fragment["code"],
+    )
+    assert claims["sub"] == dex_subject(ADMIN_USER_ID, "local")
+    # The code from the front channel still redeems once at the token endpoint.
+    assert _exchange(issuer_plain, fragment["code"]).status_code == 200
+
+
+def test_hybrid_flow_is_refused_when_not_enabled(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer()
+    with Browser(issuer) as browser:
+        response = browser.open_authorize(_params(response_type="code id_token", nonce="n"))
+    assert response.status_code in (302, 303)
+    location = response.headers["location"]
+    assert location.startswith(APP_REDIRECT + "#")
+    assert "error=unsupported_response_type" in location
+    assert "code=" not in location
 
 
 # -- throttling --------------------------------------------------------------------------------
