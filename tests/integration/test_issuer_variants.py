@@ -518,6 +518,32 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(start_issuer: StartIssuer
     assert all(o in ("200", "not accepted") for o in outcomes), outcomes
 
 
+def test_changing_the_signing_algorithm_takes_effect_at_the_next_start(
+    start_issuer: StartIssuer,
+) -> None:
+    """An operator who switches signer.config.algorithm (e.g. because kube-apiserver is told
+    --oidc-signing-algs=ES256) must get ES256 tokens after the restart, not RS256 ones until the
+    next scheduled rotation hours later; the old key stays published for old tokens."""
+    issuer = start_issuer()
+    old = _password_grant(issuer, scope="openid")
+    assert jwt_header(old["id_token"])["alg"] == "RS256"
+    assert issuer.stop() == 0
+    issuer.config["signer"]["config"]["algorithm"] = "ES256"
+    issuer.start()
+    new = _password_grant(issuer, scope="openid")
+    assert jwt_header(new["id_token"])["alg"] == "ES256", "still signing with the old algorithm"
+    jwks = issuer.jwks()
+    assert {k["kty"] for k in jwks["keys"]} == {"RSA", "EC"}
+    verify_id_token(
+        issuer,
+        old["id_token"],
+        client_id="example-app",
+        nonce=None,
+        access_token=old["access_token"],
+        jwks=jwks,
+    )
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 
