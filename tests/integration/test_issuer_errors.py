@@ -9,6 +9,7 @@ import hmac
 import json
 import secrets
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -18,6 +19,7 @@ from issuer_harness import (
     KUBECTL_REDIRECT,
     Browser,
     Issuer,
+    StartIssuer,
     form_action,
     hidden_fields,
     query_of,
@@ -384,6 +386,25 @@ def test_html_pages_carry_security_headers(issuer: Issuer) -> None:
     assert cookies
     assert all("httponly" in c.lower() for c in cookies)
     assert all("samesite=lax" in c.lower() for c in cookies)
+
+
+def test_https_issuer_behind_a_proxy_gets_hsts_and_secure_cookies(
+    start_issuer: StartIssuer,
+) -> None:
+    """TLS terminated by a proxy: the listener is plain http, the issuer URL is https."""
+
+    def edit(config: dict[str, Any]) -> None:
+        config["issuer"] = config["issuer"].replace("http://", "https://")
+
+    issuer = start_issuer(edit=edit)
+    page = httpx.get(f"{issuer.origin}/dex/auth", params=_params())
+    assert page.status_code == 200, page.text[:300]
+    assert "max-age=" in page.headers["strict-transport-security"]
+    cookies = [v for k, v in page.headers.multi_items() if k == "set-cookie"]
+    assert cookies
+    assert all("secure" in c.lower() for c in cookies)
+    discovery = httpx.get(f"{issuer.origin}/dex/.well-known/openid-configuration").json()
+    assert discovery["issuer"].startswith("https://")
 
 
 def test_connector_picker_lists_every_connector(issuer: Issuer) -> None:
