@@ -2,9 +2,10 @@
 
 One cluster per test session (per xdist worker): ``initdb`` into a private temp dir, the server
 listening on 127.0.0.1 on a free port with its unix socket in that dir, password (SCRAM) auth
-for TCP so tests exercise a real login, and durability switched off (fsync) because test data
-is disposable. Each test gets a fresh database cloned from a template that is already migrated
-(``CREATE DATABASE ... TEMPLATE`` takes milliseconds), and the server is stopped by its PID.
+for TCP so tests exercise a real login, TLS available (a throwaway CA in ``ca_file``) but not
+required, and durability switched off (fsync) because test data is disposable. Each test gets a
+fresh database cloned from a template that is already migrated (``CREATE DATABASE ... TEMPLATE``
+takes milliseconds), and the server is stopped by its PID.
 
 PostgreSQL refuses to run as root, so as root every server binary runs as the ``postgres`` user
 that the Debian package creates (``runuser``); as any other user it runs as that user.
@@ -17,6 +18,8 @@ Use from a conftest::
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import itertools
 import os
 import pwd
@@ -55,6 +58,58 @@ def _as_server_user(argv: list[str]) -> list[str]:
     return argv
 
 
+def _write_tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (EC P-256, one day)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portcullis test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (directory / n for n in ("ca.crt", "server.crt", "server.key"))
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
 @dataclass
 class PostgresCluster:
     """A running server; ``config(db)`` gives a Dex-format ``storage.config`` for a database."""
@@ -64,6 +119,7 @@ class PostgresCluster:
     password: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    ca_file: Path  # the CA that signed the server's certificate (TLS is on, but optional)
     databases: list[str] = field(default_factory=list)
 
     def config(self, database: str, **overrides: Any) -> dict[str, Any]:
@@ -159,6 +215,9 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
         capture_output=True,
     )
     pwfile.unlink()
+    ca_file, cert_file, key_file = _write_tls_material(root)
+    if os.geteuid() == 0:
+        os.chown(key_file, server_user.pw_uid, server_user.pw_gid)
     port = _free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
@@ -182,13 +241,19 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
                     f"full_page_writes={'on' if fsync else 'off'}",
                     "-c",
                     f"max_connections={max_connections}",
+                    "-c",
+                    "ssl=on",
+                    "-c",
+                    f"ssl_cert_file={cert_file}",
+                    "-c",
+                    f"ssl_key_file={key_file}",
                 ]
             ),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
         )
-    cluster = PostgresCluster(root, port, password, proc, log_path)
+    cluster = PostgresCluster(root, port, password, proc, log_path, ca_file)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

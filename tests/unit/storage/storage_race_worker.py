@@ -1,11 +1,12 @@
-"""One racing worker process for the multi-process SQLite tests (run as a script).
+"""One racing worker process for the multi-process storage tests (run as a script).
 
-Usage: storage_race_worker.py DB_PATH CODES INCREMENTS ROUNDS FAILURES
+Usage: storage_race_worker.py STORE CODES INCREMENTS ROUNDS FAILURES
 
-Opens its own SQLiteStorage and prints "ready". Then, for each of four phases, it waits for a
-line on stdin (the parent releases every worker together: a barrier per phase), races the other
-workers on the same database file and prints one JSON line with what it won and when it ran.
-The parent checks that the union of all workers' results is what a serial execution gives.
+STORE is a SQLite file path, or a JSON object (a postgres ``storage.config``). The worker opens
+its own storage and prints "ready". Then, for each of four phases, it waits for a line on stdin
+(the parent releases every worker together: a barrier per phase), races the other workers on
+the same database and prints one JSON line with what it won and when it ran. The parent checks
+that the union of all workers' results is what a serial execution gives.
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ import sys
 import time
 from collections.abc import Callable
 
-from portcullis.storage.base import CodeReplayedError, RotationNotDueError
+from portcullis.config.model import PostgresConfig
+from portcullis.storage.base import CodeReplayedError, RotationNotDueError, Storage
 from portcullis.storage.models import Keys, RefreshToken, SigningKey, VerificationKey
+from portcullis.storage.postgres import PostgresStorage
 from portcullis.storage.sqlite import SQLiteStorage
 
 
+def open_store(spec: str) -> Storage:
+    if spec.startswith("{"):
+        return PostgresStorage(PostgresConfig.model_validate(json.loads(spec)))
+    return SQLiteStorage(spec)
+
+
 def main() -> None:
-    path, codes, increments, rounds, failures = sys.argv[1], *map(int, sys.argv[2:6])
-    storage = SQLiteStorage(path)
+    store, codes, increments, rounds, failures = sys.argv[1], *map(int, sys.argv[2:6])
+    storage = open_store(store)
     print("ready", flush=True)
     pid = os.getpid()
 

@@ -73,8 +73,7 @@ CREATE TABLE refresh_tokens (
     created_at DOUBLE PRECISION NOT NULL,
     last_used DOUBLE PRECISION NOT NULL,
     issued_by_code TEXT COLLATE "C" NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL,
-    access_tokens JSONB NOT NULL
+    expires_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX ix_refresh_tokens_user ON refresh_tokens (user_id, connector_id);
 CREATE INDEX ix_refresh_tokens_issued_by_code ON refresh_tokens (issued_by_code);
