@@ -174,6 +174,8 @@ class Issuer:
     _stderr: Any = None
     # Values that must never reach the server's logs (tokens, codes, secrets seen by tests).
     sensitive: set[str] = field(default_factory=set)
+    # Extra `portcullis serve` options (e.g. ["--workers", "2"]).
+    serve_args: list[str] = field(default_factory=list)
 
     def remember(self, *values: str | None) -> None:
         # Short values ("garbage", "n") are test inputs, not secrets, and occur in prose.
@@ -229,7 +231,14 @@ class Issuer:
         self._stderr = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
         self.proc = subprocess.Popen(
-            [str(PORTCULLIS), "serve", "--drain-timeout", "5", str(self.config_path)],
+            [
+                str(PORTCULLIS),
+                "serve",
+                "--drain-timeout",
+                "5",
+                *self.serve_args,
+                str(self.config_path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=self._stderr,
@@ -423,9 +432,12 @@ class LoginSteps:
 class Browser:
     """An httpx client with its own cookie jar that walks the login pages like a person."""
 
-    def __init__(self, issuer: Issuer) -> None:
+    def __init__(self, issuer: Issuer, *, keepalive: bool = True) -> None:
         self.issuer = issuer
-        self.http = httpx.Client(follow_redirects=False, timeout=15.0)
+        # keepalive=False opens a new connection per request, so with several worker
+        # processes consecutive steps of one login land on different workers.
+        limits = httpx.Limits(max_keepalive_connections=None if keepalive else 0)
+        self.http = httpx.Client(follow_redirects=False, timeout=15.0, limits=limits)
 
     def close(self) -> None:
         self.http.close()

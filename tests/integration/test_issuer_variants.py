@@ -544,6 +544,29 @@ def test_changing_the_signing_algorithm_takes_effect_at_the_next_start(
     )
 
 
+def test_two_worker_processes_share_logins_keys_and_sessions(start_issuer: StartIssuer) -> None:
+    """With --workers 2 every request may land on either process: a login started on one must
+    finish on the other, both sign with the one stored key, refresh rotation stays single-use."""
+    issuer = start_issuer(run=False)
+    issuer.serve_args = ["--workers", "2"]
+    issuer.start()
+    kids = {
+        jwt_header(_password_grant(issuer, scope="openid")["id_token"])["kid"] for _ in range(6)
+    }
+    assert len(kids) == 1, f"workers sign with different keys: {kids}"
+    for _ in range(3):
+        with Browser(issuer, keepalive=False) as browser:
+            code = query_of(browser.authorize_code(_params()))["code"]
+        tokens = _exchange(issuer, code)
+        assert tokens.status_code == 200, tokens.text
+    token = _password_grant(issuer)["refresh_token"]
+    for _ in range(4):
+        response = _refresh(issuer, token)
+        assert response.status_code == 200, response.text
+        token = response.json()["refresh_token"]
+    assert issuer.stop() == 0
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 
