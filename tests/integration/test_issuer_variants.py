@@ -108,6 +108,16 @@ def test_expired_code_and_expired_tokens_are_refused(start_issuer: StartIssuer) 
     assert _refresh(issuer, tokens["refresh_token"]).status_code == 200
 
 
+def test_expired_login_request_is_refused(start_issuer: StartIssuer) -> None:
+    issuer = start_issuer({"expiry": {"authRequests": "3s"}})
+    with Browser(issuer) as browser:
+        steps = browser.reach_password_form(_params())
+        time.sleep(3.2)
+        late = browser.submit_password(steps)
+    assert late.status_code == 400
+    assert "location" not in late.headers
+
+
 # -- refresh policies --------------------------------------------------------------------------
 
 
