@@ -17,6 +17,7 @@ or a logged DSN.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,10 @@ DEFAULT_CONNECT_TIMEOUT = 10
 POOL_TIMEOUT = 30.0
 
 _UNIQUE_VIOLATION = "23505"
+_LIBPQ_PREFIX = re.compile(
+    r"^(?:connection failed: )?(?:connection to server (?:at|on) .*? failed: )?"
+    r"(?:(?:FATAL|ERROR): +)?"
+)
 _FIELD = "storage.config"
 
 
@@ -107,8 +112,12 @@ def _libpq_reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     diag = getattr(orig, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = primary or str(orig)
-    return text.strip().splitlines()[0] if text.strip() else type(orig).__name__
+    text = (primary or str(orig)).strip()
+    if not text:
+        return type(orig).__name__
+    # libpq repeats the target ("connection to server at ..., port ... failed: FATAL:  ...");
+    # our message names it already, so keep the reason only.
+    return _LIBPQ_PREFIX.sub("", text.splitlines()[0]) or text.splitlines()[0]
 
 
 def _connect_hint(reason: str, sqlstate: str | None) -> str:
