@@ -73,18 +73,31 @@ CLIENT_SECRET = "ZXhhbXBsZS1hcHAtc2VjcmV0"
 REDIRECT_URI = "http://127.0.0.1:5555/callback"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "password"
+TLS_CERT = "/etc/portcullis/tls/tls.crt"
+TLS_KEY = "/etc/portcullis/tls/tls.key"
 
 
-def demo_config(web_port: int, telemetry_port: int, password_hash: str) -> str:
-    """A demo-like config: local passwords, sqlite in the container's writable volume."""
+def demo_config(
+    web_port: int, telemetry_port: int, password_hash: str, *, tls: bool = False
+) -> str:
+    """A demo-like config: local passwords, sqlite in the container's writable volume.
+
+    With ``tls`` the issuer listens for HTTPS with the certificate mounted at TLS_CERT/TLS_KEY.
+    """
+    scheme = "https" if tls else "http"
+    listener = (
+        f"https: 127.0.0.1:{web_port}\n  tlsCert: {TLS_CERT}\n  tlsKey: {TLS_KEY}"
+        if tls
+        else f"http: 127.0.0.1:{web_port}"
+    )
     return f"""\
-issuer: http://127.0.0.1:{web_port}/dex
+issuer: {scheme}://127.0.0.1:{web_port}/dex
 storage:
   type: sqlite3
   config:
     file: /var/lib/portcullis/portcullis.db
 web:
-  http: 127.0.0.1:{web_port}
+  {listener}
 telemetry:
   http: 127.0.0.1:{telemetry_port}
 logger:

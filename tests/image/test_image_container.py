@@ -218,3 +218,91 @@ def _jwt_claims(token: str) -> dict[str, object]:
         base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     )
     return claims
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    # Test key only: readable by the container's user 65532 through the read-only bind mount.
+    key_path.chmod(0o644)
+    return cert_path, key_path
+
+
+def _handshake(port: int, cafile: Path, *, tls12_ciphers: str | None = None) -> tuple[str, str]:
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cafile))
+    if tls12_ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(tls12_ciphers)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        version, cipher = tls.version(), tls.cipher()
+        assert version is not None
+        assert cipher is not None
+        return version, cipher[0]
+
+
+def test_https_in_fips_mode_offers_only_approved_tls(
+    run_container: StartFn, admin_password_hash: str, tmp_path: Path
+) -> None:
+    import ssl
+
+    from image_harness import TLS_CERT, TLS_KEY
+
+    cert, key = _self_signed(tmp_path)
+    web, telemetry = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(demo_config(web, telemetry, admin_password_hash, tls=True))
+    config.chmod(0o644)
+    container = run_container(config_file=config, extra_binds={TLS_CERT: cert, TLS_KEY: key})
+    wait_ready(container, f"http://127.0.0.1:{telemetry}/healthz/ready")
+    version, cipher = _handshake(web, cert)
+    assert version in ("TLSv1.3", "TLSv1.2")
+    assert "GCM" in cipher
+    assert _handshake(web, cert, tls12_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256") == (
+        "TLSv1.2",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    )
+    with pytest.raises(ssl.SSLError):
+        _handshake(web, cert, tls12_ciphers="ECDHE-ECDSA-CHACHA20-POLY1305")
+    discovery = httpx.get(
+        f"https://127.0.0.1:{web}/dex/.well-known/openid-configuration",
+        verify=ssl.create_default_context(cafile=str(cert)),
+    )
+    assert discovery.json()["issuer"] == f"https://127.0.0.1:{web}/dex"
