@@ -11,4 +11,9 @@ for path in (REPO_ROOT, REPO_ROOT / "tests" / "integration"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from tests.support.postgres import postgres_cluster, postgres_database  # noqa: E402, F401
+from tests.support.postgres import (  # noqa: E402, F401
+    _reusable_database,
+    fresh_postgres_database,
+    postgres_cluster,
+    postgres_database,
+)

@@ -33,7 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(REPO_ROOT) not in sys.path:  # tests/support is shared between areas
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.postgres import postgres_cluster, postgres_database  # noqa: E402, F401
+from tests.support.postgres import (  # noqa: E402, F401
+    _reusable_database,
+    fresh_postgres_database,
+    postgres_cluster,
+    postgres_database,
+)
 
 
 def _postgres(request: pytest.FixtureRequest, _tmp: Path) -> Storage:

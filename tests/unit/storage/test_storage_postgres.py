@@ -214,15 +214,15 @@ def test_migrations_mean_the_same_on_both_dialects() -> None:
 
 
 def test_database_newer_than_the_code_is_refused(
-    postgres_cluster: PostgresCluster, postgres_database: dict[str, Any]
+    postgres_cluster: PostgresCluster, fresh_postgres_database: dict[str, Any]
 ) -> None:
     _sql(
         postgres_cluster,
-        postgres_database,
+        fresh_postgres_database,
         "INSERT INTO schema_migrations VALUES (999, 'from_the_future', 0) RETURNING version",
     )
     with pytest.raises(SchemaTooNewError, match="999"):
-        _open(postgres_database)
+        _open(fresh_postgres_database)
 
 
 def test_a_failing_migration_leaves_no_trace(
