@@ -171,8 +171,38 @@ def parse_config(
     try:
         raw = RawConfig.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc)) from None
+        schema_problems = _pydantic_problems(exc)
+        failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        # Validate again without the broken sections so the cross-field checks of the healthy
+        # ones still run: an operator sees every problem in one pass.
+        partial = _validate_without(document, failed)
+        if partial is None:
+            raise ConfigError(schema_problems) from None
+        try:
+            _resolve(partial, source, env, fips_mode=fips_mode, skip=failed)
+        except ConfigError as more:
+            raise ConfigError(schema_problems + more.problems) from None
+        raise ConfigError(schema_problems) from None
     return _resolve(raw, source, env, fips_mode=fips_mode)
+
+
+# Stand-ins for required sections that failed validation (never used to serve).
+_PLACEHOLDERS: dict[str, Any] = {
+    "issuer": "http://placeholder.invalid",
+    "storage": {"type": "memory"},
+    "web": {"http": "127.0.0.1:1"},
+}
+
+
+def _validate_without(document: dict[str, Any], failed: set[str]) -> RawConfig | None:
+    partial = {k: v for k, v in document.items() if k not in failed}
+    for key in failed:
+        if key in _PLACEHOLDERS:
+            partial[key] = _PLACEHOLDERS[key]
+    try:
+        return RawConfig.model_validate(partial)
+    except ValidationError:
+        return None
 
 
 def load_config(
@@ -194,12 +224,30 @@ def load_config(
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve(raw: RawConfig, source: str, env: Mapping[str, str], *, fips_mode: bool) -> Config:
+def _resolve(
+    raw: RawConfig,
+    source: str,
+    env: Mapping[str, str],
+    *,
+    fips_mode: bool,
+    skip: set[str] | None = None,
+) -> Config:
+    """Cross-field checks. ``skip`` names top-level sections that failed schema validation:
+    checks that read them are left out rather than reporting follow-on noise."""
+    skip = skip or set()
     problems: list[str] = []
-    storage_config = _resolve_storage(raw, problems)
-    connectors = _resolve_connectors(raw, problems)
-    clients = _resolve_clients(raw, env, problems)
-    password_specs = _resolve_passwords(raw, env, problems, fips_mode=fips_mode)
+    storage_config = None if "storage" in skip else _resolve_storage(raw, problems)
+    connectors = [] if "connectors" in skip else _resolve_connectors(raw, problems)
+    clients = [] if skip & {"staticClients", "oauth2"} else _resolve_clients(raw, env, problems)
+    password_specs = (
+        []
+        if skip & {"staticPasswords", "enablePasswordDB"}
+        else _resolve_passwords(raw, env, problems, fips_mode=fips_mode)
+    )
+    if skip & {"connectors", "enablePasswordDB", "oauth2", "staticClients"}:
+        if problems:
+            raise ConfigError(problems)
+        return Config(raw, source, tuple(clients), tuple(password_specs), (), storage_config)
 
     connector_ids = {c.id for c in connectors}
     if raw.enable_password_db:
@@ -222,9 +270,6 @@ def _resolve(raw: RawConfig, source: str, env: Mapping[str, str], *, fips_mode: 
             problems.append(
                 f"oauth2.grantTypes[{j}]: the password grant needs oauth2.passwordConnector"
             )
-    if raw.web.https is None and raw.web.http and urlsplit(raw.issuer).scheme == "https":
-        # Behind a TLS-terminating proxy this is normal; nothing to report.
-        pass
     if problems:
         raise ConfigError(problems)
     return Config(

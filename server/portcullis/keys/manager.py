@@ -101,12 +101,20 @@ class KeyManager:
         self._loaded_at = 0.0
 
     # -- rotation ----------------------------------------------------------------------------
-    def rotate_if_due(self, *, force: bool = False) -> bool:
-        """Rotate when the schedule says so (or force). Returns True if this call rotated."""
+    def rotate_if_due(self, *, force: bool = False, adopt_algorithm: bool = False) -> bool:
+        """Rotate when the schedule says so (or force). Returns True if this call rotated.
+
+        ``adopt_algorithm`` (used at start-up only) also rotates when the stored key uses
+        another algorithm than configured, so a changed ``signer.config.algorithm`` applies at
+        the next start; the periodic check leaves it alone, so replicas of two versions during
+        a rolling update do not flip the key back and forth.
+        """
         now = self._clock.now()
 
         def updater(keys: Keys) -> Keys:
             due = keys.signing_key is None or now >= keys.next_rotation
+            if adopt_algorithm and keys.signing_key is not None:
+                due = due or keys.signing_key.jwk.get("alg") != self._algorithm
             if not (due or force):
                 raise RotationNotDueError("another replica rotated already")
             retired = list(keys.verification_keys)

@@ -8,8 +8,9 @@ successor (a lost response retried), after it revokes the whole family (RFC 9700
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidTag
 
@@ -48,6 +49,8 @@ from portcullis.oidc.tokens import (
 )
 from portcullis.storage.base import CodeReplayedError, NotFoundError, Storage
 from portcullis.storage.models import Client, Identity, RefreshToken
+
+log = logging.getLogger("portcullis.token")
 
 
 class TokenEndpoint:
@@ -157,15 +160,17 @@ class TokenEndpoint:
             token = self._storage.get_refresh_token(token_id)
         except NotFoundError:
             raise invalid_grant("the refresh token is invalid or was revoked") from None
-        # Prove possession before anything has side effects (upstream refresh, revocation):
-        # knowing a family id alone must not let anyone poke the upstream or end a session.
+        if token.client_id != client.id:
+            raise invalid_grant("the refresh token was issued to another client")
+        # Family ids only ever leave the server inside refresh tokens, so a known id with a
+        # secret that is neither the current nor the previous one is an older generation being
+        # replayed: the family is compromised (RFC 9700 §4.14.2). This check also comes before
+        # the upstream refresh, so nobody can poke the upstream without a live secret.
         if not (
             secret_matches(secret, token.token_hash)
             or secret_matches(secret, token.obsolete_token_hash)
         ):
-            raise invalid_grant("the refresh token is invalid or was revoked")
-        if token.client_id != client.id:
-            raise invalid_grant("the refresh token was issued to another client")
+            self._reuse_detected(token.id, client.id)
         now = self._clock.now()
         if token.expires_at and now > token.expires_at:
             self._delete_family(token.id)
@@ -235,11 +240,9 @@ class TokenEndpoint:
         except NotFoundError:
             raise invalid_grant("the refresh token is invalid or was revoked") from None
         result = outcome[0] if outcome else "!invalid"
-        if result == "!reuse":
-            self._delete_family(token.id)
-            raise invalid_grant("the refresh token was already used; the session has been revoked")
-        if result == "!invalid":
-            raise invalid_grant("the refresh token is invalid or was revoked")
+        if result in ("!reuse", "!invalid"):
+            # "!invalid" here means a concurrent rotation overtook an old secret: also reuse.
+            self._reuse_detected(token.id, client.id)
         return self._tokens_response(
             client,
             identity=identity,
@@ -275,6 +278,11 @@ class TokenEndpoint:
         if policy.valid_if_not_used_for:
             limits.append(now + policy.valid_if_not_used_for)
         return min(limits) if limits else 0.0
+
+    def _reuse_detected(self, token_id: str, client_id: str) -> NoReturn:
+        log.warning("refresh token reuse detected for client %s: session revoked", client_id)
+        self._delete_family(token_id)
+        raise invalid_grant("the refresh token was already used; the session has been revoked")
 
     def _delete_family(self, token_id: str) -> None:
         end_family(self._storage, token_id)

@@ -79,7 +79,8 @@ class TokenReader:
         for kind in order:
             if kind == "access":
                 claims = self._jwt_claims(token)
-                if claims is not None:
+                # ID tokens carry no client_id: they are not access tokens (same as userinfo).
+                if claims is not None and "client_id" in claims:
                     return {"active": True, "token_type": "Bearer", **claims}
             else:
                 record = self._refresh_token(token)

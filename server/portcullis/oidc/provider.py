@@ -86,7 +86,7 @@ class Provider:
 
     def start(self) -> None:
         """Make sure a signing key exists (first start, or overdue rotation)."""
-        self.keys.rotate_if_due()
+        self.keys.rotate_if_due(adopt_algorithm=True)
         self.keys.reload()
         algorithms = sorted(
             {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
