@@ -12,9 +12,9 @@ the CMVP-validated module (see docs/fips.md).
 
 The *bundle* handed to PyInstaller holds the OpenSSL config, ``fipsmodule.cnf`` (from
 ``openssl fipsinstall -self_test_onload`` so the known-answer tests run at every load, on any
-machine), a ``provider.json`` with the pin, and two identical copies of ``fips.so``: one
-OpenSSL library per copy, because one loaded file cannot serve both the stdlib's libcrypto and
-the one inside ``cryptography`` (see ``portcullis.fips``).
+machine), a ``provider.json`` with the pin, and three identical copies of ``fips.so``: one per
+OpenSSL library in the process (the stdlib's, the one inside ``cryptography``, and libpq's in
+the psycopg wheel), because one loaded file cannot serve two libraries (see ``portcullis.fips``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from portcullis_release.packages_lock import FipsProviderPin
 BUNDLE_CONFIG = "openssl.cnf"
 BUNDLE_MODULE_CNF = "fipsmodule.cnf"
 BUNDLE_PROVIDER_JSON = "provider.json"
-BUNDLE_MODULE_DIRS = ("modules/stdlib", "modules/cryptography")
+BUNDLE_MODULE_DIRS = ("modules/stdlib", "modules/cryptography", "modules/late")
 
 _OPENSSL_TARGETS = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64"}
 

@@ -10,10 +10,11 @@ known-answer tests pass through *both* OpenSSL libraries in the process (the std
 ``libcrypto`` and the one linked into ``cryptography``), and that non-approved algorithms are
 refused. Anything else prints one line to stderr and exits 78 (EX_CONFIG).
 
-Two copies of ``fips.so``: one loaded provider file cannot serve two OpenSSL libraries in one
-process, so the bundle ships two identical copies and :func:`configure_environment` points
-``OPENSSL_MODULES`` at the first while the stdlib loads its configuration, then at the second
-before ``cryptography`` loads its own.
+Copies of ``fips.so``: one loaded provider file cannot serve two OpenSSL libraries in one
+process, so the bundle ships identical copies and :func:`configure_environment` points
+``OPENSSL_MODULES`` at the first while the stdlib loads its configuration, at the second
+before ``cryptography`` loads its own, and leaves it at a third for libraries that initialise
+later (libpq's OpenSSL in the psycopg wheel, for TLS to PostgreSQL).
 
 Where the provider bundle comes from: inside the frozen server it is the ``portcullis_fips``
 directory next to the bundled libraries; elsewhere ``PORTCULLIS_FIPS_BUNDLE`` names it (the
@@ -40,6 +41,9 @@ EXIT_FIPS_FAILURE = 78  # EX_CONFIG from sysexits.h
 _CONFIG = "openssl.cnf"
 _PROVIDER_JSON = "provider.json"
 _MODULE_DIRS = ("modules/stdlib", "modules/cryptography")
+# A third copy for OpenSSL libraries that initialise later, on first use: libpq's, inside the
+# psycopg binary wheel, when it opens a TLS connection to PostgreSQL.
+_LATE_MODULE_DIR = "modules/late"
 
 SIGNING_ALGORITHMS_FIPS: frozenset[str] = frozenset({"RS256", "PS256", "ES256", "ES384"})
 """JWS algorithms allowed for ID-token signing in FIPS mode (FIPS 186-5 RSA and ECDSA)."""
@@ -124,7 +128,7 @@ def _precheck_provider_files(bundle: Path) -> bool:
     """Refuse missing or tampered provider copies before OpenSSL ever loads them."""
     try:
         pin = _load_provider(bundle)["fips_so_sha256"]
-        for sub in _MODULE_DIRS:
+        for sub in (*_MODULE_DIRS, _LATE_MODULE_DIR):
             path = bundle / sub / "fips.so"
             if not path.is_file():
                 raise FipsCheckError(f"FIPS provider {path} is missing")
@@ -193,6 +197,8 @@ def configure_environment() -> None:
         hashes.Hash(hashes.SHA256()).finalize()
     except Exception as exc:
         _state.config_errors.append(f"cryptography did not load the FIPS provider: {exc}")
+    # Third copy: any OpenSSL library that loads its configuration from now on.
+    os.environ["OPENSSL_MODULES"] = str(bundle / _LATE_MODULE_DIR)
     _import_hashlib_quietly()
 
 

@@ -149,3 +149,36 @@ def test_fips_off_changes_nothing(bundle: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[0])["enabled"] is False
     assert proc.stdout.splitlines()[1] == "md5 ok"
+
+
+def test_postgres_tls_works_in_fips_mode(bundle: Path) -> None:
+    """libpq's own OpenSSL (psycopg wheel) gets a working provider: its own fips.so copy."""
+    from tests.support.postgres import start_cluster
+
+    cluster = start_cluster()
+    try:
+        code = (
+            _STATUS
+            + f"""
+import psycopg, re
+conn = psycopg.connect(
+    host="127.0.0.1", port={cluster.port}, user="{cluster.config("postgres")["user"]}",
+    password={cluster.password!r}, dbname="postgres",
+    sslmode="verify-full", sslrootcert={str(cluster.ca_file)!r},
+)
+row = conn.execute(
+    "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+).fetchone()
+print(row[0], row[1])
+maps = open("/proc/self/maps").read()
+print(sorted(set(re.findall(r"modules/(\\w+)/fips\\.so", maps))))
+"""
+        )
+        proc = _run(code, bundle)
+    finally:
+        cluster.stop()
+    assert proc.returncode == 0, proc.stderr
+    protocol, cipher = proc.stdout.splitlines()[1].split()
+    assert protocol in ("TLSv1.2", "TLSv1.3")
+    assert "GCM" in cipher
+    assert proc.stdout.splitlines()[2] == "['cryptography', 'late', 'stdlib']"
