@@ -502,13 +502,39 @@ def test_pooled_connections_killed_by_the_server_are_replaced(
         killed = _sql(
             postgres_cluster,
             postgres_database,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
             "WHERE application_name = 'portcullis' AND datname = current_database()",
         )
         assert killed
         assert all(ok for (ok,) in killed)
         assert store.get_client("example-app") == samples.client()
         store.ping()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ping_after_idle", [10.0, 0.0])
+def test_healthy_pooled_connections_are_reused_not_reopened(
+    postgres_database: dict[str, Any],
+    samples: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    ping_after_idle: float,
+) -> None:
+    """The liveness check at checkout (socket state, and a ping after idling) must not discard
+    good connections: one backend serves every call."""
+    monkeypatch.setattr("portcullis.storage.postgres.PING_AFTER_IDLE", ping_after_idle)
+    store = _open(postgres_database, maxOpenConns=1)
+
+    def backend() -> int:
+        with store._read() as conn:
+            return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+    try:
+        first = backend()
+        for i in range(20):
+            store.create_client(samples.client(f"client-{i}"))
+            assert store.get_client(f"client-{i}").id == f"client-{i}"
+        assert backend() == first
     finally:
         store.close()
 
