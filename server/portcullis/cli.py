@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from portcullis.config.load import ConfigError, load_config
     from portcullis.serve import serve
     from portcullis.telemetry import configure_logging
+
     try:
         config = load_config(args.config, fips_mode=fips_mode)
     except ConfigError as exc:

@@ -97,6 +97,7 @@ RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 CIDR = Annotated[str, AfterValidator(_cidr)]
 
+
 def _version_text(value: object) -> object:
     # Go's YAML decoder turns an unquoted 1.2 into the string "1.2"; do the same.
     return str(value) if isinstance(value, float) else value
