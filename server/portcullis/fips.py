@@ -218,6 +218,104 @@ def _import_hashlib_quietly() -> None:
         logging.disable(previous)
 
 
+# ---- signing keys generated inside the provider ------------------------------------------
+
+_KEYGEN_SPECS: dict[str, tuple[str, int | str]] = {
+    "RS256": ("RSA", 2048),
+    "PS256": ("RSA", 2048),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+}
+
+
+class ProviderKeygenError(RuntimeError):
+    """The FIPS provider refused or failed to generate a key."""
+
+
+def _stdlib_libcrypto() -> Any:
+    """The libcrypto the stdlib's ``_hashlib`` uses (its FIPS provider is loaded and checked)."""
+    import ctypes
+
+    lib = ctypes.CDLL("libcrypto.so.3")  # already loaded by _hashlib: dlopen returns that one
+    lib.EVP_PKEY_CTX_new_from_name.restype = ctypes.c_void_p
+    lib.EVP_PKEY_CTX_new_from_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    lib.EVP_PKEY_keygen_init.argtypes = [ctypes.c_void_p]
+    lib.EVP_PKEY_CTX_set_rsa_keygen_bits.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.EVP_PKEY_CTX_set_group_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.EVP_PKEY_generate.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.i2d_PrivateKey.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.EVP_PKEY_free.argtypes = [ctypes.c_void_p]
+    lib.EVP_PKEY_CTX_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _provider_keygen_der(kind: str, parameter: int | str) -> bytes:
+    """Generate a key pair with OpenSSL's EVP_PKEY API in the default library context.
+
+    In FIPS mode that context only has the FIPS provider for algorithms, so the key generation
+    (and its pairwise consistency test) runs inside ``fips.so`` — unlike ``cryptography``'s
+    key generation, which uses legacy calls outside the provider. Returns traditional DER
+    (PKCS#1 or SEC1), which ``cryptography`` and JOSE libraries load.
+    """
+    import ctypes
+
+    lib = _stdlib_libcrypto()
+    ctx = lib.EVP_PKEY_CTX_new_from_name(None, kind.encode(), None)
+    if not ctx:
+        raise ProviderKeygenError(f"no {kind} key generation available")
+    pkey = ctypes.c_void_p()
+    try:
+        if lib.EVP_PKEY_keygen_init(ctx) != 1:
+            raise ProviderKeygenError(f"{kind} key generation refused")
+        if kind == "RSA":
+            ok = lib.EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, int(parameter))
+        else:
+            ok = lib.EVP_PKEY_CTX_set_group_name(ctx, str(parameter).encode())
+        if ok != 1 or lib.EVP_PKEY_generate(ctx, ctypes.byref(pkey)) != 1 or not pkey.value:
+            raise ProviderKeygenError(f"{kind} {parameter} key generation refused")
+        size = lib.i2d_PrivateKey(pkey, None)
+        if size <= 0:
+            raise ProviderKeygenError(f"{kind} key could not be encoded")
+        buffer = ctypes.create_string_buffer(size)
+        cursor = ctypes.c_char_p(ctypes.addressof(buffer))
+        if lib.i2d_PrivateKey(pkey, ctypes.byref(cursor)) != size:
+            raise ProviderKeygenError(f"{kind} key could not be encoded")
+        return buffer.raw
+    finally:
+        if pkey.value:
+            lib.EVP_PKEY_free(pkey)
+        lib.EVP_PKEY_CTX_free(ctx)
+
+
+def generate_private_key_pem(algorithm: str) -> bytes:
+    """A new private key for JWS ``algorithm`` as unencrypted PKCS#8 PEM.
+
+    In FIPS mode (self-check passed) the key is generated inside the FIPS provider; otherwise
+    by ``cryptography``. RSA keys are 2048 bits; EC keys use P-256 (ES256) or P-384 (ES384).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if algorithm not in _KEYGEN_SPECS:
+        raise ValueError(f"unsupported signing algorithm {algorithm!r}")
+    kind, parameter = _KEYGEN_SPECS[algorithm]
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if fips_requested() and self_check() is None:
+        loaded = serialization.load_der_private_key(_provider_keygen_der(kind, parameter), None)
+        if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ProviderKeygenError(f"provider returned an unexpected {kind} key")
+        key = loaded
+    elif kind == "RSA":
+        key = rsa.generate_private_key(65537, int(parameter))
+    else:
+        key = ec.generate_private_key(ec.SECP256R1() if parameter == "P-256" else ec.SECP384R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 # ---- the self-check ------------------------------------------------------------------------
 
 # Known answers. Digests of "abc" (FIPS 180-4 examples); HMAC from RFC 4231-style inputs;
@@ -372,10 +470,14 @@ def _check_cryptography() -> None:
         public.verify(
             base64.b64decode(_KAT_RSA_SIG), _KAT_RSA_MSG, padding.PKCS1v15(), hashes.SHA256()
         )
-        key = ec.generate_private_key(ec.SECP256R1())
+        # A P-256 key generated inside the provider (the path signing keys take), used by
+        # cryptography for an ECDSA sign/verify round trip.
+        key = serialization.load_der_private_key(_provider_keygen_der("EC", "P-256"), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise FipsCheckError("provider-generated P-256 key did not load as EC")
         signature = key.sign(b"portcullis", ec.ECDSA(hashes.SHA256()))
         key.public_key().verify(signature, b"portcullis", ec.ECDSA(hashes.SHA256()))
-    except (UnsupportedAlgorithm, InvalidSignature, ValueError) as exc:
+    except (UnsupportedAlgorithm, InvalidSignature, ValueError, ProviderKeygenError) as exc:
         raise FipsCheckError(
             f"cryptography refused or failed an approved algorithm: {type(exc).__name__} {exc}"
         ) from exc
@@ -385,6 +487,7 @@ def _check_cryptography() -> None:
         "ChaCha20-Poly1305": lambda: ChaCha20Poly1305(b"k" * 32).encrypt(b"n" * 12, b"", None),
         "X25519": lambda: x25519.X25519PrivateKey.generate(),
         "scrypt": lambda: Scrypt(b"s" * 16, 32, 16, 1, 1).derive(b"p"),
+        "RSA-1024 key generation in the provider": lambda: _provider_keygen_der("RSA", 1024),
         "RSA-1024 signing": lambda: rsa.generate_private_key(65537, 1024).sign(  # noqa: S505
             b"x", padding.PKCS1v15(), hashes.SHA256()
         ),

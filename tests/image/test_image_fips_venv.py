@@ -27,9 +27,13 @@ print(json.dumps(fips.status()))
 
 
 def _run(
-    code: str, bundle: Path | None = BUNDLE, fips: str = "1"
+    code: str,
+    bundle: Path | None = BUNDLE,
+    fips: str = "1",
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSSL_", "PORTCULLIS_"))}
+    env.update(extra_env or {})
     env["PORTCULLIS_FIPS"] = fips
     if bundle is not None:
         env["PORTCULLIS_FIPS_BUNDLE"] = str(bundle)
@@ -151,21 +155,11 @@ def test_fips_off_changes_nothing(bundle: Path) -> None:
     assert proc.stdout.splitlines()[1] == "md5 ok"
 
 
-def test_postgres_tls_works_in_fips_mode(bundle: Path) -> None:
-    """libpq's own OpenSSL (psycopg wheel) gets a working provider: its own fips.so copy."""
-    from tests.support.postgres import start_cluster
-
-    cluster = start_cluster()
-    try:
-        code = (
-            _STATUS
-            + f"""
-import psycopg, re
-conn = psycopg.connect(
-    host="127.0.0.1", port={cluster.port}, user="{cluster.config("postgres")["user"]}",
-    password={cluster.password!r}, dbname="postgres",
-    sslmode="verify-full", sslrootcert={str(cluster.ca_file)!r},
-)
+# Connects with the parameters in $TEST_PG_PARAMS; prints TLS version and cipher as the server
+# saw them, then which fips.so copies are mapped.
+_PG_TLS_PROBE = """
+import os, psycopg, re
+conn = psycopg.connect(**json.loads(os.environ["TEST_PG_PARAMS"]))
 row = conn.execute(
     "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 ).fetchone()
@@ -173,8 +167,25 @@ print(row[0], row[1])
 maps = open("/proc/self/maps").read()
 print(sorted(set(re.findall(r"modules/(\\w+)/fips\\.so", maps))))
 """
-        )
-        proc = _run(code, bundle)
+
+
+def test_postgres_tls_works_in_fips_mode(bundle: Path) -> None:
+    """libpq's own OpenSSL (psycopg wheel) gets a working provider: its own fips.so copy."""
+    from tests.support.postgres import start_cluster
+
+    cluster = start_cluster()
+    try:
+        params = {
+            "host": "127.0.0.1",
+            "port": cluster.port,
+            "user": cluster.config("postgres")["user"],
+            "password": cluster.password,
+            "dbname": "postgres",
+            "sslmode": "verify-full",
+            "sslrootcert": str(cluster.ca_file),
+        }
+        code = _STATUS + _PG_TLS_PROBE
+        proc = _run(code, bundle, extra_env={"TEST_PG_PARAMS": json.dumps(params)})
     finally:
         cluster.stop()
     assert proc.returncode == 0, proc.stderr
@@ -182,3 +193,40 @@ print(sorted(set(re.findall(r"modules/(\\w+)/fips\\.so", maps))))
     assert protocol in ("TLSv1.2", "TLSv1.3")
     assert "GCM" in cipher
     assert proc.stdout.splitlines()[2] == "['cryptography', 'late', 'stdlib']"
+
+
+def test_signing_keys_are_generated_inside_the_provider(bundle: Path) -> None:
+    code = (
+        _STATUS
+        + """
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+out = {}
+for alg in ("RS256", "PS256", "ES256", "ES384"):
+    key = serialization.load_pem_private_key(fips.generate_private_key_pem(alg), None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        sig = key.sign(b"m", padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+        out[alg] = f"RSA-{key.key_size}"
+    else:
+        key.sign(b"m", ec.ECDSA(hashes.SHA256()))
+        out[alg] = key.curve.name
+# The provider itself refuses what it does not approve: proof the keygen runs inside it.
+for kind, parameter in (("RSA", 1024), ("EC", "secp256k1")):
+    try:
+        fips._provider_keygen_der(kind, parameter)
+        out[f"{kind}-{parameter}"] = "generated"
+    except fips.ProviderKeygenError:
+        out[f"{kind}-{parameter}"] = "refused"
+print(json.dumps(out))
+"""
+    )
+    proc = _run(code, bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "RS256": "RSA-2048",
+        "PS256": "RSA-2048",
+        "ES256": "secp256r1",
+        "ES384": "secp384r1",
+        "RSA-1024": "refused",
+        "EC-secp256k1": "refused",
+    }
