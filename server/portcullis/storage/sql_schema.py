@@ -1,4 +1,4 @@
-"""Table definitions shared by every SQL backend (sqlite now, PostgreSQL later).
+"""Table definitions shared by every SQL backend (SQLite, PostgreSQL).
 
 These objects describe the schema the *queries* expect; the schema itself is created and evolved
 only by the numbered migrations in ``portcullis/storage/migrations/<dialect>/``. A test compares

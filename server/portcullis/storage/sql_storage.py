@@ -1,6 +1,6 @@
 """The queries of every SQL backend, written once in SQLAlchemy Core.
 
-A dialect module (``sqlite.py`` now, ``postgres.py`` later) subclasses :class:`SQLStorage` and
+A dialect module (``sqlite.py``, ``postgres.py``) subclasses :class:`SQLStorage` and
 supplies only what really differs: how a transaction is opened and locked (:meth:`_read`,
 :meth:`_write`), how a duplicate key is recognised, and the dialect's ``INSERT ... ON CONFLICT``.
 
