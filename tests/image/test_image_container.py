@@ -60,6 +60,20 @@ def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Contain
     assert f"{FIPS_DIR}/modules/cryptography/fips.so" in maps
 
 
+def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) -> None:
+    _ready(issuer)
+    from image_harness import REPO
+    from portcullis_release.packages_lock import load_lock
+
+    pin = load_lock(REPO / "images/portcullis/packages.lock").fips_provider
+    health = httpx.get(f"http://127.0.0.1:{issuer.ports['telemetry']}/healthz/ready", timeout=5)
+    fips = health.json()["fips"]
+    assert fips["enabled"] is True
+    assert fips["provider_version"] == pin.upstream_version
+    assert fips["fips_so_sha256"] == pin.fips_so_sha256
+    assert fips["validated_module"] is False
+
+
 def test_discovery_keys_and_password_login_through_the_image(issuer: Container) -> None:
     _ready(issuer)
     base = f"http://127.0.0.1:{issuer.ports['web']}/dex"
