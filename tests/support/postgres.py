@@ -285,14 +285,33 @@ def prepare_template(cluster: PostgresCluster) -> None:
     PostgresStorage(PostgresConfig.model_validate(cluster.config(TEMPLATE))).close()
 
 
+class _Shared:
+    """The one cluster of this test process. Each conftest that imports the fixtures gets its
+    own copy of the session fixture (pytest scopes fixtures by directory), so the copies share
+    this instance and the last one to finish stops the server."""
+
+    cluster: PostgresCluster | None = None
+    users = 0
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    cluster = start_cluster()
+    if _Shared.cluster is None:
+        cluster = start_cluster()
+        try:
+            prepare_template(cluster)
+        except BaseException:
+            cluster.stop()
+            raise
+        _Shared.cluster = cluster
+    _Shared.users += 1
     try:
-        prepare_template(cluster)
-        yield cluster
+        yield _Shared.cluster
     finally:
-        cluster.stop()
+        _Shared.users -= 1
+        if _Shared.users == 0:
+            _Shared.cluster.stop()
+            _Shared.cluster = None
 
 
 class ReusableDatabase:
