@@ -465,6 +465,25 @@ def test_missing_database_names_the_database_setting(postgres_database: dict[str
         _open(postgres_database, database="no_such_database")
 
 
+@pytest.mark.parametrize("form", ["host:port", "unix socket directory"])
+def test_dex_host_forms_connect(
+    postgres_cluster: PostgresCluster, postgres_database: dict[str, Any], form: str
+) -> None:
+    """Dex's ``host: "name:port"`` (port then unused) and a socket directory (local trust)."""
+    if form == "host:port":
+        changes = {"host": f"127.0.0.1:{postgres_cluster.port}", "port": 1}
+    else:
+        changes = {"host": str(postgres_cluster.root), "password": ""}
+    store = _open(postgres_database, **changes)
+    try:
+        store.ping()
+        with store._read() as conn:
+            peer = conn.execute(sa.text("SELECT inet_client_addr()")).scalar_one()
+        assert (peer is None) == (form == "unix socket directory")
+    finally:
+        store.close()
+
+
 def test_tls_verify_full_with_the_ca_file_connects_encrypted(
     postgres_cluster: PostgresCluster, postgres_database: dict[str, Any]
 ) -> None:
