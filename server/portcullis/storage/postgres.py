@@ -49,6 +49,7 @@ POOL_TIMEOUT = 30.0
 PING_AFTER_IDLE = 10.0
 _LAST_CHECKIN = "portcullis_last_checkin"
 _UNIQUE_VIOLATION = "23505"
+_INSUFFICIENT_PRIVILEGE = "42501"
 _LIBPQ_PREFIX = re.compile(
     r"^(?:connection failed: )?(?:connection to server (?:at|on) .*? failed: )?"
     r"(?:(?:FATAL|ERROR): +)?"
@@ -248,7 +249,13 @@ class PostgresStorage(SQLStorage):
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise self._unavailable(exc) from None
-                raise StorageError(self._scrub(f"{self._target}: {_libpq_reason(exc)}")) from exc
+                message = f"{self._target}: {_libpq_reason(exc)}"
+                if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+                    message += (
+                        f" ({_FIELD}.user must own the database, or hold CREATE on its schema, "
+                        "so Portcullis can create and migrate its tables)"
+                    )
+                raise StorageError(self._scrub(message)) from exc
 
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction()

@@ -484,6 +484,25 @@ def test_dex_host_forms_connect(
         store.close()
 
 
+def test_a_user_who_may_not_create_tables_gets_a_clear_error(
+    postgres_cluster: PostgresCluster, empty_database: dict[str, Any]
+) -> None:
+    """PostgreSQL 15 no longer lets every user create tables in ``public``."""
+    role, password = f"reader_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    with postgres_cluster.admin() as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        with pytest.raises(StorageError) as caught:
+            _open(empty_database, user=role, password=password)
+        message = str(caught.value)
+        assert "permission denied for schema public" in message
+        assert "storage.config.user must own the database" in message
+        assert password not in _messages(caught.value)
+    finally:
+        with postgres_cluster.admin() as admin:
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_tls_verify_full_with_the_ca_file_connects_encrypted(
     postgres_cluster: PostgresCluster, postgres_database: dict[str, Any]
 ) -> None:
