@@ -198,7 +198,7 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
     if os.geteuid() == 0:
         os.chown(pwfile, server_user.pw_uid, server_user.pw_gid)
     data = root / "data"
-    subprocess.run(
+    initdb = subprocess.run(
         _as_server_user(
             [
                 str(PG_BIN / "initdb"),
@@ -214,10 +214,15 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
                 "--no-sync",
             ]
         ),
-        check=True,
         capture_output=True,
+        text=True,
+        cwd=root,  # the server user may not be allowed into the caller's directory
+        check=False,
     )
     pwfile.unlink()
+    if initdb.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stderr}")
     ca_file, cert_file, key_file = _write_tls_material(root)
     if os.geteuid() == 0:
         os.chown(key_file, server_user.pw_uid, server_user.pw_gid)
@@ -255,6 +260,7 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            cwd=root,
         )
     cluster = PostgresCluster(root, port, password, proc, log_path, ca_file)
     deadline = time.monotonic() + 30
