@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 SPEC = Path("images/portcullis/portcullis.spec")
@@ -58,10 +59,13 @@ def _restore_fips_bundle(built: Path, fips_bundle: Path) -> None:
             raise FreezeError(f"frozen copy of {path.name} differs from the FIPS bundle")
 
 
-def input_key(repo: Path, fips_bundle: Path, source_date_epoch: int) -> str:
+def input_key(
+    repo: Path, fips_bundle: Path, source_date_epoch: int, system_libs: Sequence[str]
+) -> str:
     """A digest of everything that can change the frozen output."""
     digest = hashlib.sha256()
     digest.update(f"python={sys.version}\0sde={source_date_epoch}\0".encode())
+    digest.update(("libs=" + ",".join(sorted(system_libs)) + "\0").encode())
     dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     digest.update("\n".join(dists).encode())
     _hash_tree(digest, repo / "server" / "portcullis", "server")
@@ -78,6 +82,7 @@ def freeze(
     source_date_epoch: int,
     log: list[str],
     *,
+    system_libs: Sequence[str] = (),
     fresh_into: Path | None = None,
 ) -> Path:
     """Return the frozen onedir (``.../portcullis`` holding the ``portcullis`` executable).
@@ -86,7 +91,7 @@ def freeze(
     directory instead.
     """
     fresh = fresh_into is not None
-    key = input_key(repo, fips_bundle, source_date_epoch)
+    key = input_key(repo, fips_bundle, source_date_epoch, system_libs)
     root = cache / "frozen"
     done = root / key / APP_NAME
     if done.is_dir() and not fresh:
@@ -101,6 +106,7 @@ def freeze(
             PYTHONHASHSEED="0",
             PORTCULLIS_REPO=str(repo),
             PORTCULLIS_FIPS_BUNDLE_DIR=str(fips_bundle),
+            PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
         )
         cmd = [
             sys.executable,
@@ -121,6 +127,9 @@ def freeze(
         if not (built / APP_NAME).is_file():
             raise FreezeError(f"PyInstaller produced no {APP_NAME} executable")
         _restore_fips_bundle(built, fips_bundle)
+        bundled = [name for name in system_libs if (built / CONTENTS_DIR / name).exists()]
+        if bundled:
+            raise FreezeError(f"PyInstaller bundled {bundled}, which the rootfs must provide")
         if fresh_into is not None:
             target = fresh_into / APP_NAME
         else:

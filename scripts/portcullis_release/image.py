@@ -97,7 +97,7 @@ def load_recipe(repo: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ImageError(f"{IMAGE_JSON}: {exc}") from exc
     required = ("packages", "app_dir", "user", "entrypoint", "cmd", "env", "exposed_ports")
-    for key in (*required, "workdir", "labels", "writable_dirs"):
+    for key in (*required, "workdir", "labels", "writable_dirs", "system_libraries"):
         if key not in recipe:
             raise ImageError(f"{IMAGE_JSON}: missing field {key!r}")
     return dict(recipe)
@@ -144,7 +144,13 @@ def build(
         )
         fips_provider.publish_bundle(bundle, cache / "fips-bundle")
         frozen = freeze.freeze(
-            repo, bundle, cache, epoch, log, fresh_into=scratch if fresh else None
+            repo,
+            bundle,
+            cache,
+            epoch,
+            log,
+            system_libs=recipe["system_libraries"],
+            fresh_into=scratch if fresh else None,
         )
         writable = {path: int(mode, 8) for path, mode in recipe["writable_dirs"].items()}
         tree = rootfs.build_rootfs(lock.debs, cache, scratch / "rootfs", writable, log)

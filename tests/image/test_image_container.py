@@ -58,6 +58,10 @@ def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Contain
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert f"{FIPS_DIR}/modules/stdlib/fips.so" in maps
     assert f"{FIPS_DIR}/modules/cryptography/fips.so" in maps
+    # The stdlib's OpenSSL is the rootfs's pinned libssl3, not a copy bundled from the builder.
+    assert "/usr/lib/x86_64-linux-gnu/libssl.so.3" in maps
+    assert "/usr/lib/x86_64-linux-gnu/libcrypto.so.3" in maps
+    assert "/opt/portcullis/_internal/libssl.so.3" not in maps
 
 
 def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) -> None:

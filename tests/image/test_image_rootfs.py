@@ -116,6 +116,21 @@ def test_frozen_server_files_are_root_owned_and_not_writable(host: Host, rootfs:
         assert (entry.uid, entry.mode) == (0, 0o644)
 
 
+def test_system_libraries_come_from_pinned_packages_not_the_build_machine(
+    host: Host, rootfs: Path
+) -> None:
+    import json
+
+    from image_harness import REPO
+
+    recipe = json.loads((REPO / "images/portcullis/image.json").read_text())
+    for soname in recipe["system_libraries"]:
+        assert not host.file(str(rootfs / APP / "_internal" / soname)).exists, soname
+        found = _find(host, rootfs, "-name", soname, "-not", "-path", f"{rootfs}/{APP}/*")
+        assert found, f"{soname} is neither bundled nor in the rootfs"
+        assert all(p.startswith(("/usr/lib/", "/lib/")) for p in found), found
+
+
 def test_runtime_files_a_real_server_needs_are_present(host: Host, rootfs: Path) -> None:
     bundle = host.file(str(rootfs / "etc/ssl/certs/ca-certificates.crt"))
     assert bundle.contains("BEGIN CERTIFICATE")
