@@ -405,6 +405,47 @@ def test_a_code_exchange_waits_for_a_concurrent_one_and_then_sees_it_used(
         store.close()
 
 
+def test_replicas_collecting_garbage_together_delete_each_record_once(
+    postgres_database: dict[str, Any], samples: Any
+) -> None:
+    """GC passes of several replicas overlap; SKIP LOCKED lets them share the work, and the
+    counts they report add up to exactly what expired."""
+    expired = 600
+    setup = _open(postgres_database)
+    for i in range(expired):
+        setup.create_auth_code(samples.auth_code(f"old-{i}", expiry=NOW - 10))
+    setup.create_auth_code(samples.auth_code("live", expiry=NOW + 3600))
+    setup.close()
+    stores = [_open(postgres_database) for _ in range(3)]
+    barrier = threading.Barrier(len(stores))
+    deleted: list[int] = []
+    errors: list[BaseException] = []
+
+    def collect(store: PostgresStorage) -> None:
+        barrier.wait()
+        try:
+            while True:
+                n = store.garbage_collect(NOW, batch_size=25).auth_codes
+                deleted.append(n)
+                if n == 0:
+                    return
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=collect, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == []
+        assert sum(deleted) == expired
+        assert stores[0].consume_auth_code("live", NOW).id == "live"
+    finally:
+        for store in stores:
+            store.close()
+
+
 # -- connections ----------------------------------------------------------------------------
 def test_wrong_password_is_a_clear_error_without_the_password(
     postgres_database: dict[str, Any],
