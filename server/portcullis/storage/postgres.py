@@ -45,6 +45,9 @@ DEFAULT_CONNECT_TIMEOUT = 10
 # How long a request waits for a free pooled connection before failing.
 POOL_TIMEOUT = 30.0
 
+# Server-side limits per session (see _session_limits), in seconds.
+STATEMENT_TIMEOUT = 30.0
+IDLE_IN_TRANSACTION_TIMEOUT = 60.0
 # A pooled connection idle longer than this is pinged before use (see _check_out).
 PING_AFTER_IDLE = 10.0
 _LAST_CHECKIN = "portcullis_last_checkin"
@@ -146,6 +149,24 @@ def _connect_hint(reason: str, sqlstate: str | None) -> str:
     return f"check {_FIELD}.host and {_FIELD}.port"
 
 
+def _session_limits(dbapi_conn: Any, _record: Any) -> None:
+    """Bound how long anything can hang on the database, once per new connection.
+
+    Storage calls run on the request path, so a statement stuck behind a lock (another
+    replica frozen mid-transaction) must fail rather than wait forever, and a replica that
+    froze mid-transaction must not keep its row locks forever. Plain ``SET`` rather than
+    startup ``options``, which connection poolers such as PgBouncer refuse.
+    """
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute(
+            f"SET statement_timeout = {int(STATEMENT_TIMEOUT * 1000)}; "
+            f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}"
+        )
+    finally:
+        dbapi_conn.autocommit = False
+
+
 def _checked_in(_dbapi_conn: Any, record: Any) -> None:
     record.info[_LAST_CHECKIN] = time.monotonic()
 
@@ -200,11 +221,14 @@ class PostgresStorage(SQLStorage):
         )
         # A replica outlives database restarts and fail-overs: a pooled connection is checked
         # before it is handed out (see _check_out), so a dead one is replaced, not used.
+        sa.event.listen(self._engine, "connect", _session_limits)
         sa.event.listen(self._engine, "checkout", _check_out)
         sa.event.listen(self._engine, "checkin", _checked_in)
         try:
             with self._write() as conn:
                 # Replicas starting together queue here; the first applies, the rest see it done.
+                # Waiting for another replica's migration, or a long one, is not a hung query.
+                conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
                 self.applied_migrations = apply_migrations(
                     conn, load_migrations("postgres"), (clock or SystemClock()).now()

@@ -117,9 +117,11 @@ def test_processes_opening_a_new_database_together_migrate_it_once(
     postgres_cluster: PostgresCluster, empty_database: dict[str, Any]
 ) -> None:
     """Hold the migration lock while three processes start, release it once all three wait on
-    it: they really race, and exactly one applies the schema."""
+    it: they really race, and exactly one applies the schema. The wait outlasts a statement
+    timeout (1 s here): waiting for another replica's migration is not a hung query."""
     script = (
         "import sys, json; from portcullis.config.model import PostgresConfig; "
+        "import portcullis.storage.postgres as pg; pg.STATEMENT_TIMEOUT = 1.0; "
         "from portcullis.storage.postgres import PostgresStorage; "
         "s = PostgresStorage(PostgresConfig.model_validate(json.loads(sys.argv[1]))); "
         "print(json.dumps(s.applied_migrations)); s.close()"
@@ -143,6 +145,7 @@ def test_processes_opening_a_new_database_together_migrate_it_once(
                     ).fetchone()
                     assert waiting is not None
                     if waiting[0] == 3:
+                        time.sleep(1.5)  # longer than their statement timeout
                         break
                     assert time.monotonic() < deadline, "the processes never queued on the lock"
                     assert all(p.poll() is None for p in procs), "a process exited early"
@@ -364,6 +367,42 @@ def test_key_rotation_holds_the_keys_row_lock(
         store.update_keys(rotate)
         assert observed == [True]
         assert store.get_keys().next_rotation == NOW
+    finally:
+        store.close()
+
+
+def test_a_write_stuck_behind_a_lock_fails_after_the_statement_timeout(
+    postgres_cluster: PostgresCluster,
+    postgres_database: dict[str, Any],
+    samples: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another session (a replica frozen mid-transaction) holds the row: the request fails
+    after statement_timeout instead of hanging, and nothing is changed."""
+    monkeypatch.setattr("portcullis.storage.postgres.STATEMENT_TIMEOUT", 0.5)
+    store = _open(postgres_database)
+    store.create_client(samples.client())
+    holder = postgres_cluster.admin(postgres_database["database"])
+    holder.autocommit = False
+    holder.execute("SELECT id FROM clients WHERE id = 'example-app' FOR UPDATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="statement timeout"):
+            store.update_client("example-app", lambda c: dataclasses.replace(c, name="changed"))
+        assert 0.4 < time.monotonic() - started < 5
+    finally:
+        holder.rollback()
+        holder.close()
+    try:
+        assert store.get_client("example-app") == samples.client()
+        with store._read() as conn:
+            limits = conn.execute(
+                sa.text(
+                    "SELECT current_setting('statement_timeout'), "
+                    "current_setting('idle_in_transaction_session_timeout')"
+                )
+            ).one()
+        assert tuple(limits) == ("500ms", "1min")
     finally:
         store.close()
 
