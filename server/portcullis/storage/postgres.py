@@ -7,6 +7,10 @@
   count) are serialised by a transaction-scoped advisory lock on a hash of their name.
 * Migrations run under ``pg_advisory_xact_lock``: replicas starting together queue on it and
   exactly one applies the schema; DDL is transactional, so a failure leaves nothing behind.
+* Nothing waits forever: a statement stuck behind a lock fails after ``STATEMENT_TIMEOUT``, a
+  session idle inside a transaction (a frozen replica) loses its locks after
+  ``IDLE_IN_TRANSACTION_TIMEOUT``, TCP keepalives notice a vanished server, and a pooled
+  connection the server closed is replaced at checkout instead of failing a request.
 * Connection problems become :class:`DatabaseUnavailableError` messages that name the
   ``storage.config`` field to check and never contain the password.
 
