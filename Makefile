@@ -95,10 +95,11 @@ IMAGE_CACHE      := $(CACHE)/image
 IMAGE_DEB_SRC    := /etc/apt/sources.list.d/portcullis-deb-src.sources
 # Build the FIPS provider (compiler, dpkg-source) and sanity-check the layout (skopeo).
 IMAGE_BUILD_APT_PACKAGES := dpkg-dev build-essential perl openssl skopeo ca-certificates
-# runc runs the image for real in tests/image; skopeo reads the layout back.
-TEST_APT_PACKAGES += runc skopeo
+# runc runs the image for real in tests/image; skopeo reads the layout back; dpkg-dev for
+# the FIPS provider's source package.
+TEST_APT_PACKAGES += runc skopeo dpkg-dev
 
-.PHONY: image-build-deps image-check
+.PHONY: image-build-deps image-check bench-image
 
 # deb-src lines for bookworm (+ security) so `apt-get source openssl` can fetch the signed
 # source package; apt lists are refreshed only when this file is new or the source is unknown.
@@ -128,6 +129,10 @@ image-check: image
 
 # The container tests (tests/image) run the built layout under runc.
 test: image
+
+# Size, start-to-ready and idle RSS of the image under runc vs the venv server (bench/README.md).
+bench-image: image test-system-deps
+	$(PY) bench/image_bench.py --runs 5
 
 ## ---- release ---------------------------------------------------------------------------
 # Supply chain (issue 5): SBOM, SLSA provenance, cosign-format signatures, authenticated publish
