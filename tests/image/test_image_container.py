@@ -324,3 +324,44 @@ def test_https_in_fips_mode_offers_only_approved_tls(
         verify=ssl.create_default_context(cafile=str(cert)),
     )
     assert discovery.json()["issuer"] == f"https://127.0.0.1:{web}/dex"
+
+
+def test_several_workers_serve_and_stop_cleanly_as_pid_1(
+    run_container: StartFn, admin_password_hash: str, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: the frozen parent forks workers (FIPS state inherited), and as PID 1
+    forwards SIGTERM to them and exits 0 once they have all stopped."""
+    web, telemetry = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(demo_config(web, telemetry, admin_password_hash))
+    config.chmod(0o644)
+    container = run_container(
+        args=[
+            "/opt/portcullis/portcullis",
+            "serve",
+            "--workers",
+            "2",
+            "/etc/portcullis/config.yaml",
+        ],
+        config_file=config,
+    )
+    wait_ready(container, f"http://127.0.0.1:{telemetry}/healthz/ready")
+    token = httpx.post(
+        f"http://127.0.0.1:{web}/dex/token",
+        data={
+            "grant_type": "password",
+            "username": ADMIN_EMAIL,
+            "password": ADMIN_PASSWORD,
+            "scope": "openid",
+        },
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        timeout=10,
+    )
+    assert token.status_code == 200, token.text
+    children = Path(f"/proc/{container.pid()}/task/{container.pid()}/children").read_text().split()
+    assert len(children) == 2
+    for child in children:
+        status = proc_status(int(child))
+        assert status["Uid"].split() == [str(NONROOT)] * 4
+        assert int(status["CapEff"], 16) == 0
+    assert container.stop(timeout=20) == 0, container.stderr()[-2000:]
