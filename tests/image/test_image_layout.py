@@ -46,6 +46,20 @@ def test_skopeo_reads_the_layout_by_version_tag(
     assert info["Labels"]["org.opencontainers.image.version"] == image_tag
 
 
+def test_skopeo_copies_every_blob_with_its_digest_intact(
+    image_tag: str, image_artifact: oci.Artifact, tmp_path: Path
+) -> None:
+    """skopeo checks each blob against its digest while copying; the manifest stays the same."""
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{LAYOUT}:{image_tag}", f"oci:{tmp_path}/copy:{image_tag}"],
+        check=True,
+        capture_output=True,
+    )
+    copied = oci.read_layout(tmp_path / "copy", image_tag)
+    assert copied.digest == image_artifact.digest
+    assert set(copied.blobs) == set(image_artifact.blobs)
+
+
 def test_image_config_is_hardened_and_labelled(
     image_config_json: dict[str, Any], image_tag: str
 ) -> None:
