@@ -105,14 +105,19 @@ def _host_run(
     config = work / f"host-{web}.yaml"
     config.write_text(config_text)
     started = time.monotonic()
-    process = subprocess.Popen(
-        [*command, "serve", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = work / f"host-{web}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "serve", str(config)], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
-        _wait_ready(f"http://127.0.0.1:{telemetry}/healthz/ready", lambda: process.poll() is None)
+        try:
+            _wait_ready(
+                f"http://127.0.0.1:{telemetry}/healthz/ready", lambda: process.poll() is None
+            )
+        except RuntimeError as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"{exc}: {' '.join(tail)}") from exc
         ready = time.monotonic() - started
         time.sleep(2.0)
         rss = _rss_kib(process.pid)
@@ -130,6 +135,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median kept)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", help="run only scenarios whose name contains this text")
     args = parser.parse_args()
 
     artifact = oci.read_layout(LAYOUT, project_version())
@@ -167,6 +173,8 @@ def main() -> int:
             ),
         }
         for name, scenario in scenarios.items():
+            if args.only and args.only not in name:
+                continue
             try:
                 results[name] = _summarise([scenario() for _ in range(args.runs)])
             except RuntimeError as exc:
