@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+from anyio import to_thread
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -145,6 +147,19 @@ class AccessLogMiddleware:
 HealthCheck = Callable[[], dict[str, Any]]
 
 
+READY_TIMEOUT = 3.0
+
+
+async def run_ready_check(ready: HealthCheck) -> dict[str, Any]:
+    """Run the (blocking) readiness check off the event loop, and answer "not ready" rather
+    than hang when storage does not answer in time."""
+    try:
+        with anyio.fail_after(READY_TIMEOUT):
+            return await to_thread.run_sync(ready, abandon_on_cancel=True)
+    except TimeoutError:
+        return {"ready": False, "checks": {"storage": "timed out"}}
+
+
 def telemetry_app(metrics: Metrics, ready: HealthCheck) -> Starlette:
     """The telemetry listener: /metrics, /healthz, /healthz/live, /healthz/ready."""
 
@@ -155,7 +170,7 @@ def telemetry_app(metrics: Metrics, ready: HealthCheck) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def readiness(request: Request) -> Response:
-        report = ready()
+        report = await run_ready_check(ready)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     return Starlette(

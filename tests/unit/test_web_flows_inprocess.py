@@ -402,3 +402,99 @@ async def test_security_headers_and_no_store_on_login_pages(
     assert r.headers["cache-control"] == "no-store"
     assert r.headers["referrer-policy"] == "no-referrer"
     assert "strict-transport-security" not in r.headers  # http issuer: no HSTS
+
+
+async def _password_grant(c: httpx.AsyncClient) -> dict[str, Any]:
+    r = await c.post(
+        "/dex/token",
+        data={
+            "grant_type": "password",
+            "username": "admin@example.com",
+            "password": "password",
+            "scope": "openid groups offline_access",
+        },
+        auth=("app", APP_SECRET),
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+PASSWORD_GRANT = "oauth2: {passwordConnector: local}\n"
+
+
+async def test_ending_a_session_revokes_tokens_of_every_generation(clock: FrozenClock) -> None:
+    issuer = _issuer(clock, PASSWORD_GRANT)
+    transport = httpx.ASGITransport(app=issuer.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5556") as c:
+        first = await _password_grant(c)
+        r = await c.post(
+            "/dex/token",
+            data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+            auth=("app", APP_SECRET),
+        )
+        second = r.json()
+        assert (
+            _claims(issuer, first["access_token"])["sid"]
+            == _claims(issuer, second["access_token"])["sid"]
+        )
+        for token in (first["access_token"], second["access_token"]):
+            r = await c.get("/dex/userinfo", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+        r = await c.post(
+            "/dex/token/revoke",
+            data={"token": second["refresh_token"]},
+            auth=("app", APP_SECRET),
+        )
+        assert r.status_code == 200
+        for token in (first["access_token"], second["access_token"], second["id_token"]):
+            r = await c.post(
+                "/dex/token/introspect", data={"token": token}, auth=("app", APP_SECRET)
+            )
+            assert r.json() == {"active": False}
+        r = await c.get(
+            "/dex/userinfo", headers={"Authorization": f"Bearer {first['access_token']}"}
+        )
+        assert r.status_code == 401
+
+
+async def test_slow_storage_does_not_stall_the_event_loop(clock: FrozenClock) -> None:
+    """A refresh waiting on storage (a row lock held by another replica) must not keep /keys
+    or the health endpoints from answering."""
+    import threading
+
+    import anyio
+
+    issuer = _issuer(clock, PASSWORD_GRANT)
+    storage = issuer.provider.storage
+    release = threading.Event()
+    original = storage.update_refresh_token
+
+    def blocked_update(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    transport = httpx.ASGITransport(app=issuer.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5556") as c:
+        tokens = await _password_grant(c)
+        storage.update_refresh_token = blocked_update  # type: ignore[method-assign]
+        results: dict[str, float] = {}
+
+        async def refresh() -> None:
+            r = await c.post(
+                "/dex/token",
+                data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                auth=("app", APP_SECRET),
+            )
+            results["refresh"] = r.status_code
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(refresh)
+            await anyio.sleep(0.2)
+            with anyio.fail_after(2):
+                keys = await c.get("/dex/keys")
+                health = await c.get("/dex/healthz")
+            assert keys.status_code == 200
+            assert health.status_code == 200
+            assert "refresh" not in results  # still waiting on storage
+            release.set()
+        assert results["refresh"] == 200

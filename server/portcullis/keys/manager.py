@@ -150,6 +150,11 @@ class KeyManager:
             self._loaded_at = self._clock.now()
         return state
 
+    def cached(self) -> KeyState:
+        """The last loaded state without touching storage (for the event loop: /keys). The
+        background key loop keeps it fresh; falls back to a load before the first one."""
+        return self._state if self._state is not None else self.current()
+
     def current(self) -> KeyState:
         """The cached state, re-read from storage when older than refresh_interval so a
         rotation by another replica shows up within seconds."""

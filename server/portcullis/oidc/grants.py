@@ -3,6 +3,10 @@
 Refresh tokens are families (one per device session): rotation keeps the family id and replaces
 the secret; presenting the previous secret again inside ``reuseInterval`` returns the same
 successor (a lost response retried), after it revokes the whole family (RFC 9700 §4.14.2).
+
+Storage calls and signing run in worker threads (``anyio.to_thread``): a slow database or a
+row lock held by another replica must never stall the event loop that also answers the
+liveness probe. Only connector calls (upstream I/O) stay on the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from anyio import to_thread
 from cryptography.exceptions import InvalidTag
 
 from portcullis.clock import Clock
@@ -32,7 +37,7 @@ from portcullis.oidc.errors import (
     unauthorized_client,
     unsupported_grant_type,
 )
-from portcullis.oidc.families import end_family, live_access_tokens
+from portcullis.oidc.families import end_family, session_id
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle, ThrottledError
 from portcullis.oidc.tokens import (
@@ -88,16 +93,18 @@ class TokenEndpoint:
         if grant_type not in self._settings.grant_types:
             raise unsupported_grant_type(grant_type)
         allow_public = grant_type in ("authorization_code", "refresh_token", "password")
-        client = self._clients.authenticate(authorization, form, allow_public=allow_public)
+        client = await to_thread.run_sync(
+            lambda: self._clients.authenticate(authorization, form, allow_public=allow_public)
+        )
         if grant_type not in self._settings.client_grants(client):
             raise unauthorized_client(f"this client may not use the {grant_type} grant")
         if grant_type == "authorization_code":
-            return self._authorization_code(client, form)
+            return await to_thread.run_sync(self._authorization_code, client, form)
         if grant_type == "refresh_token":
             return await self._refresh(client, form)
         if grant_type == "password":
             return await self._password(client, form, client_ip)
-        return self._client_credentials(client, form)
+        return await to_thread.run_sync(self._client_credentials, client, form)
 
     # -- authorization_code -----------------------------------------------------------------
     def _authorization_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
@@ -141,14 +148,21 @@ class TokenEndpoint:
 
     def _revoke_code_issue(self, code_id: str, now: float) -> None:
         """A replayed code means it leaked: kill everything it issued (RFC 6749 §4.1.2)."""
-        for token in self._storage.refresh_tokens_issued_by_code(code_id):
-            end_family(self._storage, token.id)
         horizon = now + self._settings.max_token_lifetime(self._clients.all())
+        for token in self._storage.refresh_tokens_issued_by_code(code_id):
+            end_family(self._storage, token.id, horizon)
         for purpose in ("access", "id"):
             self._storage.revoke_token(derived_jti(code_id, purpose), horizon)
 
     # -- refresh_token ----------------------------------------------------------------------
     async def _refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+        token, secret, granted = await to_thread.run_sync(self._load_family, client, form)
+        identity = await self._refresh_identity(token, granted)
+        return await to_thread.run_sync(self._rotate, client, token, secret, granted, identity)
+
+    def _load_family(
+        self, client: Client, form: Mapping[str, str]
+    ) -> tuple[RefreshToken, str, tuple[str, ...]]:
         value = form.get("refresh_token", "")
         if not value:
             raise invalid_request("the refresh_token parameter is missing")
@@ -171,8 +185,7 @@ class TokenEndpoint:
             or secret_matches(secret, token.obsolete_token_hash)
         ):
             self._reuse_detected(token.id, client.id)
-        now = self._clock.now()
-        if token.expires_at and now > token.expires_at:
+        if token.expires_at and self._clock.now() > token.expires_at:
             self._delete_family(token.id)
             raise invalid_grant("the refresh token has expired")
         requested = scopes.parse_scopes(form.get("scope", ""))
@@ -180,31 +193,28 @@ class TokenEndpoint:
             extra = [s for s in requested if s not in token.scopes]
             if extra:
                 raise invalid_scope(f"scope {extra[0]!r} was not granted originally")
-        granted = requested or token.scopes
+        return token, secret, requested or token.scopes
 
-        identity = await self._refresh_identity(token, granted)
+    def _rotate(
+        self,
+        client: Client,
+        token: RefreshToken,
+        secret: str,
+        granted: tuple[str, ...],
+        identity: Identity,
+    ) -> dict[str, Any]:
+        now = self._clock.now()
         policy = self._settings.refresh
         outcome: list[str] = []
-        jti_seed = new_id()
-        minted_exp = now + self._settings.id_token_ttl_for(client)
-        minted = (
-            (derived_jti(jti_seed, "access"), minted_exp),
-            (derived_jti(jti_seed, "id"), minted_exp),
-        )
 
         def rotate(current: RefreshToken) -> RefreshToken:
             outcome.clear()
             expires_at = self._family_expiry(client, current.created_at, now)
             if secret_matches(secret, current.token_hash):
-                access_tokens = live_access_tokens(current, now, minted)
                 if policy.disable_rotation:
                     outcome.append(secret)
                     return dataclasses.replace(
-                        current,
-                        last_used=now,
-                        identity=identity,
-                        expires_at=expires_at,
-                        access_tokens=access_tokens,
+                        current, last_used=now, identity=identity, expires_at=expires_at
                     )
                 successor = new_secret()
                 outcome.append(successor)
@@ -216,7 +226,6 @@ class TokenEndpoint:
                     last_used=now,
                     identity=identity,
                     expires_at=expires_at,
-                    access_tokens=access_tokens,
                 )
             if secret_matches(secret, current.obsolete_token_hash):
                 if now - current.last_used <= policy.reuse_interval:
@@ -226,10 +235,7 @@ class TokenEndpoint:
                         )
                     except (InvalidTag, ValueError):
                         outcome.append("!reuse")
-                        return current
-                    return dataclasses.replace(
-                        current, access_tokens=live_access_tokens(current, now, minted)
-                    )
+                    return current
                 outcome.append("!reuse")
             else:
                 outcome.append("!invalid")
@@ -250,21 +256,22 @@ class TokenEndpoint:
             granted=granted,
             nonce=token.nonce,
             auth_time=token.auth_time,
-            jti_seed=jti_seed,
+            jti_seed="",
+            family_id=token.id,
             refresh_token=format_refresh_token(token.id, result),
         )
 
     async def _refresh_identity(self, token: RefreshToken, granted: tuple[str, ...]) -> Identity:
         connector = self._connectors.get(token.connector_id)
         if connector is None:
-            self._delete_family(token.id)
+            await to_thread.run_sync(self._delete_family, token.id)
             raise invalid_grant("the login method of this session no longer exists")
         if not isinstance(connector, RefreshConnector):
             return token.identity
         try:
             return await connector.refresh(_scopes_for(granted), token.identity)
         except ConnectorError as exc:
-            self._delete_family(token.id)
+            await to_thread.run_sync(self._delete_family, token.id)
             raise invalid_grant(
                 f"the upstream identity provider refused the refresh: {exc}"
             ) from None
@@ -285,7 +292,8 @@ class TokenEndpoint:
         raise invalid_grant("the refresh token was already used; the session has been revoked")
 
     def _delete_family(self, token_id: str) -> None:
-        end_family(self._storage, token_id)
+        horizon = self._clock.now() + self._settings.max_token_lifetime(self._clients.all())
+        end_family(self._storage, token_id, horizon)
 
     # -- password ---------------------------------------------------------------------------
     async def _password(
@@ -305,7 +313,7 @@ class TokenEndpoint:
         if not isinstance(connector, PasswordConnector):
             raise unauthorized_client("the password grant has no password connector")
         try:
-            self._throttle.check(username, client_ip)
+            await to_thread.run_sync(self._throttle.check, username, client_ip)
         except ThrottledError as exc:
             raise OAuthError(
                 "invalid_grant",
@@ -317,19 +325,22 @@ class TokenEndpoint:
         except ConnectorError as exc:
             raise invalid_grant(str(exc)) from None
         if identity is None:
-            self._throttle.failed(username, client_ip)
+            await to_thread.run_sync(self._throttle.failed, username, client_ip)
             raise invalid_grant("invalid username or password")
-        self._throttle.succeeded(username)
+        await to_thread.run_sync(self._throttle.succeeded, username)
         now = self._clock.now()
-        return self._issue(
-            client,
-            identity=identity,
-            connector_id=connector.id,
-            granted=requested,
-            nonce="",
-            auth_time=now,
-            jti_seed="",
-            issued_by_code="",
+        connector_id = connector.id
+        return await to_thread.run_sync(
+            lambda: self._issue(
+                client,
+                identity=identity,
+                connector_id=connector_id,
+                granted=requested,
+                nonce="",
+                auth_time=now,
+                jti_seed="",
+                issued_by_code="",
+            )
         )
 
     # -- client_credentials -----------------------------------------------------------------
@@ -389,7 +400,7 @@ class TokenEndpoint:
         issued_by_code: str,
     ) -> dict[str, Any]:
         refresh_value = ""
-        jti_seed = jti_seed or new_id()
+        family_id = ""
         if scopes.OFFLINE_ACCESS in granted and "refresh_token" in self._settings.client_grants(
             client
         ):
@@ -408,13 +419,10 @@ class TokenEndpoint:
                 auth_time=auth_time,
                 issued_by_code=issued_by_code,
                 expires_at=self._family_expiry(client, now, now),
-                access_tokens=tuple(
-                    (derived_jti(jti_seed, purpose), now + self._settings.id_token_ttl_for(client))
-                    for purpose in ("access", "id")
-                ),
             )
             self._storage.create_refresh_token(token)
             refresh_value = format_refresh_token(token.id, secret)
+            family_id = token.id
         return self._tokens_response(
             client,
             identity=identity,
@@ -423,6 +431,7 @@ class TokenEndpoint:
             nonce=nonce,
             auth_time=auth_time,
             jti_seed=jti_seed,
+            family_id=family_id,
             refresh_token=refresh_value,
         )
 
@@ -436,6 +445,7 @@ class TokenEndpoint:
         nonce: str,
         auth_time: float,
         jti_seed: str,
+        family_id: str,
         refresh_token: str,
     ) -> dict[str, Any]:
         scope_request = scopes.check_scopes(granted, require_openid=False)
@@ -450,6 +460,7 @@ class TokenEndpoint:
             nonce=nonce,
             auth_time=auth_time,
             jti_seed=jti_seed,
+            session=session_id(family_id) if family_id else "",
         )
         response: dict[str, Any] = {
             "access_token": minted.access_token,

@@ -11,13 +11,26 @@ from joserfc.errors import JoseError
 from portcullis.clock import Clock
 from portcullis.oidc.clients import ClientRegistry
 from portcullis.oidc.errors import invalid_request
-from portcullis.oidc.families import end_family
+from portcullis.oidc.families import SID_PREFIX, end_family
+from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.tokens import TokenMinter, parse_refresh_token, secret_matches
 from portcullis.storage.base import NotFoundError, Storage
 from portcullis.storage.models import Client, RefreshToken
 
 # Claims that describe the token rather than the user; userinfo leaves them out.
-_TOKEN_CLAIMS = {"iss", "aud", "exp", "iat", "nbf", "jti", "azp", "scope", "client_id", "at_hash"}
+_TOKEN_CLAIMS = {
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "azp",
+    "scope",
+    "client_id",
+    "at_hash",
+    "sid",
+}
 
 
 class TokenReader:
@@ -28,12 +41,18 @@ class TokenReader:
         clients: ClientRegistry,
         minter: TokenMinter,
         clock: Clock,
+        settings: ProtocolSettings,
     ) -> None:
+        self._settings = settings
         self._issuer = issuer
         self._storage = storage
         self._clients = clients
         self._minter = minter
         self._clock = clock
+
+    @property
+    def _max_lifetime(self) -> float:
+        return self._settings.max_token_lifetime(self._clients.all())
 
     # -- JWT access tokens ------------------------------------------------------------------
     def _jwt_claims(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
@@ -52,6 +71,9 @@ class TokenReader:
             return None
         jti = claims.get("jti")
         if isinstance(jti, str) and self._storage.is_token_revoked(jti):
+            return None
+        sid = claims.get("sid")
+        if isinstance(sid, str) and self._storage.is_token_revoked(SID_PREFIX + sid):
             return None
         return claims
 
@@ -118,7 +140,7 @@ class TokenReader:
                 parsed[1], record.obsolete_token_hash
             )
             if owns and knows:
-                end_family(self._storage, record.id)
+                end_family(self._storage, record.id, self._clock.now() + self._max_lifetime)
             return
         claims = self._jwt_claims(token, check_expiry=False)
         if claims is None:

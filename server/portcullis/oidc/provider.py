@@ -80,7 +80,9 @@ class Provider:
         self.tokens = TokenEndpoint(
             self.settings, storage, self.clients, self.minter, self.connectors, self.throttle, clock
         )
-        self.reader = TokenReader(self.settings.issuer, storage, self.clients, self.minter, clock)
+        self.reader = TokenReader(
+            self.settings.issuer, storage, self.clients, self.minter, clock, self.settings
+        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 

@@ -121,6 +121,7 @@ class TokenMinter:
         jti_seed: str = "",
         subject: str = "",
         include_id_token: bool = True,
+        session: str = "",
     ) -> MintedTokens:
         """Mint an access token and (optionally) an ID token for one grant.
 
@@ -137,6 +138,10 @@ class TokenMinter:
         base: dict[str, Any] = {"iss": self._issuer, "sub": sub, "aud": aud, "iat": iat, "exp": exp}
         if audiences:
             base["azp"] = client_id
+        if session:
+            # The refresh-token family this token belongs to (hashed): ending the family
+            # revokes every token carrying its sid.
+            base["sid"] = session
         if identity is not None:
             base.update(identity_claims(identity, connector_id, scopes))
         access_jti = derived_jti(jti_seed, "access") if jti_seed else new_id()

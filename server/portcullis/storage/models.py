@@ -112,9 +112,6 @@ class RefreshToken:
     auth_time: float = 0.0
     # Which auth code issued this family, so a replayed code can revoke it.
     issued_by_code: str = ""
-    # (jti, exp) of the JWTs minted from this family that may still be alive, so revoking the
-    # family revokes them too ("revocation that bites"); expired entries are pruned on use.
-    access_tokens: tuple[tuple[str, float], ...] = ()
     # When the family dies: min(created + absoluteLifetime, last_used + validIfNotUsedFor),
     # recomputed on every use by the protocol core; 0 means never. GC deletes past it.
     expires_at: float = 0.0

@@ -194,7 +194,6 @@ def refresh_token_row(token: RefreshToken) -> Row:
         "last_used": token.last_used,
         "issued_by_code": token.issued_by_code,
         "expires_at": token.expires_at,
-        "access_tokens": [[jti, exp] for jti, exp in token.access_tokens],
     }
 
 
@@ -214,7 +213,6 @@ def refresh_token_from(row: Mapping[Any, Any]) -> RefreshToken:
         auth_time=float(row["auth_time"]),
         issued_by_code=row["issued_by_code"],
         expires_at=float(row["expires_at"]),
-        access_tokens=tuple((str(jti), float(exp)) for jti, exp in row["access_tokens"]),
     )
 
 

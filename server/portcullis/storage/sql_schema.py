@@ -105,7 +105,6 @@ refresh_tokens = sa.Table(
     sa.Column("last_used", sa.Double, nullable=False),
     sa.Column("issued_by_code", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
-    sa.Column("access_tokens", sa.JSON, nullable=False),
     sa.Index("ix_refresh_tokens_user", "user_id", "connector_id"),
     sa.Index("ix_refresh_tokens_issued_by_code", "issued_by_code"),
     sa.Index("ix_refresh_tokens_expires_at", "expires_at"),

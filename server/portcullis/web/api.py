@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -98,7 +99,7 @@ class ApiRoutes:
         return Response(self.provider.discovery, media_type="application/json", headers=headers)
 
     async def keys(self, request: Request) -> Response:
-        state = self.provider.keys.current()
+        state = self.provider.keys.cached()
         headers = {"Cache-Control": "public, max-age=600", "ETag": state.jwks_etag}
         if request.headers.get("if-none-match") == state.jwks_etag:
             return Response(status_code=304, headers=headers)
@@ -120,10 +121,13 @@ class ApiRoutes:
     async def introspect(self, request: Request) -> Response:
         try:
             form = await _form(request)
-            caller = self.provider.clients.authenticate(
-                request.headers.get("authorization"), form, allow_public=False
-            )
-            result = self.provider.reader.introspect(caller, form)
+            authorization = request.headers.get("authorization")
+
+            def introspect() -> dict[str, Any]:
+                caller = self.provider.clients.authenticate(authorization, form, allow_public=False)
+                return self.provider.reader.introspect(caller, form)
+
+            result = await run_sync(introspect)
         except OAuthError as error:
             return _oauth_error(error)
         return _json(result)
@@ -131,10 +135,13 @@ class ApiRoutes:
     async def revoke(self, request: Request) -> Response:
         try:
             form = await _form(request)
-            caller = self.provider.clients.authenticate(
-                request.headers.get("authorization"), form, allow_public=True
-            )
-            self.provider.reader.revoke(caller, form)
+            authorization = request.headers.get("authorization")
+
+            def revoke() -> None:
+                caller = self.provider.clients.authenticate(authorization, form, allow_public=True)
+                self.provider.reader.revoke(caller, form)
+
+            await run_sync(revoke)
         except OAuthError as error:
             return _oauth_error(error)
         return Response(status_code=200, headers=NO_STORE)
@@ -153,7 +160,7 @@ class ApiRoutes:
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="portcullis"', **NO_STORE},
             )
-        claims = self.provider.reader.userinfo(token)
+        claims = await run_sync(self.provider.reader.userinfo, token)
         if claims is None:
             return JSONResponse(
                 {"error": "invalid_token", "error_description": "the access token is not valid"},

@@ -31,7 +31,7 @@ from portcullis.oidc.provider import Provider
 from portcullis.storage.base import Storage, StorageError
 from portcullis.storage.factory import open_storage
 from portcullis.storage.models import Password
-from portcullis.telemetry import AccessLogMiddleware, Metrics, telemetry_app
+from portcullis.telemetry import AccessLogMiddleware, Metrics, run_ready_check, telemetry_app
 from portcullis.web import security
 from portcullis.web.api import ApiRoutes, Cors
 from portcullis.web.login import LoginRoutes
@@ -40,6 +40,7 @@ from portcullis.web.pages import Pages, static_dirs
 log = logging.getLogger("portcullis")
 
 KEY_CHECK_INTERVAL = 30.0
+KEY_REFRESH_INTERVAL = 5.0
 GC_INTERVAL = 300.0
 
 
@@ -62,7 +63,7 @@ class Issuer:
         except StorageError as exc:
             checks["storage"] = f"unavailable: {type(exc).__name__}"
         try:
-            checks["signing_key"] = self.provider.keys.current().signing_kid and "ok"
+            checks["signing_key"] = self.provider.keys.cached().signing_kid and "ok"
         except Exception as exc:
             checks["signing_key"] = f"missing: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
@@ -158,7 +159,7 @@ def create_issuer(
         return PlainTextResponse("User-agent: *\nDisallow: /\n")
 
     async def healthz(request: Request) -> Response:
-        report = issuer.readiness()
+        report = await run_ready_check(issuer.readiness)
         text = "Health check passed\n" if report["ready"] else "Health check failed\n"
         return PlainTextResponse(text, status_code=200 if report["ready"] else 503)
 
@@ -235,17 +236,24 @@ def create_issuer(
 
 
 async def _key_loop(provider: Provider, stop: asyncio.Event) -> None:
-    """Every worker checks the schedule; the storage transaction makes one of them win."""
+    """Every worker checks the schedule; the storage transaction makes one of them win. In
+    between, the cached key set is refreshed so another replica's rotation shows up in /keys
+    within KEY_REFRESH_INTERVAL, without /keys ever waiting on storage."""
+    since_check = 0.0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=KEY_CHECK_INTERVAL)
+            await asyncio.wait_for(stop.wait(), timeout=KEY_REFRESH_INTERVAL)
         if stop.is_set():
             return
+        since_check += KEY_REFRESH_INTERVAL
         try:
-            if await asyncio.to_thread(provider.keys.rotate_if_due):
-                log.info("rotated the signing key")
+            if since_check >= KEY_CHECK_INTERVAL:
+                since_check = 0.0
+                if await asyncio.to_thread(provider.keys.rotate_if_due):
+                    log.info("rotated the signing key")
+            await asyncio.to_thread(provider.keys.current)
         except Exception:
-            log.exception("signing-key rotation failed; will retry")
+            log.exception("signing-key maintenance failed; will retry")
 
 
 async def _gc_loop(provider: Provider, stop: asyncio.Event) -> None:

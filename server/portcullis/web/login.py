@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from urllib.parse import urlencode
 
+from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -65,11 +66,11 @@ class LoginRoutes:
         allowed = client.allowed_connectors if client else ()
         return [c for c in self.provider.connectors.values() if not allowed or c.id in allowed]
 
-    def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
+    async def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
         """The auth request, only for the browser that started it."""
         if not request_id:
             return self.pages.error(400, "Bad request", "The login request is missing.")
-        auth_request = self.flow.get(request_id)
+        auth_request = await run_sync(self.flow.get, request_id)
         if auth_request is None:
             return self.pages.error(
                 400,
@@ -111,7 +112,7 @@ class LoginRoutes:
             params.setdefault("connector_id", connector_from_path)
         binding = security.new_binding()
         try:
-            auth_request = self.flow.parse(params, security.binding_digest(binding))
+            auth_request = await run_sync(self.flow.parse, params, security.binding_digest(binding))
         except AuthorizeError as error:
             return self._authorize_error(error)
         connectors = self._connectors_for(auth_request)
@@ -152,7 +153,7 @@ class LoginRoutes:
             # Dex lets clients start directly at a connector with the full request.
             return await self.auth(http)
         connector_id = http.path_params["connector"]
-        loaded = self._load(http, http.query_params.get("state", ""))
+        loaded = await self._load(http, http.query_params.get("state", ""))
         if isinstance(loaded, Response):
             return loaded
         connector = self._connector(loaded, connector_id)
@@ -160,8 +161,10 @@ class LoginRoutes:
             return self.pages.error(
                 404, "Unknown login method", "That login method does not exist."
             )
-        self.provider.storage.update_auth_request(
-            loaded.id, lambda r: _with_connector(r, connector_id)
+        await run_sync(
+            lambda: self.provider.storage.update_auth_request(
+                loaded.id, lambda r: _with_connector(r, connector_id)
+            )
         )
         if isinstance(connector, PasswordConnector):
             return _redirect(
@@ -194,7 +197,7 @@ class LoginRoutes:
         form = await http.form() if http.method == "POST" else None
         if form is not None and not request_id:
             request_id = str(form.get("state", ""))
-        loaded = self._load(http, request_id)
+        loaded = await self._load(http, request_id)
         if isinstance(loaded, Response):
             return loaded
         connector = self._connector(loaded, connector_id)
@@ -226,7 +229,7 @@ class LoginRoutes:
             return form_page(400, "Enter both your username and your password.", username)
         client_ip = self.ip.resolve(http)
         try:
-            self.provider.throttle.check(username, client_ip)
+            await run_sync(self.provider.throttle.check, username, client_ip)
         except ThrottledError as exc:
             response = form_page(
                 429, "Too many failed attempts. Wait a few minutes and try again.", username
@@ -239,11 +242,11 @@ class LoginRoutes:
             log.warning("password login via %s failed upstream: %s", connector_id, exc)
             return form_page(502, str(exc), username)
         if identity is None:
-            self.provider.throttle.failed(username, client_ip)
+            await run_sync(self.provider.throttle.failed, username, client_ip)
             log.info("failed password login via %s from %s", connector_id, client_ip)
             return form_page(401, "Invalid username or password.", username)
-        self.provider.throttle.succeeded(username)
-        self.flow.record_login(loaded.id, connector_id, identity)
+        await run_sync(self.provider.throttle.succeeded, username)
+        await run_sync(self.flow.record_login, loaded.id, connector_id, identity)
         log.info("login via %s for client %s", connector_id, loaded.client_id)
         return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
 
@@ -252,7 +255,7 @@ class LoginRoutes:
         params = dict(http.query_params)
         if http.method == "POST":  # SAML POST binding
             params.update({k: str(v) for k, v in (await http.form()).items()})
-        loaded = self._load(http, params.get("state", ""))
+        loaded = await self._load(http, params.get("state", ""))
         if isinstance(loaded, Response):
             return loaded
         connector = self._connector(loaded, loaded.connector_id)
@@ -265,7 +268,7 @@ class LoginRoutes:
         except ConnectorError as exc:
             log.warning("callback via %s failed: %s", connector.id, exc)
             return self.pages.error(502, "Login failed", str(exc))
-        self.flow.record_login(loaded.id, connector.id, identity)
+        await run_sync(self.flow.record_login, loaded.id, connector.id, identity)
         return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
 
     # -- /approval ----------------------------------------------------------------------------
@@ -274,7 +277,7 @@ class LoginRoutes:
         request_id = http.query_params.get("req", "") or (
             str(form.get("req", "")) if form is not None else ""
         )
-        loaded = self._load(http, request_id)
+        loaded = await self._load(http, request_id)
         if isinstance(loaded, Response):
             return loaded
         if not loaded.logged_in:
@@ -282,7 +285,7 @@ class LoginRoutes:
         try:
             if form is None:
                 if not self.flow.needs_approval(loaded):
-                    return self._finish(loaded)
+                    return await self._finish(loaded)
                 client = self.flow.client_for(loaded)
                 return self.pages.render(
                     "approval.html",
@@ -303,13 +306,14 @@ class LoginRoutes:
             if not security.csrf_valid(http, loaded.id, str(form.get("csrf_token", ""))):
                 return self.pages.error(403, "Form expired", "The form was not valid. Start again.")
             if form.get("approval") == "approve":
-                return self._finish(loaded)
-            return self._clear(_redirect(self.flow.deny(loaded)), loaded.id)
+                return await self._finish(loaded)
+            return self._clear(_redirect(await run_sync(self.flow.deny, loaded)), loaded.id)
         except AuthorizeError as error:
             return self._authorize_error(error)
 
-    def _finish(self, auth_request: AuthRequest) -> Response:
-        return self._clear(_redirect(self.flow.finish(auth_request)), auth_request.id)
+    async def _finish(self, auth_request: AuthRequest) -> Response:
+        location = await run_sync(self.flow.finish, auth_request)
+        return self._clear(_redirect(location), auth_request.id)
 
     def _clear(self, response: Response, request_id: str) -> Response:
         response.delete_cookie(
