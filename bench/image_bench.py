@@ -71,15 +71,26 @@ def _sizes(artifact: oci.Artifact) -> dict[str, float]:
 
 
 def _container_run(
-    work: Path, rootfs: Path, image: ImageConfig, password_hash: str, fips: bool
+    work: Path,
+    rootfs: Path,
+    image: ImageConfig,
+    password_hash: str,
+    fips: bool,
+    state_dir: Path | None = None,
 ) -> dict[str, float]:
+    """One cold start; with ``state_dir`` the database (and its signing keys) persists."""
     web, telemetry = free_port(), free_port()
     config = work / f"config-{web}.yaml"
     config.write_text(demo_config(web, telemetry, password_hash))
     config.chmod(0o644)
     started = time.monotonic()
     container = start_container(
-        work, rootfs, image, config_file=config, env={"PORTCULLIS_FIPS": "1" if fips else "0"}
+        work,
+        rootfs,
+        image,
+        config_file=config,
+        env={"PORTCULLIS_FIPS": "1" if fips else "0"},
+        state_dir=state_dir,
     )
     try:
         _wait_ready(
@@ -151,8 +162,16 @@ def main() -> int:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
         frozen = [str(rootfs / "opt/portcullis/portcullis")]
         venv = [str(ROOT / ".venv/bin/portcullis")]
+        state = work / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, 65532, 65532)
+        # The first restart creates the database and keys; later ones find them.
+        _container_run(work, rootfs, image, password_hash, True, state)
         scenarios: dict[str, Callable[[], dict[str, float]]] = {
             "runc, frozen, FIPS": lambda: _container_run(work, rootfs, image, password_hash, True),
+            "runc, FIPS, restart": lambda: _container_run(
+                work, rootfs, image, password_hash, True, state
+            ),
             "runc, frozen, no FIPS": lambda: _container_run(
                 work, rootfs, image, password_hash, False
             ),

@@ -207,6 +207,7 @@ def runtime_spec(
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
     extra_binds: Mapping[str, Path] | None = None,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """An OCI runtime config: read-only root, 65532, no capabilities, host network."""
     uid, gid = (int(part) for part in image.user.split(":"))
@@ -232,7 +233,15 @@ def runtime_spec(
             "source": "tmpfs",
             "options": ["nosuid", "nodev", "noexec", "mode=1777", "size=16m"],
         },
+        # The data volume: a host directory (owned by the image user) or a fresh tmpfs.
         {
+            "destination": "/var/lib/portcullis",
+            "type": "bind",
+            "source": str(state_dir),
+            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
+        }
+        if state_dir is not None
+        else {
             "destination": "/var/lib/portcullis",
             "type": "tmpfs",
             "source": "tmpfs",
