@@ -144,7 +144,7 @@ def _precheck_provider_files(bundle: Path) -> bool:
 
 
 def configure_environment() -> None:
-    """Point OpenSSL at the bundled FIPS provider and load it into both OpenSSL libraries.
+    """Point OpenSSL at the bundled FIPS provider and load it into the OpenSSL libraries.
 
     Does nothing unless FIPS mode is requested. Must run before anything imports
     ``_hashlib``, ``_ssl``, ``hashlib`` or ``cryptography``: the OpenSSL environment is read
