@@ -15,7 +15,6 @@ from portcullis import __version__
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h)
 
 log = logging.getLogger("portcullis")
 
