@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -76,6 +77,19 @@ def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) ->
     assert fips["provider_version"] == pin.upstream_version
     assert fips["fips_so_sha256"] == pin.fips_so_sha256
     assert fips["validated_module"] is False
+
+
+def test_static_and_theme_files_are_served_in_fips_mode(issuer: Container) -> None:
+    """Starlette's file responses hash an ETag with md5(usedforsecurity=False)."""
+    _ready(issuer)
+    base = f"http://127.0.0.1:{issuer.ports['web']}/dex"
+    login = httpx.get(f"{base}/auth/local/login", timeout=5)
+    stylesheets = re.findall(r'href="([^"]+\.css)"', login.text)
+    assert stylesheets, login.text[:300]
+    for href in stylesheets:
+        response = httpx.get(str(login.url.join(href)), timeout=5)
+        assert response.status_code == 200, href
+        assert response.headers["etag"]
 
 
 def test_discovery_keys_and_password_login_through_the_image(issuer: Container) -> None:

@@ -74,6 +74,10 @@ for name in ("md5", "blake2b", "sha1", "sha256", "sha3_256"):
     except ValueError:
         results[name] = "refused"
 try:
+    hashlib.md5(b"etag", usedforsecurity=False); results["md5-non-security"] = "ok"
+except ValueError:
+    results["md5-non-security"] = "refused"
+try:
     import _md5; results["_md5"] = "ok"
 except ImportError:
     results["_md5"] = "refused"
@@ -95,6 +99,7 @@ print(json.dumps(results))
         "sha1": "ok",
         "sha256": "ok",
         "sha3_256": "ok",
+        "md5-non-security": "ok",
         "_md5": "refused",
         "x25519": "refused",
         "es384": "ok",
