@@ -46,6 +46,7 @@ class Listener:
     sock: socket.socket
     telemetry: bool = False
     tls: bool = False
+    webhook: bool = False  # the Kubernetes TokenReview webhook (its own app and certificate)
 
 
 def _resolve(name: str, address: str) -> tuple[socket.AddressFamily, str, int]:
@@ -89,10 +90,17 @@ def bind_listeners(config: Config) -> list[Listener]:
         ("telemetry.http", raw.telemetry.http, True, False),
     ]
     listeners: list[Listener] = []
+    review = raw.kubernetes.token_review
     try:
         for name, address, telemetry, tls in wanted:
             if address:
                 listeners.append(Listener(name, address, _bind(name, address), telemetry, tls))
+        if review.enabled and review.addr:
+            name = "kubernetes.tokenReview.addr"
+            sock = _bind(name, review.addr)
+            listeners.append(
+                Listener(name, review.addr, sock, tls=bool(review.tls_cert), webhook=True)
+            )
     except OSError:
         for listener in listeners:
             listener.sock.close()
@@ -100,8 +108,8 @@ def bind_listeners(config: Config) -> list[Listener]:
     return listeners
 
 
-def _tls_context(config: Config, fips_mode: bool) -> ssl.SSLContext:
-    raw = config.raw.web
+def _tls_context(config: Config, fips_mode: bool, *, webhook: bool = False) -> ssl.SSLContext:
+    raw = config.raw.kubernetes.token_review if webhook else config.raw.web
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     assert raw.tls_cert
     assert raw.tls_key
@@ -109,7 +117,7 @@ def _tls_context(config: Config, fips_mode: bool) -> ssl.SSLContext:
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if raw.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
-    if raw.tls_max_version == "1.2":
+    if getattr(raw, "tls_max_version", None) == "1.2":
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     if fips_mode:
         from portcullis.fips import TLS_CIPHERS_FIPS
@@ -127,6 +135,7 @@ def run_worker(
     drain_timeout: float,
 ) -> int:
     """Serve every listener in this process until a stop signal; returns the exit code."""
+    from portcullis.kube.callers import CallerCheckError
     from portcullis.storage.base import StorageError
     from portcullis.web.app import create_issuer
 
@@ -134,6 +143,9 @@ def run_worker(
         issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
     except StorageError as exc:
         print(f"portcullis: storage ({config.raw.storage.type}): {exc}", file=sys.stderr)
+        return EXIT_LISTEN_FAILED
+    except CallerCheckError as exc:
+        print(f"portcullis: {exc}", file=sys.stderr)
         return EXIT_LISTEN_FAILED
     common: dict[str, Any] = {
         "access_log": False,
@@ -145,12 +157,16 @@ def run_worker(
     servers: list[tuple[_SharedSignalServer, socket.socket]] = []
     for listener in listeners:
         app = issuer.telemetry if listener.telemetry else issuer.app
-        uv_config = uvicorn.Config(app, lifespan="off" if listener.telemetry else "on", **common)
+        if listener.webhook:
+            assert issuer.webhook is not None
+            app = issuer.webhook
+        side = listener.telemetry or listener.webhook  # the main app's lifespan runs once
+        uv_config = uvicorn.Config(app, lifespan="off" if side else "on", **common)
         server = _SharedSignalServer(uv_config)
         if listener.tls:
             # uvicorn wraps accepted connections with config.ssl once loaded.
             uv_config.load()
-            uv_config.ssl = _tls_context(config, fips_mode)
+            uv_config.ssl = _tls_context(config, fips_mode, webhook=listener.webhook)
         servers.append((server, listener.sock))
 
     async def run() -> None:

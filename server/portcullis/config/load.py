@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -265,6 +265,7 @@ def _resolve(
                     f"staticClients[{i}].allowedConnectors[{j}]: no connector with id "
                     f"{connector_id!r}"
                 )
+    clients = _resolve_kubeconfig_client(raw, clients, problems)
     for j, grant in enumerate(raw.oauth2.grant_types):
         if grant == "password" and not raw.oauth2.password_connector:
             problems.append(
@@ -449,3 +450,36 @@ def _resolve_passwords(
             )
         )
     return specs
+
+
+KUBECONFIG_CALLBACK_PATH = "/kubeconfig/callback"
+
+
+def _resolve_kubeconfig_client(
+    raw: RawConfig, clients: list[ClientSpec], problems: list[str]
+) -> list[ClientSpec]:
+    """The kubeconfig page signs users in as ``kubernetes.kubeconfigPage.clientID``; its own
+    callback is registered on that client implicitly (the issuer is the relying party there,
+    so operators need not repeat the issuer URL in redirectURIs)."""
+    page = raw.kubernetes.kubeconfig_page
+    if not page.enabled:
+        return clients
+    callback = raw.issuer.rstrip("/") + KUBECONFIG_CALLBACK_PATH
+    out: list[ClientSpec] = []
+    found = False
+    for spec in clients:
+        if spec.id == page.client_id:
+            found = True
+            if spec.grant_types and "authorization_code" not in spec.grant_types:
+                problems.append(
+                    "kubernetes.kubeconfigPage.clientID: client "
+                    f"{page.client_id!r} does not allow the authorization_code grant"
+                )
+            if callback not in spec.redirect_uris:
+                spec = replace(spec, redirect_uris=(*spec.redirect_uris, callback))
+        out.append(spec)
+    if not found:
+        problems.append(
+            f"kubernetes.kubeconfigPage.clientID: no static client with id {page.client_id!r}"
+        )
+    return out

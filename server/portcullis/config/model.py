@@ -7,6 +7,8 @@ docs/configuration.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -413,6 +415,123 @@ class LoggerSection(Section):
     exclude_fields: list[str] = Field(default_factory=list)
 
 
+class KubeAPIAccess(Section):
+    """Portcullis-only: how the webhook reaches the Kubernetes API to check its callers.
+    Every field defaults to the pod's in-cluster service account (KUBERNETES_SERVICE_HOST/PORT,
+    /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt})."""
+
+    server: HttpURL | None = None
+    token_file: str = ""
+    ca_file: str = Field("", alias="caFile")
+
+
+def _is_loopback_address(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenReviewSection(Section):
+    """Portcullis-only: the Kubernetes TokenReview authentication webhook (docs/kubernetes.md)."""
+
+    enabled: bool = False
+    addr: ListenAddress | None = None
+    path: str = "/tokenreview"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_min_version: TLSVersion | None = None
+    # Token `aud` values accepted (at least one must match): normally the kubectl client's ID.
+    audiences: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # Require spec.audiences of a review to overlap the token's aud (see docs/kubernetes.md).
+    strict_review_audiences: bool = False
+    # Check each caller's bearer token with the Kubernetes TokenReview and SubjectAccessReview
+    # APIs (what the chart's system:auth-delegator binding grants).
+    authenticate_callers: bool = False
+    kube_api: KubeAPIAccess = Field(default_factory=lambda: KubeAPIAccess(), alias="kubeAPI")
+    # Claim mapping, like kube-apiserver's --oidc-username-claim/-prefix, --oidc-groups-*.
+    username_claim: str = Field("email", min_length=1)
+    username_prefix: str = "oidc:"
+    groups_claim: str = Field("groups", min_length=1)
+    groups_prefix: str = "oidc:"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value or "#" in value:
+            raise ValueError("must be an absolute URL path such as /tokenreview")
+        return value
+
+    @model_validator(mode="after")
+    def _check_listener(self) -> TokenReviewSection:
+        if not self.enabled:
+            return self
+        if not self.addr:
+            raise ValueError("kubernetes.tokenReview.addr is required when enabled")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tlsCert and tlsKey must be given together")
+        if not self.tls_cert and not _is_loopback_address(self.addr):
+            # kube-apiserver only calls webhooks over HTTPS; plain HTTP is for local tests.
+            raise ValueError(
+                "tlsCert and tlsKey are required unless addr is a loopback address "
+                "(kube-apiserver calls webhooks over HTTPS only)"
+            )
+        if not self.audiences:
+            raise ValueError(
+                "audiences: at least one is required (the client ID kubectl signs in with), "
+                "or any client's token would authenticate to the cluster"
+            )
+        return self
+
+
+class KubeCluster(Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    server: HttpURL
+    certificate_authority_data: str = ""
+
+    @field_validator("certificate_authority_data")
+    @classmethod
+    def _pem_base64(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)") from None
+        if b"-----BEGIN CERTIFICATE-----" not in decoded:
+            raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)")
+        return value
+
+
+class KubeconfigPageSection(Section):
+    """Portcullis-only: the kubeconfig page at {issuer}/kubeconfig (docs/kubernetes.md)."""
+
+    enabled: bool = False
+    client_id: str = Field("kubernetes", min_length=1, alias="clientID")
+    clusters: list[KubeCluster] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_clusters(self) -> KubeconfigPageSection:
+        if self.enabled and not self.clusters:
+            raise ValueError("clusters: at least one is required when the page is enabled")
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError("clusters: names must be unique")
+        if self.enabled:
+            raise ValueError("the kubeconfig page is not available in this Portcullis version")
+        return self
+
+
+class KubernetesSection(Section):
+    """Portcullis-only top-level key: Kubernetes integration features."""
+
+    token_review: TokenReviewSection = Field(default_factory=lambda: TokenReviewSection())
+    kubeconfig_page: KubeconfigPageSection = Field(default_factory=lambda: KubeconfigPageSection())
+
+
 class RawConfig(Section):
     """The document as written (after ${ENV} expansion), before cross-field resolution."""
 
@@ -430,6 +549,7 @@ class RawConfig(Section):
     static_passwords: list[StaticPassword] = Field(default_factory=list)
     frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
     logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
+    kubernetes: KubernetesSection = Field(default_factory=lambda: KubernetesSection())
 
     @field_validator("issuer")
     @classmethod

@@ -1,1 +1,1 @@
-"""kube package."""
+"""Kubernetes integration: the TokenReview authentication webhook and the kubeconfig page."""

@@ -54,6 +54,8 @@ class Issuer:
     telemetry: Starlette
     metrics: Metrics
     fips_status: dict[str, Any] = field(default_factory=dict)
+    # The TokenReview webhook, served on its own listener (kubernetes.tokenReview.addr).
+    webhook: Starlette | None = None
 
     def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -231,8 +233,21 @@ def create_issuer(
         telemetry=telemetry_app(metrics, lambda: issuer.readiness()),
         metrics=metrics,
         fips_status=fips_status or {},
+        webhook=_kube_webhook(config, provider, metrics),
     )
     return issuer
+
+
+def _kube_webhook(config: Config, provider: Provider, metrics: Metrics) -> Starlette | None:
+    section = config.raw.kubernetes.token_review
+    if not section.enabled:
+        return None
+    from portcullis.kube.tokenreview import TokenReviewer
+    from portcullis.kube.webhook import webhook_app
+
+    # The issuer's own reader: signature, iss, exp and jti/sid revocation, as for userinfo.
+    reviewer = TokenReviewer(provider.reader._jwt_claims, section)
+    return webhook_app(reviewer, section, metrics)
 
 
 async def _key_loop(provider: Provider, stop: asyncio.Event) -> None:

@@ -1,0 +1,33 @@
+"""Fixtures for the Kubernetes features: real `portcullis serve` processes (the integration
+suite's harness) plus loopback TLS material made per test session."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from issuer_harness import PORTCULLIS, StartIssuer, finish_issuer, issuer_factory
+from kube_testlib import ServingCert, make_serving_cert
+
+
+@pytest.fixture(scope="session")
+def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
+    return make_serving_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def module_issuers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartIssuer]:
+    """Factory for servers shared by one test module, all stopped (exit 0, clean logs) after."""
+    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
+    start, started = issuer_factory(tmp_path_factory.mktemp("kube-issuer"))
+    try:
+        yield start
+    finally:
+        for issuer in started:
+            finish_issuer(issuer)
