@@ -31,3 +31,15 @@ def module_issuers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartIs
     finally:
         for issuer in started:
             finish_issuer(issuer)
+
+
+@pytest.fixture
+def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
+    """Factory for servers of one test, all stopped (exit 0, clean logs) after it."""
+    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
+    start, started = issuer_factory(tmp_path)
+    try:
+        yield start
+    finally:
+        for issuer in started:
+            finish_issuer(issuer)

@@ -470,7 +470,7 @@ class TokenReviewSection(Section):
         if not self.enabled:
             return self
         if not self.addr:
-            raise ValueError("kubernetes.tokenReview.addr is required when enabled")
+            raise ValueError("addr is required when enabled")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tlsCert and tlsKey must be given together")
         if not self.tls_cert and not _is_loopback_address(self.addr):
