@@ -22,7 +22,6 @@ PORTCULLIS = REPO_ROOT / ".venv" / "bin" / "portcullis"
 # Paths the current server reports as unsupported, per values set (see the module docstring).
 SERVER_GAPS: dict[str, set[str]] = {
     "ha-postgres": {"grpc"},
-    "webhook": {"kubernetes"},
 }
 CHART_CONFIG_SETS = [name for name in VALUE_SETS if name != "existing-secret"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -488,9 +489,17 @@ class TokenReviewSection(Section):
 
 
 class KubeCluster(Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    name: str
     server: HttpURL
     certificate_authority_data: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # `kubectl config set clusters.<name>.…` splits on dots, so names must not have any.
+        if not re.fullmatch(r"[A-Za-z0-9_:@-]+", value):
+            raise ValueError("use letters, digits, '-', '_', ':' or '@' only (no dots or spaces)")
+        return value
 
     @field_validator("certificate_authority_data")
     @classmethod
@@ -520,8 +529,6 @@ class KubeconfigPageSection(Section):
         names = [c.name for c in self.clusters]
         if len(set(names)) != len(names):
             raise ValueError("clusters: names must be unique")
-        if self.enabled:
-            raise ValueError("the kubeconfig page is not available in this Portcullis version")
         return self
 
 

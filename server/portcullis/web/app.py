@@ -194,6 +194,7 @@ def create_issuer(
         Route("/theme/{path:path}", theme_file, methods=["GET"]),
         Route("/robots.txt", robots, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *_kubeconfig_routes(config, provider, pages, ip_resolver, secure_cookies=https),
     ]
     metrics = Metrics()
 
@@ -275,3 +276,26 @@ async def _gc_loop(provider: Provider, stop: asyncio.Event) -> None:
     from portcullis.storage.gc import run_gc_loop
 
     await run_gc_loop(provider.storage, provider.clock, GC_INTERVAL, stop, log)
+
+
+def _kubeconfig_routes(
+    config: Config,
+    provider: Provider,
+    pages: Pages,
+    ip_resolver: security.ClientIPResolver,
+    *,
+    secure_cookies: bool,
+) -> list[Route]:
+    section = config.raw.kubernetes.kubeconfig_page
+    if not section.enabled:
+        return []
+    from portcullis.kube.page import KubeconfigPage
+
+    client = next(c for c in config.clients if c.id == section.client_id)  # checked on load
+    page = KubeconfigPage(
+        provider, pages, ip_resolver, section, client, secure_cookies=secure_cookies
+    )
+    return [
+        Route("/kubeconfig", page.start, methods=["GET"]),
+        Route("/kubeconfig/callback", page.callback, methods=["GET"]),
+    ]
