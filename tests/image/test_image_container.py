@@ -372,8 +372,14 @@ def test_several_workers_serve_and_stop_cleanly_as_pid_1(
         timeout=10,
     )
     assert token.status_code == 200, token.text
-    children = Path(f"/proc/{container.pid()}/task/{container.pid()}/children").read_text().split()
-    assert len(children) == 2
+    pid = container.pid()
+    deadline = time.monotonic() + 10
+    while True:  # the parent may still be forking the second worker when the first is ready
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(children) == 2, container.stderr()[-2000:]
     for child in children:
         status = proc_status(int(child))
         assert status["Uid"].split() == [str(NONROOT)] * 4
