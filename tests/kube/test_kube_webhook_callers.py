@@ -110,7 +110,9 @@ def test_only_callers_allowed_to_create_tokenreviews_get_answers(
     assert response.status_code == 503
 
 
-def test_plain_http_webhook_on_loopback_answers(start_issuer: StartIssuer) -> None:
+def test_plain_http_webhook_on_loopback_answers_from_every_worker(
+    start_issuer: StartIssuer,
+) -> None:
     port = free_port()
     issuer = start_issuer(
         {
@@ -125,15 +127,19 @@ def test_plain_http_webhook_on_loopback_answers(start_issuer: StartIssuer) -> No
                     "groupsPrefix": "",
                 }
             }
-        }
+        },
+        run=False,
     )
+    issuer.serve_args = ["--workers", "2"]
+    issuer.start()
     id_token = _id_token(issuer)
     issuer.remember(id_token)
-    response = httpx.post(f"http://127.0.0.1:{port}/authenticate", json=_review_body(id_token))
-    assert response.status_code == 200
-    user = response.json()["status"]["user"]
-    assert user["username"] == user["uid"]
-    assert user["groups"] == ["developers"]
+    for _ in range(6):  # fresh connections land on either worker
+        response = httpx.post(f"http://127.0.0.1:{port}/authenticate", json=_review_body(id_token))
+        assert response.status_code == 200
+        user = response.json()["status"]["user"]
+        assert user["username"] == user["uid"]
+        assert user["groups"] == ["developers"]
 
 
 def test_authenticate_callers_outside_a_pod_without_kube_api_stops_start_up(
