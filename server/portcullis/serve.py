@@ -117,7 +117,7 @@ def _tls_context(config: Config, fips_mode: bool, *, webhook: bool = False) -> s
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if raw.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
-    if getattr(raw, "tls_max_version", None) == "1.2":
+    if raw.tls_max_version == "1.2":
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     if fips_mode:
         from portcullis.fips import TLS_CIPHERS_FIPS

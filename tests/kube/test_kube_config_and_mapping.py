@@ -159,3 +159,18 @@ def test_parse_review_rejects_wrong_shapes() -> None:
                 "spec": {"audiences": "x"},
             }
         )
+
+
+def test_webhook_tls_versions_must_be_ordered() -> None:
+    (problem,) = _problems(
+        {
+            "tokenReview": {
+                "enabled": True,
+                "addr": "127.0.0.1:5559",
+                "audiences": ["k"],
+                "tlsMinVersion": "1.3",
+                "tlsMaxVersion": "1.2",
+            }
+        }
+    )
+    assert problem == "kubernetes.tokenReview: tlsMinVersion is greater than tlsMaxVersion"

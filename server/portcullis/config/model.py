@@ -445,6 +445,7 @@ class TokenReviewSection(Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_min_version: TLSVersion | None = None
+    tls_max_version: TLSVersion | None = None
     # Token `aud` values accepted (at least one must match): normally the kubectl client's ID.
     audiences: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # Require spec.audiences of a review to overlap the token's aud (see docs/kubernetes.md).
@@ -480,6 +481,12 @@ class TokenReviewSection(Section):
                 "tlsCert and tlsKey are required unless addr is a loopback address "
                 "(kube-apiserver calls webhooks over HTTPS only)"
             )
+        if (
+            self.tls_min_version
+            and self.tls_max_version
+            and self.tls_min_version > self.tls_max_version
+        ):
+            raise ValueError("tlsMinVersion is greater than tlsMaxVersion")
         if not self.audiences:
             raise ValueError(
                 "audiences: at least one is required (the client ID kubectl signs in with), "
