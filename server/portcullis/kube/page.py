@@ -123,7 +123,7 @@ class KubeconfigPage:
             return self._finish(
                 self.pages.error(400, "Sign-in failed", "The sign-in could not be completed.")
             )
-        claims = await run_sync(self.provider.reader._jwt_claims, tokens["id_token"])
+        claims = await run_sync(self.provider.reader.verified_claims, tokens["id_token"])
         if claims is None:
             return self._finish(self.pages.error(500, "Sign-in failed", "Try again."))
         return self._finish(self._render(tokens, claims))

@@ -55,7 +55,7 @@ class TokenReader:
         return self._settings.max_token_lifetime(self._clients.all())
 
     # -- JWT access tokens ------------------------------------------------------------------
-    def _jwt_claims(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
+    def verified_claims(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
         """Claims of a valid, unrevoked JWT this issuer signed, else None."""
         if token.count(".") != 2:
             return None
@@ -100,7 +100,7 @@ class TokenReader:
         order = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
         for kind in order:
             if kind == "access":
-                claims = self._jwt_claims(token)
+                claims = self.verified_claims(token)
                 # ID tokens carry no client_id: they are not access tokens (same as userinfo).
                 if claims is not None and "client_id" in claims:
                     return {"active": True, "token_type": "Bearer", **claims}
@@ -142,7 +142,7 @@ class TokenReader:
             if owns and knows:
                 end_family(self._storage, record.id, self._clock.now() + self._max_lifetime)
             return
-        claims = self._jwt_claims(token, check_expiry=False)
+        claims = self.verified_claims(token, check_expiry=False)
         if claims is None:
             return
         audiences = claims.get("aud")
@@ -155,7 +155,7 @@ class TokenReader:
 
     # -- userinfo ---------------------------------------------------------------------------
     def userinfo(self, access_token: str) -> dict[str, Any] | None:
-        claims = self._jwt_claims(access_token)
+        claims = self.verified_claims(access_token)
         if claims is None or "client_id" not in claims:
             # ID tokens carry no client_id claim and are not access tokens.
             return None

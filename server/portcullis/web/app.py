@@ -247,7 +247,7 @@ def _kube_webhook(config: Config, provider: Provider, metrics: Metrics) -> Starl
     from portcullis.kube.webhook import webhook_app
 
     # The issuer's own reader: signature, iss, exp and jti/sid revocation, as for userinfo.
-    reviewer = TokenReviewer(provider.reader._jwt_claims, section)
+    reviewer = TokenReviewer(provider.reader.verified_claims, section)
     return webhook_app(reviewer, section, metrics)
 
 
