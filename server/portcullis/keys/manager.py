@@ -20,6 +20,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from portcullis import fips
 from portcullis.clock import Clock
 from portcullis.storage.base import RotationNotDueError, Storage
 from portcullis.storage.models import Keys, SigningKey, VerificationKey
@@ -33,15 +34,12 @@ _HASH_FOR_ALG = {"RS256": "sha256", "PS256": "sha256", "ES256": "sha256", "ES384
 
 def generate_signing_key(algorithm: str) -> dict[str, Any]:
     """A new private JWK for algorithm, with kid (RFC 7638 thumbprint), alg and use."""
-    key: SigningKeyObject
-    if algorithm in ("RS256", "PS256"):
-        key = RSAKey.generate_key(2048, private=True)
-    elif algorithm == "ES256":
-        key = ECKey.generate_key("P-256", private=True)
-    elif algorithm == "ES384":
-        key = ECKey.generate_key("P-384", private=True)
-    else:
-        raise ValueError(f"unsupported signing algorithm {algorithm!r}")
+    # In FIPS mode the key pair is generated inside the FIPS provider (cryptography's own key
+    # generation runs outside it); otherwise by cryptography. Same PEM either way.
+    pem = fips.generate_private_key_pem(algorithm)
+    key: SigningKeyObject = (
+        RSAKey.import_key(pem) if algorithm in ("RS256", "PS256") else ECKey.import_key(pem)
+    )
     jwk = dict(key.as_dict(private=True))
     jwk["kid"] = key.thumbprint()
     jwk["alg"] = algorithm
