@@ -188,3 +188,21 @@ lock:
 
 clean:
 	rm -rf dist build .cache .pytest_cache .mypy_cache .ruff_cache
+
+## ---- admin API -----------------------------------------------------------------------
+# Dex-compatible gRPC admin API (server/portcullis/admin/). The Python modules generated from
+# api.proto are committed; regenerate them after editing the .proto with `make admin-proto`
+# (tests/admin/test_proto_generated.py fails when they are stale). ADMIN_PROTO_OUT lets that
+# test generate into a temporary directory.
+ADMIN_PROTO_OUT ?= server
+
+admin-proto: test-venv
+	mkdir -p $(ADMIN_PROTO_OUT)
+	cd server && ../$(PY) -m grpc_tools.protoc -I . \
+	  --plugin=protoc-gen-mypy=../$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=../$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=$(abspath $(ADMIN_PROTO_OUT)) --grpc_python_out=$(abspath $(ADMIN_PROTO_OUT)) \
+	  --mypy_out=$(abspath $(ADMIN_PROTO_OUT)) --mypy_grpc_out=$(abspath $(ADMIN_PROTO_OUT)) \
+	  portcullis/admin/api.proto
+
+.PHONY: admin-proto

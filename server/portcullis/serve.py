@@ -4,6 +4,9 @@ from one or more worker processes that share the sockets and the storage.
 Signals: SIGTERM/SIGINT stop accepting, let in-flight requests finish (up to the drain
 timeout) and exit 0. With several workers the parent forwards the signal and exits 0 only if
 every worker did.
+
+The gRPC admin API (grpc.addr) is served by one process only — the single process, or worker 0
+of several — because grpcio binds its own socket (see portcullis.admin.server).
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ def bind_listeners(config: Config) -> list[Listener]:
             listeners.append(
                 Listener(name, review.addr, sock, tls=bool(review.tls_cert), webhook=True)
             )
+        if raw.grpc.addr:
+            # grpcio binds this port itself, later, in one worker: probe it now so a taken port
+            # fails before anything starts.
+            _bind("grpc.addr", raw.grpc.addr).close()
     except OSError:
         for listener in listeners:
             listener.sock.close()
@@ -133,8 +140,11 @@ def run_worker(
     fips_mode: bool,
     fips_status: dict[str, Any],
     drain_timeout: float,
+    admin_api: bool = True,
 ) -> int:
-    """Serve every listener in this process until a stop signal; returns the exit code."""
+    """Serve every listener in this process until a stop signal; returns the exit code.
+
+    ``admin_api``: whether this process also serves grpc.addr (only one process does)."""
     from portcullis.kube.callers import CallerCheckError
     from portcullis.storage.base import StorageError
     from portcullis.web.app import create_issuer
@@ -147,6 +157,16 @@ def run_worker(
     except CallerCheckError as exc:
         print(f"portcullis: {exc}", file=sys.stderr)
         return EXIT_LISTEN_FAILED
+    admin_server = None
+    if admin_api and config.raw.grpc.addr:
+        from portcullis.admin.server import AdminListenError, start_admin_server
+
+        try:
+            admin_server = start_admin_server(config.raw.grpc, issuer.provider, fips_mode=fips_mode)
+        except AdminListenError as exc:
+            print(f"portcullis: {exc}", file=sys.stderr)
+            issuer.provider.storage.close()
+            return EXIT_LISTEN_FAILED
     common: dict[str, Any] = {
         "access_log": False,
         "log_config": None,
@@ -176,6 +196,8 @@ def run_worker(
             log.info("received %s: draining in-flight requests", signame)
             for server, _ in servers:
                 server.should_exit = True
+            if admin_server is not None:
+                admin_server.stop(grace=drain_timeout)  # returns at once; waited for below
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig.name)
@@ -184,6 +206,8 @@ def run_worker(
     try:
         asyncio.run(run())
     finally:
+        if admin_server is not None:
+            admin_server.stop(grace=drain_timeout).wait(drain_timeout + 1)
         issuer.provider.storage.close()
     failed = [s for s, _ in servers if not s.started]
     return 1 if failed else 0
@@ -229,12 +253,12 @@ def _supervise(
     """Fork workers after binding (sockets are shared; storage connections are opened in each
     child, never inherited) and wait for all of them."""
     children: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
-                code = run_worker(config, listeners, **kwargs)
+                code = run_worker(config, listeners, admin_api=index == 0, **kwargs)
             finally:
                 os._exit(code)
         children.append(pid)

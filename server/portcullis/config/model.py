@@ -268,18 +268,48 @@ class TelemetrySection(Section):
 
 
 class GRPCSection(Section):
-    addr: str | None = None
+    """The Dex-compatible gRPC admin API (docs/admin-api.md)."""
+
+    addr: ListenAddress | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = Field(None, alias="tlsClientCA")
     tls_min_version: TLSVersion | None = None
     tls_max_version: TLSVersion | None = None
     reflection: bool = False
+    # Portcullis-only: serve the admin API without TLS on a non-loopback address. The API can
+    # create clients and users, so the default refuses that.
+    allow_insecure: bool = False
 
     @model_validator(mode="after")
-    def _not_yet(self) -> GRPCSection:
-        if self.addr:
-            raise ValueError("the gRPC admin API is not available in this Portcullis version")
+    def _secure(self) -> GRPCSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tlsCert and tlsKey must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tlsClientCA (mutual TLS) needs tlsCert and tlsKey")
+        # grpcio has no setting for TLS versions: its TLS stack always offers 1.2 and 1.3.
+        if self.tls_min_version == "1.3":
+            raise ValueError(
+                "tlsMinVersion 1.3 cannot be enforced by the gRPC server (grpcio always offers "
+                "TLS 1.2 and 1.3); remove it or set 1.2"
+            )
+        if self.tls_max_version == "1.2":
+            raise ValueError(
+                "tlsMaxVersion 1.2 cannot be enforced by the gRPC server (grpcio always offers "
+                "TLS 1.2 and 1.3); remove it or set 1.3"
+            )
+        if (
+            self.addr
+            and not self.tls_cert
+            and not self.allow_insecure
+            and not _is_loopback_address(self.addr)
+        ):
+            raise ValueError(
+                f"refusing to serve the admin API on {self.addr} without TLS: set tlsCert and "
+                "tlsKey (and tlsClientCA for client certificates), listen on a loopback "
+                "address, or set allowInsecure: true (Portcullis-only) if the network is "
+                "protected some other way"
+            )
         return self
 
 
