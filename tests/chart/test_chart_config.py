@@ -1,8 +1,8 @@
 """The config the chart renders into its Secret is accepted by the issuer's own validator.
 
 `portcullis check-config FILE` exits 0 for a valid file and 2 listing each problem with its YAML
-path. Some values sets use features the chart supports ahead of the server (PostgreSQL storage,
-the gRPC admin API, the Kubernetes features); for those the test pins exactly which paths the
+path. Some values sets use features the chart supports ahead of the server (at times PostgreSQL
+storage, the gRPC admin API, the Kubernetes features); for those the test pins exactly which paths the
 server still rejects, so the list shrinks visibly as the server catches up, and any other problem
 fails the test.
 """
@@ -15,14 +15,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chart_testlib import FULLNAME, REPO_ROOT, VALUE_SETS, find, render_set
+import yaml
+from chart_testlib import FULLNAME, REPO_ROOT, VALUE_SETS, documents, find, render, render_set
 
 PORTCULLIS = REPO_ROOT / ".venv" / "bin" / "portcullis"
 
 # Paths the current server reports as unsupported, per values set (see the module docstring).
-SERVER_GAPS: dict[str, set[str]] = {
-    "ha-postgres": {"grpc"},
-}
+SERVER_GAPS: dict[str, set[str]] = {}
 CHART_CONFIG_SETS = [name for name in VALUE_SETS if name != "existing-secret"]
 
 
@@ -79,3 +78,32 @@ def test_check_config_rejects_a_broken_rendered_config(tmp_path: Path) -> None:
     result = _check_config(broken)
     assert result.returncode == 2
     assert "web" in _problem_paths(result.stdout + result.stderr)
+
+
+def _rendered_config(values: dict[str, object], tmp_path: Path) -> tuple[dict[str, object], Path]:
+    docs = documents(render(values))
+    text = base64.b64decode(find(docs, "Secret", FULLNAME)["data"]["config.yaml"]).decode()
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return yaml.safe_load(text), path
+
+
+def test_grpc_with_https_serves_the_admin_api_over_the_serving_certificate(tmp_path: Path) -> None:
+    config, path = _rendered_config(
+        {"grpc": {"enabled": True}, "https": {"enabled": True}}, tmp_path
+    )
+    assert config["grpc"] == {
+        "addr": "0.0.0.0:5557",
+        "tlsCert": "/etc/portcullis/tls/tls.crt",
+        "tlsKey": "/etc/portcullis/tls/tls.key",
+    }
+    result = _check_config(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grpc_without_tls_or_opt_in_is_refused_by_the_server(tmp_path: Path) -> None:
+    _, path = _rendered_config({"grpc": {"enabled": True}}, tmp_path)
+    result = _check_config(path)
+    assert result.returncode == 2
+    assert "allowInsecure" in result.stdout + result.stderr
+    assert _problem_paths(result.stdout + result.stderr) == {"grpc"}

@@ -164,6 +164,12 @@ TLS paths, storage, Kubernetes features) set so that ports, probes and volumes a
 {{- if .Values.grpc.enabled }}
 {{- $grpc := deepCopy (get $cfg "grpc" | default dict) }}
 {{- $_ := set $grpc "addr" "0.0.0.0:5557" }}
+{{- if .Values.https.enabled }}
+{{- /* The admin API refuses plaintext off loopback: reuse the serving certificate. Without
+https.enabled the user sets config.grpc.tlsCert/tlsKey (own volume) or allowInsecure. */}}
+{{- $_ := set $grpc "tlsCert" "/etc/portcullis/tls/tls.crt" }}
+{{- $_ := set $grpc "tlsKey" "/etc/portcullis/tls/tls.key" }}
+{{- end }}
 {{- $_ := set $cfg "grpc" $grpc }}
 {{- else }}
 {{- $_ := unset $cfg "grpc" }}
