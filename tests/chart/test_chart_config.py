@@ -1,10 +1,10 @@
 """The config the chart renders into its Secret is accepted by the issuer's own validator.
 
 `portcullis check-config FILE` exits 0 for a valid file and 2 listing each problem with its YAML
-path. Some values sets use features the chart supports ahead of the server (at times PostgreSQL
-storage, the gRPC admin API, the Kubernetes features); for those the test pins exactly which paths the
-server still rejects, so the list shrinks visibly as the server catches up, and any other problem
-fails the test.
+path. Some values sets have used features the chart supported ahead of the server (PostgreSQL
+storage, the gRPC admin API, the Kubernetes features); for those the test pins exactly which paths
+the server still rejects, so the list shrinks visibly as the server catches up, and any other
+problem fails the test.
 """
 
 from __future__ import annotations
