@@ -1,0 +1,57 @@
+"""Fixtures for the gRPC admin API: a real `portcullis serve` process (the integration suite's
+harness) with grpc.addr on a free loopback port, and a client built from the generated stubs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from admin_testlib import TLSFiles, make_tls_files, stub
+from issuer_harness import PORTCULLIS, Issuer, StartIssuer, finish_issuer, free_port, issuer_factory
+from portcullis.admin import api_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def module_issuers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartIssuer]:
+    """Factory for servers shared by one test module, all stopped (exit 0, clean logs) after."""
+    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
+    start, started = issuer_factory(tmp_path_factory.mktemp("admin-issuer"))
+    try:
+        yield start
+    finally:
+        for issuer in started:
+            finish_issuer(issuer)
+
+
+@pytest.fixture
+def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
+    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
+    start, started = issuer_factory(tmp_path)
+    try:
+        yield start
+    finally:
+        for issuer in started:
+            finish_issuer(issuer)
+
+
+@pytest.fixture(scope="module")
+def admin_issuer(module_issuers: StartIssuer) -> Issuer:
+    """One issuer per module with the admin API on plaintext loopback (the secure default
+    allows that) and server reflection on."""
+    return module_issuers({"grpc": {"addr": f"127.0.0.1:{free_port()}", "reflection": True}})
+
+
+@pytest.fixture(scope="module")
+def api(admin_issuer: Issuer) -> api_pb2_grpc.DexStub:
+    return stub(admin_issuer.config["grpc"]["addr"])
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("admin-tls"))
