@@ -264,6 +264,7 @@ def test_config_passwords_are_read_only(api: Stub) -> None:
         (bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).replace(b"$04$", b"$17$"), "above"),
         (b"", "no password hash"),
     ],
+    ids=["plain-text", "bcrypt-cost-4", "bcrypt-cost-17", "empty"],  # stable under xdist
 )
 def test_bad_password_hashes_are_refused(api: Stub, hashed: bytes, problem: str) -> None:
     entry = pb.Password(email="bad-hash@example.com", hash=hashed, user_id="bad-1")
