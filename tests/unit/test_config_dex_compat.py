@@ -59,7 +59,7 @@ enablePasswordDB: true
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("grpc: {addr: 127.0.0.1:5557}", "grpc: the gRPC admin API is not available"),
+        ("grpc: {addr: 0.0.0.0:5557}", "grpc: refusing to serve the admin API on 0.0.0.0:5557"),
         ("signer: {type: vault}", "signer: signer type 'vault' is not available"),
         ("sessions: {cookieName: x}", "sessions: unknown key"),
         ("connectors: [{type: ldap, id: l, name: L}]", "connectors[0].type: connector type 'ldap'"),
