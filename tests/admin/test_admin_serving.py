@@ -14,6 +14,7 @@ import yaml
 from admin_testlib import TLSFiles, stub
 from issuer_harness import PORTCULLIS, REPO_ROOT, IssuerExitError, StartIssuer, free_port
 from portcullis.admin import api_pb2 as pb
+from portcullis.admin.server import grpc_address
 
 ADMIN_DIR = REPO_ROOT / "server" / "portcullis" / "admin"
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
@@ -138,7 +139,7 @@ def test_a_taken_grpc_port_stops_the_server_with_a_clear_error(start_issuer: Sta
             issuer.start()
     assert issuer.proc is not None
     assert issuer.proc.returncode == 1
-    assert f"cannot listen on grpc.addr {address}" in str(info.value)
+    assert f"cannot listen on grpc.addr {address}: Address already in use" in str(info.value)
 
 
 def test_several_workers_serve_one_admin_api_that_shares_storage(
@@ -181,6 +182,12 @@ def test_committed_stubs_match_api_proto(tmp_path: Path) -> None:
         assert filecmp.cmp(fresh, ADMIN_DIR / name, shallow=False), (
             f"{name} is stale: run `make admin-proto` and commit the result"
         )
+
+
+def test_an_empty_host_means_every_interface_as_in_dex() -> None:
+    assert grpc_address(":5557") == "0.0.0.0:5557"
+    assert grpc_address("127.0.0.1:5557") == "127.0.0.1:5557"
+    assert grpc_address("[::1]:5557") == "[::1]:5557"
 
 
 def test_wire_names_are_dexs() -> None:

@@ -14,6 +14,7 @@ FIPS provider that guards the HTTP listeners (docs/admin-api.md).
 from __future__ import annotations
 
 import logging
+import socket
 from concurrent import futures
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def _credentials(section: GRPCSection) -> grpc.ServerCredentials:
     )
 
 
+def grpc_address(addr: str) -> str:
+    """Go (and so Dex) reads an empty host as "every interface"; grpcio needs it spelled out."""
+    host, _, port = addr.rpartition(":")
+    return f"0.0.0.0:{port}" if not host else addr
+
+
+def _bind_problem(address: str) -> str:
+    """grpcio's bind error only says "failed"; ask the OS for the reason."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_server((host.strip("[]"), int(port))):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError:
+        pass
+    return "grpcio could not bind it"
+
+
 def start_admin_server(section: GRPCSection, provider: Provider, *, fips_mode: bool) -> grpc.Server:
     """Bind ``grpc.addr`` and start serving; raises AdminListenError if it cannot listen."""
     assert section.addr
@@ -66,15 +86,16 @@ def start_admin_server(section: GRPCSection, provider: Provider, *, fips_mode: b
         log.warning(
             "grpc.addr: the admin API's TLS is grpcio's own (BoringSSL), not the FIPS provider"
         )
+    address = grpc_address(section.addr)
     try:
         if section.tls_cert:
-            port = server.add_secure_port(section.addr, _credentials(section))
+            server.add_secure_port(address, _credentials(section))
         else:
-            port = server.add_insecure_port(section.addr)
-    except RuntimeError as exc:
-        raise AdminListenError(f"cannot listen on grpc.addr {section.addr}: {exc}") from None
-    if port == 0:
-        raise AdminListenError(f"cannot listen on grpc.addr {section.addr}")
+            server.add_insecure_port(address)
+    except RuntimeError:
+        raise AdminListenError(
+            f"cannot listen on grpc.addr {section.addr}: {_bind_problem(address)}"
+        ) from None
     server.start()
     log.info(
         "admin API (gRPC) on %s (%s)",
