@@ -101,3 +101,15 @@ staticClients:
         p.startswith("staticClients[1].redirectURIs[0]: must not contain a fragment")
         for p in problems
     )
+
+
+def test_fips_mode_refuses_grpc_tls_outside_the_provider(tmp_path: Path) -> None:
+    cert = tmp_path / "tls.crt"
+    key = tmp_path / "tls.key"
+    cert.write_text("x")
+    key.write_text("x")
+    text = BASE + f"grpc: {{addr: 127.0.0.1:5557, tlsCert: {cert}, tlsKey: {key}}}\n"
+    parse_config(text, environ={})  # fine outside FIPS mode
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={}, fips_mode=True)
+    assert any(p.startswith("grpc.tlsCert: in FIPS mode") for p in caught.value.problems)

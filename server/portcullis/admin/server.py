@@ -8,7 +8,8 @@ worker starts. Handlers block on storage, so they run in a small thread pool.
 
 TLS comes from grpcio's bundled TLS stack (BoringSSL), not the system OpenSSL: it always offers
 TLS 1.2 and 1.3 (the config refuses version settings it cannot enforce) and is outside the
-FIPS provider that guards the HTTP listeners (docs/admin-api.md).
+FIPS provider that guards the HTTP listeners, so FIPS mode refuses gRPC TLS at config time
+(docs/admin-api.md).
 """
 
 from __future__ import annotations
@@ -82,10 +83,6 @@ def start_admin_server(section: GRPCSection, provider: Provider, *, fips_mode: b
 
         service_name = pb.DESCRIPTOR.services_by_name["Dex"].full_name
         reflection.enable_server_reflection((service_name, reflection.SERVICE_NAME), server)
-    if section.tls_cert and fips_mode:
-        log.warning(
-            "grpc.addr: the admin API's TLS is grpcio's own (BoringSSL), not the FIPS provider"
-        )
     address = grpc_address(section.addr)
     try:
         if section.tls_cert:

@@ -249,6 +249,13 @@ def _resolve(
             raise ConfigError(problems)
         return Config(raw, source, tuple(clients), tuple(password_specs), (), storage_config)
 
+    if fips_mode and raw.grpc.addr and raw.grpc.tls_cert and "grpc" not in skip:
+        # Fail closed: grpcio's TLS is its bundled BoringSSL, outside the FIPS provider.
+        problems.append(
+            "grpc.tlsCert: in FIPS mode the admin API cannot use TLS (grpcio's TLS stack is not "
+            "the FIPS provider); serve it on loopback without TLS behind a FIPS TLS proxy, or "
+            "turn it off"
+        )
     connector_ids = {c.id for c in connectors}
     if raw.enable_password_db:
         connector_ids.add(LOCAL_CONNECTOR_ID)
