@@ -243,7 +243,11 @@ class PostgresStorage(SQLStorage):
 
     # -- errors ------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        return text.replace(self._password, "********") if self._password else text
+        """Defence in depth (libpq does not echo passwords). Very short passwords are not
+        substituted: masking every "p" in a message would garble it and hint at the secret."""
+        if len(self._password) < 6:
+            return text
+        return text.replace(self._password, "********")
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
         reason = _libpq_reason(exc)
