@@ -199,7 +199,10 @@ class KeyManager:
 
     # -- signing -----------------------------------------------------------------------------
     def sign(self, claims: dict[str, Any]) -> str:
-        state = self.current()
+        """Sign with the cached key (no storage access, so it may run on the event loop). A
+        rotation by another replica reaches the cache within the key loop's refresh interval;
+        until then the previous key signs, and it stays published for verification anyway."""
+        state = self.cached()
         header = {"alg": state.algorithm, "kid": state.signing_kid, "typ": "JWT"}
         return jwt.encode(header, claims, state.signing_key, algorithms=[state.algorithm])
 

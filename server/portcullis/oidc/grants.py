@@ -93,9 +93,17 @@ class TokenEndpoint:
         if grant_type not in self._settings.grant_types:
             raise unsupported_grant_type(grant_type)
         allow_public = grant_type in ("authorization_code", "refresh_token", "password")
-        client = await to_thread.run_sync(
-            lambda: self._clients.authenticate(authorization, form, allow_public=allow_public)
-        )
+
+        def authenticate() -> Client:
+            return self._clients.authenticate(authorization, form, allow_public=allow_public)
+
+        # A thread hand-off costs about as much as the rest of a client_credentials request:
+        # work that touches no storage (static clients, signing with the cached key) stays on
+        # the event loop; anything that may wait on storage goes to a worker thread.
+        if self._clients.is_static_request(authorization, form):
+            client = authenticate()
+        else:
+            client = await to_thread.run_sync(authenticate)
         if grant_type not in self._settings.client_grants(client):
             raise unauthorized_client(f"this client may not use the {grant_type} grant")
         if grant_type == "authorization_code":
@@ -104,7 +112,10 @@ class TokenEndpoint:
             return await self._refresh(client, form)
         if grant_type == "password":
             return await self._password(client, form, client_ip)
-        return await to_thread.run_sync(self._client_credentials, client, form)
+        if scopes.AUDIENCE_PREFIX in form.get("scope", ""):
+            # Peer lookups may read storage.
+            return await to_thread.run_sync(self._client_credentials, client, form)
+        return self._client_credentials(client, form)
 
     # -- authorization_code -----------------------------------------------------------------
     def _authorization_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:

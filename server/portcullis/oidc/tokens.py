@@ -155,7 +155,7 @@ class TokenMinter:
         id_token = ""
         id_jti = ""
         if include_id_token:
-            algorithm = self._keys.current().algorithm
+            algorithm = self._keys.cached().algorithm
             hash_name = hash_for_algorithm(algorithm)
             id_jti = derived_jti(jti_seed, "id") if jti_seed else new_id()
             id_claims = {**base, "jti": id_jti, "at_hash": token_hash(access_token, hash_name)}
