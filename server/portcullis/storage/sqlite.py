@@ -90,6 +90,7 @@ class SQLiteStorage(SQLStorage):
             connect_args={"check_same_thread": False, "timeout": busy_timeout},
             **engine_args,
         )
+        self._write_lock = threading.Lock()
         # One shared connection in memory mode: transactions from two threads must not mix.
         self._serial: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._in_memory else contextlib.nullcontext()
@@ -140,8 +141,13 @@ class SQLiteStorage(SQLStorage):
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction("DEFERRED")
 
-    def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
-        return self._transaction("IMMEDIATE")
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        # Writers of this process queue on a lock instead of on SQLite's busy handler, whose
+        # back-off sleeps (up to 100 ms a try) made the tail latency of concurrent refreshes
+        # seconds long; only writers of other processes still meet the busy handler.
+        with self._write_lock, self._transaction("IMMEDIATE") as conn:
+            yield conn
 
     def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
         return getattr(error.orig, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS
