@@ -13,31 +13,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from admin_testlib import TLSFiles, make_tls_files, stub
-from issuer_harness import PORTCULLIS, Issuer, StartIssuer, finish_issuer, free_port, issuer_factory
+from issuer_harness import Issuer, StartIssuer, free_port, issuers_in
 from portcullis.admin import api_pb2_grpc
 
 
 @pytest.fixture(scope="module")
 def module_issuers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartIssuer]:
     """Factory for servers shared by one test module, all stopped (exit 0, clean logs) after."""
-    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
-    start, started = issuer_factory(tmp_path_factory.mktemp("admin-issuer"))
-    try:
+    with issuers_in(tmp_path_factory.mktemp("admin-issuer")) as start:
         yield start
-    finally:
-        for issuer in started:
-            finish_issuer(issuer)
 
 
 @pytest.fixture
 def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
-    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
-    start, started = issuer_factory(tmp_path)
-    try:
+    with issuers_in(tmp_path) as start:
         yield start
-    finally:
-        for issuer in started:
-            finish_issuer(issuer)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from issuer_harness import (
     PORTCULLIS,
     Issuer,
     StartIssuer,
-    finish_issuer,
-    issuer_factory,
+    issuers_in,
 )
 
 
@@ -29,20 +28,12 @@ def portcullis_cli() -> Path:
 def start_issuer(tmp_path: Path, portcullis_cli: Path) -> Iterator[StartIssuer]:
     """Factory: ``start_issuer(patch, edit, run=True)`` -> a running Issuer with a config
     variation; every server is stopped with SIGTERM (exit 0 asserted) after the test."""
-    start, started = issuer_factory(tmp_path)
-    try:
+    with issuers_in(tmp_path) as start:
         yield start
-    finally:
-        for issuer in started:
-            finish_issuer(issuer)
 
 
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory, portcullis_cli: Path) -> Iterator[Issuer]:
     """One default server shared by a test module."""
-    start, started = issuer_factory(tmp_path_factory.mktemp("issuer"))
-    try:
+    with issuers_in(tmp_path_factory.mktemp("issuer")) as start:
         yield start()
-    finally:
-        for each in started:
-            finish_issuer(each)

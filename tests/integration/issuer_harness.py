@@ -9,6 +9,7 @@ stopped by its PID, so tests are safe under pytest-xdist.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import html
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,19 @@ def issuer_factory(base_dir: Path) -> tuple[StartIssuer, list[Issuer]]:
         return issuer
 
     return start, started
+
+
+@contextlib.contextmanager
+def issuers_in(base_dir: Path) -> Iterator[StartIssuer]:
+    """The factory of ``issuer_factory`` for a fixture's lifetime: every server it started is
+    stopped afterwards (SIGTERM, exit 0 and a clean log asserted)."""
+    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
+    start, started = issuer_factory(base_dir)
+    try:
+        yield start
+    finally:
+        for issuer in started:
+            finish_issuer(issuer)
 
 
 def make_issuer(

@@ -24,8 +24,7 @@ from issuer_harness import (
     Browser,
     Issuer,
     StartIssuer,
-    finish_issuer,
-    issuer_factory,
+    issuers_in,
     query_of,
 )
 from oidc_checks import (
@@ -241,7 +240,6 @@ def test_per_client_id_token_lifetime(issuer_plain: Issuer) -> None:
 def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
     """skipApprovalScreen, ES256 signing, hybrid flow enabled; example-app has a 10m ID-token
     lifetime and may only use the local connector."""
-    start, started = issuer_factory(tmp_path_factory.mktemp("plain"))
 
     def edit(config: dict[str, Any]) -> None:
         config["staticClients"][0]["idTokensValidFor"] = "10m"
@@ -249,7 +247,7 @@ def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
         config["oauth2"]["grantTypes"].append("implicit")
         config["staticClients"][0]["grantTypes"].append("implicit")
 
-    try:
+    with issuers_in(tmp_path_factory.mktemp("plain")) as start:
         yield start(
             {
                 "oauth2": {
@@ -260,9 +258,6 @@ def issuer_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
             },
             edit,
         )
-    finally:
-        for each in started:
-            finish_issuer(each)
 
 
 def test_es256_signing_is_verifiable(issuer_plain: Issuer) -> None:

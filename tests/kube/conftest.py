@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from issuer_harness import PORTCULLIS, StartIssuer, finish_issuer, issuer_factory
+from issuer_harness import StartIssuer, issuers_in
 from kube_testlib import ServingCert, make_serving_cert
 
 
@@ -24,22 +24,12 @@ def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
 @pytest.fixture(scope="module")
 def module_issuers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartIssuer]:
     """Factory for servers shared by one test module, all stopped (exit 0, clean logs) after."""
-    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
-    start, started = issuer_factory(tmp_path_factory.mktemp("kube-issuer"))
-    try:
+    with issuers_in(tmp_path_factory.mktemp("kube-issuer")) as start:
         yield start
-    finally:
-        for issuer in started:
-            finish_issuer(issuer)
 
 
 @pytest.fixture
 def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
     """Factory for servers of one test, all stopped (exit 0, clean logs) after it."""
-    assert PORTCULLIS.exists(), f"{PORTCULLIS} is missing: run `make test-venv`"
-    start, started = issuer_factory(tmp_path)
-    try:
+    with issuers_in(tmp_path) as start:
         yield start
-    finally:
-        for issuer in started:
-            finish_issuer(issuer)

@@ -81,6 +81,17 @@ async def client(clock: FrozenClock) -> AsyncIterator[tuple[httpx.AsyncClient, I
         yield c, issuer
 
 
+def _app(response_type: str, scope: str, **extra: str) -> dict[str, str]:
+    """Authorization parameters for the confidential test client."""
+    return {
+        "client_id": "app",
+        "redirect_uri": APP_REDIRECT,
+        "response_type": response_type,
+        "scope": scope,
+        **extra,
+    }
+
+
 def _pkce() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     digest = hashlib.sha256(verifier.encode()).digest()
@@ -137,16 +148,14 @@ async def test_hybrid_flow_returns_code_and_id_token_in_fragment_with_c_hash(
     verifier, challenge = _pkce()
     location = await _login(
         c,
-        {
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "code id_token",
-            "scope": "openid email",
-            "nonce": "n-123",
-            "state": "s-1",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
+        _app(
+            "code id_token",
+            "openid email",
+            nonce="n-123",
+            state="s-1",
+            code_challenge=challenge,
+            code_challenge_method="S256",
+        ),
     )
     parts = urlsplit(location)
     assert parts.query == ""
@@ -175,13 +184,7 @@ async def test_implicit_flow_returns_tokens_only_in_fragment(
     c, issuer = client
     location = await _login(
         c,
-        {
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "id_token token",
-            "scope": "openid groups",
-            "nonce": "n-9",
-        },
+        _app("id_token token", "openid groups", nonce="n-9"),
     )
     fragment = parse_qs(urlsplit(location).fragment)
     assert "code" not in fragment
@@ -196,12 +199,7 @@ async def test_implicit_flow_without_nonce_is_refused_by_redirect(
     c, _ = client
     r = await c.get(
         "/dex/auth",
-        params={
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "id_token",
-            "scope": "openid",
-        },
+        params=_app("id_token", "openid"),
     )
     assert r.status_code == 303
     fragment = parse_qs(urlsplit(r.headers["location"]).fragment)
@@ -218,13 +216,7 @@ async def test_implicit_is_refused_when_server_allows_only_code(clock: FrozenClo
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5556") as c:
         r = await c.get(
             "/dex/auth",
-            params={
-                "client_id": "app",
-                "redirect_uri": APP_REDIRECT,
-                "response_type": "id_token",
-                "scope": "openid",
-                "nonce": "x",
-            },
+            params=_app("id_token", "openid", nonce="x"),
         )
     fragment = parse_qs(urlsplit(r.headers["location"]).fragment)
     assert fragment["error"] == ["unsupported_response_type"]
@@ -236,14 +228,7 @@ async def test_prompt_none_answers_login_required(
     c, _ = client
     r = await c.get(
         "/dex/auth",
-        params={
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "code",
-            "scope": "openid",
-            "prompt": "none",
-            "state": "abc",
-        },
+        params=_app("code", "openid", prompt="none", state="abc"),
     )
     query = parse_qs(urlsplit(r.headers["location"]).query)
     assert query["error"] == ["login_required"]
@@ -257,15 +242,7 @@ async def test_denied_approval_redirects_access_denied_and_issues_nothing(
     _, challenge = _pkce()
     location = await _login(
         c,
-        {
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "code",
-            "scope": "openid",
-            "state": "st",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
+        _app("code", "openid", state="st", code_challenge=challenge, code_challenge_method="S256"),
         approve=False,
     )
     query = parse_qs(urlsplit(location).query)
@@ -330,14 +307,7 @@ async def test_code_expires_with_the_clock(
     verifier, challenge = _pkce()
     location = await _login(
         c,
-        {
-            "client_id": "app",
-            "redirect_uri": APP_REDIRECT,
-            "response_type": "code",
-            "scope": "openid",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
+        _app("code", "openid", code_challenge=challenge, code_challenge_method="S256"),
     )
     code = parse_qs(urlsplit(location).query)["code"][0]
     clock.advance(601)  # default expiry.authCodes is 10m
