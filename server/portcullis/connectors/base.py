@@ -23,6 +23,21 @@ class Scopes:
     groups: bool = False
 
 
+@dataclass(frozen=True)
+class LoginRedirect:
+    """How a callback connector starts an upstream login.
+
+    ``connector_state`` is kept with the auth request and handed back to ``handle_callback``:
+    per-login secrets (the upstream PKCE verifier, the nonce, a SAML request id) live there, in
+    storage shared by every replica, never in a cookie or in process memory. ``post_form`` asks
+    for an HTTP POST of those fields to ``url`` instead of a redirect (SAML's HTTP-POST binding).
+    """
+
+    url: str
+    connector_state: bytes = b""
+    post_form: Mapping[str, str] | None = None
+
+
 class ConnectorError(Exception):
     """Upstream failed or refused; the message is safe to show to the user."""
 
@@ -50,12 +65,15 @@ class PasswordConnector(Connector):
 
 class CallbackConnector(Connector):
     @abstractmethod
-    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> str:
+    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
         """Where to send the browser; upstream comes back to callback_url with state."""
 
     @abstractmethod
-    async def handle_callback(self, scopes: Scopes, params: Mapping[str, str]) -> Identity:
-        """Finish the upstream login from the callback's query parameters."""
+    async def handle_callback(
+        self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
+    ) -> Identity:
+        """Finish the upstream login from the callback's parameters (query or POST form) and
+        the ``connector_state`` that ``login_url`` returned for this login."""
 
 
 class RefreshConnector(ABC):

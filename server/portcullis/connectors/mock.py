@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from portcullis.connectors.base import (
     CallbackConnector,
     ConnectorError,
+    LoginRedirect,
     PasswordConnector,
     RefreshConnector,
     Scopes,
@@ -55,10 +56,12 @@ class MockCallbackConnector(CallbackConnector, RefreshConnector):
     def dev_only(self) -> bool:
         return True
 
-    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> str:
-        return f"{callback_url}?{urlencode({'state': state})}"
+    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
+        return LoginRedirect(f"{callback_url}?{urlencode({'state': state})}")
 
-    async def handle_callback(self, scopes: Scopes, params: Mapping[str, str]) -> Identity:
+    async def handle_callback(
+        self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
+    ) -> Identity:
         return _with_groups(scopes)
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:

@@ -147,6 +147,13 @@ class Storage(ABC):
     @abstractmethod
     def is_token_revoked(self, jti: str) -> bool: ...
 
+    # -- single-use values -------------------------------------------------------------------
+    @abstractmethod
+    def claim_once(self, key: str, expiry: float) -> bool:
+        """Claim key (e.g. ``saml:<assertion id>``) until expiry: True for the first claim,
+        False for every later one while the first is unexpired. Atomic across processes and
+        replicas, so a replay cache built on it holds behind a load balancer."""
+
     # -- password-login throttling -----------------------------------------------------------
     @abstractmethod
     def record_login_failure(self, key: str, now: float, window: float) -> int:

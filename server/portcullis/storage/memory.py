@@ -39,6 +39,7 @@ class MemoryStorage(Storage):
         self._passwords: dict[str, Password] = {}
         self._keys = Keys(signing_key=None, verification_keys=(), next_rotation=0.0)
         self._revoked: dict[str, float] = {}
+        self._single_use: dict[str, float] = {}
         self._login_failures: dict[str, list[float]] = {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -198,6 +199,14 @@ class MemoryStorage(Storage):
         with self._lock:
             return jti in self._revoked
 
+    # -- single-use values -------------------------------------------------------------------
+    def claim_once(self, key: str, expiry: float) -> bool:
+        with self._lock:
+            if key in self._single_use:
+                return False
+            self._single_use[key] = expiry
+            return True
+
     # -- throttling --------------------------------------------------------------------------
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         with self._lock:
@@ -230,6 +239,9 @@ class MemoryStorage(Storage):
             revoked_keys = [j for j, exp in self._revoked.items() if exp < now][:batch_size]
             for j in revoked_keys:
                 del self._revoked[j]
+            used_keys = [k for k, exp in self._single_use.items() if exp < now][:batch_size]
+            for k in used_keys:
+                del self._single_use[k]
             kept = tuple(k for k in self._keys.verification_keys if k.expiry >= now)
             dropped_keys = len(self._keys.verification_keys) - len(kept)
             if dropped_keys:
@@ -257,4 +269,5 @@ class MemoryStorage(Storage):
                 revoked_tokens=len(revoked_keys),
                 verification_keys=dropped_keys,
                 login_attempts=attempts,
+                single_use_keys=len(used_keys),
             )

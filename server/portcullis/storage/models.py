@@ -68,6 +68,9 @@ class AuthRequest:
     auth_time: float = 0.0
     # Secret bound to the browser (CSRF cookie) so a leaked request id cannot be replayed.
     browser_binding: str = ""
+    # What a callback connector needs to finish this login (the upstream PKCE verifier and
+    # nonce, a SAML request id...): opaque to everything but the connector that wrote it.
+    connector_state: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class GCResult:
     revoked_tokens: int = 0
     verification_keys: int = 0
     login_attempts: int = 0
+    single_use_keys: int = 0
 
     @property
     def total(self) -> int:
@@ -179,4 +183,5 @@ class GCResult:
             + self.revoked_tokens
             + self.verification_keys
             + self.login_attempts
+            + self.single_use_keys
         )

@@ -298,6 +298,9 @@ class PostgresStorage(SQLStorage):
     def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
         return getattr(error.orig, "sqlstate", None) == _UNIQUE_VIOLATION
 
+    def _insert_if_absent(self, table: sa.Table, **values: Any) -> sa.Insert:
+        return pg_insert(table).values(**values).on_conflict_do_nothing()
+
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         rv = t.revoked_tokens
         stmt = pg_insert(rv).values(jti=jti, expiry=expiry)

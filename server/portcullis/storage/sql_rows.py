@@ -114,6 +114,7 @@ def auth_request_row(request: AuthRequest) -> Row:
         "code_challenge_method": request.pkce.code_challenge_method,
         "auth_time": request.auth_time,
         "browser_binding": request.browser_binding,
+        "connector_state": request.connector_state,
     }
 
 
@@ -137,6 +138,7 @@ def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
         pkce=PKCE(row["code_challenge"], row["code_challenge_method"]),
         auth_time=float(row["auth_time"]),
         browser_binding=row["browser_binding"],
+        connector_state=bytes(row["connector_state"]),
     )
 
 

@@ -63,6 +63,7 @@ auth_requests = sa.Table(
     sa.Column("code_challenge_method", sa.Text, nullable=False),
     sa.Column("auth_time", sa.Double, nullable=False),
     sa.Column("browser_binding", sa.Text, nullable=False),
+    sa.Column("connector_state", sa.LargeBinary, nullable=False),
     sa.Index("ix_auth_requests_expiry", "expiry"),
 )
 
@@ -153,4 +154,12 @@ login_attempts = sa.Table(
     sa.Column("at", sa.Double, nullable=False),
     sa.Index("ix_login_attempts_key_at", "throttle_key", "at"),
     sa.Index("ix_login_attempts_at", "at"),
+)
+
+single_use_keys = sa.Table(
+    "single_use_keys",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("expiry", sa.Double, nullable=False),
+    sa.Index("ix_single_use_keys_expiry", "expiry"),
 )

@@ -60,6 +60,10 @@ class SQLStorage(Storage):
         """True when the insert failed on a primary-key/unique constraint."""
 
     @abstractmethod
+    def _insert_if_absent(self, table: sa.Table, **values: Any) -> sa.Insert:
+        """INSERT ... ON CONFLICT DO NOTHING."""
+
+    @abstractmethod
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
 
@@ -307,6 +311,14 @@ class SQLStorage(Storage):
         with self._read() as conn:
             return conn.execute(sa.select(rv.c.jti).where(rv.c.jti == jti)).first() is not None
 
+    # -- single-use values -------------------------------------------------------------------
+    def claim_once(self, key: str, expiry: float) -> bool:
+        su = t.single_use_keys
+        # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+        claim = self._insert_if_absent(su, key=key, expiry=expiry).returning(su.c.key)
+        with self._write() as conn:
+            return conn.execute(claim).first() is not None
+
     # -- throttling --------------------------------------------------------------------------
     @staticmethod
     def _count_failures(conn: sa.Connection, key: str, now: float, window: float) -> int:
@@ -350,6 +362,8 @@ class SQLStorage(Storage):
             rt, rt.c.id, sa.and_(rt.c.expires_at > 0, rt.c.expires_at < now), batch_size
         )
         revoked = self._delete_batch(rv, rv.c.jti, rv.c.expiry < now, batch_size)
+        su = t.single_use_keys
+        used = self._delete_batch(su, su.c.key, su.c.expiry < now, batch_size)
         attempts = self._delete_batch(
             la, la.c.id, la.c.at <= now - LOGIN_ATTEMPT_RETENTION, batch_size
         )
@@ -360,6 +374,7 @@ class SQLStorage(Storage):
             revoked_tokens=revoked,
             verification_keys=self._drop_expired_verification_keys(now),
             login_attempts=attempts,
+            single_use_keys=used,
         )
 
     def _drop_expired_verification_keys(self, now: float) -> int:

@@ -152,6 +152,9 @@ class SQLiteStorage(SQLStorage):
     def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
         return getattr(error.orig, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS
 
+    def _insert_if_absent(self, table: sa.Table, **values: Any) -> sa.Insert:
+        return sqlite_insert(table).values(**values).on_conflict_do_nothing()
+
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         rv = t.revoked_tokens
         stmt = sqlite_insert(rv).values(jti=jti, expiry=expiry)

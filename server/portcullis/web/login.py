@@ -161,24 +161,31 @@ class LoginRoutes:
             return self.pages.error(
                 404, "Unknown login method", "That login method does not exist."
             )
-        await run_sync(
-            lambda: self.provider.storage.update_auth_request(
-                loaded.id, lambda r: _with_connector(r, connector_id)
-            )
-        )
         if isinstance(connector, PasswordConnector):
+            await run_sync(
+                lambda: self.provider.storage.update_auth_request(
+                    loaded.id, lambda r: _with_connector(r, connector_id, b"")
+                )
+            )
             return _redirect(
                 f"{self.base}/auth/{connector_id}/login?{urlencode({'state': loaded.id})}"
             )
         if isinstance(connector, CallbackConnector):
             try:
-                url = await connector.login_url(
+                start = await connector.login_url(
                     self._scopes(loaded), self._callback_url(), loaded.id
                 )
             except ConnectorError as exc:
                 log.warning("connector %s failed to start a login: %s", connector_id, exc)
                 return self.pages.error(502, "Login failed", str(exc))
-            return _redirect(url)
+            await run_sync(
+                lambda: self.provider.storage.update_auth_request(
+                    loaded.id, lambda r: _with_connector(r, connector_id, start.connector_state)
+                )
+            )
+            if start.post_form is not None:
+                return self.pages.post_binding(start.url, start.post_form)
+            return _redirect(start.url)
         return self.pages.error(500, "Login failed", "This login method cannot be used here.")
 
     def _connector(self, auth_request: AuthRequest, connector_id: str) -> Connector | None:
@@ -264,7 +271,9 @@ class LoginRoutes:
         if "error" in params:
             return self.pages.error(401, "Login failed", "The identity provider refused the login.")
         try:
-            identity = await connector.handle_callback(self._scopes(loaded), params)
+            identity = await connector.handle_callback(
+                self._scopes(loaded), params, loaded.connector_state
+            )
         except ConnectorError as exc:
             log.warning("callback via %s failed: %s", connector.id, exc)
             return self.pages.error(502, "Login failed", str(exc))
@@ -326,7 +335,7 @@ class LoginRoutes:
         return response
 
 
-def _with_connector(request: AuthRequest, connector_id: str) -> AuthRequest:
+def _with_connector(request: AuthRequest, connector_id: str, state: bytes) -> AuthRequest:
     if request.logged_in:
         return request
-    return dataclasses.replace(request, connector_id=connector_id)
+    return dataclasses.replace(request, connector_id=connector_id, connector_state=state)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,15 @@ STATIC_DIR = PACKAGE_DIR / "static"
 THEMES_DIR = PACKAGE_DIR / "themes"
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+# The one script any page runs: it submits the HTTP-POST binding form (SAML). It is allowed by
+# its hash on that response only; every other page keeps a CSP without script-src.
+_POST_SCRIPT = 'document.getElementById("pc-post").submit();'
+_POST_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_POST_SCRIPT.encode()).digest()).decode()
+POST_BINDING_CSP = (
+    f"default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    f"script-src 'sha256-{_POST_SCRIPT_HASH}'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 class Pages:
@@ -44,6 +56,15 @@ class Pages:
 
     def error(self, status: int, title: str, message: str) -> HTMLResponse:
         return self.render("error.html", status=status, title=title, message=message)
+
+    def post_binding(self, action: str, fields: Mapping[str, str]) -> HTMLResponse:
+        """A form that POSTs fields to action, submitted at once by the hash-allowed script
+        (a button does the same without JavaScript)."""
+        response = self.render(
+            "post_binding.html", action=action, fields=sorted(fields.items()), script=_POST_SCRIPT
+        )
+        response.headers["Content-Security-Policy"] = POST_BINDING_CSP
+        return response
 
 
 def _logo_url(configured: str, issuer_path: str) -> str:

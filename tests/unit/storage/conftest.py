@@ -119,6 +119,7 @@ class Samples:
             "pkce": PKCE("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "S256"),
             "auth_time": 1_700_000_000.5,
             "browser_binding": "csrf-binding",
+            "connector_state": b"\x00upstream-verifier\xff",
         }
         fields.update(changes)
         return AuthRequest(**fields)

@@ -391,6 +391,20 @@ def test_revocation_keeps_the_later_expiry(storage: Storage) -> None:
     assert not storage.is_token_revoked("jti-1")
 
 
+# -- single-use keys ------------------------------------------------------------------------
+def test_claim_once_admits_only_the_first_claim(storage: Storage) -> None:
+    assert storage.claim_once("saml:id-1", NOW + 60)
+    assert not storage.claim_once("saml:id-1", NOW + 60)
+    assert not storage.claim_once("saml:id-1", NOW + 3600)
+    assert storage.claim_once("saml:id-2", NOW + 60)
+
+
+def test_threads_racing_to_claim_one_key_have_exactly_one_winner(storage: Storage) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _i: storage.claim_once("saml:race", NOW + 60), range(16)))
+    assert results.count(True) == 1
+
+
 # -- login throttling ------------------------------------------------------------------------
 def test_login_failures_counted_inside_sliding_window(storage: Storage) -> None:
     window = 60.0
@@ -437,6 +451,8 @@ def test_gc_deletes_only_expired_records(storage: Storage, samples: Any) -> None
     )
     storage.record_login_failure("user:a", NOW - 2 * 86400, 60)
     storage.record_login_failure("user:a", NOW, 60)
+    assert storage.claim_once("saml:old", NOW - 1)
+    assert storage.claim_once("saml:live", NOW + 1)
     storage.create_client(samples.client("static"))
     storage.create_password(samples.password())
 
@@ -448,7 +464,8 @@ def test_gc_deletes_only_expired_records(storage: Storage, samples: Any) -> None
     assert result.revoked_tokens == 1
     assert result.verification_keys == 1
     assert result.login_attempts == 1
-    assert result.total == 6
+    assert result.single_use_keys == 1
+    assert result.total == 7
     with pytest.raises(NotFoundError):
         storage.get_auth_request("req-old")
     assert storage.get_auth_request("req-live").id == "req-live"
@@ -462,6 +479,8 @@ def test_gc_deletes_only_expired_records(storage: Storage, samples: Any) -> None
     assert [k.jwk["kid"] for k in keys.verification_keys] == ["live"]
     assert keys.signing_key == SigningKey(_jwk("current"))
     assert storage.login_failures("user:a", NOW, 10 * 86400) == 1
+    assert not storage.claim_once("saml:live", NOW + 1)
+    assert storage.claim_once("saml:old", NOW + 60)  # collected, so claimable again
     assert storage.get_client("static").id == "static"
     assert storage.list_passwords() == [samples.password()]
     assert storage.garbage_collect(NOW).total == 0
