@@ -132,7 +132,7 @@ test: image
 
 # Size, start-to-ready and idle RSS of the image under runc vs the venv server (bench/README.md).
 bench-image: image test-system-deps
-	$(PY) bench/image_bench.py --runs 5
+	$(PY) -m bench.image_bench --runs 5
 
 ## ---- release ---------------------------------------------------------------------------
 # Supply chain (issue 5): SBOM, SLSA provenance, cosign-format signatures, authenticated publish

@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from portcullis_release import oci, oci_layout
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "image"))
-
-from image_harness import (  # noqa: E402  # shared with the image tests
+from tests.support.image import (  # shared with the image tests
     LAYOUT,
     ImageConfig,
     demo_config,
@@ -35,7 +33,8 @@ from image_harness import (  # noqa: E402  # shared with the image tests
     project_version,
     start_container,
 )
-from portcullis_release import oci, oci_layout  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wait_ready(url: str, alive: Callable[[], bool], timeout: float = 30.0) -> float:

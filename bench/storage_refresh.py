@@ -15,21 +15,19 @@ import argparse
 import dataclasses
 import multiprocessing
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from portcullis.config.model import PostgresConfig
+from portcullis.storage.base import Storage
+from portcullis.storage.models import Identity, RefreshToken
+from portcullis.storage.postgres import PostgresStorage
+from portcullis.storage.sqlite import SQLiteStorage
 
-from portcullis.config.model import PostgresConfig  # noqa: E402
-from portcullis.storage.base import Storage  # noqa: E402
-from portcullis.storage.models import Identity, RefreshToken  # noqa: E402
-from portcullis.storage.postgres import PostgresStorage  # noqa: E402
-from portcullis.storage.sqlite import SQLiteStorage  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FAMILIES_PER_WORKER = 50
 

@@ -3,18 +3,14 @@ harness) with grpc.addr on a free loopback port, and a client built from the gen
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from admin_testlib import TLSFiles, make_tls_files, stub
-from issuer_harness import Issuer, StartIssuer, free_port, issuers_in
 from portcullis.admin import api_pb2_grpc
+
+from tests.support.admin import TLSFiles, make_tls_files, stub
+from tests.support.issuer import Issuer, StartIssuer, free_port, issuers_in
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,16 @@ import bcrypt
 import grpc
 import httpx
 import pytest
-from admin_testlib import jwt_claims
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from issuer_harness import ADMIN_EMAIL, DEV_EMAIL, Issuer
 from portcullis import __version__
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin import api_pb2_grpc
 from portcullis.passwords import hash_password
+
+from tests.support.admin import jwt_claims
+from tests.support.issuer import ADMIN_EMAIL, DEV_EMAIL, Issuer
 
 Stub = api_pb2_grpc.DexStub
 
@@ -236,7 +237,7 @@ def test_password_lifecycle(admin_issuer: Issuer, api: Stub) -> None:
 
 
 def test_verify_password_checks_config_users(api: Stub) -> None:
-    from issuer_harness import ADMIN_PASSWORD
+    from tests.support.issuer import ADMIN_PASSWORD
 
     request = pb.VerifyPasswordReq(email=ADMIN_EMAIL, password=ADMIN_PASSWORD)
     assert api.VerifyPassword(request).verified

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 import bcrypt
 import grpc
 import pytest
-from admin_testlib import stub
-from issuer_harness import free_port
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin.server import start_admin_server
 from portcullis.config.load import parse_config
@@ -20,6 +18,9 @@ from portcullis.config.model import GRPCSection
 from portcullis.passwords import hash_password
 from portcullis.storage.memory import MemoryStorage
 from portcullis.web.app import create_issuer
+
+from tests.support.admin import stub
+from tests.support.issuer import free_port
 
 CONFIG = """
 issuer: http://127.0.0.1:5556/dex

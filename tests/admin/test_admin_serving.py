@@ -11,10 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from admin_testlib import TLSFiles, stub
-from issuer_harness import PORTCULLIS, REPO_ROOT, IssuerExitError, StartIssuer, free_port
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin.server import grpc_address
+
+from tests.support.admin import TLSFiles, stub
+from tests.support.issuer import PORTCULLIS, REPO_ROOT, IssuerExitError, StartIssuer, free_port
 
 ADMIN_DIR = REPO_ROOT / "server" / "portcullis" / "admin"
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_testlib import FULLNAME, REPO_ROOT, VALUE_SETS, documents, find, render, render_set
+
+from tests.support.chart import FULLNAME, REPO_ROOT, VALUE_SETS, documents, find, render, render_set
 
 PORTCULLIS = REPO_ROOT / ".venv" / "bin" / "portcullis"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from chart_testlib import CHART_DIR, REPO_ROOT, documents, find
 from portcullis_release.chart import package_chart, push_chart, sha256_file
 from portcullis_release.manifest import (
     PLACEHOLDER_DIGEST,
@@ -25,6 +24,7 @@ from portcullis_release.manifest import (
     parse_manifest,
 )
 
+from tests.support.chart import CHART_DIR, REPO_ROOT, documents, find
 from tests.support.registry import Registry
 
 IMAGE_DIGEST = "sha256:" + "1f" * 32

@@ -8,7 +8,10 @@ import ipaddress
 from typing import Any
 
 import pytest
-from chart_testlib import (
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from tests.support.chart import (
     FULLNAME,
     NAMESPACE,
     VALUE_SETS,
@@ -21,8 +24,6 @@ from chart_testlib import (
     render,
     render_set,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 # ---- security context of every pod ---------------------------------------------------------
 

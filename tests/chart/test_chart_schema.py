@@ -6,7 +6,8 @@ from typing import Any
 
 import helm_python
 import pytest
-from chart_testlib import CHART_DIR, chart, render
+
+from tests.support.chart import CHART_DIR, chart, render
 
 POSTGRES = {"type": "postgres", "postgres": {"host": "db", "password": "x"}}
 

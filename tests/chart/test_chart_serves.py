@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_testlib import FULLNAME, REPO_ROOT, find, render_set
+
+from tests.support.chart import FULLNAME, REPO_ROOT, find, render_set
 
 PORTCULLIS = REPO_ROOT / ".venv" / "bin" / "portcullis"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import helm_python
 import pytest
-from chart_testlib import (
+
+from tests.support.chart import (
     CHART_DIR,
     KUBE_VERSIONS,
     VALUE_SETS,

@@ -9,15 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_testlib import (
-    KUBE_VERSIONS,
-    chart,
-    documents,
-    find,
-    render,
-    validate_builtin,
-    validate_crds,
-)
 from portcullis_release.cli import main as release_cli
 from portcullis_release.flux import DEFAULT_OUT, FluxSettings, diff_flux, render_flux, write_flux
 from portcullis_release.manifest import (
@@ -25,6 +16,16 @@ from portcullis_release.manifest import (
     ReleaseManifest,
     load_manifest,
     parse_manifest,
+)
+
+from tests.support.chart import (
+    KUBE_VERSIONS,
+    chart,
+    documents,
+    find,
+    render,
+    validate_builtin,
+    validate_crds,
 )
 
 RELEASE = parse_manifest(

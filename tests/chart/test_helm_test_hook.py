@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_testlib import FULLNAME, find, render_set
+
+from tests.support.chart import FULLNAME, find, render_set
 
 
 class _Discovery(BaseHTTPRequestHandler):

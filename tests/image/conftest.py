@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from image_harness import (
+from portcullis_release import oci, oci_layout
+
+from tests.support.image import (
     LAYOUT,
     Container,
     ImageConfig,
@@ -24,7 +26,6 @@ from image_harness import (
     project_version,
     start_container,
 )
-from portcullis_release import oci, oci_layout
 
 
 @pytest.fixture(scope="session")

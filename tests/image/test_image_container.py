@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import testinfra
-from image_harness import (
+
+from tests.support.image import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     CLIENT_ID,
@@ -67,8 +68,9 @@ def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Contain
 
 def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) -> None:
     _ready(issuer)
-    from image_harness import REPO
     from portcullis_release.packages_lock import load_lock
+
+    from tests.support.image import REPO
 
     pin = load_lock(REPO / "images/portcullis/packages.lock").fips_provider
     health = httpx.get(f"http://127.0.0.1:{issuer.ports['telemetry']}/healthz/ready", timeout=5)
@@ -315,7 +317,7 @@ def test_https_in_fips_mode_offers_only_approved_tls(
 ) -> None:
     import ssl
 
-    from image_harness import TLS_CERT, TLS_KEY
+    from tests.support.image import TLS_CERT, TLS_KEY
 
     cert, key = _self_signed(tmp_path)
     web, telemetry = free_port(), free_port()

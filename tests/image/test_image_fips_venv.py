@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from image_harness import REPO
+
+from tests.support.image import REPO
 
 BUNDLE = REPO / ".cache" / "image" / "fips-bundle"
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from image_harness import LAYOUT, NONROOT, REPO
 from portcullis_release import oci
 from portcullis_release.packages_lock import load_lock
+
+from tests.support.image import LAYOUT, NONROOT, REPO
 
 LOCK = REPO / "images" / "portcullis" / "packages.lock"
 

@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from image_harness import REPO
 from portcullis_release import debs, image
 from portcullis_release.packages_lock import LockError, load_lock, parse_lock
+
+from tests.support.image import REPO
 
 LOCK = REPO / "images" / "portcullis" / "packages.lock"
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from image_harness import NONROOT
 from testinfra.host import Host
+
+from tests.support.image import NONROOT
 
 APP = "opt/portcullis"
 
@@ -121,7 +122,7 @@ def test_system_libraries_come_from_pinned_packages_not_the_build_machine(
 ) -> None:
     import json
 
-    from image_harness import REPO
+    from tests.support.image import REPO
 
     recipe = json.loads((REPO / "images/portcullis/image.json").read_text())
     for soname in recipe["system_libraries"]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from issuer_harness import PORTCULLIS, REPO_ROOT, make_issuer
+
+from tests.support.issuer import PORTCULLIS, REPO_ROOT, make_issuer
 
 pytestmark = pytest.mark.integration
 

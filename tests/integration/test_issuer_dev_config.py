@@ -13,7 +13,8 @@ import httpx
 import pytest
 import yaml
 from authlib.integrations.httpx_client import OAuth2Client  # type: ignore[import-untyped]
-from issuer_harness import (
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     REPO_ROOT,
     Browser,
@@ -22,7 +23,7 @@ from issuer_harness import (
     finish_issuer,
     free_port,
 )
-from oidc_checks import authorization_url, dex_subject, new_verifier, verify_id_token
+from tests.support.oidc_checks import authorization_url, dex_subject, new_verifier, verify_id_token
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from issuer_harness import (
+
+from tests.support.issuer import (
     APP_REDIRECT,
     KUBECTL_REDIRECT,
     Browser,
@@ -24,7 +25,7 @@ from issuer_harness import (
     hidden_fields,
     query_of,
 )
-from oidc_checks import FULL_SCOPE, app_client, authorization_url, new_verifier
+from tests.support.oidc_checks import FULL_SCOPE, app_client, authorization_url, new_verifier
 
 pytestmark = pytest.mark.integration
 

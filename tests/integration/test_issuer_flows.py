@@ -7,7 +7,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from issuer_harness import (
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     ADMIN_USER_ID,
     APP_REDIRECT,
@@ -21,7 +22,7 @@ from issuer_harness import (
     hidden_fields,
     query_of,
 )
-from oidc_checks import (
+from tests.support.oidc_checks import (
     FULL_SCOPE,
     app_client,
     authorization_url,

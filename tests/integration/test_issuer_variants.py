@@ -14,7 +14,10 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from issuer_harness import (
+from portcullis.storage.models import Keys
+from portcullis.storage.sqlite import SQLiteStorage
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     ADMIN_USER_ID,
@@ -27,7 +30,7 @@ from issuer_harness import (
     issuers_in,
     query_of,
 )
-from oidc_checks import (
+from tests.support.oidc_checks import (
     app_client,
     authorization_url,
     dex_subject,
@@ -35,8 +38,6 @@ from oidc_checks import (
     new_verifier,
     verify_id_token,
 )
-from portcullis.storage.models import Keys
-from portcullis.storage.sqlite import SQLiteStorage
 
 pytestmark = pytest.mark.integration
 

@@ -3,17 +3,13 @@ suite's harness) plus loopback TLS material made per test session."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from issuer_harness import StartIssuer, issuers_in
-from kube_testlib import ServingCert, make_serving_cert
+from tests.support.issuer import StartIssuer, issuers_in
+from tests.support.kube import ServingCert, make_serving_cert
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,11 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 import yaml
-from issuer_harness import DEV_EMAIL, DEV_PASSWORD, Browser, Issuer, StartIssuer, free_port
-from kube_testlib import ServingCert
 from portcullis.config.model import KubeCluster
 from portcullis.kube.kubeconfig import powershell_quote
+
+from tests.support.issuer import DEV_EMAIL, DEV_PASSWORD, Browser, Issuer, StartIssuer, free_port
+from tests.support.kube import ServingCert
 
 KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 CA_DATA = base64.b64encode(

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from issuer_harness import (
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     DEV_EMAIL,
@@ -21,7 +22,7 @@ from issuer_harness import (
     StartIssuer,
     free_port,
 )
-from kube_testlib import ServingCert
+from tests.support.kube import ServingCert
 
 V1 = "authentication.k8s.io/v1"
 

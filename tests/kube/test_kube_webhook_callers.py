@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from issuer_harness import DEV_EMAIL, DEV_PASSWORD, IssuerExitError, StartIssuer, free_port
-from kube_testlib import FakeKubeAPI, ServingCert
+
+from tests.support.issuer import DEV_EMAIL, DEV_PASSWORD, IssuerExitError, StartIssuer, free_port
+from tests.support.kube import FakeKubeAPI, ServingCert
 
 V1 = "authentication.k8s.io/v1"
 SA_TOKEN = "portcullis-service-account-token-0123456789"

@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from issuer_harness import (
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     Issuer,
@@ -23,7 +24,6 @@ from issuer_harness import (
     finish_issuer,
     free_port,
 )
-
 from tests.support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration

@@ -14,22 +14,18 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from portcullis_release import cosign_keys, oci
+from portcullis_release.release import ReleasePlan
+
+from tests.support.registry import Registry, start_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from portcullis_release import cosign_keys, oci  # noqa: E402
-from portcullis_release.release import ReleasePlan  # noqa: E402
-
-from tests.support.registry import Registry, start_registry  # noqa: E402
 
 COSIGN = REPO_ROOT / ".cache" / "cosign" / "usr" / "bin" / "cosign"
 KEY_PASSWORD = "correct horse battery staple"

@@ -8,7 +8,6 @@ imports this directory.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,7 @@ from portcullis.storage.models import (
 from portcullis.storage.postgres import PostgresStorage
 from portcullis.storage.sqlite import SQLiteStorage
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-if str(REPO_ROOT) not in sys.path:  # tests/support is shared between areas
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.support.postgres import (  # noqa: E402, F401
+from tests.support.postgres import (  # noqa: F401
     _reusable_database,
     fresh_postgres_database,
     postgres_cluster,

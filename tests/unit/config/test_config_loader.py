@@ -169,7 +169,7 @@ def test_load_config_reports_unreadable_files_and_bad_yaml(tmp_path: Path) -> No
 
 
 def test_the_dev_example_loads() -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "config-dev.yaml"
+    example = Path(__file__).resolve().parents[3] / "examples" / "config-dev.yaml"
     config = load_config(example, {})
     assert config.issuer == "http://127.0.0.1:5556/dex"
     assert {c.id for c in config.clients} == {"example-app", "kubectl"}

@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     from authlib.jose import JsonWebKey, jwt  # type: ignore[import-untyped]
     from authlib.oidc.core import CodeIDToken, HybridIDToken  # type: ignore[import-untyped]
 
-from issuer_harness import APP_REDIRECT, KUBECTL_REDIRECT, Issuer
+from tests.support.issuer import APP_REDIRECT, KUBECTL_REDIRECT, Issuer
 
 FULL_SCOPE = "openid email profile groups offline_access"
 

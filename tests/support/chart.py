@@ -21,7 +21,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "chart" / "portcullis"
-VALUES_DIR = Path(__file__).resolve().parent / "values"
+VALUES_DIR = REPO_ROOT / "tests" / "chart" / "values"
 NODE_DIR = REPO_ROOT / "tests" / "node"
 
 RELEASE = "auth"
