@@ -119,7 +119,9 @@ GrantType = Literal[
 ResponseType = Literal["code", "token", "id_token"]
 SigningAlgorithm = Literal["RS256", "PS256", "ES256", "ES384"]
 
-_PKCE_METHODS: tuple[Literal["S256", "plain"], ...] = ("S256", "plain")
+# S256 only unless an operator opts into plain (RFC 9700 §2.1.1: plain protects nothing once the
+# authorization request leaks); Dex's default also lists plain.
+_PKCE_METHODS: tuple[Literal["S256", "plain"], ...] = ("S256",)
 _CODE_ONLY: tuple[ResponseType, ...] = ("code",)
 
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "password", "client_credentials")

@@ -111,7 +111,16 @@ class AuthorizationFlow:
         challenge = params.get("code_challenge", "")
         method = params.get("code_challenge_method", "")
         if challenge:
-            method = method or "plain"
+            if not method:
+                # RFC 7636 makes a missing method mean plain; that default only stands where
+                # plain is enabled, so a client cannot downgrade by omission.
+                if "plain" not in self._settings.pkce_methods:
+                    raise fail(
+                        "invalid_request",
+                        "code_challenge_method is required "
+                        f"(supported: {', '.join(self._settings.pkce_methods)})",
+                    )
+                method = "plain"
             if method not in self._settings.pkce_methods:
                 raise fail(
                     "invalid_request",
