@@ -15,11 +15,10 @@ from admin_testlib import stub
 from issuer_harness import free_port
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin.server import start_admin_server
-from portcullis.config.load import parse_config
 from portcullis.config.model import GRPCSection
+from portcullis.issuer import create_issuer, parse_config
 from portcullis.passwords import hash_password
 from portcullis.storage.memory import MemoryStorage
-from portcullis.web.app import create_issuer
 
 CONFIG = """
 issuer: http://127.0.0.1:5556/dex
