@@ -28,6 +28,7 @@ import uvicorn
 
 from portcullis import __version__
 from portcullis.config.load import Config
+from portcullis.fips import TLS_CIPHERS_FIPS
 from portcullis.issuer import create_issuer
 from portcullis.kube.callers import CallerCheckError
 from portcullis.storage.base import StorageError
@@ -130,8 +131,6 @@ def _tls_context(config: Config, fips_mode: bool, *, webhook: bool = False) -> s
     if raw.tls_max_version == "1.2":
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     if fips_mode:
-        from portcullis.fips import TLS_CIPHERS_FIPS
-
         context.set_ciphers(TLS_CIPHERS_FIPS)
     return context
 
