@@ -55,6 +55,8 @@ test: test-venv test-system-deps lint typecheck
 lint: test-venv
 	$(VENV)/bin/ruff check server scripts tests bench
 	$(VENV)/bin/ruff format --check server scripts tests bench
+	# The layer contracts in pyproject.toml ([tool.importlinter]), on this checkout's sources.
+	PYTHONPATH=server:scripts $(VENV)/bin/lint-imports
 
 typecheck: test-venv
 	$(VENV)/bin/mypy

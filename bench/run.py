@@ -1,6 +1,6 @@
 """`make bench`: load the issuer's hot paths with wrk and print a table of figures.
 
-Not a timed test: it reports numbers for the record (compare with notes/performance.md). The
+Not a timed test: it reports numbers for the record (compare with bench/README.md). The
 server runs on loopback with sqlite storage and the chosen worker count; wrk is Debian's.
 Every run is bounded (duration per endpoint) and stops the server it started.
 """

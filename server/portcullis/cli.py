@@ -1,4 +1,9 @@
-"""`portcullis` command line: serve, check-config, hash-password, version."""
+"""`portcullis` command line: serve, check-config, hash-password, version.
+
+Commands import what they use inside their handler: in FIPS mode the OpenSSL configuration and
+self-check (portcullis.fips) must run before anything loads ``_hashlib``, ``_ssl`` or
+``cryptography``, and ``version``/``hash-password`` need not load the server at all.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The FIPS self-check runs before anything else loads OpenSSL (see portcullis.fips).
     fips_mode, fips_status = _fips()
 
-    from portcullis.config.load import ConfigError, load_config
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
     from portcullis.serve import serve
     from portcullis.telemetry import configure_logging
 
@@ -69,10 +75,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from portcullis import fips
     from portcullis.config.load import ConfigError, load_config
+    from portcullis.connectors.registry import CONNECTOR_TYPES
 
     fips_mode = fips.fips_requested()
+    models = {name: kind.config_model for name, kind in CONNECTOR_TYPES.items()}
     try:
-        config = load_config(args.config, fips_mode=fips_mode)
+        config = load_config(args.config, connector_models=models, fips_mode=fips_mode)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:

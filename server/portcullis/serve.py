@@ -28,6 +28,10 @@ import uvicorn
 
 from portcullis import __version__
 from portcullis.config.load import Config
+from portcullis.fips import TLS_CIPHERS_FIPS
+from portcullis.issuer import create_issuer
+from portcullis.kube.callers import CallerCheckError
+from portcullis.storage.base import StorageError
 
 log = logging.getLogger("portcullis")
 
@@ -127,8 +131,6 @@ def _tls_context(config: Config, fips_mode: bool, *, webhook: bool = False) -> s
     if raw.tls_max_version == "1.2":
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     if fips_mode:
-        from portcullis.fips import TLS_CIPHERS_FIPS
-
         context.set_ciphers(TLS_CIPHERS_FIPS)
     return context
 
@@ -145,10 +147,6 @@ def run_worker(
     """Serve every listener in this process until a stop signal; returns the exit code.
 
     ``admin_api``: whether this process also serves grpc.addr (only one process does)."""
-    from portcullis.kube.callers import CallerCheckError
-    from portcullis.storage.base import StorageError
-    from portcullis.web.app import create_issuer
-
     try:
         issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
     except StorageError as exc:
@@ -159,13 +157,14 @@ def run_worker(
         return EXIT_LISTEN_FAILED
     admin_server = None
     if admin_api and config.raw.grpc.addr:
-        from portcullis.admin.server import AdminListenError, start_admin_server
+        # Imported here so a process without grpc.addr never loads grpcio.
+        from portcullis.admin.server import AdminListenError
 
         try:
-            admin_server = start_admin_server(config.raw.grpc, issuer.provider, fips_mode=fips_mode)
+            admin_server = issuer.start_admin_server()
         except AdminListenError as exc:
             print(f"portcullis: {exc}", file=sys.stderr)
-            issuer.provider.storage.close()
+            issuer.close()
             return EXIT_LISTEN_FAILED
     common: dict[str, Any] = {
         "access_log": False,
@@ -208,7 +207,7 @@ def run_worker(
     finally:
         if admin_server is not None:
             admin_server.stop(grace=drain_timeout).wait(drain_timeout + 1)
-        issuer.provider.storage.close()
+        issuer.close()
     failed = [s for s, _ in servers if not s.started]
     return 1 if failed else 0
 

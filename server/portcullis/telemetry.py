@@ -28,8 +28,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portcullis import __version__
-
 # -- logging ---------------------------------------------------------------------------------
 
 
@@ -181,7 +179,3 @@ def telemetry_app(metrics: Metrics, ready: HealthCheck) -> Starlette:
             Route("/healthz/ready", readiness),
         ]
     )
-
-
-def version_info() -> dict[str, Any]:
-    return {"version": __version__, "python": sys.version.split()[0]}

@@ -13,11 +13,10 @@ import grpc
 import pytest
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin.server import start_admin_server
-from portcullis.config.load import parse_config
 from portcullis.config.model import GRPCSection
+from portcullis.issuer import create_issuer, parse_config
 from portcullis.passwords import hash_password
 from portcullis.storage.memory import MemoryStorage
-from portcullis.web.app import create_issuer
 
 from tests.support.admin import stub
 from tests.support.issuer import free_port

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-from portcullis.config.load import ConfigError, parse_config
+from portcullis.config.load import ConfigError
 from portcullis.config.model import TokenReviewSection
+from portcullis.issuer import parse_config
 from portcullis.kube.tokenreview import ReviewRequest, TokenReviewer, parse_review
 from portcullis.kube.usermap import ClaimMapping, UnmappableTokenError
 

@@ -18,6 +18,7 @@ Storage calls block, so the service runs in the gRPC server's thread pool (admin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -111,19 +112,12 @@ class DexAdminService(pb_grpc.DexServicer):
 
         def change(old: Client) -> Client:
             # Dex's rule: an empty field leaves the stored value unchanged.
-            return Client(
-                id=old.id,
-                secret_hash=old.secret_hash,
+            return dataclasses.replace(
+                old,
                 redirect_uris=tuple(request.redirect_uris) or old.redirect_uris,
                 trusted_peers=tuple(request.trusted_peers) or old.trusted_peers,
-                public=old.public,
                 name=request.name or old.name,
                 logo_url=request.logo_url or old.logo_url,
-                grant_types=old.grant_types,
-                response_types=old.response_types,
-                allowed_connectors=old.allowed_connectors,
-                id_token_ttl=old.id_token_ttl,
-                refresh_token_absolute_lifetime=old.refresh_token_absolute_lifetime,
             )
 
         try:
@@ -202,15 +196,10 @@ class DexAdminService(pb_grpc.DexServicer):
         )
 
         def change(old: Password) -> Password:
-            return Password(
-                email=old.email,
+            return dataclasses.replace(
+                old,
                 hash=new_hash or old.hash,
                 username=request.new_username or old.username,
-                user_id=old.user_id,
-                name=old.name,
-                preferred_username=old.preferred_username,
-                email_verified=old.email_verified,
-                groups=old.groups,
             )
 
         try:

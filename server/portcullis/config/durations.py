@@ -22,16 +22,3 @@ def parse_duration(text: str) -> float:
     if pos != len(value) or pos == 0:
         raise ValueError(f"not a duration: {text!r} (use Go syntax such as '10m', '24h', '1h30m')")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """Inverse of parse_duration for whole seconds (used in docs and messages)."""
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [
-        f"{hours}h" if hours else "",
-        f"{minutes}m" if minutes else "",
-        f"{secs}s" if secs else "",
-    ]
-    return "".join(parts) or "0s"

@@ -4,6 +4,10 @@ Every problem is collected and reported with its YAML path, so an operator fixes
 pass (`portcullis check-config`). Environment expansion follows Dex: ``$VAR``/``${VAR}`` inside
 ``storage.config``, ``signer.config`` and ``connectors[].config``; ``idEnv``, ``secretEnv`` and
 ``hashFromEnv`` read whole values from the environment.
+
+The loader knows no connector: the caller hands it the config model of each connector type it
+can build (``connector_models``, from ``portcullis.connectors.registry.CONNECTOR_TYPES``), so
+loading YAML never imports connectors or storage.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,8 +24,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from portcullis import passwords
-from portcullis.config.model import PostgresConfig, RawConfig, SQLiteConfig
-from portcullis.connectors.registry import CONNECTOR_TYPES, LOCAL_CONNECTOR_ID
+from portcullis.config.model import LOCAL_CONNECTOR_ID, RawConfig
+
+#: Connector type name -> the model its ``connectors[].config`` is validated with.
+ConnectorModels = Mapping[str, type[BaseModel]]
 
 
 class ConfigError(Exception):
@@ -154,9 +160,12 @@ def parse_config(
     source: str = "<config>",
     environ: Mapping[str, str] | None = None,
     *,
+    connector_models: ConnectorModels,
     fips_mode: bool = False,
 ) -> Config:
-    """Parse and validate; ``fips_mode`` applies the FIPS password-hash policy too."""
+    """Parse and validate; ``connector_models`` are the connector types the caller can build
+    (any other type is an error naming the available ones); ``fips_mode`` applies the FIPS
+    password-hash policy too."""
     env = os.environ if environ is None else environ
     document = _parse_yaml(text, source)
     # An empty section ("oauth2:" with nothing under it) means defaults, as in Dex's Go YAML.
@@ -179,11 +188,11 @@ def parse_config(
         if partial is None:
             raise ConfigError(schema_problems) from None
         try:
-            _resolve(partial, source, env, fips_mode=fips_mode, skip=failed)
+            _resolve(partial, source, env, connector_models, fips_mode=fips_mode, skip=failed)
         except ConfigError as more:
             raise ConfigError(schema_problems + more.problems) from None
         raise ConfigError(schema_problems) from None
-    return _resolve(raw, source, env, fips_mode=fips_mode)
+    return _resolve(raw, source, env, connector_models, fips_mode=fips_mode)
 
 
 # Stand-ins for required sections that failed validation (never used to serve).
@@ -209,6 +218,7 @@ def load_config(
     path: str | os.PathLike[str],
     environ: Mapping[str, str] | None = None,
     *,
+    connector_models: ConnectorModels,
     fips_mode: bool = False,
 ) -> Config:
     file = Path(path)
@@ -216,7 +226,9 @@ def load_config(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(file), environ, fips_mode=fips_mode)
+    return parse_config(
+        text, str(file), environ, connector_models=connector_models, fips_mode=fips_mode
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +240,7 @@ def _resolve(
     raw: RawConfig,
     source: str,
     env: Mapping[str, str],
+    connector_models: ConnectorModels,
     *,
     fips_mode: bool,
     skip: set[str] | None = None,
@@ -237,7 +250,9 @@ def _resolve(
     skip = skip or set()
     problems: list[str] = []
     storage_config = None if "storage" in skip else _resolve_storage(raw, problems)
-    connectors = [] if "connectors" in skip else _resolve_connectors(raw, problems)
+    connectors = (
+        [] if "connectors" in skip else _resolve_connectors(raw, connector_models, problems)
+    )
     clients = [] if skip & {"staticClients", "oauth2"} else _resolve_clients(raw, env, problems)
     password_specs = (
         []
@@ -272,7 +287,7 @@ def _resolve(
                     f"staticClients[{i}].allowedConnectors[{j}]: no connector with id "
                     f"{connector_id!r}"
                 )
-    clients = _resolve_kubeconfig_client(raw, clients, problems)
+    _check_kubeconfig_client(raw, clients, problems)
     for j, grant in enumerate(raw.oauth2.grant_types):
         if grant == "password" and not raw.oauth2.password_connector:
             problems.append(
@@ -291,38 +306,35 @@ def _resolve(
 
 
 def _resolve_storage(raw: RawConfig, problems: list[str]) -> BaseModel | None:
-    backend_models: dict[str, type[BaseModel]] = {
-        "sqlite3": SQLiteConfig,
-        "postgres": PostgresConfig,
-    }
-    model = backend_models.get(raw.storage.type)
-    if model is not None:
-        try:
-            return model.model_validate(raw.storage.config)
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, ("storage", "config")))
-    elif raw.storage.config:
+    try:
+        backend = raw.storage.backend_config()
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, ("storage", "config")))
+        return None
+    if backend is None and raw.storage.config:
         problems.append("storage.config: the memory storage takes no settings")
-    return None
+    return backend
 
 
-def _resolve_connectors(raw: RawConfig, problems: list[str]) -> list[ConnectorSpec]:
+def _resolve_connectors(
+    raw: RawConfig, connector_models: ConnectorModels, problems: list[str]
+) -> list[ConnectorSpec]:
     specs: list[ConnectorSpec] = []
     seen: set[str] = set()
     for i, connector in enumerate(raw.connectors):
         if connector.id in seen or (connector.id == LOCAL_CONNECTOR_ID and raw.enable_password_db):
             problems.append(f"connectors[{i}].id: duplicate connector id {connector.id!r}")
         seen.add(connector.id)
-        kind = CONNECTOR_TYPES.get(connector.type)
-        if kind is None:
+        model = connector_models.get(connector.type)
+        if model is None:
             problems.append(
                 f"connectors[{i}].type: connector type {connector.type!r} is not available in "
-                f"this Portcullis version (available: {', '.join(sorted(CONNECTOR_TYPES))})"
+                f"this Portcullis version (available: {', '.join(sorted(connector_models))})"
             )
             continue
         config_model: BaseModel | None = None
         try:
-            config_model = kind.config_model.model_validate(connector.config)
+            config_model = model.model_validate(connector.config)
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, ("connectors", i, "config")))
         specs.append(ConnectorSpec(connector.id, connector.type, connector.name, config_model))
@@ -370,7 +382,7 @@ def _resolve_clients(
             problems.append(f"{at}.id: duplicate client id {client_id!r}")
         seen.add(client_id)
         for j, grant in enumerate(client.grant_types):
-            if grant not in (*raw.oauth2.grant_types, *_default_grants(raw)):
+            if grant not in raw.oauth2.enabled_grant_types():
                 problems.append(
                     f"{at}.grantTypes[{j}]: {grant!r} is not enabled server-wide "
                     "(oauth2.grantTypes)"
@@ -405,18 +417,6 @@ def _resolve_clients(
                     f"staticClients[{i}].trustedPeers[{j}]: no static client with id {peer!r}"
                 )
     return specs
-
-
-def _default_grants(raw: RawConfig) -> tuple[str, ...]:
-    """Grants enabled when oauth2.grantTypes is empty (Dex's defaults)."""
-    if raw.oauth2.grant_types:
-        return ()
-    grants = ["authorization_code", "refresh_token"]
-    if raw.oauth2.password_connector:
-        grants.append("password")
-    if any(t in raw.oauth2.response_types for t in ("token", "id_token")):
-        grants.append("implicit")
-    return tuple(grants)
 
 
 def _resolve_passwords(
@@ -459,34 +459,22 @@ def _resolve_passwords(
     return specs
 
 
-KUBECONFIG_CALLBACK_PATH = "/kubeconfig/callback"
-
-
-def _resolve_kubeconfig_client(
+def _check_kubeconfig_client(
     raw: RawConfig, clients: list[ClientSpec], problems: list[str]
-) -> list[ClientSpec]:
-    """The kubeconfig page signs users in as ``kubernetes.kubeconfigPage.clientID``; its own
-    callback is registered on that client implicitly (the issuer is the relying party there,
-    so operators need not repeat the issuer URL in redirectURIs)."""
+) -> None:
+    """The kubeconfig page signs users in as ``kubernetes.kubeconfigPage.clientID``: that client
+    must exist and allow the code grant. (The page's own callback is registered on the client by
+    portcullis.kube, which owns that path.)"""
     page = raw.kubernetes.kubeconfig_page
     if not page.enabled:
-        return clients
-    callback = raw.issuer.rstrip("/") + KUBECONFIG_CALLBACK_PATH
-    out: list[ClientSpec] = []
-    found = False
-    for spec in clients:
-        if spec.id == page.client_id:
-            found = True
-            if spec.grant_types and "authorization_code" not in spec.grant_types:
-                problems.append(
-                    "kubernetes.kubeconfigPage.clientID: client "
-                    f"{page.client_id!r} does not allow the authorization_code grant"
-                )
-            if callback not in spec.redirect_uris:
-                spec = replace(spec, redirect_uris=(*spec.redirect_uris, callback))
-        out.append(spec)
-    if not found:
+        return
+    spec = next((c for c in clients if c.id == page.client_id), None)
+    if spec is None:
         problems.append(
             f"kubernetes.kubeconfigPage.clientID: no static client with id {page.client_id!r}"
         )
-    return out
+    elif spec.grant_types and "authorization_code" not in spec.grant_types:
+        problems.append(
+            "kubernetes.kubeconfigPage.clientID: client "
+            f"{page.client_id!r} does not allow the authorization_code grant"
+        )

@@ -94,7 +94,6 @@ def _cidr(value: str) -> str:
     return value
 
 
-AbsoluteURL = Annotated[str, AfterValidator(_absolute_url)]
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
@@ -145,17 +144,33 @@ class Section(BaseModel):
 
 
 class StorageSection(Section):
-    type: Literal["memory", "sqlite3", "postgres", "mysql", "etcd", "kubernetes"]
+    # Validated against STORAGE_TYPES (below), the one list of storage type names.
+    type: str
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known(cls, value: object) -> object:
+        known = (*STORAGE_TYPES, *DEX_ONLY_STORAGE_TYPES)
+        if value not in known:
+            quoted = [repr(name) for name in known]
+            raise ValueError(f"must be {', '.join(quoted[:-1])} or {quoted[-1]}")
+        return value
 
     @model_validator(mode="after")
     def _check_backend(self) -> StorageSection:
-        if self.type in ("mysql", "etcd", "kubernetes"):
+        if self.type in DEX_ONLY_STORAGE_TYPES:
             raise ValueError(
                 f"storage type {self.type!r} is not supported by this Portcullis version "
-                "(supported: memory, sqlite3, postgres)"
+                f"(supported: {', '.join(STORAGE_TYPES)})"
             )
         return self
+
+    def backend_config(self) -> Section | None:
+        """``storage.config`` validated by its backend's model (None for a backend without
+        settings); raises pydantic's ValidationError."""
+        model = STORAGE_TYPES[self.type]
+        return None if model is None else model.model_validate(self.config)
 
 
 class SQLiteConfig(Section):
@@ -207,6 +222,18 @@ class PostgresConfig(Section):
     max_open_conns: int = Field(default=0, ge=0)
     max_idle_conns: int = Field(default=0, ge=0)
     conn_max_lifetime: int = Field(default=0, ge=0)
+
+
+#: The storage types this version serves, each with the model of its ``storage.config`` (None:
+#: the backend takes no settings: memory). The one list of storage names: the storage factory
+#: picks a backend by the type of the resolved settings, never by name.
+STORAGE_TYPES: dict[str, type[Section] | None] = {
+    "memory": None,
+    "sqlite3": SQLiteConfig,
+    "postgres": PostgresConfig,
+}
+#: Dex storage types refused with a clear error rather than an "unknown type" one.
+DEX_ONLY_STORAGE_TYPES = ("mysql", "etcd", "kubernetes")
 
 
 class ClientRemoteIP(Section):
@@ -366,6 +393,20 @@ class OAuth2Section(Section):
                 )
         return value
 
+    def enabled_grant_types(self) -> tuple[str, ...]:
+        """The grants the server offers: ``grantTypes`` when set, else Dex's defaults (the
+        code and refresh grants, plus password with a passwordConnector and implicit with a
+        token response type). The one home of those defaults: oidc settings and the client
+        checks in config.load both read them here."""
+        if self.grant_types:
+            return tuple(self.grant_types)
+        grants = ["authorization_code", "refresh_token"]
+        if self.password_connector:
+            grants.append("password")
+        if any(t in self.response_types for t in ("token", "id_token")):
+            grants.append("implicit")
+        return tuple(grants)
+
 
 class LocalSignerConfig(Section):
     keys_rotation_period: Duration = 6 * 3600.0
@@ -388,6 +429,11 @@ class SignerSection(Section):
         if self.type != "local":
             raise ValueError("signer type 'vault' is not available in this Portcullis version")
         return self
+
+
+#: The connector id of the password database (``enablePasswordDB``), as in Dex. A config-level
+#: name: it is reserved in ``connectors[].id`` and usable in ``oauth2.passwordConnector``.
+LOCAL_CONNECTOR_ID = "local"
 
 
 class ConnectorSection(Section):

@@ -1,15 +1,37 @@
-"""The local password database (Dex's enablePasswordDB) backed by storage."""
+"""The local password database (Dex's enablePasswordDB) backed by storage.
+
+Not a ``connectors:`` type (as in Dex, ``enablePasswordDB`` turns it on under the reserved id
+``local``), but opened the same way: :data:`LOCAL_CONNECTOR_TYPE` pairs :class:`LocalConfig`
+(the static passwords, resolved by the config loader) with :func:`open_local`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
+from pydantic import BaseModel, ConfigDict
+
 from portcullis import passwords
-from portcullis.connectors.base import ConnectorError, PasswordConnector, RefreshConnector, Scopes
+from portcullis.config.model import LOCAL_CONNECTOR_ID
+from portcullis.connectors.base import (
+    Connector,
+    ConnectorEnv,
+    ConnectorError,
+    ConnectorType,
+    PasswordConnector,
+    RefreshConnector,
+    Scopes,
+)
 from portcullis.storage.base import NotFoundError, Storage
 from portcullis.storage.models import Identity, Password
 
-LOCAL_CONNECTOR_ID = "local"
+__all__ = [
+    "LOCAL_CONNECTOR_ID",
+    "LOCAL_CONNECTOR_TYPE",
+    "LocalConfig",
+    "LocalPasswordConnector",
+    "open_local",
+]
 
 
 def identity_from_password(entry: Password) -> Identity:
@@ -74,3 +96,24 @@ class LocalPasswordConnector(PasswordConnector, RefreshConnector):
         if entry.user_id != identity.user_id:
             raise ConnectorError("the user was replaced")
         return identity_from_password(entry)
+
+
+class LocalConfig(BaseModel):
+    """The password database's settings: the static passwords from the config file (never
+    written to storage); every other user lives in storage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    static_passwords: tuple[Password, ...] = ()
+
+
+def open_local(
+    connector_id: str, name: str, connector_type: str, config: BaseModel, env: ConnectorEnv
+) -> Connector:
+    assert isinstance(config, LocalConfig)
+    return LocalPasswordConnector(
+        env.storage, list(config.static_passwords), fips_mode=env.fips_mode, name=name
+    )
+
+
+LOCAL_CONNECTOR_TYPE = ConnectorType(LocalConfig, open_local)

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from portcullis.connectors.base import (
     CallbackConnector,
+    Connector,
+    ConnectorEnv,
     ConnectorError,
     LoginRedirect,
     PasswordConnector,
@@ -92,3 +94,16 @@ class MockPasswordConnector(PasswordConnector, RefreshConnector):
         if identity.user_id != MOCK_IDENTITY.user_id:
             raise ConnectorError("unknown mock user")
         return _with_groups(scopes)
+
+
+def open_mock_callback(
+    connector_id: str, name: str, connector_type: str, config: BaseModel, env: ConnectorEnv
+) -> Connector:
+    return MockCallbackConnector(connector_id, name, connector_type)
+
+
+def open_mock_password(
+    connector_id: str, name: str, connector_type: str, config: BaseModel, env: ConnectorEnv
+) -> Connector:
+    assert isinstance(config, MockPasswordConfig)
+    return MockPasswordConnector(connector_id, name, connector_type, config)

@@ -1,46 +1,34 @@
-"""Connector types the issuer knows, with their config schema and constructor."""
+"""The connector types this build can open: the table and the one function that opens one.
+
+A new connector is a module (or small package) here exposing its config model and an ``open_...``
+function, plus one line in :data:`CONNECTOR_TYPES`; the config loader and the assembly read the
+table, nothing else needs to change.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from pydantic import BaseModel
 
-from portcullis.connectors.base import Connector
-from portcullis.connectors.local import LOCAL_CONNECTOR_ID
+from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
-    MockCallbackConnector,
     MockPasswordConfig,
-    MockPasswordConnector,
+    open_mock_callback,
+    open_mock_password,
 )
 
-__all__ = ["CONNECTOR_TYPES", "LOCAL_CONNECTOR_ID", "ConnectorKind", "build_connector"]
+__all__ = ["CONNECTOR_TYPES", "build_connector"]
 
-
-@dataclass(frozen=True)
-class ConnectorKind:
-    config_model: type[BaseModel]
-    factory: Callable[[str, str, str, BaseModel], Connector]
-
-
-def _mock_callback(connector_id: str, name: str, kind: str, config: BaseModel) -> Connector:
-    return MockCallbackConnector(connector_id, name, kind)
-
-
-def _mock_password(connector_id: str, name: str, kind: str, config: BaseModel) -> Connector:
-    assert isinstance(config, MockPasswordConfig)
-    return MockPasswordConnector(connector_id, name, kind, config)
-
-
-CONNECTOR_TYPES: dict[str, ConnectorKind] = {
+CONNECTOR_TYPES: dict[str, ConnectorType] = {
     # Dex's names; "mock" is a short alias for the callback variant.
-    "mockCallback": ConnectorKind(MockCallbackConfig, _mock_callback),
-    "mock": ConnectorKind(MockCallbackConfig, _mock_callback),
-    "mockPassword": ConnectorKind(MockPasswordConfig, _mock_password),
+    "mockCallback": ConnectorType(MockCallbackConfig, open_mock_callback),
+    "mock": ConnectorType(MockCallbackConfig, open_mock_callback),
+    "mockPassword": ConnectorType(MockPasswordConfig, open_mock_password),
 }
 
 
-def build_connector(connector_id: str, name: str, kind: str, config: BaseModel) -> Connector:
-    return CONNECTOR_TYPES[kind].factory(connector_id, name, kind, config)
+def build_connector(
+    connector_id: str, name: str, connector_type: str, config: BaseModel, env: ConnectorEnv
+) -> Connector:
+    """Open one configured connector (``config`` was validated with its type's model)."""
+    return CONNECTOR_TYPES[connector_type].open(connector_id, name, connector_type, config, env)

@@ -11,43 +11,96 @@ appears in a URL. Tokens are rendered into a no-store page and never logged.
 from __future__ import annotations
 
 import base64
-import hashlib
+import dataclasses
 import hmac
 import logging
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
-from portcullis.config.load import KUBECONFIG_CALLBACK_PATH, ClientSpec
+from portcullis.config.load import ClientSpec, Config
 from portcullis.config.model import KubeconfigPageSection
 from portcullis.kube.kubeconfig import Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
+from portcullis.oidc.pkce import s256
 from portcullis.oidc.provider import Provider
-from portcullis.web import security
-from portcullis.web.pages import NO_STORE, Pages
 
 log = logging.getLogger("portcullis.kube")
 
+#: The page's own redirect URI, under the issuer (registered on the page's client implicitly).
+KUBECONFIG_CALLBACK_PATH = "/kubeconfig/callback"
 COOKIE = "pc_kubeconfig"
 SCOPES = "openid email profile groups offline_access"
 COOKIE_TTL = 15 * 60
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _challenge(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+class PageRenderer(Protocol):
+    """The issuer's HTML pages (web's Jinja2 environment, with the operator's frontend.dir),
+    handed in by the assembly so the kubeconfig page looks like every other page."""
+
+    def render(self, template: str, status: int = 200, **context: Any) -> Response: ...
+
+    def error(self, status: int, title: str, message: str) -> Response: ...
+
+
+#: The client's address as the issuer resolves it (trusting forwarding headers only from the
+#: configured proxies), for the login throttle.
+ClientAddress = Callable[[Request], str]
+
+
+def register_page_client(config: Config) -> Config:
+    """The config with the page's callback added to the redirect URIs of its client (the issuer
+    is the relying party there, so operators need not repeat the issuer URL in redirectURIs).
+    The config loader has already checked that the client exists and allows the code grant."""
+    page = config.raw.kubernetes.kubeconfig_page
+    if not page.enabled:
+        return config
+    callback = config.issuer + KUBECONFIG_CALLBACK_PATH
+    clients = tuple(
+        dataclasses.replace(spec, redirect_uris=(*spec.redirect_uris, callback))
+        if spec.id == page.client_id and callback not in spec.redirect_uris
+        else spec
+        for spec in config.clients
+    )
+    return dataclasses.replace(config, clients=clients)
+
+
+def page_routes(
+    config: Config,
+    provider: Provider,
+    pages: PageRenderer,
+    client_address: ClientAddress,
+    *,
+    secure_cookies: bool,
+) -> list[Route]:
+    """The page's routes, relative to the issuer path (none when the page is off). ``config``
+    must have gone through :func:`register_page_client`."""
+    section = config.raw.kubernetes.kubeconfig_page
+    if not section.enabled:
+        return []
+    client = next(c for c in config.clients if c.id == section.client_id)  # checked on load
+    page = KubeconfigPage(
+        provider, pages, client_address, section, client, secure_cookies=secure_cookies
+    )
+    return [
+        Route("/kubeconfig", page.start, methods=["GET"]),
+        Route(KUBECONFIG_CALLBACK_PATH, page.callback, methods=["GET"]),
+    ]
 
 
 class KubeconfigPage:
     def __init__(
         self,
         provider: Provider,
-        pages: Pages,
-        ip_resolver: security.ClientIPResolver,
+        pages: PageRenderer,
+        client_address: ClientAddress,
         section: KubeconfigPageSection,
         client: ClientSpec,
         *,
@@ -55,7 +108,7 @@ class KubeconfigPage:
     ) -> None:
         self.provider = provider
         self.pages = pages
-        self.ip = ip_resolver
+        self.client_address = client_address
         self.section = section
         self.client = client
         self.secure_cookies = secure_cookies
@@ -77,7 +130,7 @@ class KubeconfigPage:
                 "scope": SCOPES,
                 "state": state,
                 "nonce": secrets.token_urlsafe(16),
-                "code_challenge": _challenge(verifier),
+                "code_challenge": s256(verifier),
                 "code_challenge_method": "S256",
             }
         )
@@ -116,7 +169,9 @@ class KubeconfigPage:
         code = request.query_params.get("code", "")
         try:
             tokens = await self.provider.tokens.handle(
-                self._token_form(code, verifier), self._authorization(), self.ip.resolve(request)
+                self._token_form(code, verifier),
+                self._authorization(),
+                self.client_address(request),
             )
         except OAuthError as exc:
             log.info("kubeconfig: code exchange refused: %s", exc.error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -53,10 +54,16 @@ async def _read_limited(request: Request) -> bytes | None:
 
 
 def webhook_app(
-    reviewer: TokenReviewer,
     section: TokenReviewSection,
+    verified_claims: Callable[[str], dict[str, Any] | None],
     metrics: Metrics,
 ) -> Starlette:
+    """The webhook's app. ``verified_claims`` is the issuer's own token reader (signature,
+    ``iss``, ``exp`` and jti/sid revocation, as for userinfo): the claims, or None.
+
+    Raises CallerCheckError when caller authentication is on and the Kubernetes API access
+    (service-account token, CA) cannot be read."""
+    reviewer = TokenReviewer(verified_claims, section)
     callers = (
         CallerAuthenticator(KubeAPI.from_config(section.kube_api))
         if section.authenticate_callers

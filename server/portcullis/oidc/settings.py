@@ -38,13 +38,6 @@ class ProtocolSettings:
     @classmethod
     def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
         raw = config.raw
-        grants = list(raw.oauth2.grant_types)
-        if not grants:
-            grants = ["authorization_code", "refresh_token"]
-            if raw.oauth2.password_connector:
-                grants.append("password")
-            if any(t in raw.oauth2.response_types for t in ("token", "id_token")):
-                grants.append("implicit")
         refresh = raw.expiry.refresh_tokens
         throttle = raw.web.password_throttle
         return cls(
@@ -58,7 +51,7 @@ class ProtocolSettings:
                 valid_if_not_used_for=refresh.valid_if_not_used_for,
                 absolute_lifetime=refresh.absolute_lifetime,
             ),
-            grant_types=tuple(grants),
+            grant_types=raw.oauth2.enabled_grant_types(),
             response_types=tuple(raw.oauth2.response_types),
             pkce_enforce=raw.oauth2.pkce.enforce,
             pkce_methods=tuple(raw.oauth2.pkce.code_challenge_methods_supported),

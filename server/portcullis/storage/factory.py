@@ -1,4 +1,9 @@
-"""Open the storage backend a config names."""
+"""Open the storage backend a config names.
+
+The storage type names and their config models are config's (``config.model.STORAGE_TYPES``);
+this module maps each config model to its backend. The SQL backends are imported only when
+configured, so a memory-only process never loads SQLAlchemy or the PostgreSQL driver.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,17 @@ from portcullis.storage.memory import MemoryStorage
 
 
 def open_storage(config: Config) -> Storage:
-    kind = config.raw.storage.type
-    if kind == "memory":
+    """The backend for ``storage.type``, chosen by the type of its resolved settings (the
+    names themselves are config's alone)."""
+    settings = config.storage_config
+    if settings is None:  # the one backend without settings
         return MemoryStorage()
-    if kind == "sqlite3":
-        from portcullis.storage.sqlite import SQLiteStorage
+    if isinstance(settings, SQLiteConfig):
+        from portcullis.storage.sqlite import SQLiteStorage  # lazy: SQLAlchemy when configured
 
-        assert isinstance(config.storage_config, SQLiteConfig)
-        return SQLiteStorage(
-            config.storage_config.file, synchronous=config.storage_config.synchronous
-        )
-    if kind == "postgres":
-        from portcullis.storage.postgres import PostgresStorage
+        return SQLiteStorage(settings.file, synchronous=settings.synchronous)
+    if isinstance(settings, PostgresConfig):
+        from portcullis.storage.postgres import PostgresStorage  # lazy: psycopg when configured
 
-        assert isinstance(config.storage_config, PostgresConfig)
-        return PostgresStorage(config.storage_config)
-    raise ValueError(f"storage type {kind!r} is not supported")
+        return PostgresStorage(settings)
+    raise ValueError(f"storage type {config.raw.storage.type!r} is not supported")

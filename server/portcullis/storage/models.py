@@ -157,14 +157,6 @@ class Keys:
 
 
 @dataclass(frozen=True)
-class RevokedToken:
-    """An access/ID token id (jti) revoked before its expiry (RFC 7009)."""
-
-    jti: str
-    expiry: float
-
-
-@dataclass(frozen=True)
 class GCResult:
     auth_requests: int = 0
     auth_codes: int = 0

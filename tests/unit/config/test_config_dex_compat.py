@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from portcullis.config.load import ConfigError, load_config, parse_config
+from portcullis.config.load import ConfigError
+from portcullis.issuer import load_config, parse_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dex-2.45.yaml"
 OPS_HASH = "$2b$10$abcdefghijklmnopqrstuu4rGCS0n6hOcxB7Kq8hhYJ6w7pZb6aSa"

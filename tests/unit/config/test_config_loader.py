@@ -7,7 +7,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from portcullis.config.load import ConfigError, load_config, parse_config
+from portcullis.config.load import ConfigError
+from portcullis.issuer import load_config, parse_config
 
 HASH = bcrypt.hashpw(b"password", bcrypt.gensalt(rounds=10)).decode()
 

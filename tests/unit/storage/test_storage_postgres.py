@@ -19,8 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from portcullis.config.load import ConfigError, parse_config
+from portcullis.config.load import ConfigError
 from portcullis.config.model import PostgresConfig
+from portcullis.issuer import parse_config
 from portcullis.storage import sql_schema
 from portcullis.storage.base import StorageError
 from portcullis.storage.factory import open_storage

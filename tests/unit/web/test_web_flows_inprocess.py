@@ -19,10 +19,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from portcullis.clock import FrozenClock
-from portcullis.config.load import parse_config
+from portcullis.issuer import Issuer, create_issuer, parse_config
 from portcullis.oidc.claims import token_hash
 from portcullis.storage.memory import MemoryStorage
-from portcullis.web.app import Issuer, create_issuer
 
 ISSUER = "http://127.0.0.1:5556/dex"
 APP_SECRET = "app-secret-value-0123456789"
