@@ -172,6 +172,47 @@ async def test_email_suffix_builds_the_address_from_the_name_attribute(
     assert identity.email == "nomail@corp.test"
 
 
+async def test_user_search_scope_one_only_sees_direct_children(slapd_server: SlapdServer) -> None:
+    config = slapd_server.config()
+    config["userSearch"] = {**config["userSearch"], "baseDN": "dc=example,dc=org", "scope": "one"}
+    assert await connector(config).login(GROUPS, "jane", PASSWORDS["jane"]) is None
+    config["userSearch"]["scope"] = "sub"
+    assert await connector(config).login(GROUPS, "jane", PASSWORDS["jane"]) is not None
+
+
+async def test_without_bind_dn_the_search_is_anonymous(
+    slapd_server: SlapdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This directory hides everything from anonymous clients (slapd then answers noSuchObject
+    # for the base itself): a configuration problem, reported as one, with no user bind.
+    config = slapd_server.config()
+    del config["bindDN"], config["bindPW"]
+    binds_before = slapd_server.bind_count(f"uid=jane,{PEOPLE_DN}")
+    with caplog.at_level(logging.ERROR), pytest.raises(ConnectorError, match="not set up"):
+        await connector(config).login(GROUPS, "jane", PASSWORDS["jane"])
+    assert "not visible to anonymous clients" in caplog.text
+    assert slapd_server.bind_count(f"uid=jane,{PEOPLE_DN}") == binds_before
+
+
+async def test_user_search_base_that_does_not_exist_is_a_configuration_error(
+    slapd_server: SlapdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = slapd_server.config()
+    config["userSearch"] = {**config["userSearch"], "baseDN": "ou=Nobody,dc=example,dc=org"}
+    with caplog.at_level(logging.ERROR), pytest.raises(ConnectorError, match="not set up"):
+        await connector(config).login(GROUPS, "jane", PASSWORDS["jane"])
+    assert "'ou=Nobody,dc=example,dc=org' does not exist" in caplog.text
+
+
+def test_tls_keys_with_insecure_no_ssl_are_named_in_a_warning(
+    slapd_server: SlapdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = slapd_server.config(insecureSkipVerify=True, rootCA=str(slapd_server.tls.ca))
+    with caplog.at_level(logging.WARNING):
+        connector(config)
+    assert "insecureSkipVerify, rootCA ignored because insecureNoSSL" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # Injection
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import base64
 import binascii
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -348,9 +347,21 @@ class LDAPConfig(_Section):
             )
         if self.bind_pw.get_secret_value() and not self.bind_dn:
             raise ValueError("bindPW is set but bindDN is empty")
-        if self.client_cert and self.insecure_no_ssl:
-            raise ValueError("clientCert/clientKey need TLS, but insecureNoSSL is set")
         return self
+
+    def ignored_tls_keys(self) -> list[str]:
+        """TLS settings that have no effect because insecureNoSSL turns TLS off (Dex ignores
+        them too; they are accepted so Dex files load, and named in a warning)."""
+        if not self.insecure_no_ssl:
+            return []
+        keys = {
+            "insecureSkipVerify": self.insecure_skip_verify,
+            "rootCA": self.root_ca,
+            "rootCAData": self.root_ca_data,
+            "clientCert": self.client_cert,
+            "clientKey": self.client_key,
+        }
+        return [key for key, value in keys.items() if value]
 
     def uses_tls(self) -> bool:
         return not self.insecure_no_ssl
@@ -384,15 +395,18 @@ def _split_host(host: str, *, default_port: int) -> tuple[str, int]:
 
 
 def _tls_context(config: LDAPConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """Verification as Go's crypto/tls does it for Dex: chain to rootCA (or the system store)
+    and the host name, TLS 1.2 or newer; a client certificate when configured."""
+    cadata = None
+    if config.root_ca_data:
+        cadata = base64.b64decode("".join(config.root_ca_data.split())).decode("ascii")
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=config.root_ca or None, cadata=cadata
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"rootCA: cannot load the certificates: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config.root_ca:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.root_ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-    elif config.root_ca_data:
-        pem = base64.b64decode("".join(config.root_ca_data.split())).decode("ascii")
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pem)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
     if config.client_cert:
         try:
             context.load_cert_chain(config.client_cert, config.client_key)
@@ -505,6 +519,12 @@ class LDAPConnector(PasswordConnector, RefreshConnector):
             log.warning(
                 "LDAP connector %r: insecureNoSSL is set, passwords cross the network in clear",
                 connector_id,
+            )
+        if config.ignored_tls_keys():
+            log.warning(
+                "LDAP connector %r: %s ignored because insecureNoSSL turns TLS off",
+                connector_id,
+                ", ".join(config.ignored_tls_keys()),
             )
         if config.insecure_skip_verify and config.uses_tls():
             log.warning(
@@ -658,7 +678,8 @@ class LDAPConnector(PasswordConnector, RefreshConnector):
     def _check_password(self, dn: str, password: str) -> None:
         """Bind as the user on a connection of its own, so the service connection keeps the
         service account's rights for the group search."""
-        assert password, "an empty password must never reach a bind"
+        if not password:  # login() already refused it; never rely on that alone
+            raise _LoginRefusedError
         conn = self._connection(dn, password)
         try:
             self._open(conn)
@@ -714,8 +735,18 @@ class LDAPConnector(PasswordConnector, RefreshConnector):
             ),
         )
         code = conn.result.get("result") if conn.result else None
-        if code == _NO_SUCH_OBJECT and missing_base_ok:
-            return []
+        if code == _NO_SUCH_OBJECT:
+            if missing_base_ok:
+                return []
+            # A wrong baseDN, or one the service account may not see (directories hide what
+            # a client may not read, anonymous clients included).
+            log.error(
+                "LDAP connector %r: search base %r does not exist or is not visible to %s",
+                self.id,
+                base,
+                self._config.bind_dn or "anonymous clients",
+            )
+            raise ConnectorError(_MISCONFIGURED)
         if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
             log.error(
                 "LDAP connector %r: search under %r with %s failed: %s",
@@ -891,7 +922,7 @@ def _result(conn: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     """An exception as text for the log. ldap3 messages carry no credentials."""
-    if isinstance(exc, socket.timeout | TimeoutError):
+    if isinstance(exc, TimeoutError):  # socket.timeout is an alias
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text if len(text) < 500 else text[:500] + "..."
