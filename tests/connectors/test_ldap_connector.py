@@ -470,6 +470,21 @@ async def test_refresh_fails_when_the_username_now_belongs_to_another_entry(
         slapd_server.delete(impostor)
 
 
+async def test_refresh_fails_when_the_id_attribute_changed(
+    slapd_server: SlapdServer, fresh_user: tuple[str, str, str]
+) -> None:
+    uid, dn, password = fresh_user
+    config = slapd_server.config()
+    config["userSearch"] = {**config["userSearch"], "idAttr": "cn"}
+    conn = connector(config)
+    identity = await conn.login(GROUPS, uid, password)
+    assert identity is not None
+    assert identity.user_id == f"Temp {uid}"
+    slapd_server.modify(f"dn: {dn}\nchangetype: modify\nreplace: cn\ncn: Someone Else\n")
+    with pytest.raises(ConnectorError, match="changed since login"):
+        await conn.refresh(GROUPS, identity)
+
+
 @pytest.mark.parametrize("data", [b"", b"not json", b'{"username": "jane"}', b"[1]"])
 async def test_refresh_with_unusable_connector_data_is_refused(
     plain: LDAPConnector, data: bytes
