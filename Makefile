@@ -172,6 +172,19 @@ postgres-no-main-cluster:
 	  mkdir -p /etc/postgresql-common/createcluster.d; \
 	  echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/portcullis-tests.conf; fi
 
+## ---- ldap ------------------------------------------------------------------------------
+
+# The LDAP connector tests run a real OpenLDAP of their own (tests/support/slapd.py: slapd.conf
+# and database in a temp dir, loopback, free ports, stopped by PID) and change it with
+# ldap-utils. The package's own instance is never used, so debconf is told not to configure one
+# (no prompt for an admin password, no database in /var/lib/ldap).
+TEST_APT_PACKAGES += slapd ldap-utils
+.PHONY: slapd-no-system-instance
+test-system-deps: slapd-no-system-instance
+slapd-no-system-instance:
+	@if ! dpkg-query -W -f='$${Status}' slapd 2>/dev/null | grep -q 'install ok installed'; then \
+	  echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections; fi
+
 ## ---- release artefacts ------------------------------------------------------------------
 
 # Load figures for the hot paths (wrk on loopback); not a timed test. See bench/README.md.
