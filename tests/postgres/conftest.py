@@ -9,4 +9,3 @@ from tests.support.postgres import (  # noqa: F401
     postgres_cluster,
     postgres_database,
 )
-

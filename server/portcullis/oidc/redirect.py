@@ -5,7 +5,7 @@ The loopback rule is where open redirects hide: a parser that normalises
 ``http://evil.com\\@127.0.0.1:8000/`` to host 127.0.0.1 says "loopback" while a browser may go
 elsewhere, and the raw string is what gets stored and redirected to. So a loopback URI is only
 accepted when it is *canonical* — scheme ``http``, host ``127.0.0.1`` or ``[::1]``, an optional
-decimal port 1–65535 without leading zeros, no userinfo, no backslash, no whitespace or control
+decimal port 1-65535 without leading zeros, no userinfo, no backslash, no whitespace or control
 character, no fragment — and is then the registered URI with nothing but the port changed. The
 comparison is on the exact string the issuer will redirect to; no parser's opinion is involved.
 """

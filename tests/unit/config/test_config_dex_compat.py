@@ -63,7 +63,11 @@ enablePasswordDB: true
         ("grpc: {addr: 0.0.0.0:5557}", "grpc: refusing to serve the admin API on 0.0.0.0:5557"),
         ("signer: {type: vault}", "signer: signer type 'vault' is not available"),
         ("sessions: {cookieName: x}", "sessions: unknown key"),
-        ("connectors: [{type: ldap, id: l, name: L}]", "connectors[0].type: connector type 'ldap'"),
+        (
+            "connectors: [{type: keystone, id: k, name: K}]",
+            "connectors[0].type: connector type 'keystone'",
+        ),
+        ("connectors: [{type: ldap, id: l, name: L}]", "connectors[0].config.host: required"),
         (
             "oauth2: {grantTypes: [urn:ietf:params:oauth:grant-type:device_code]}",
             "oauth2.grantTypes",

@@ -10,9 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from portcullis.clock import FrozenClock
-from portcullis.config.load import parse_config
+from portcullis.issuer import create_issuer, parse_config
 from portcullis.storage.memory import MemoryStorage
-from portcullis.web.app import create_issuer
 
 ISSUER = "http://127.0.0.1:5556/dex"
 REDIRECT = "http://127.0.0.1:8000/"
