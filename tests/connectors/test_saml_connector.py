@@ -665,6 +665,33 @@ async def test_response_signed_by_another_certificate_is_refused(
     await refused(connector, redirect, callback(redirect, xml), caplog, "untrusted-cert")
 
 
+async def test_signing_certificate_issued_by_the_configured_ca_is_accepted(
+    make_connector: Factory,
+    saml_idp: SamlIdpHarness,  # noqa: F811
+) -> None:
+    connector = make_connector(caData=base64.b64encode(saml_idp.ca.pem).decode())
+    redirect = await start(connector)
+    assert redirect.post_form is not None
+    xml = saml_idp.issued.respond(redirect.post_form["SAMLRequest"])
+    identity = await connector.handle_callback(
+        GROUPS, callback(redirect, xml), redirect.connector_state
+    )
+    assert identity.user_id == "alice-0001"
+
+
+async def test_signing_certificate_from_another_ca_is_refused(
+    make_connector: Factory,
+    saml_idp: SamlIdpHarness,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bundle = saml_idp.other_ca.pem + saml_idp.idp.cert_pem
+    connector = make_connector(caData=base64.b64encode(bundle).decode())
+    redirect = await start(connector)
+    assert redirect.post_form is not None
+    xml = saml_idp.issued.respond(redirect.post_form["SAMLRequest"])
+    await refused(connector, redirect, callback(redirect, xml), caplog, "untrusted-cert")
+
+
 async def test_response_signed_by_another_key_without_keyinfo_is_refused(
     connector: SAMLConnector,
     saml_idp: SamlIdpHarness,  # noqa: F811
@@ -811,6 +838,27 @@ async def test_relay_state_must_match_the_login(
     xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
     params = {"SAMLResponse": b64(xml), "RelayState": "login-b"}
     await refused(connector, redirect, params, caplog, "relay-state")
+
+
+@pytest.mark.parametrize(
+    ("sign", "code", "detail"),
+    [(True, "status", "account locked"), (False, "unsigned", "Responder")],
+    ids=["signed", "unsigned"],
+)
+async def test_idp_error_status_is_refused_with_its_status_logged(
+    connector: SAMLConnector,
+    saml_idp: SamlIdpHarness,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    sign: bool,
+    code: str,
+    detail: str,
+) -> None:
+    redirect = await start(connector)
+    assert redirect.post_form is not None
+    xml = saml_idp.idp.error_response(
+        redirect.post_form["SAMLRequest"], "account locked", sign=sign
+    )
+    await refused(connector, redirect, callback(redirect, xml), caplog, code, detail)
 
 
 async def test_replayed_assertion_is_refused(

@@ -84,20 +84,51 @@ USERS = {
 }
 
 
-def _write_key_pair(directory: Path, common_name: str) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def _certificate(
+    common_name: str,
+    key: rsa.RSAPrivateKey,
+    issuer: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None,
+    *,
+    ca: bool = False,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
+    signing_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, name)
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(signing_key, hashes.SHA256())
     )
+
+
+@dataclass(frozen=True)
+class IssuingCA:
+    """A CA that issues an IdP's signing certificate (for ``ca`` configured as a real CA)."""
+
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, common_name: str) -> IssuingCA:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return cls(key, _certificate(common_name, key, ca=True))
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _write_key_pair(
+    directory: Path, common_name: str, issuer: IssuingCA | None = None
+) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _certificate(common_name, key, (issuer.key, issuer.cert) if issuer else None)
     key_path = directory / f"{common_name}.key"
     cert_path = directory / f"{common_name}.crt"
     key_path.write_bytes(
@@ -125,8 +156,10 @@ def _sp_metadata(entity_id: str, acs_url: str) -> str:
 class SamlIdp:
     """One pysaml2 IdP (entity ``IDP_ENTITY_ID``) with its own key pair."""
 
-    def __init__(self, directory: Path, key_name: str, sso_url: str) -> None:
-        self.key_path, self.cert_path = _write_key_pair(directory, key_name)
+    def __init__(
+        self, directory: Path, key_name: str, sso_url: str, issuer: IssuingCA | None = None
+    ) -> None:
+        self.key_path, self.cert_path = _write_key_pair(directory, key_name, issuer)
         self.sso_url = sso_url
         config = IdPConfig().load(
             {
@@ -196,6 +229,20 @@ class SamlIdp:
             )
         return str(response).encode()
 
+    def error_response(self, saml_request: str, message: str, *, sign: bool) -> bytes:
+        """A Responder/AuthnFailed answer, as an IdP sends when the user cannot log in."""
+        request = self.parse_request(saml_request)
+        with self._lock:
+            response = self.server.create_error_response(
+                request.id,
+                request.assertion_consumer_service_url,
+                ("urn:oasis:names:tc:SAML:2.0:status:AuthnFailed", message),
+                sign=sign,
+                sign_alg=SIG_RSA_SHA256,
+                digest_alg=DIGEST_SHA256,
+            )
+        return str(response).encode()
+
     def post_form(self, response: bytes, acs_url: str, relay_state: str) -> str:
         """pysaml2's HTTP-POST binding page for a response, as the browser receives it."""
         with self._lock:
@@ -224,6 +271,11 @@ class SamlIdpHarness:
 
     idp: SamlIdp
     rogue: SamlIdp
+    #: Signs with a certificate issued by ``ca`` (not self-signed).
+    issued: SamlIdp
+    ca: IssuingCA
+    #: A CA that issued nothing here.
+    other_ca: IssuingCA
     base_url: str
     #: Which account ``POST /sso`` logs in (the test stands in for the IdP's own login form).
     current_user: str = "alice"
@@ -290,9 +342,13 @@ def saml_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamlIdpHarnes
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(ref))
     base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     sso_url = f"{base_url}/sso"
+    ca = IssuingCA.create("portcullis test SAML CA")
     harness = SamlIdpHarness(
         idp=SamlIdp(directory, "idp", sso_url),
         rogue=SamlIdp(directory, "rogue", sso_url),
+        issued=SamlIdp(directory, "issued", sso_url, issuer=ca),
+        ca=ca,
+        other_ca=IssuingCA.create("some other CA"),
         base_url=base_url,
     )
     ref.append(harness)

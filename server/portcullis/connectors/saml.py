@@ -40,6 +40,7 @@ from typing import NoReturn
 
 from anyio import to_thread
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree  # type: ignore[import-untyped]  # no stubs in the lock
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -181,6 +182,13 @@ class SAMLConfig(BaseModel):
         return self.entity_issuer or self.redirect_uri
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _resolve_nameid_format(value: str) -> str | None:
     for known in NAMEID_FORMATS:
         if value in (known, known.rsplit(":", 1)[1]):
@@ -313,19 +321,14 @@ class SAMLConnector(CallbackConnector):
         self._env = env
         self._certs = tuple(certificates)
         self._cert_der = {cert.public_bytes(Encoding.DER): cert for cert in self._certs}
+        self._cas = tuple(cert for cert in self._certs if _is_ca(cert))
 
     # -- login ---------------------------------------------------------------------------------
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        """An AuthnRequest for the IdP, POSTed by the browser (Dex sends it the same way)."""
-        if callback_url != self._config.redirect_uri:
-            # The IdP posts to redirectURI (the ACS URL in the request); the web layer must route
-            # that URL to /callback. A mismatch is a deployment error worth a line in the log.
-            log.warning(
-                "saml connector %s: redirectURI %s differs from the issuer's callback %s",
-                self.id,
-                self._config.redirect_uri,
-                callback_url,
-            )
+        """An AuthnRequest for the IdP, POSTed by the browser (Dex sends it the same way).
+
+        The IdP posts its answer to ``redirectURI`` (the request's ACS URL), as in Dex, not to
+        ``callback_url``; open_saml warns when the two differ."""
         request_id = "_" + secrets.token_hex(20)  # xs:ID must not start with a digit
         request = self.authn_request(request_id)
         pending = _Pending(request_id=request_id, relay_state=state)
@@ -472,9 +475,10 @@ class SAMLConnector(CallbackConnector):
 
     @staticmethod
     def _guard_assertion_count(root: etree._Element) -> None:
-        """Exactly one Assertion anywhere in the document, hidden copies included."""
+        """At most one Assertion anywhere in the document, hidden copies included (none is an
+        error answer, refused once its signed status has been read)."""
         count = sum(1 for _ in root.iter(_q(NS_ASSERTION, "Assertion")))
-        if count != 1:
+        if count > 1:
             _reject("assertion-count", f"the document holds {count} Assertion elements, not one")
 
     def _verified_subtree(self, document: bytes, root: etree._Element) -> etree._Element:
@@ -487,6 +491,12 @@ class SAMLConnector(CallbackConnector):
         if root.find("ds:Signature", _NS) is not None:
             target, location = root, "./"
         else:
+            if not assertions:
+                # Typically an IdP's unsigned error answer; its status (unverified, so only
+                # logged) says why the login failed upstream.
+                code = root.find("samlp:Status/samlp:StatusCode", _NS)
+                status = code.get("Value") if code is not None else None
+                _reject("unsigned", f"unsigned Response without an Assertion (status {status!r})")
             if len(assertions) != 1:
                 _reject(
                     "assertion-count",
@@ -540,13 +550,38 @@ class SAMLConnector(CallbackConnector):
             der = base64.b64decode("".join(text_content(embedded[0]).split()), validate=True)
         except binascii.Error:
             _reject("untrusted-cert", "the X509Certificate in the signature is not base64")
-        cert = self._cert_der.get(der)
+        cert = self._cert_der.get(der) or self._issued_by_configured_ca(der)
         if cert is None:
             _reject(
                 "untrusted-cert",
-                "the response is signed with a certificate that is not the configured ca",
+                "the response is signed with a certificate that is not in the configured ca "
+                "and not issued by a CA certificate in it",
             )
         return cert
+
+    def _issued_by_configured_ca(self, der: bytes) -> x509.Certificate | None:
+        """The embedded certificate when a configured CA certificate (basicConstraints CA)
+        issued it directly and is itself valid now; its own validity is checked by signxml.
+
+        Dex accepts only the exact certificates listed in ``ca``; accepting their direct issue
+        too lets ``ca`` hold what its name says (a CA) without trusting anything a Dex config
+        would not name: a self-signed IdP certificate is never treated as an issuer."""
+        if not self._cas:
+            return None
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        now = datetime.fromtimestamp(self._env.clock.now(), UTC)
+        for ca in self._cas:
+            if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+                continue
+            try:
+                leaf.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return leaf
+        return None
 
     def _the_assertion(self, signed: etree._Element, request_id: str) -> etree._Element:
         """From the signed subtree: check the Response envelope when it is what was signed, and
@@ -778,8 +813,8 @@ def open_saml(
             "anyone who can reach the callback can log in as anyone. Never use this in production.",
             where,
         )
-        return SAMLConnector(connector_id, name, connector_type, config, env, ())
-    if config.ca:
+        certs: tuple[x509.Certificate, ...] = ()
+    elif config.ca:
         try:
             pem = Path(config.ca).read_bytes()
         except OSError as exc:
@@ -787,6 +822,15 @@ def open_saml(
         certs = load_certificates(pem, f"{where}: ca ({config.ca})")
     else:
         certs = load_certificates(base64.b64decode(config.ca_data), f"{where}: caData")
+    callbacks = (f"{env.issuer}/callback", f"{env.issuer}/callback/{connector_id}")
+    if config.redirect_uri not in callbacks:
+        log.warning(
+            "%s: redirectURI %s is not this issuer's callback (%s): the IdP will post the "
+            "response there, so that URL must reach the issuer's /callback",
+            where,
+            config.redirect_uri,
+            callbacks[0],
+        )
     return SAMLConnector(connector_id, name, connector_type, config, env, certs)
 
 
