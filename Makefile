@@ -14,6 +14,8 @@ export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 
 
 # Debian packages the test suite drives for real (extended by each area that needs one).
 TEST_APT_PACKAGES := ca-certificates
+# SAML connector tests: the pysaml2 IdP signs with Debian's xmlsec1 (tests/support/saml_idp.py).
+TEST_APT_PACKAGES += xmlsec1
 
 .PHONY: run test lint typecheck unit-test integration-test image chart release bench lock \
         venv test-venv system-python test-system-deps clean
