@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from portcullis.connectors import ldap
+from portcullis.connectors import ldap, saml
 from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
@@ -26,6 +26,7 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "mock": ConnectorType(MockCallbackConfig, open_mock_callback),
     "mockPassword": ConnectorType(MockPasswordConfig, open_mock_password),
     "ldap": ldap.CONNECTOR_TYPE,
+    "saml": saml.CONNECTOR_TYPE,
 }
 
 
