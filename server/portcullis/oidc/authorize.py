@@ -1,20 +1,43 @@
-"""The authorization endpoint's decisions: validate a request, record the login, finish it.
+"""The authorization endpoint's decisions and the login state machine.
 
-The web layer owns HTTP (cookies, forms, templates); this module owns what is allowed.
+An auth request goes: validated and stored (``parse``) -> a connector chosen (``choose_connector``,
+``start_login``: the choice and the connector's per-login state written to the request) ->
+logged in (``password_login`` or ``finish_callback``: the identity recorded) -> approved or
+denied -> finished (code and/or tokens, the request deleted, single use).
+
+The web layer owns HTTP (cookies, CSRF, forms, templates, status codes); this module owns what
+is allowed and every storage write, so the same rules hold for any front end (the browser
+routes today, the device flow's verification page later) and no adapter can skip a step.
+Methods that touch storage are plain functions run in worker threads by the caller, or
+coroutines that hand their storage calls to worker threads themselves: a slow database must
+never stall the event loop. Connector calls (upstream I/O) are awaited on the loop.
+
+``PasswordLogin`` is the one password check with throttling, shared by the login form and the
+password grant, so the two cannot count failures differently.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from anyio import to_thread
+
 from portcullis.clock import Clock
+from portcullis.connectors.base import (
+    CallbackConnector,
+    Connector,
+    LoginRedirect,
+    PasswordConnector,
+)
 from portcullis.oidc import pkce, scopes
-from portcullis.oidc.clients import ClientRegistry
+from portcullis.oidc.clients import ClientRegistry, UntrustedAudienceError
 from portcullis.oidc.errors import AuthorizeError
 from portcullis.oidc.redirect import redirect_uri_allowed
 from portcullis.oidc.settings import ProtocolSettings
+from portcullis.oidc.throttle import LoginThrottle
 from portcullis.oidc.tokens import TokenMinter, new_id
 from portcullis.storage.base import NotFoundError, Storage
 from portcullis.storage.models import PKCE, AuthCode, AuthRequest, Client, Identity
@@ -26,6 +49,84 @@ _UNSUPPORTED_PARAMS = {
 }
 
 
+class InvalidCredentialsError(Exception):
+    """Wrong username or password (never which of the two)."""
+
+
+class UnknownConnectorError(Exception):
+    """No such connector, or the client may not use it."""
+
+
+class UnusableConnectorError(Exception):
+    """The connector can neither check a password nor send the browser upstream."""
+
+
+class NoLoginWaitingError(Exception):
+    """A callback arrived for an auth request that did not start an upstream login."""
+
+
+class UpstreamRefusedError(Exception):
+    """The upstream identity provider came back with an error instead of a login."""
+
+
+@dataclass(frozen=True)
+class ConnectorChoice:
+    """Where a new login goes: straight to ``connector_id`` when it is decided (requested by
+    the client, or the only option and the login screen may be skipped), else the user picks
+    one of ``options``."""
+
+    connector_id: str
+    options: tuple[Connector, ...]
+
+
+@dataclass(frozen=True)
+class PasswordForm:
+    """The chosen connector checks a password: show its form."""
+
+    connector: PasswordConnector
+
+
+@dataclass(frozen=True)
+class UpstreamLogin:
+    """The chosen connector logs in upstream: send the browser there."""
+
+    redirect: LoginRedirect
+
+
+LoginStart = PasswordForm | UpstreamLogin
+
+
+class PasswordLogin:
+    """Check a username and password through a password connector, with throttling.
+
+    The sequence is: refuse early when the user or the client IP has too many recent failures
+    (before the password is even checked, so guessing costs nothing upstream), ask the
+    connector, then count a failure or clear the user's counter. Counters live in storage, so
+    every worker and replica sees the same failures; their calls run in worker threads.
+    """
+
+    def __init__(self, throttle: LoginThrottle) -> None:
+        self._throttle = throttle
+
+    async def attempt(
+        self,
+        connector: PasswordConnector,
+        granted: tuple[str, ...],
+        username: str,
+        password: str,
+        client_ip: str,
+    ) -> Identity:
+        """The identity, or raise ThrottledError, InvalidCredentialsError, or ConnectorError
+        (upstream failed; not the user's fault, so not counted)."""
+        await to_thread.run_sync(self._throttle.check, username, client_ip)
+        identity = await connector.login(scopes.connector_scopes(granted), username, password)
+        if identity is None:
+            await to_thread.run_sync(self._throttle.failed, username, client_ip)
+            raise InvalidCredentialsError()
+        await to_thread.run_sync(self._throttle.succeeded, username)
+        return identity
+
+
 class AuthorizationFlow:
     def __init__(
         self,
@@ -34,12 +135,16 @@ class AuthorizationFlow:
         clients: ClientRegistry,
         minter: TokenMinter,
         clock: Clock,
+        connectors: Mapping[str, Connector],
+        password_login: PasswordLogin,
     ) -> None:
         self._settings = settings
         self._storage = storage
         self._clients = clients
         self._minter = minter
         self._clock = clock
+        self._connectors = connectors
+        self._password_login = password_login
 
     # -- step 1: validate -------------------------------------------------------------------
     def parse(self, params: Mapping[str, str], browser_binding: str) -> AuthRequest:
@@ -94,8 +199,10 @@ class AuthorizationFlow:
             scope_request = scopes.check_scopes(requested)
         except scopes.ScopeError as exc:
             raise fail("invalid_scope", str(exc)) from None
-        for peer_id in scope_request.audiences:
-            self._check_peer(client, peer_id, fail)
+        try:
+            self._clients.check_audiences(client, scope_request.audiences)
+        except UntrustedAudienceError as exc:
+            raise fail("invalid_scope", str(exc)) from None
         grants = self._settings.client_grants(client)
         if scopes.OFFLINE_ACCESS in requested and "refresh_token" not in grants:
             raise fail("invalid_scope", "offline_access is not allowed for this client")
@@ -170,20 +277,6 @@ class AuthorizationFlow:
         self._storage.create_auth_request(request)
         return request
 
-    def _check_peer(
-        self, client: Client, peer_id: str, fail: Callable[[str, str], AuthorizeError]
-    ) -> None:
-        if peer_id == client.id:
-            return
-        peer = self._clients.get(peer_id)
-        if peer is None:
-            raise fail("invalid_scope", f"audience {peer_id!r} is not a known client")
-        if client.id not in peer.trusted_peers:
-            raise fail(
-                "invalid_scope",
-                f"client {peer_id!r} does not trust {client.id!r} (trustedPeers)",
-            )
-
     # -- step 2: login ----------------------------------------------------------------------
     def get(self, request_id: str) -> AuthRequest | None:
         try:
@@ -195,9 +288,104 @@ class AuthorizationFlow:
         return request
 
     def client_for(self, request: AuthRequest) -> Client | None:
+        """May read storage (dynamic clients): run in a worker thread."""
         return self._clients.get(request.client_id)
 
+    def connectors_for(self, request: AuthRequest) -> list[Connector]:
+        """The connectors this request's client may log in with (all when it names none).
+        May read storage: run in a worker thread."""
+        client = self.client_for(request)
+        allowed = client.allowed_connectors if client else ()
+        return [c for c in self._connectors.values() if not allowed or c.id in allowed]
+
+    def choose_connector(self, request: AuthRequest) -> ConnectorChoice:
+        """May read storage: run in a worker thread."""
+        options = tuple(self.connectors_for(request))
+        if request.connector_id:
+            # parse() already checked it against the client's allowed connectors.
+            return ConnectorChoice(request.connector_id, options)
+        if len(options) == 1 and not self._settings.always_show_login:
+            return ConnectorChoice(options[0].id, options)
+        return ConnectorChoice("", options)
+
+    def _connector(self, request: AuthRequest, connector_id: str) -> Connector | None:
+        for connector in self.connectors_for(request):
+            if connector.id == connector_id:
+                return connector
+        return None
+
+    async def password_connector(
+        self, request: AuthRequest, connector_id: str
+    ) -> PasswordConnector:
+        """The password connector the form of this login posts to, else UnknownConnectorError."""
+        connector = await to_thread.run_sync(self._connector, request, connector_id)
+        if not isinstance(connector, PasswordConnector):
+            raise UnknownConnectorError(connector_id)
+        return connector
+
+    async def start_login(
+        self, request: AuthRequest, connector_id: str, callback_url: str
+    ) -> LoginStart:
+        """Start a login with the chosen connector and remember the choice (and, for a
+        callback connector, its per-login state) on the auth request, in storage shared by
+        every replica: the callback may reach another one. Raises UnknownConnectorError,
+        UnusableConnectorError, or ConnectorError when upstream cannot start a login."""
+        connector = await to_thread.run_sync(self._connector, request, connector_id)
+        if connector is None:
+            raise UnknownConnectorError(connector_id)
+        if isinstance(connector, PasswordConnector):
+            await to_thread.run_sync(self._choose, request.id, connector_id, b"")
+            return PasswordForm(connector)
+        if isinstance(connector, CallbackConnector):
+            redirect = await connector.login_url(
+                scopes.connector_scopes(request.scopes), callback_url, request.id
+            )
+            await to_thread.run_sync(
+                self._choose, request.id, connector_id, redirect.connector_state
+            )
+            return UpstreamLogin(redirect)
+        raise UnusableConnectorError(connector_id)
+
+    def _choose(self, request_id: str, connector_id: str, state: bytes) -> None:
+        def choose(request: AuthRequest) -> AuthRequest:
+            # A finished login is never re-pointed at another connector (a stale tab).
+            if request.logged_in:
+                return request
+            return dataclasses.replace(request, connector_id=connector_id, connector_state=state)
+
+        self._storage.update_auth_request(request_id, choose)
+
+    async def password_login(
+        self,
+        request: AuthRequest,
+        connector: PasswordConnector,
+        username: str,
+        password: str,
+        client_ip: str,
+    ) -> AuthRequest:
+        """Check the password (throttled) and record the login. Raises ThrottledError,
+        InvalidCredentialsError or ConnectorError."""
+        identity = await self._password_login.attempt(
+            connector, request.scopes, username, password, client_ip
+        )
+        return await to_thread.run_sync(self.record_login, request.id, connector.id, identity)
+
+    async def finish_callback(self, request: AuthRequest, params: Mapping[str, str]) -> AuthRequest:
+        """Finish an upstream login from its callback parameters and the connector state
+        stored by ``start_login``, and record it. Raises NoLoginWaitingError,
+        UpstreamRefusedError or ConnectorError."""
+        connector = await to_thread.run_sync(self._connector, request, request.connector_id)
+        if not isinstance(connector, CallbackConnector):
+            raise NoLoginWaitingError()
+        if "error" in params:
+            raise UpstreamRefusedError()
+        identity = await connector.handle_callback(
+            scopes.connector_scopes(request.scopes), params, request.connector_state
+        )
+        return await to_thread.run_sync(self.record_login, request.id, connector.id, identity)
+
     def record_login(self, request_id: str, connector_id: str, identity: Identity) -> AuthRequest:
+        """Storage write: run in a worker thread."""
         now = self._clock.now()
         return self._storage.update_auth_request(
             request_id,

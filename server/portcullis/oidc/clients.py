@@ -20,6 +20,11 @@ def hash_client_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class UntrustedAudienceError(ValueError):
+    """A cross-client audience (``audience:server:client_id:X``) the requester may not ask
+    for. Each endpoint maps it to its own error form (redirect or JSON, both invalid_scope)."""
+
+
 class ClientRegistry:
     def __init__(self, storage: Storage, static_clients: Iterable[Client]) -> None:
         self._storage = storage
@@ -33,6 +38,21 @@ class ClientRegistry:
             return self._storage.get_client(client_id)
         except NotFoundError:
             return None
+
+    def check_audiences(self, client: Client, audiences: tuple[str, ...]) -> None:
+        """Raise UntrustedAudienceError unless every audience is the client itself or a client
+        that lists it in trustedPeers (Dex's cross-client trust). May read storage (dynamic
+        clients), so callers run it in a worker thread unless ``audiences`` is empty."""
+        for peer_id in audiences:
+            if peer_id == client.id:
+                continue
+            peer = self.get(peer_id)
+            if peer is None:
+                raise UntrustedAudienceError(f"audience {peer_id!r} is not a known client")
+            if client.id not in peer.trusted_peers:
+                raise UntrustedAudienceError(
+                    f"client {peer_id!r} does not trust {client.id!r} (trustedPeers)"
+                )
 
     def is_static_request(self, authorization: str | None, form: Mapping[str, str]) -> bool:
         """True when authenticating this request needs no storage: the client it names comes

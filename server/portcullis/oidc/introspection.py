@@ -1,5 +1,9 @@
 """Token introspection (RFC 7662), revocation (RFC 7009) and userinfo: everything that reads
-back a token the issuer minted."""
+back a token the issuer minted.
+
+Refresh tokens are looked up through ``portcullis.oidc.refresh`` (the same lookup the refresh
+grant uses), so "active" here and "accepted" at the token endpoint cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ from typing import Any
 from joserfc.errors import JoseError
 
 from portcullis.clock import Clock
-from portcullis.oidc.clients import ClientRegistry
 from portcullis.oidc.errors import invalid_request
-from portcullis.oidc.families import SID_PREFIX, end_family
-from portcullis.oidc.settings import ProtocolSettings
-from portcullis.oidc.tokens import TokenMinter, parse_refresh_token, secret_matches
-from portcullis.storage.base import NotFoundError, Storage
-from portcullis.storage.models import Client, RefreshToken
+from portcullis.oidc.refresh import SID_PREFIX, RefreshStore
+from portcullis.oidc.tokens import TokenMinter
+from portcullis.storage.base import Storage
+from portcullis.storage.models import Client
 
 # Claims that describe the token rather than the user; userinfo leaves them out.
 _TOKEN_CLAIMS = {
@@ -38,21 +40,15 @@ class TokenReader:
         self,
         issuer: str,
         storage: Storage,
-        clients: ClientRegistry,
         minter: TokenMinter,
         clock: Clock,
-        settings: ProtocolSettings,
+        refresh: RefreshStore,
     ) -> None:
-        self._settings = settings
         self._issuer = issuer
         self._storage = storage
-        self._clients = clients
         self._minter = minter
         self._clock = clock
-
-    @property
-    def _max_lifetime(self) -> float:
-        return self._settings.max_token_lifetime(self._clients.all())
+        self._refresh = refresh
 
     # -- JWT access tokens ------------------------------------------------------------------
     def verified_claims(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
@@ -77,20 +73,6 @@ class TokenReader:
             return None
         return claims
 
-    def _refresh_token(self, token: str) -> RefreshToken | None:
-        parsed = parse_refresh_token(token)
-        if parsed is None:
-            return None
-        try:
-            record = self._storage.get_refresh_token(parsed[0])
-        except NotFoundError:
-            return None
-        if not secret_matches(parsed[1], record.token_hash):
-            return None
-        if record.expires_at and record.expires_at < self._clock.now():
-            return None
-        return record
-
     # -- RFC 7662 ---------------------------------------------------------------------------
     def introspect(self, caller: Client, form: Mapping[str, str]) -> dict[str, Any]:
         token = form.get("token", "")
@@ -105,7 +87,7 @@ class TokenReader:
                 if claims is not None and "client_id" in claims:
                     return {"active": True, "token_type": "Bearer", **claims}
             else:
-                record = self._refresh_token(token)
+                record = self._refresh.active(token)
                 # Refresh tokens are the client's own credentials: only it may inspect them.
                 if record is not None and record.client_id == caller.id:
                     result: dict[str, Any] = {
@@ -129,18 +111,7 @@ class TokenReader:
         if not token:
             raise invalid_request("the token parameter is missing")
         # The hint is advisory (RFC 7009 §2.1): the token's own format decides what it is.
-        parsed = parse_refresh_token(token)
-        if parsed is not None:
-            try:
-                record = self._storage.get_refresh_token(parsed[0])
-            except NotFoundError:
-                return
-            owns = record.client_id == caller.id
-            knows = secret_matches(parsed[1], record.token_hash) or secret_matches(
-                parsed[1], record.obsolete_token_hash
-            )
-            if owns and knows:
-                end_family(self._storage, record.id, self._clock.now() + self._max_lifetime)
+        if self._refresh.revoke(token, caller):
             return
         claims = self.verified_claims(token, check_expiry=False)
         if claims is None:

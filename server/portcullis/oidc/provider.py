@@ -1,5 +1,12 @@
 """The OpenID provider: one object wiring settings, storage, keys, clients and connectors into the
-protocol pieces (authorization flow, token endpoint, token reader). Built once at start-up."""
+protocol pieces. Built once at start-up.
+
+Public attributes the adapters use: ``authorization`` (the login state machine), ``tokens`` (the
+token endpoint and its grant table), ``reader`` (introspection, revocation, userinfo, JWT
+verification), ``refresh`` (refresh-token families), ``token_issuer`` (the token response every
+user grant shares), ``password_login`` (the throttled password check), ``throttle``,
+``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,19 @@ from portcullis.clock import Clock
 from portcullis.config.load import Config
 from portcullis.connectors.base import Connector
 from portcullis.keys.manager import KeyManager
-from portcullis.oidc.authorize import AuthorizationFlow
+from portcullis.oidc.authorize import AuthorizationFlow, PasswordLogin
 from portcullis.oidc.clients import ClientRegistry, hash_client_secret
 from portcullis.oidc.discovery import discovery_document, render
-from portcullis.oidc.grants import TokenEndpoint
+from portcullis.oidc.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    PasswordGrant,
+    RefreshTokenGrant,
+    TokenEndpoint,
+)
 from portcullis.oidc.introspection import TokenReader
+from portcullis.oidc.issue import TokenIssuer
+from portcullis.oidc.refresh import RefreshStore
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle
 from portcullis.oidc.tokens import TokenMinter
@@ -74,15 +89,36 @@ class Provider:
             per_ip=self.settings.throttle_per_ip,
             window=self.settings.throttle_window,
         )
+        self.password_login = PasswordLogin(self.throttle)
+        self.refresh = RefreshStore(self.settings, storage, self.clients, clock)
+        self.token_issuer = TokenIssuer(self.settings, self.minter, self.refresh, clock)
         self.authorization = AuthorizationFlow(
-            self.settings, storage, self.clients, self.minter, clock
+            self.settings,
+            storage,
+            self.clients,
+            self.minter,
+            clock,
+            self.connectors,
+            self.password_login,
         )
         self.tokens = TokenEndpoint(
-            self.settings, storage, self.clients, self.minter, self.connectors, self.throttle, clock
+            self.settings,
+            self.clients,
+            [
+                AuthorizationCodeGrant(storage, self.refresh, self.token_issuer, clock),
+                RefreshTokenGrant(self.refresh, self.token_issuer, self.connectors),
+                PasswordGrant(
+                    self.settings.password_connector,
+                    self.connectors,
+                    self.clients,
+                    self.password_login,
+                    self.token_issuer,
+                    clock,
+                ),
+                ClientCredentialsGrant(self.settings, self.clients, self.minter, clock),
+            ],
         )
-        self.reader = TokenReader(
-            self.settings.issuer, storage, self.clients, self.minter, clock, self.settings
-        )
+        self.reader = TokenReader(self.settings.issuer, storage, self.minter, clock, self.refresh)
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 

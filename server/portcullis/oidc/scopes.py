@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from portcullis.connectors.base import Scopes
+
 OPENID = "openid"
 EMAIL = "email"
 PROFILE = "profile"
@@ -49,3 +51,10 @@ def check_scopes(scopes: tuple[str, ...], *, require_openid: bool = True) -> Sco
             continue
         raise ScopeError(f"unknown scope {scope!r}")
     return ScopeRequest(scopes=scopes, audiences=tuple(audiences))
+
+
+def connector_scopes(granted: tuple[str, ...]) -> Scopes:
+    """What a connector needs to know of the granted scopes (whether to fetch groups, whether
+    the login must allow an upstream refresh): the same answer for a browser login, the
+    password grant and a refresh."""
+    return Scopes(offline_access=OFFLINE_ACCESS in granted, groups=GROUPS in granted)

@@ -1,30 +1,22 @@
-"""Minting ID tokens, access tokens and refresh-token strings.
+"""Minting ID tokens and access tokens (signed JWTs).
 
 Access tokens are signed JWTs carrying the same user claims as the ID token (what Dex issues and
 what kube-apiserver accepts). Every JWT has a ``jti`` so RFC 7009 revocation can name it; tokens
 minted from an authorization code get jtis derived from the code id, so a replayed code can
-revoke them without extra storage.
+revoke them without extra storage. Refresh tokens are opaque, stored, and live in
+``portcullis.oidc.refresh``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from portcullis.keys.manager import KeyManager, hash_for_algorithm
 from portcullis.oidc.claims import encode_subject, identity_claims, token_hash
 from portcullis.storage.models import Identity
-
-REFRESH_PREFIX = "pcr1"
 
 
 def new_id() -> str:
@@ -32,56 +24,8 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def new_secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def derived_jti(code_id: str, purpose: str) -> str:
     return hashlib.sha256(f"{code_id}:{purpose}".encode()).hexdigest()[:32]
-
-
-# -- refresh token strings ------------------------------------------------------------------
-
-
-def format_refresh_token(token_id: str, secret: str) -> str:
-    return f"{REFRESH_PREFIX}.{token_id}.{secret}"
-
-
-def parse_refresh_token(value: str) -> tuple[str, str] | None:
-    parts = value.split(".")
-    if len(parts) != 3 or parts[0] != REFRESH_PREFIX or not parts[1] or not parts[2]:
-        return None
-    return parts[1], parts[2]
-
-
-def _seal_key(obsolete_secret: str, token_id: str) -> bytes:
-    hkdf = HKDF(algorithm=SHA256(), length=32, salt=None, info=f"pcr1-seal:{token_id}".encode())
-    return hkdf.derive(obsolete_secret.encode())
-
-
-def seal_successor(obsolete_secret: str, token_id: str, successor: str) -> str:
-    """Encrypt the successor under a key only the holder of the obsolete secret can derive."""
-    nonce = os.urandom(12)
-    sealed = AESGCM(_seal_key(obsolete_secret, token_id)).encrypt(
-        nonce, successor.encode(), token_id.encode()
-    )
-    return base64.urlsafe_b64encode(nonce + sealed).decode()
-
-
-def unseal_successor(obsolete_secret: str, token_id: str, sealed: str) -> str:
-    raw = base64.urlsafe_b64decode(sealed.encode())
-    plain = AESGCM(_seal_key(obsolete_secret, token_id)).decrypt(
-        raw[:12], raw[12:], token_id.encode()
-    )
-    return plain.decode()
-
-
-def secret_matches(secret: str, stored_digest: str) -> bool:
-    return bool(stored_digest) and hmac.compare_digest(digest(secret), stored_digest)
 
 
 # -- JWTs -----------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """Browser routes of a login: /auth, /auth/{connector}, /auth/{connector}/login, /callback,
-/approval. HTTP only; every decision is made by portcullis.oidc.authorize."""
+/approval.
+
+HTTP only: parameters in, pages, redirects and cookies out (the browser-binding cookie, CSRF).
+Every decision and every storage write is made by ``portcullis.oidc.authorize`` (the login state
+machine), whose storage calls run in worker threads; this module only maps its outcomes and
+typed errors to responses.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from urllib.parse import urlencode
 
@@ -11,17 +16,18 @@ from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from portcullis.connectors.base import (
-    CallbackConnector,
-    Connector,
-    ConnectorError,
-    PasswordConnector,
-    Scopes,
+from portcullis.connectors.base import ConnectorError
+from portcullis.oidc.authorize import (
+    InvalidCredentialsError,
+    NoLoginWaitingError,
+    PasswordForm,
+    UnknownConnectorError,
+    UnusableConnectorError,
+    UpstreamRefusedError,
+    error_redirect,
 )
-from portcullis.oidc.authorize import error_redirect
 from portcullis.oidc.errors import AuthorizeError
 from portcullis.oidc.provider import Provider
-from portcullis.oidc.scopes import GROUPS, OFFLINE_ACCESS
 from portcullis.oidc.throttle import ThrottledError
 from portcullis.storage.models import AuthRequest
 from portcullis.web import security
@@ -61,11 +67,6 @@ class LoginRoutes:
         self.cookie_ttl = int(min(provider.settings.auth_request_ttl, 24 * 3600))
 
     # -- helpers -----------------------------------------------------------------------------
-    def _connectors_for(self, request: AuthRequest) -> list[Connector]:
-        client = self.flow.client_for(request)
-        allowed = client.allowed_connectors if client else ()
-        return [c for c in self.provider.connectors.values() if not allowed or c.id in allowed]
-
     async def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
         """The auth request, only for the browser that started it."""
         if not request_id:
@@ -92,13 +93,6 @@ class LoginRoutes:
             return _redirect(error_redirect(error))
         return self.pages.error(400, "Invalid login request", error.description)
 
-    @staticmethod
-    def _scopes(auth_request: AuthRequest) -> Scopes:
-        return Scopes(
-            offline_access=OFFLINE_ACCESS in auth_request.scopes,
-            groups=GROUPS in auth_request.scopes,
-        )
-
     def _connector_url(self, connector_id: str, auth_request: AuthRequest) -> str:
         return f"{self.base}/auth/{connector_id}?{urlencode({'state': auth_request.id})}"
 
@@ -115,13 +109,9 @@ class LoginRoutes:
             auth_request = await run_sync(self.flow.parse, params, security.binding_digest(binding))
         except AuthorizeError as error:
             return self._authorize_error(error)
-        connectors = self._connectors_for(auth_request)
-        if auth_request.connector_id:
-            response: Response = _redirect(
-                self._connector_url(auth_request.connector_id, auth_request)
-            )
-        elif len(connectors) == 1 and not self.provider.settings.always_show_login:
-            response = _redirect(self._connector_url(connectors[0].id, auth_request))
+        choice = await run_sync(self.flow.choose_connector, auth_request)
+        if choice.connector_id:
+            response: Response = _redirect(self._connector_url(choice.connector_id, auth_request))
         else:
             response = self.pages.render(
                 "login.html",
@@ -133,7 +123,7 @@ class LoginRoutes:
                         "dev_only": c.dev_only,
                         "url": self._connector_url(c.id, auth_request),
                     }
-                    for c in connectors
+                    for c in choice.options
                 ],
             )
         response.set_cookie(
@@ -156,43 +146,24 @@ class LoginRoutes:
         loaded = await self._load(http, http.query_params.get("state", ""))
         if isinstance(loaded, Response):
             return loaded
-        connector = self._connector(loaded, connector_id)
-        if connector is None:
+        try:
+            start = await self.flow.start_login(loaded, connector_id, self._callback_url())
+        except UnknownConnectorError:
             return self.pages.error(
                 404, "Unknown login method", "That login method does not exist."
             )
-        if isinstance(connector, PasswordConnector):
-            await run_sync(
-                lambda: self.provider.storage.update_auth_request(
-                    loaded.id, lambda r: _with_connector(r, connector_id, b"")
-                )
-            )
+        except UnusableConnectorError:
+            return self.pages.error(500, "Login failed", "This login method cannot be used here.")
+        except ConnectorError as exc:
+            log.warning("connector %s failed to start a login: %s", connector_id, exc)
+            return self.pages.error(502, "Login failed", str(exc))
+        if isinstance(start, PasswordForm):
             return _redirect(
                 f"{self.base}/auth/{connector_id}/login?{urlencode({'state': loaded.id})}"
             )
-        if isinstance(connector, CallbackConnector):
-            try:
-                start = await connector.login_url(
-                    self._scopes(loaded), self._callback_url(), loaded.id
-                )
-            except ConnectorError as exc:
-                log.warning("connector %s failed to start a login: %s", connector_id, exc)
-                return self.pages.error(502, "Login failed", str(exc))
-            await run_sync(
-                lambda: self.provider.storage.update_auth_request(
-                    loaded.id, lambda r: _with_connector(r, connector_id, start.connector_state)
-                )
-            )
-            if start.post_form is not None:
-                return self.pages.post_binding(start.url, start.post_form)
-            return _redirect(start.url)
-        return self.pages.error(500, "Login failed", "This login method cannot be used here.")
-
-    def _connector(self, auth_request: AuthRequest, connector_id: str) -> Connector | None:
-        for connector in self._connectors_for(auth_request):
-            if connector.id == connector_id:
-                return connector
-        return None
+        if start.redirect.post_form is not None:
+            return self.pages.post_binding(start.redirect.url, start.redirect.post_form)
+        return _redirect(start.redirect.url)
 
     def _callback_url(self) -> str:
         return f"{self.provider.settings.issuer}/callback"
@@ -207,8 +178,9 @@ class LoginRoutes:
         loaded = await self._load(http, request_id)
         if isinstance(loaded, Response):
             return loaded
-        connector = self._connector(loaded, connector_id)
-        if not isinstance(connector, PasswordConnector):
+        try:
+            connector = await self.flow.password_connector(loaded, connector_id)
+        except UnknownConnectorError:
             return self.pages.error(
                 404, "Unknown login method", "That login method does not exist."
             )
@@ -236,24 +208,19 @@ class LoginRoutes:
             return form_page(400, "Enter both your username and your password.", username)
         client_ip = self.ip.resolve(http)
         try:
-            await run_sync(self.provider.throttle.check, username, client_ip)
+            await self.flow.password_login(loaded, connector, username, password, client_ip)
         except ThrottledError as exc:
             response = form_page(
                 429, "Too many failed attempts. Wait a few minutes and try again.", username
             )
             response.headers["Retry-After"] = str(exc.retry_after)
             return response
-        try:
-            identity = await connector.login(self._scopes(loaded), username, password)
         except ConnectorError as exc:
             log.warning("password login via %s failed upstream: %s", connector_id, exc)
             return form_page(502, str(exc), username)
-        if identity is None:
-            await run_sync(self.provider.throttle.failed, username, client_ip)
+        except InvalidCredentialsError:
             log.info("failed password login via %s from %s", connector_id, client_ip)
             return form_page(401, "Invalid username or password.", username)
-        await run_sync(self.provider.throttle.succeeded, username)
-        await run_sync(self.flow.record_login, loaded.id, connector_id, identity)
         log.info("login via %s for client %s", connector_id, loaded.client_id)
         return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
 
@@ -265,19 +232,15 @@ class LoginRoutes:
         loaded = await self._load(http, params.get("state", ""))
         if isinstance(loaded, Response):
             return loaded
-        connector = self._connector(loaded, loaded.connector_id)
-        if not isinstance(connector, CallbackConnector):
-            return self.pages.error(400, "Login failed", "No login is waiting for this callback.")
-        if "error" in params:
-            return self.pages.error(401, "Login failed", "The identity provider refused the login.")
         try:
-            identity = await connector.handle_callback(
-                self._scopes(loaded), params, loaded.connector_state
-            )
+            await self.flow.finish_callback(loaded, params)
+        except NoLoginWaitingError:
+            return self.pages.error(400, "Login failed", "No login is waiting for this callback.")
+        except UpstreamRefusedError:
+            return self.pages.error(401, "Login failed", "The identity provider refused the login.")
         except ConnectorError as exc:
-            log.warning("callback via %s failed: %s", connector.id, exc)
+            log.warning("callback via %s failed: %s", loaded.connector_id, exc)
             return self.pages.error(502, "Login failed", str(exc))
-        await run_sync(self.flow.record_login, loaded.id, connector.id, identity)
         return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
 
     # -- /approval ----------------------------------------------------------------------------
@@ -295,7 +258,7 @@ class LoginRoutes:
             if form is None:
                 if not self.flow.needs_approval(loaded):
                     return await self._finish(loaded)
-                client = self.flow.client_for(loaded)
+                client = await run_sync(self.flow.client_for, loaded)
                 return self.pages.render(
                     "approval.html",
                     client_name=client.name if client else loaded.client_id,
@@ -333,9 +296,3 @@ class LoginRoutes:
             samesite="lax",
         )
         return response
-
-
-def _with_connector(request: AuthRequest, connector_id: str, state: bytes) -> AuthRequest:
-    if request.logged_in:
-        return request
-    return dataclasses.replace(request, connector_id=connector_id, connector_state=state)

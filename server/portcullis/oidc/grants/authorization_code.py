@@ -1,0 +1,80 @@
+"""The authorization_code grant (RFC 6749 §4.1.3, PKCE RFC 7636 §4.6): exchange a code from
+``/auth`` for tokens.
+
+Codes are single use. Storage marks a code used atomically; a second presentation means the code
+leaked (an attacker or the client raced the legitimate exchange), so everything issued from it
+is revoked (RFC 6749 §4.1.2) before the refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import to_thread
+
+from portcullis.clock import Clock
+from portcullis.oidc import pkce
+from portcullis.oidc.errors import invalid_grant, invalid_request
+from portcullis.oidc.grants.base import TokenRequest
+from portcullis.oidc.issue import TokenIssuer
+from portcullis.oidc.refresh import RefreshStore
+from portcullis.storage.base import CodeReplayedError, NotFoundError, Storage
+
+
+class AuthorizationCodeGrant:
+    grant_type = "authorization_code"
+    parameters = ("code", "redirect_uri", "code_verifier")
+    allow_public = True
+
+    def __init__(
+        self, storage: Storage, refresh: RefreshStore, issuer: TokenIssuer, clock: Clock
+    ) -> None:
+        self._storage = storage
+        self._refresh = refresh
+        self._issuer = issuer
+        self._clock = clock
+
+    async def handle(self, request: TokenRequest) -> dict[str, Any]:
+        # Consuming the code, creating the refresh family and signing all touch storage.
+        return await to_thread.run_sync(self.exchange, request)
+
+    def exchange(self, request: TokenRequest) -> dict[str, Any]:
+        client, form = request.client, request.form
+        code_value = form.get("code", "")
+        if not code_value:
+            raise invalid_request("the code parameter is missing")
+        now = self._clock.now()
+        try:
+            code = self._storage.consume_auth_code(code_value, now)
+        except NotFoundError:
+            raise invalid_grant("the authorization code is invalid or expired") from None
+        except CodeReplayedError as replay:
+            self._refresh.revoke_code_issue(replay.code.id)
+            raise invalid_grant(
+                "the authorization code was already used; tokens issued from it are revoked"
+            ) from None
+        if code.client_id != client.id:
+            raise invalid_grant("the authorization code was issued to another client")
+        if code.expiry < now:
+            raise invalid_grant("the authorization code has expired")
+        if form.get("redirect_uri", "") != code.redirect_uri:
+            raise invalid_grant("redirect_uri does not match the authorization request")
+        verifier = form.get("code_verifier", "")
+        if code.pkce.code_challenge:
+            if not verifier:
+                raise invalid_grant("code_verifier is required (PKCE)")
+            if not pkce.verify(verifier, code.pkce.code_challenge, code.pkce.code_challenge_method):
+                raise invalid_grant("code_verifier does not match the code_challenge")
+        elif verifier:
+            raise invalid_grant("code_verifier sent but no code_challenge was registered")
+        return self._issuer.issue(
+            client,
+            identity=code.identity,
+            connector_id=code.connector_id,
+            granted=code.scopes,
+            nonce=code.nonce,
+            auth_time=code.auth_time,
+            # JWT ids derived from the code let a replay revoke them without a lookup table.
+            jti_seed=code.id,
+            issued_by_code=code.id,
+        )

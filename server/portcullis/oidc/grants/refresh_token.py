@@ -1,0 +1,107 @@
+"""The refresh_token grant (RFC 6749 §6): a new token set for a live refresh family.
+
+Three steps, so that only the upstream call runs on the event loop: look the family up (worker
+thread; a replayed or expired token ends the family there), re-check the user with the
+connector when it can refresh (upstream I/O, on the loop; a refusal ends the family, so upstream
+removals and group changes bite), then rotate and sign (worker thread). The rotation rules
+themselves live in ``portcullis.oidc.refresh``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from anyio import to_thread
+
+from portcullis.connectors.base import Connector, ConnectorError, RefreshConnector
+from portcullis.oidc import scopes
+from portcullis.oidc.errors import invalid_grant, invalid_request, invalid_scope
+from portcullis.oidc.grants.base import TokenRequest
+from portcullis.oidc.issue import TokenIssuer
+from portcullis.oidc.refresh import (
+    Presented,
+    RefreshStore,
+    RefreshTokenError,
+    Rotated,
+    format_refresh_token,
+)
+from portcullis.storage.models import Client, Identity
+
+
+class RefreshTokenGrant:
+    grant_type = "refresh_token"
+    parameters = ("refresh_token", "scope")
+    allow_public = True
+
+    def __init__(
+        self, refresh: RefreshStore, issuer: TokenIssuer, connectors: Mapping[str, Connector]
+    ) -> None:
+        self._refresh = refresh
+        self._issuer = issuer
+        self._connectors = connectors
+
+    async def handle(self, request: TokenRequest) -> dict[str, Any]:
+        try:
+            presented, granted = await to_thread.run_sync(self._lookup, request)
+            identity = await self._current_identity(presented, granted)
+            return await to_thread.run_sync(
+                self._rotate, request.client, presented, granted, identity
+            )
+        except RefreshTokenError as exc:
+            raise invalid_grant(exc.description) from None
+
+    def _lookup(self, request: TokenRequest) -> tuple[Presented, tuple[str, ...]]:
+        value = request.form.get("refresh_token", "")
+        if not value:
+            raise invalid_request("the refresh_token parameter is missing")
+        presented = self._refresh.lookup_for_grant(value, request.client)
+        granted = presented.family.scopes
+        # A refresh may narrow the scopes (RFC 6749 §6), never widen them.
+        requested = scopes.parse_scopes(request.form.get("scope", ""))
+        if requested:
+            extra = [s for s in requested if s not in granted]
+            if extra:
+                raise invalid_scope(f"scope {extra[0]!r} was not granted originally")
+        return presented, requested or granted
+
+    async def _current_identity(self, presented: Presented, granted: tuple[str, ...]) -> Identity:
+        family = presented.family
+        connector = self._connectors.get(family.connector_id)
+        if connector is None:
+            await to_thread.run_sync(self._refresh.end_family, family.id)
+            raise invalid_grant("the login method of this session no longer exists")
+        if not isinstance(connector, RefreshConnector):
+            return family.identity
+        try:
+            return await connector.refresh(scopes.connector_scopes(granted), family.identity)
+        except ConnectorError as exc:
+            await to_thread.run_sync(self._refresh.end_family, family.id)
+            raise invalid_grant(
+                f"the upstream identity provider refused the refresh: {exc}"
+            ) from None
+
+    def _rotate(
+        self,
+        client: Client,
+        presented: Presented,
+        granted: tuple[str, ...],
+        identity: Identity,
+    ) -> dict[str, Any]:
+        outcome = self._refresh.rotate(client, presented, identity)
+        if not isinstance(outcome, Rotated):
+            # Reused after the interval, or overtaken by concurrent rotations: either way an
+            # old generation is being replayed.
+            self._refresh.reuse_detected(presented.family.id, client.id)
+        family = presented.family
+        return self._issuer.response(
+            client,
+            identity=identity,
+            connector_id=family.connector_id,
+            granted=granted,
+            nonce=family.nonce,
+            auth_time=family.auth_time,
+            jti_seed="",
+            family_id=family.id,
+            refresh_token=format_refresh_token(family.id, outcome.secret),
+        )
