@@ -18,9 +18,9 @@ from typing import Any
 import anyio
 import pytest
 from portcullis.clock import FrozenClock
-from portcullis.config.load import parse_config
 from portcullis.connectors.base import Connector, Scopes
 from portcullis.connectors.mock import MockPasswordConfig, MockPasswordConnector
+from portcullis.issuer import parse_config
 from portcullis.oidc.errors import OAuthError
 from portcullis.oidc.provider import Provider
 from portcullis.oidc.refresh import parse_refresh_token

@@ -35,8 +35,8 @@ from portcullis.admin import api_pb2_grpc as pb_grpc
 from portcullis.config.model import RedirectURI
 from portcullis.oidc.claims import decode_subject
 from portcullis.oidc.clients import hash_client_secret
-from portcullis.oidc.families import end_family, session_id
 from portcullis.oidc.provider import Provider
+from portcullis.oidc.refresh import end_family, session_id
 from portcullis.storage.base import AlreadyExistsError, NotFoundError
 from portcullis.storage.models import Client, Password
 
