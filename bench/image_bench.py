@@ -35,7 +35,8 @@ from image_harness import (  # noqa: E402  # shared with the image tests
     project_version,
     start_container,
 )
-from portcullis_release import oci, oci_layout  # noqa: E402
+from portcullis_release import oci  # noqa: E402
+from portcullis_release.build import oci_layout  # noqa: E402
 
 
 def _wait_ready(url: str, alive: Callable[[], bool], timeout: float = 30.0) -> float:

@@ -17,7 +17,7 @@ import helm_python
 import pytest
 import yaml
 from chart_testlib import CHART_DIR, REPO_ROOT, documents, find
-from portcullis_release.chart import package_chart, push_chart, sha256_file
+from portcullis_release.distribute.chart import package_chart, push_chart, sha256_file
 from portcullis_release.manifest import (
     PLACEHOLDER_DIGEST,
     ReleaseManifest,

@@ -19,7 +19,13 @@ from chart_testlib import (
     validate_crds,
 )
 from portcullis_release.cli import main as release_cli
-from portcullis_release.flux import DEFAULT_OUT, FluxSettings, diff_flux, render_flux, write_flux
+from portcullis_release.distribute.flux import (
+    DEFAULT_OUT,
+    FluxSettings,
+    diff_flux,
+    render_flux,
+    write_flux,
+)
 from portcullis_release.manifest import (
     ManifestError,
     ReleaseManifest,

@@ -24,7 +24,8 @@ from image_harness import (
     project_version,
     start_container,
 )
-from portcullis_release import oci, oci_layout
+from portcullis_release import oci
+from portcullis_release.build import oci_layout
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Contain
 def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) -> None:
     _ready(issuer)
     from image_harness import REPO
-    from portcullis_release.packages_lock import load_lock
+    from portcullis_release.build.packages_lock import load_lock
 
     pin = load_lock(REPO / "images/portcullis/packages.lock").fips_provider
     health = httpx.get(f"http://127.0.0.1:{issuer.ports['telemetry']}/healthz/ready", timeout=5)

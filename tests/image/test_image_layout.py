@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from image_harness import LAYOUT, NONROOT, REPO
 from portcullis_release import oci
-from portcullis_release.packages_lock import load_lock
+from portcullis_release.build.packages_lock import load_lock
 
 LOCK = REPO / "images" / "portcullis" / "packages.lock"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from image_harness import REPO
-from portcullis_release import debs, image
-from portcullis_release.packages_lock import LockError, load_lock, parse_lock
+from portcullis_release.build import debs, image
+from portcullis_release.build.packages_lock import LockError, load_lock, parse_lock
 
 LOCK = REPO / "images" / "portcullis" / "packages.lock"
 

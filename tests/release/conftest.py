@@ -26,8 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from portcullis_release import cosign_keys, oci  # noqa: E402
-from portcullis_release.release import ReleasePlan  # noqa: E402
+from portcullis_release import oci  # noqa: E402
+from portcullis_release.attest import cosign_keys  # noqa: E402
+from portcullis_release.plan import ReleasePlan  # noqa: E402
 
 from tests.support.registry import Registry, start_registry  # noqa: E402
 
