@@ -54,6 +54,8 @@ run: venv
 test: test-venv test-system-deps lint typecheck
 	$(VENV)/bin/pytest -p no:cacheprovider -n 2 --timeout=300 tests
 
+# lint-imports checks the layer contracts ([tool.importlinter] in pyproject.toml) on this
+# checkout's sources.
 lint: test-venv
 	$(VENV)/bin/ruff check server scripts tests bench
 	$(VENV)/bin/ruff format --check server scripts tests bench
@@ -92,8 +94,8 @@ test: chart-node-deps
 # The hardened image (issue 3): PyInstaller-frozen server on a distroless rootfs from pinned
 # Debian packages, with an OpenSSL FIPS provider built from Debian's source, written as a
 # reproducible OCI image layout in dist/image/ tagged with the project version.
-# Recipe: images/portcullis/; code: scripts/portcullis_release/{debs,rootfs,fips_provider,
-# freeze,oci_layout,image}.py. Downloads and the built provider are cached under .cache/image.
+# Recipe: images/portcullis/; code: scripts/portcullis_release/build/ ({debs,rootfs,fips_provider,
+# freeze,oci_layout,image}.py). Downloads and the built provider are cached under .cache/image.
 IMAGE_DIR        := dist/image
 IMAGE_CACHE      := $(CACHE)/image
 IMAGE_DEB_SRC    := /etc/apt/sources.list.d/portcullis-deb-src.sources

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from portcullis_release import oci, oci_layout
+from portcullis_release import oci
+from portcullis_release.build import oci_layout
 
 from tests.support.image import (  # shared with the image tests
     LAYOUT,

@@ -1,28 +1,524 @@
-"""`portcullis-release` entry point.
+"""`portcullis-release`: the command line, and only the command line.
 
-Each release step lives in its own module exposing ``register(subparsers)``; this file only wires
-them together, so steps can evolve independently.
+Every subcommand parses its flags here and calls the stage's functions; no stage module knows
+about argparse, and no stage imports this module (the top of the package, as sigstore-python keeps
+its CLI in ``_cli.py``). Subcommands, in the order `--help` lists them: image, manifest, chart,
+flux, sbom, provenance, sign, publish, verify, release.
+
+Exit codes: 0 success, 1 a check failed (verification, `flux --check`, a failed image build or
+release), 2 bad input or an environment problem (unreadable manifest, registry refused us...).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import datetime as dt
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeAlias
 
-# Modules that contribute subcommands, in the order `--help` lists them.
-STEP_MODULES: tuple[str, ...] = (
-    "image",
-    "manifest",
-    "chart",
-    "flux",
-    "sbom",
-    "provenance",
-    "sign",
-    "publish",
-    "verify",
-    "release",
+from rich.console import Console
+
+from portcullis_release import release
+from portcullis_release.attest import cosign_keys, provenance, sbom, sign
+from portcullis_release.attest.attachments import write_attachments
+from portcullis_release.build import debs, fips_provider, freeze, image
+from portcullis_release.distribute import chart, flux
+from portcullis_release.distribute.local_registry import LocalRegistryError
+from portcullis_release.distribute.publish import publish_plan
+from portcullis_release.distribute.registry import RegistryError, client_for
+from portcullis_release.manifest import (
+    DEFAULT_MANIFEST,
+    ManifestError,
+    dump_manifest,
+    load_manifest,
+    parse_manifest,
+    render_manifest,
+)
+from portcullis_release.oci import Reference
+from portcullis_release.plan import ReleasePlan
+from portcullis_release.verify.policy import Policy
+from portcullis_release.verify.verifier import VerificationError, Verifier
+
+__all__ = ["build_parser", "main"]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
+    """``--auth-file`` and ``--plain-http``, shared by every subcommand that talks to a registry."""
+    parser.add_argument(
+        "--auth-file",
+        type=Path,
+        default=Path(os.environ["AUTH_FILE"]) if os.environ.get("AUTH_FILE") else None,
+        help="docker config JSON with the registry credentials (default: AUTH_FILE)",
+    )
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        default=None,
+        help="speak HTTP (default only for loopback registries)",
+    )
+
+
+def _add_release_inputs(parser: argparse.ArgumentParser, *, registry_required: bool) -> None:
+    """``--image``, ``--chart`` and ``--registry``: what makes a ``ReleasePlan``."""
+    parser.add_argument("--image", type=Path, default=Path("dist/image"), help="OCI image layout")
+    parser.add_argument("--chart", type=Path, help="packaged chart .tgz (dist/chart/...)")
+    if registry_required:
+        parser.add_argument(
+            "--registry", required=True, help="registry prefix, e.g. 127.0.0.1:5000/portcullis"
+        )
+
+
+# ---- image ------------------------------------------------------------------------------------
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    repo = image.repo_root()
+    log: list[str] = []
+    started = time.monotonic()
+    try:
+        result = image.build(
+            repo,
+            Path(args.output).resolve(),
+            Path(args.cache).resolve(),
+            source_url=args.source_url,
+            fresh=args.fresh,
+            log=log,
+        )
+    except (
+        image.ImageError,
+        debs.DebError,
+        fips_provider.FipsBuildError,
+        freeze.FreezeError,
+        ValueError,
+    ) as exc:
+        for line in log:
+            print(f"  {line}")
+        print(f"portcullis-release image build: {exc}")
+        return 1
+    for line in log:
+        print(f"  {line}")
+    print(
+        f"image {result.layout}:{result.tag} {result.manifest_digest} "
+        f"({result.compressed_size / 1e6:.1f} MB compressed, "
+        f"{result.uncompressed_size / 1e6:.1f} MB uncompressed, "
+        f"{time.monotonic() - started:.1f} s)"
+    )
+    return 0
+
+
+def _cmd_image_lock(args: argparse.Namespace) -> int:
+    repo = image.repo_root()
+    log: list[str] = []
+    lock = image.relock(repo, Path(args.cache).resolve(), args.fips_version, log)
+    for line in log:
+        print(f"  {line}")
+    print(f"pinned {len(lock.debs)} packages and openssl {lock.fips_provider.source_version}")
+    return 0
+
+
+def _register_image(sub: Subparsers) -> None:
+    parser = sub.add_parser("image", help="build the frozen distroless FIPS server image")
+    image_sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    build_p = image_sub.add_parser("build", help="write the OCI image layout (dist/image)")
+    build_p.add_argument("--output", default="dist/image", help="layout directory (replaced)")
+    build_p.add_argument("--cache", default=".cache/image", help="download and build cache")
+    build_p.add_argument("--source-url", help="org.opencontainers.image.source label")
+    build_p.add_argument(
+        "--fresh", action="store_true", help="freeze again even if an identical build is cached"
+    )
+    build_p.set_defaults(handler=_cmd_image_build)
+    lock_p = image_sub.add_parser("lock", help="re-pin Debian packages in packages.lock")
+    lock_p.add_argument("--cache", default=".cache/image")
+    lock_p.add_argument("--fips-version", help="Debian openssl source version to build and pin")
+    lock_p.set_defaults(handler=_cmd_image_lock)
+
+
+# ---- manifest -----------------------------------------------------------------------------------
+
+
+def _cmd_manifest_show(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.require_release:
+            manifest.require_release()
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(render_manifest(manifest), end="")
+    return 0
+
+
+def _cmd_manifest_set(args: argparse.Namespace) -> int:
+    image_fields = {k: v for k, v in (("tag", args.image_tag), ("digest", args.image_digest)) if v}
+    if args.image_repository:
+        image_fields["repository"] = args.image_repository
+    chart_fields = {
+        k: v for k, v in (("version", args.chart_version), ("digest", args.chart_digest)) if v
+    }
+    if args.chart_repository:
+        chart_fields["repository"] = args.chart_repository
+    try:
+        manifest = load_manifest(args.manifest)
+        if image_fields:
+            manifest = manifest.with_image(**image_fields)
+        if chart_fields:
+            manifest = manifest.with_chart(**chart_fields)
+        if args.release:
+            manifest = parse_manifest({**manifest.to_data(), "development": False})
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    dump_manifest(manifest, args.manifest)
+    return 0
+
+
+def _register_manifest(sub: Subparsers) -> None:
+    parser = sub.add_parser("manifest", help="show or update release/manifest.yaml")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest path")
+    actions = parser.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+
+    show = actions.add_parser("show", help="validate and print the manifest")
+    show.add_argument(
+        "--require-release", action="store_true", help="fail on development/placeholder values"
+    )
+    show.set_defaults(handler=_cmd_manifest_show)
+
+    update = actions.add_parser("set", help="replace image/chart fields and rewrite the file")
+    update.add_argument("--image-repository")
+    update.add_argument("--image-tag")
+    update.add_argument("--image-digest")
+    update.add_argument("--chart-repository")
+    update.add_argument("--chart-version")
+    update.add_argument("--chart-digest")
+    update.add_argument(
+        "--release", action="store_true", help="mark as a release (clears `development`)"
+    )
+    update.set_defaults(handler=_cmd_manifest_set)
+
+
+# ---- chart and flux -----------------------------------------------------------------------------
+
+
+def _cmd_chart(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        packaged = chart.package_chart(manifest, chart_dir=args.chart_dir, output_dir=args.output)
+    except (ManifestError, chart.ChartError) as exc:
+        print(f"portcullis-release chart: {exc}", file=sys.stderr)
+        return 2
+    print(f"{packaged.path} {packaged.digest}")
+    return 0
+
+
+def _register_chart(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "chart", help="package chart/portcullis as dist/chart/portcullis-<version>.tgz"
+    )
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
+    parser.add_argument("--chart-dir", type=Path, default=chart.CHART_DIR, help="chart sources")
+    parser.add_argument("--output", type=Path, default=chart.DIST_DIR, help="output directory")
+    parser.set_defaults(handler=_cmd_chart)
+
+
+def _cmd_flux(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.check:
+            problems = flux.diff_flux(manifest, args.output, allow_development=manifest.development)
+            for problem in problems:
+                print(f"{args.output}/{problem}", file=sys.stderr)
+            return 1 if problems else 0
+        paths = flux.write_flux(manifest, args.output, allow_development=args.allow_development)
+    except ManifestError as exc:
+        print(f"portcullis-release flux: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _register_flux(sub: Subparsers) -> None:
+    parser = sub.add_parser("flux", help="generate deploy/flux/ from release/manifest.yaml")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
+    parser.add_argument("--output", type=Path, default=flux.DEFAULT_OUT, help="output directory")
+    parser.add_argument(
+        "--allow-development",
+        action="store_true",
+        help="accept a development manifest (placeholder digests)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only report files that differ (exit 1 if any)"
+    )
+    parser.set_defaults(handler=_cmd_flux)
+
+
+# ---- sbom, provenance, sign ---------------------------------------------------------------------
+
+
+def _cmd_sbom(args: argparse.Namespace) -> int:
+    plan = ReleasePlan.load(args.image, args.chart, args.registry)
+    inputs = sbom.ImageInputs(
+        runtime_lock=args.runtime_lock if args.runtime_lock.is_file() else None,
+        packages_lock=args.packages_lock if args.packages_lock.is_file() else None,
+        deb_dir=args.deb_dir,
+    )
+    path = sbom.write(args.release_dir, "image", sbom.image_bom(plan, inputs))
+    print(f"sbom: {path}")
+    if plan.chart is not None:
+        print(f"sbom: {sbom.write(args.release_dir, 'chart', sbom.chart_bom(plan))}")
+    return 0
+
+
+def _register_sbom(sub: Subparsers) -> None:
+    parser = sub.add_parser("sbom", help="CycloneDX 1.6 SBOMs for the image and the chart")
+    _add_release_inputs(parser, registry_required=True)
+    parser.add_argument("--runtime-lock", type=Path, default=Path("requirements/runtime.txt"))
+    parser.add_argument(
+        "--packages-lock", type=Path, default=Path("images/portcullis/packages.lock")
+    )
+    parser.add_argument("--deb-dir", type=Path, help="directory holding the pinned .deb files")
+    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
+    parser.set_defaults(handler=_cmd_sbom)
+
+
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    plan = ReleasePlan.load(args.image, args.chart, args.registry)
+    run = provenance.BuildRun(builder_id=args.builder_id)
+    if args.started_on:
+        run.started_on = dt.datetime.fromisoformat(args.started_on.replace("Z", "+00:00"))
+    statement = provenance.build_statement(plan, args.source_dir.resolve(), run)
+    key = cosign_keys.load_signing_key(args.key) if args.key else None
+    provenance.write(args.release_dir, statement, key)
+    print(
+        f"provenance: {args.release_dir / provenance.STATEMENT_FILE}"
+        + (f", signed {args.release_dir / provenance.ENVELOPE_FILE}" if key else "")
+    )
+    return 0
+
+
+def _register_provenance(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "provenance",
+        help="SLSA v1 provenance (in-toto Statement, DSSE-signed) for the image and chart",
+    )
+    _add_release_inputs(parser, registry_required=True)
+    parser.add_argument("--key", type=Path, help="sign the envelope (COSIGN_PASSWORD applies)")
+    parser.add_argument(
+        "--builder-id", default=os.environ.get("BUILDER_ID", provenance.DEFAULT_BUILDER_ID)
+    )
+    parser.add_argument("--started-on", help="RFC 3339 start of the build (default: now)")
+    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
+    parser.add_argument("--source-dir", type=Path, default=Path("."))
+    parser.set_defaults(handler=_cmd_provenance)
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    plan = ReleasePlan.load(args.image, args.chart, args.registry)
+    todo = release.statements(args.release_dir, plan)
+    if args.keyless:
+        try:
+            with sign.keyless_signer(args.sigstore_staging) as signer:
+                attachments = sign.build_attachments(signer, plan.targets(), todo)
+        except sign.KeylessError as exc:
+            print(f"sign: {exc}", file=sys.stderr)
+            return 2
+    else:
+        key = cosign_keys.load_signing_key(args.key)
+        attachments = sign.build_attachments(key, plan.targets(), todo)
+    write_attachments(args.release_dir / "attachments", attachments)
+    for att in attachments:
+        print(f"signed {att.role}: {att.tag} ({len(att.layers)} layer(s))")
+    return 0
+
+
+def _register_sign(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "sign",
+        help="sign the image and chart and attest provenance/SBOM (cosign format)",
+        description="Write cosign-format .sig and .att manifests for the image and chart into a "
+        "staging OCI layout that `publish` pushes. Key: COSIGN_KEY (cosign encrypted or PEM), "
+        "password COSIGN_PASSWORD.",
+    )
+    _add_release_inputs(parser, registry_required=True)
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--key", type=Path, help="private key file (cosign format or PEM)")
+    how.add_argument(
+        "--keyless",
+        action="store_true",
+        help="sign through Sigstore (Fulcio + Rekor) with the CI's ambient OIDC identity",
+    )
+    parser.add_argument(
+        "--sigstore-staging", action="store_true", help="use Sigstore's staging instance"
+    )
+    parser.add_argument(
+        "--release-dir",
+        type=Path,
+        default=Path("dist/release"),
+        help="where sbom/provenance were written and attachments go",
+    )
+    parser.set_defaults(handler=_cmd_sign)
+
+
+# ---- publish and verify -------------------------------------------------------------------------
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    plan = ReleasePlan.load(args.image, args.chart, args.registry)
+    try:
+        report = publish_plan(plan, args.release_dir, args.auth_file, args.plain_http, console)
+    except RegistryError as exc:
+        console.print(f"[red]publish failed:[/red] {exc}")
+        return 2
+    print(report.summary())
+    for role in plan.roles():
+        print(
+            f"{role}: {plan.ref_for(role).with_tag(plan.tag_for(role))}@"
+            f"{plan.artifact_for(role).digest}"
+        )
+    return 0
+
+
+def _register_publish(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "publish",
+        help="push image, chart, signatures, attestations (by digest, idempotent)",
+        description="Push the release to REGISTRY with credentials from a docker config JSON "
+        "(AUTH_FILE). Tags move only after every blob and manifest is in place.",
+    )
+    _add_release_inputs(parser, registry_required=False)
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("REGISTRY"),
+        required=not os.environ.get("REGISTRY"),
+        help="e.g. 127.0.0.1:5000/portcullis",
+    )
+    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
+    _add_registry_options(parser)
+    parser.set_defaults(handler=_cmd_publish)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        ref = Reference.parse(args.ref)
+        key = cosign_keys.load_public_key(args.key)
+        policy = Policy.from_file(args.policy) if args.policy else Policy()
+    except (ValueError, OSError, cosign_keys.KeyFileError) as exc:
+        print(f"verify: {exc}")
+        return 2
+    if args.builder_id:
+        policy.builder_id = args.builder_id
+    if args.source_repo:
+        policy.source_repository = args.source_repo
+    try:
+        with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
+            result = Verifier(client, key, policy).verify(ref)
+    except VerificationError as exc:
+        print(f"FAILED {ref}: {exc}")
+        return 1
+    except RegistryError as exc:
+        print(f"verify: registry error: {exc}")
+        return 2
+    print(f"OK {ref.name}@{result.digest}")
+    print(f"  manifest and {result.blobs_checked} blobs match their digests")
+    for note in result.notes:
+        print(f"  {note}")
+    return 0
+
+
+def _register_verify(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="verify a published image or chart: digests, signature, provenance, SBOM",
+        description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
+        "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
+        "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
+        "(repo:tag@sha256:...) to also detect a moved tag.",
+    )
+    parser.add_argument("ref", help="host[:port]/repository[:tag][@sha256:...]")
+    parser.add_argument("--key", type=Path, required=True, help="cosign public key (PEM)")
+    parser.add_argument("--policy", type=Path, help="VerificationPolicy YAML (provenance/)")
+    parser.add_argument("--source-repo", help="required externalParameters.source.repository")
+    parser.add_argument("--builder-id", help="required runDetails.builder.id")
+    _add_registry_options(parser)
+    parser.set_defaults(handler=_cmd_verify)
+
+
+# ---- release ------------------------------------------------------------------------------------
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    options = release.ReleaseOptions(
+        image=args.image,
+        chart_dir=args.chart_dir,
+        release_dir=args.release_dir,
+        manifest=args.manifest,
+        flux_dir=args.flux_dir,
+        runtime_lock=args.runtime_lock,
+        packages_lock=args.packages_lock,
+        deb_dir=args.deb_dir,
+        skip_chart_build=args.skip_chart_build,
+    )
+    try:
+        return release.run_release(options, console)
+    except (
+        RegistryError,
+        VerificationError,
+        LocalRegistryError,
+        chart.ChartError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        console.print(f"[red]release failed:[/red] {exc}")
+        return 1
+
+
+def _register_release(sub: Subparsers) -> None:
+    defaults = release.ReleaseOptions()
+    parser = sub.add_parser(
+        "release",
+        help="the whole release: chart, SBOM, provenance, sign, publish, verify, manifest",
+        description="Reads REGISTRY, AUTH_FILE, COSIGN_KEY and COSIGN_PASSWORD like cosign. "
+        "Without REGISTRY it starts a local authenticated registry; without COSIGN_KEY it makes "
+        "a throwaway key, and says so.",
+    )
+    parser.add_argument("--image", type=Path, default=defaults.image)
+    parser.add_argument("--chart-dir", type=Path, default=defaults.chart_dir)
+    parser.add_argument("--release-dir", type=Path, default=defaults.release_dir)
+    parser.add_argument("--manifest", type=Path, default=defaults.manifest)
+    parser.add_argument("--flux-dir", type=Path, default=defaults.flux_dir)
+    parser.add_argument("--runtime-lock", type=Path, default=defaults.runtime_lock)
+    parser.add_argument("--packages-lock", type=Path, default=defaults.packages_lock)
+    parser.add_argument("--deb-dir", type=Path, default=defaults.deb_dir)
+    parser.add_argument(
+        "--skip-chart-build",
+        action="store_true",
+        help="use the newest chart in --chart-dir as it is",
+    )
+    parser.set_defaults(handler=_cmd_release)
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+
+# In the order `--help` lists them: the pipeline's order, then the whole release.
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _register_image,
+    _register_manifest,
+    _register_chart,
+    _register_flux,
+    _register_sbom,
+    _register_provenance,
+    _register_sign,
+    _register_publish,
+    _register_verify,
+    _register_release,
 )
 
 
@@ -32,18 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, sign, publish and verify Portcullis release artefacts.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in STEP_MODULES:
-        module = importlib.import_module(f"portcullis_release.{name}")
-        module.register(sub)
+    for register in SUBCOMMANDS:
+        register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = args.handler
-    result: int = handler(args)
-    return result
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ verbatim on load/dump; ``image`` and ``chart`` are strict)::
       version: 0.1.0
       digest: sha256:<64 hex>       # digest of the chart's OCI manifest (what Flux pins)
 
-Importable API (used by ``chart.py``, ``flux.py`` and the release/publish steps)::
+Importable API (used by ``distribute.chart``, ``distribute.flux`` and ``release``; the
+``portcullis-release manifest show|set`` commands are in ``cli``)::
 
     load_manifest(path: Path = DEFAULT_MANIFEST) -> ReleaseManifest     # raises ManifestError
     dump_manifest(manifest: ReleaseManifest, path: Path = DEFAULT_MANIFEST) -> None
@@ -28,18 +29,21 @@ Importable API (used by ``chart.py``, ``flux.py`` and the release/publish steps)
 
 A development manifest may carry the all-zero placeholder digest; a release manifest may not
 (``ReleaseManifest.require_release()`` says which field is still a placeholder).
+
+A shared model at the bottom of the package, beside ``plan``: it imports nothing from
+``portcullis_release`` but the repository root, so any stage may read the manifest.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from portcullis_release import REPO_ROOT
 
 __all__ = [
     "DEFAULT_MANIFEST",
@@ -51,11 +55,9 @@ __all__ = [
     "dump_manifest",
     "load_manifest",
     "parse_manifest",
-    "register",
     "render_manifest",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = REPO_ROOT / "release" / "manifest.yaml"
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
@@ -253,65 +255,3 @@ def dump_manifest(manifest: ReleaseManifest, path: Path = DEFAULT_MANIFEST) -> N
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_manifest(manifest), encoding="utf-8")
     tmp.replace(path)
-
-
-# ---- CLI: `portcullis-release manifest show|set` -------------------------------------------
-
-
-def _cmd_show(args: argparse.Namespace) -> int:
-    try:
-        manifest = load_manifest(args.manifest)
-        if args.require_release:
-            manifest.require_release()
-    except ManifestError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(render_manifest(manifest), end="")
-    return 0
-
-
-def _cmd_set(args: argparse.Namespace) -> int:
-    image = {k: v for k, v in (("tag", args.image_tag), ("digest", args.image_digest)) if v}
-    if args.image_repository:
-        image["repository"] = args.image_repository
-    chart = {k: v for k, v in (("version", args.chart_version), ("digest", args.chart_digest)) if v}
-    if args.chart_repository:
-        chart["repository"] = args.chart_repository
-    try:
-        manifest = load_manifest(args.manifest)
-        if image:
-            manifest = manifest.with_image(**image)
-        if chart:
-            manifest = manifest.with_chart(**chart)
-        if args.release:
-            manifest = parse_manifest({**manifest.to_data(), "development": False})
-    except ManifestError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    dump_manifest(manifest, args.manifest)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``manifest show`` and ``manifest set`` to the release CLI."""
-    parser = sub.add_parser("manifest", help="show or update release/manifest.yaml")
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest path")
-    actions = parser.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
-
-    show = actions.add_parser("show", help="validate and print the manifest")
-    show.add_argument(
-        "--require-release", action="store_true", help="fail on development/placeholder values"
-    )
-    show.set_defaults(handler=_cmd_show)
-
-    update = actions.add_parser("set", help="replace image/chart fields and rewrite the file")
-    update.add_argument("--image-repository")
-    update.add_argument("--image-tag")
-    update.add_argument("--image-digest")
-    update.add_argument("--chart-repository")
-    update.add_argument("--chart-version")
-    update.add_argument("--chart-digest")
-    update.add_argument(
-        "--release", action="store_true", help="mark as a release (clears `development`)"
-    )
-    update.set_defaults(handler=_cmd_set)

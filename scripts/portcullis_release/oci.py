@@ -1,8 +1,10 @@
-"""Minimal OCI helpers shared by signing, publishing and verification.
+"""The OCI content model every release stage shares: digests, descriptors, artifacts, image
+references, OCI image layouts, and the Helm chart as an OCI artifact.
 
 Everything here works on bytes already in memory: an *artifact* is one manifest plus the blobs it
-references, which is exactly the unit a registry accepts (blobs first, then the manifest). The
-helpers are kept in this one module so they can be merged with the image build's OCI layout code.
+references, which is exactly the unit a registry accepts (blobs first, then the manifest). This
+module is the bottom of the package: it imports nothing else from ``portcullis_release``, so the
+plan, the image build, signing, publishing and verification can all stand on it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -155,6 +158,54 @@ def image_manifest(
     if annotations:
         obj["annotations"] = dict(annotations)
     return canonical_json(obj)
+
+
+# ---- image references -------------------------------------------------------------------------
+
+_REF = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``host[:port]/repository[:tag][@sha256:...]``; a host is always required (no Docker Hub
+    defaulting: a release names its registry explicitly)."""
+
+    host: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        host, sep, rest = text.partition("/")
+        if not sep or not rest or not ("." in host or ":" in host or host == "localhost"):
+            raise ValueError(f"reference {text!r} must start with a registry host (host[:port]/)")
+        match = _REF.match(rest)
+        if not match:
+            raise ValueError(f"reference {text!r} has an invalid repository, tag or digest")
+        return cls(host, match["name"], match["tag"], match["digest"])
+
+    @property
+    def name(self) -> str:
+        """``host/repository``, what cosign puts in ``docker-reference``."""
+        return f"{self.host}/{self.repository}"
+
+    def with_tag(self, tag: str | None) -> Reference:
+        return Reference(self.host, self.repository, tag, None)
+
+    def with_digest(self, digest: str) -> Reference:
+        return Reference(self.host, self.repository, None, digest)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
 
 
 # ---- OCI image layout (what `make image` writes) -------------------------------------------

@@ -37,7 +37,7 @@ BUNDLE_ENV = "PORTCULLIS_FIPS_BUNDLE"
 BUNDLE_DIRNAME = "portcullis_fips"
 EXIT_FIPS_FAILURE = 78  # EX_CONFIG from sysexits.h
 
-# Layout of the bundle (written by portcullis_release.fips_provider).
+# Layout of the bundle (written by portcullis_release.build.fips_provider).
 _CONFIG = "openssl.cnf"
 _PROVIDER_JSON = "provider.json"
 _MODULE_DIRS = ("modules/stdlib", "modules/cryptography")

@@ -16,7 +16,7 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from portcullis_release.chart import package_chart, push_chart, sha256_file
+from portcullis_release.distribute.chart import package_chart, push_chart, sha256_file
 from portcullis_release.manifest import (
     PLACEHOLDER_DIGEST,
     ReleaseManifest,

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 import yaml
 from portcullis_release.cli import main as release_cli
-from portcullis_release.flux import DEFAULT_OUT, FluxSettings, diff_flux, render_flux, write_flux
+from portcullis_release.distribute.flux import (
+    DEFAULT_OUT,
+    FluxSettings,
+    diff_flux,
+    render_flux,
+    write_flux,
+)
 from portcullis_release.manifest import (
     ManifestError,
     ReleaseManifest,

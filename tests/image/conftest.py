@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from portcullis_release import oci, oci_layout
+from portcullis_release import oci
+from portcullis_release.build import oci_layout
 
 from tests.support.image import (
     LAYOUT,

@@ -68,7 +68,7 @@ def test_container_runs_hardened_as_nonroot_without_capabilities(issuer: Contain
 
 def test_healthz_reports_fips_mode_and_the_pinned_provider(issuer: Container) -> None:
     _ready(issuer)
-    from portcullis_release.packages_lock import load_lock
+    from portcullis_release.build.packages_lock import load_lock
 
     from tests.support.image import REPO
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from portcullis_release import oci
-from portcullis_release.packages_lock import load_lock
+from portcullis_release.build.packages_lock import load_lock
 
 from tests.support.image import LAYOUT, NONROOT, REPO
 

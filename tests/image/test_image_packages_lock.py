@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from portcullis_release import debs, image
-from portcullis_release.packages_lock import LockError, load_lock, parse_lock
+from portcullis_release.build import debs, image
+from portcullis_release.build.packages_lock import LockError, load_lock, parse_lock
 
 from tests.support.image import REPO
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from portcullis_release import cosign_keys, oci
-from portcullis_release.release import ReleasePlan
+from portcullis_release import oci
+from portcullis_release.attest import cosign_keys
+from portcullis_release.plan import ReleasePlan
 
 from tests.support.registry import Registry, start_registry
 

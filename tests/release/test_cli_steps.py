@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from portcullis_release import cli, sign
-from portcullis_release.provenance import BuildRun, SourceInfo
-from portcullis_release.publish import publish_plan
-from portcullis_release.registry import DockerAuth, RegistryClient, RegistryError
+from portcullis_release import cli
+from portcullis_release.attest import attachments, cosign_format
+from portcullis_release.attest.provenance import BuildRun, SourceInfo
+from portcullis_release.attest.sbom import ImageInputs
+from portcullis_release.distribute.publish import publish_plan
+from portcullis_release.distribute.registry import DockerAuth, RegistryClient, RegistryError
 from portcullis_release.release import prepare
-from portcullis_release.sbom import ImageInputs
 
 from tests.release.conftest import REPO_ROOT, KeyPair, SyntheticRelease
 from tests.support.registry import Registry
@@ -80,7 +81,9 @@ def test_subcommands_chain_from_sbom_to_verify(
     }
     # The provenance envelope attached by `sign` is byte-identical to the one `provenance` wrote.
     envelope = (out / "provenance.dsse.json").read_bytes()
-    staged = [la.blob for att in sign.read_attachments(out / "attachments") for la in att.layers]
+    staged = [
+        la.blob for att in attachments.read_attachments(out / "attachments") for la in att.layers
+    ]
     assert envelope in staged
 
     assert cli.main(["publish", *common, "--auth-file", str(registry.auth_file)]) == 0
@@ -160,7 +163,7 @@ def test_failed_publish_leaves_nothing_tagged(
 ) -> None:
     """A failure after the image is uploaded (here: the chart manifest is refused) must not
     leave the image tag or any .sig/.att tag behind."""
-    from portcullis_release import cosign_keys
+    from portcullis_release.attest import cosign_keys
 
     plan = release_inputs.plan(f"{registry.host}/half")
     out = tmp_path / "release"
@@ -194,7 +197,11 @@ def test_failed_publish_leaves_nothing_tagged(
     report = publish_plan(plan, out, registry.auth_file)
     assert report.manifests_present == 1
     assert sorted(client.list_tags(plan.image_ref.repository)) == sorted(
-        ["1.2.3", sign.sig_tag(plan.image.digest), sign.att_tag(plan.image.digest)]
+        [
+            "1.2.3",
+            cosign_format.sig_tag(plan.image.digest),
+            cosign_format.att_tag(plan.image.digest),
+        ]
     )
 
 

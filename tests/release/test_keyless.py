@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from portcullis_release import cli, sign
+from portcullis_release import cli
+from portcullis_release.attest import cosign_format, sign
 from sigstore.models import Bundle
 
 from tests.release.conftest import SyntheticRelease
@@ -121,16 +122,18 @@ class FakeSigstoreSigner:
 def test_keyless_signature_layer_carries_what_cosign_reads() -> None:
     digest = "sha256:" + "cd" * 32
     layer = sign.SigstoreSigner(FakeSigstoreSigner()).signature_layer("r.test/app", digest)
-    assert layer.blob == sign.simple_signing_payload("r.test/app", digest)
-    cert = x509.load_pem_x509_certificate(layer.annotations[sign.CERTIFICATE_ANNOTATION].encode())
+    assert layer.blob == cosign_format.simple_signing_payload("r.test/app", digest)
+    cert = x509.load_pem_x509_certificate(
+        layer.annotations[cosign_format.CERTIFICATE_ANNOTATION].encode()
+    )
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(
-        base64.b64decode(layer.annotations[sign.SIGNATURE_ANNOTATION]),
+        base64.b64decode(layer.annotations[cosign_format.SIGNATURE_ANNOTATION]),
         layer.blob,
         ec.ECDSA(hashes.SHA256()),
     )
-    rekor = json.loads(layer.annotations[sign.BUNDLE_ANNOTATION])
+    rekor = json.loads(layer.annotations[cosign_format.BUNDLE_ANNOTATION])
     assert base64.b64decode(rekor["SignedEntryTimestamp"]) == b"signed-entry-timestamp"
     assert rekor["Payload"]["logIndex"] == 7
     assert rekor["Payload"]["integratedTime"] == 1700000000

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from portcullis_release import cosign_keys, dsse, oci, sign
-from portcullis_release.registry import (
+from portcullis_release import oci
+from portcullis_release.attest import cosign_format, cosign_keys, dsse
+from portcullis_release.distribute.registry import (
     AuthenticationError,
     AuthorizationError,
     DockerAuth,
@@ -155,13 +156,13 @@ def test_dsse_pae_and_tamper_detection() -> None:
 
 def test_simple_signing_payload_matches_cosign_bytes() -> None:
     digest = "sha256:" + "ab" * 32
-    assert sign.simple_signing_payload("127.0.0.1:5000/demo/app", digest) == (
+    assert cosign_format.simple_signing_payload("127.0.0.1:5000/demo/app", digest) == (
         b'{"critical":{"identity":{"docker-reference":"127.0.0.1:5000/demo/app"},'
         b'"image":{"docker-manifest-digest":"' + digest.encode() + b'"},'
         b'"type":"cosign container image signature"},"optional":null}'
     )
-    layer = sign.Layer(sign.SIMPLESIGNING_MEDIA_TYPE, b"{}", {})
-    config = next(iter(sign.attachment_artifact([layer]).blobs.values()))
+    layer = cosign_format.Layer(cosign_format.SIMPLESIGNING_MEDIA_TYPE, b"{}", {})
+    config = next(iter(cosign_format.attachment_artifact([layer]).blobs.values()))
     assert config == (
         b'{"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":'
         b'"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":['

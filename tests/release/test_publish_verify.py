@@ -12,14 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from portcullis_release import cli, cosign_keys, oci, sign
-from portcullis_release.oci import Artifact
-from portcullis_release.provenance import BuildRun, SourceInfo
-from portcullis_release.publish import Publisher, PublishReport, publish_plan
-from portcullis_release.registry import DockerAuth, Reference, RegistryClient
-from portcullis_release.release import ReleasePlan, prepare
-from portcullis_release.sbom import ImageInputs
-from portcullis_release.verify import Policy, VerificationError, Verifier
+from portcullis_release import cli, oci
+from portcullis_release.attest import cosign_format, cosign_keys
+from portcullis_release.attest.provenance import BuildRun, SourceInfo
+from portcullis_release.attest.sbom import ImageInputs
+from portcullis_release.distribute.publish import Publisher, PublishReport, publish_plan
+from portcullis_release.distribute.registry import DockerAuth, RegistryClient
+from portcullis_release.oci import Artifact, Reference
+from portcullis_release.plan import ReleasePlan
+from portcullis_release.release import prepare
+from portcullis_release.verify.policy import Policy
+from portcullis_release.verify.verifier import VerificationError, Verifier
 
 from tests.release.conftest import (
     BUILDER_ID,
@@ -146,10 +149,10 @@ def test_published_release_verifies_and_republishing_pushes_nothing(
     assert report.manifests_pushed == 6
     assert sorted(t.split(":")[-1] for t in report.tags_moved) == sorted(
         [
-            sign.sig_tag(plan.image.digest),
-            sign.att_tag(plan.image.digest),
-            sign.sig_tag(plan.artifact_for("chart").digest),
-            sign.att_tag(plan.artifact_for("chart").digest),
+            cosign_format.sig_tag(plan.image.digest),
+            cosign_format.att_tag(plan.image.digest),
+            cosign_format.sig_tag(plan.artifact_for("chart").digest),
+            cosign_format.att_tag(plan.artifact_for("chart").digest),
             "1.2.3",
             "1.2.3",
         ]
@@ -306,7 +309,8 @@ def test_our_verifier_accepts_signatures_made_by_cosign(
     c = client(shared_registry)
     c.delete_manifest(
         plan.image_ref.repository,
-        c.manifest_digest(plan.image_ref.repository, sign.sig_tag(plan.image.digest)) or "",
+        c.manifest_digest(plan.image_ref.repository, cosign_format.sig_tag(plan.image.digest))
+        or "",
     )
     with pytest.raises(VerificationError, match="unsigned"):
         verifier(shared_registry, key.public).verify(pinned(plan))
@@ -338,9 +342,11 @@ def _attachment(c: RegistryClient, repo: str, tag: str) -> Artifact:
     return art
 
 
-def _replace_attachment(c: RegistryClient, repo: str, tag: str, layers: list[sign.Layer]) -> None:
+def _replace_attachment(
+    c: RegistryClient, repo: str, tag: str, layers: list[cosign_format.Layer]
+) -> None:
     pub = Publisher(c)
-    art = sign.attachment_artifact(layers)
+    art = cosign_format.attachment_artifact(layers)
     pub.upload(repo, art)
     c.put_manifest(repo, tag, art.manifest, art.media_type)
 
@@ -350,22 +356,25 @@ def tamper_wrong_key(ctx: TamperContext) -> None:
 
 
 def tamper_payload(ctx: TamperContext) -> None:
-    repo, tag = ctx.plan.image_ref.repository, sign.sig_tag(ctx.plan.image.digest)
-    layers = sign.layers_of(_attachment(ctx.client, repo, tag))
+    repo, tag = ctx.plan.image_ref.repository, cosign_format.sig_tag(ctx.plan.image.digest)
+    layers = cosign_format.layers_of(_attachment(ctx.client, repo, tag))
     doc = json.loads(layers[0].blob)
     doc["critical"]["identity"]["docker-reference"] = "evil.example/other"
     forged = json.dumps(doc, separators=(",", ":")).encode()
     _replace_attachment(
-        ctx.client, repo, tag, [sign.Layer(layers[0].media_type, forged, layers[0].annotations)]
+        ctx.client,
+        repo,
+        tag,
+        [cosign_format.Layer(layers[0].media_type, forged, layers[0].annotations)],
     )
 
 
 def tamper_replay(ctx: TamperContext) -> None:
     other = ctx.other_plan()
     repo = ctx.plan.image_ref.repository
-    stolen = _attachment(ctx.client, repo, sign.sig_tag(other.image.digest))
+    stolen = _attachment(ctx.client, repo, cosign_format.sig_tag(other.image.digest))
     ctx.client.put_manifest(
-        repo, sign.sig_tag(ctx.plan.image.digest), stolen.manifest, stolen.media_type
+        repo, cosign_format.sig_tag(ctx.plan.image.digest), stolen.manifest, stolen.media_type
     )
 
 
@@ -388,9 +397,9 @@ def tamper_layer_blob(ctx: TamperContext) -> None:
 def tamper_provenance_digest(ctx: TamperContext) -> None:
     other = ctx.other_plan()
     repo = ctx.plan.image_ref.repository
-    stolen = _attachment(ctx.client, repo, sign.att_tag(other.image.digest))
+    stolen = _attachment(ctx.client, repo, cosign_format.att_tag(other.image.digest))
     ctx.client.put_manifest(
-        repo, sign.att_tag(ctx.plan.image.digest), stolen.manifest, stolen.media_type
+        repo, cosign_format.att_tag(ctx.plan.image.digest), stolen.manifest, stolen.media_type
     )
 
 
@@ -403,11 +412,11 @@ def tamper_source(ctx: TamperContext) -> None:
 
 
 def tamper_missing_sbom(ctx: TamperContext) -> None:
-    repo, tag = ctx.plan.image_ref.repository, sign.att_tag(ctx.plan.image.digest)
+    repo, tag = ctx.plan.image_ref.repository, cosign_format.att_tag(ctx.plan.image.digest)
     layers = [
         la
-        for la in sign.layers_of(_attachment(ctx.client, repo, tag))
-        if la.annotations.get(sign.PREDICATE_ANNOTATION) != "https://cyclonedx.org/bom"
+        for la in cosign_format.layers_of(_attachment(ctx.client, repo, tag))
+        if la.annotations.get(cosign_format.PREDICATE_ANNOTATION) != "https://cyclonedx.org/bom"
     ]
     assert len(layers) == 1
     _replace_attachment(ctx.client, repo, tag, layers)
@@ -446,7 +455,9 @@ class TamperContext:
         # .att tag now holds only the forged statements.
         c = self.client
         repo = self.plan.image_ref.repository
-        c.delete_manifest(repo, c.manifest_digest(repo, sign.att_tag(self.plan.image.digest)) or "")
+        c.delete_manifest(
+            repo, c.manifest_digest(repo, cosign_format.att_tag(self.plan.image.digest)) or ""
+        )
         release(
             self.registry,
             self.prefix,

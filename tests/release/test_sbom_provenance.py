@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from portcullis_release import dsse, oci, sbom
-from portcullis_release.provenance import BuildRun, SourceInfo, build_statement, write
-from portcullis_release.release import REPO_ROOT, ReleasePlan
+from portcullis_release import REPO_ROOT, oci
+from portcullis_release.attest import dsse, sbom
+from portcullis_release.attest.provenance import BuildRun, SourceInfo, build_statement, write
+from portcullis_release.plan import ReleasePlan
 
 from tests.release.conftest import SyntheticRelease
 
@@ -134,7 +135,7 @@ def test_provenance_statement_is_slsa_v1_with_digests_and_dependencies(
     assert meta["startedOn"] <= meta["finishedOn"]
     assert statement["predicate"]["runDetails"]["builder"]["id"] == run.builder_id
 
-    from portcullis_release import cosign_keys
+    from portcullis_release.attest import cosign_keys
 
     key = cosign_keys.load_private_key(keypair.private, keypair.password.encode())  # type: ignore[attr-defined]
     write(tmp_path, statement, key)
@@ -144,7 +145,7 @@ def test_provenance_statement_is_slsa_v1_with_digests_and_dependencies(
 
 
 def test_example_policy_loads_and_unknown_fields_are_rejected(tmp_path: Path) -> None:
-    from portcullis_release.verify import Policy
+    from portcullis_release.verify.policy import Policy
 
     policy = Policy.from_file(REPO_ROOT / "provenance" / "policy.example.yaml")
     assert policy.source_repository == "https://github.com/portcullis-oidc/portcullis"

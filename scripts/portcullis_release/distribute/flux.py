@@ -30,34 +30,25 @@ Importable API::
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from portcullis_release.manifest import (
-    DEFAULT_MANIFEST,
-    REPO_ROOT,
-    ManifestError,
-    ReleaseManifest,
-    load_manifest,
-)
+from portcullis_release import REPO_ROOT
+from portcullis_release.manifest import ReleaseManifest
+from portcullis_release.oci import HELM_CHART_LAYER
 
 __all__ = [
     "DEFAULT_OUT",
-    "HELM_CHART_LAYER",
     "FluxSettings",
     "diff_flux",
-    "register",
     "render_flux",
     "write_flux",
 ]
 
 DEFAULT_OUT = REPO_ROOT / "deploy" / "flux"
-HELM_CHART_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
 
 @dataclass(frozen=True)
@@ -283,36 +274,3 @@ def diff_flux(
             if extra.name not in files
         ]
     return problems
-
-
-def _cmd_flux(args: argparse.Namespace) -> int:
-    try:
-        manifest = load_manifest(args.manifest)
-        if args.check:
-            problems = diff_flux(manifest, args.output, allow_development=manifest.development)
-            for problem in problems:
-                print(f"{args.output}/{problem}", file=sys.stderr)
-            return 1 if problems else 0
-        paths = write_flux(manifest, args.output, allow_development=args.allow_development)
-    except ManifestError as exc:
-        print(f"portcullis-release flux: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``flux`` (generate deploy/flux/) to the release CLI."""
-    parser = sub.add_parser("flux", help="generate deploy/flux/ from release/manifest.yaml")
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument(
-        "--allow-development",
-        action="store_true",
-        help="accept a development manifest (placeholder digests)",
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="only report files that differ (exit 1 if any)"
-    )
-    parser.set_defaults(handler=_cmd_flux)

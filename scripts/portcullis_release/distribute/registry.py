@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from portcullis_release.oci import MANIFEST_TYPES, sha256_digest
+from portcullis_release.oci import MANIFEST_TYPES, Reference, sha256_digest
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -42,54 +42,6 @@ class RegistryUnreachableError(RegistryError):
 
 class NotFoundError(RegistryError):
     """The manifest, tag or blob does not exist."""
-
-
-# ---- references -------------------------------------------------------------------------------
-
-_REF = re.compile(
-    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """``host[:port]/repository[:tag][@sha256:...]``; a host is always required (no Docker Hub
-    defaulting: a release names its registry explicitly)."""
-
-    host: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Reference:
-        host, sep, rest = text.partition("/")
-        if not sep or not rest or not ("." in host or ":" in host or host == "localhost"):
-            raise ValueError(f"reference {text!r} must start with a registry host (host[:port]/)")
-        match = _REF.match(rest)
-        if not match:
-            raise ValueError(f"reference {text!r} has an invalid repository, tag or digest")
-        return cls(host, match["name"], match["tag"], match["digest"])
-
-    @property
-    def name(self) -> str:
-        """``host/repository``, what cosign puts in ``docker-reference``."""
-        return f"{self.host}/{self.repository}"
-
-    def with_tag(self, tag: str | None) -> Reference:
-        return Reference(self.host, self.repository, tag, None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.host, self.repository, None, digest)
-
-    def __str__(self) -> str:
-        out = self.name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
 
 
 # ---- credentials ------------------------------------------------------------------------------

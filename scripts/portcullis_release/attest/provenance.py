@@ -8,7 +8,6 @@ ours and documented in ``provenance/buildtype.md`` so a verifier knows what the 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -22,8 +21,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from portcullis_release import dsse, oci
-from portcullis_release.release import ReleasePlan
+from portcullis_release import oci
+from portcullis_release.attest import dsse
+from portcullis_release.build.packages_lock import load_lock
+from portcullis_release.plan import ReleasePlan
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -104,8 +105,6 @@ def resolved_dependencies(repo: Path, source: SourceInfo) -> list[dict[str, Any]
             )
     lock_path = repo / "images/portcullis/packages.lock"
     if lock_path.is_file():
-        from portcullis_release.packages_lock import load_lock
-
         lock = load_lock(lock_path)
         for deb in sorted(lock.debs, key=lambda d: d.name):
             deps.append(
@@ -181,36 +180,3 @@ def write(
     (release_dir / STATEMENT_FILE).write_bytes(payload)
     if key is not None:
         (release_dir / ENVELOPE_FILE).write_bytes(dsse.sign_envelope(key, payload))
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "provenance",
-        help="SLSA v1 provenance (in-toto Statement, DSSE-signed) for the image and chart",
-    )
-    parser.add_argument("--image", type=Path, default=Path("dist/image"))
-    parser.add_argument("--chart", type=Path)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--key", type=Path, help="sign the envelope (COSIGN_PASSWORD applies)")
-    parser.add_argument("--builder-id", default=os.environ.get("BUILDER_ID", DEFAULT_BUILDER_ID))
-    parser.add_argument("--started-on", help="RFC 3339 start of the build (default: now)")
-    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
-    parser.add_argument("--source-dir", type=Path, default=Path("."))
-    parser.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from portcullis_release.sign import load_signing_key
-
-    plan = ReleasePlan.load(args.image, args.chart, args.registry)
-    run = BuildRun(builder_id=args.builder_id)
-    if args.started_on:
-        run.started_on = dt.datetime.fromisoformat(args.started_on.replace("Z", "+00:00"))
-    statement = build_statement(plan, args.source_dir.resolve(), run)
-    key = load_signing_key(args.key) if args.key else None
-    write(args.release_dir, statement, key)
-    print(
-        f"provenance: {args.release_dir / STATEMENT_FILE}"
-        + (f", signed {args.release_dir / ENVELOPE_FILE}" if key else "")
-    )
-    return 0

@@ -9,24 +9,23 @@ pushes nothing.
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
-from portcullis_release import oci, sign
-from portcullis_release.oci import Artifact
-from portcullis_release.registry import (
+from portcullis_release import oci
+from portcullis_release.attest.attachments import Attachment, read_attachments
+from portcullis_release.attest.cosign_format import Layer, attachment_artifact, layers_of, merge
+from portcullis_release.distribute.registry import (
     NotFoundError,
-    Reference,
     RegistryClient,
     RegistryError,
     client_for,
 )
-from portcullis_release.release import ReleasePlan
+from portcullis_release.oci import Artifact, Reference
+from portcullis_release.plan import ReleasePlan
 
 Progress = Callable[[str], None]
 
@@ -84,7 +83,7 @@ class Publisher:
         self.client.put_manifest(repository, tag, artifact.manifest, artifact.media_type)
         self.report.tags_moved.append(f"{repository}:{tag}")
 
-    def remote_attachment(self, repository: str, tag: str) -> list[sign.Layer]:
+    def remote_attachment(self, repository: str, tag: str) -> list[Layer]:
         """The layers already at a .sig/.att tag (empty if none), each blob checked."""
         try:
             manifest, media_type = self.client.get_manifest(repository, tag)
@@ -96,13 +95,13 @@ class Publisher:
             if oci.sha256_digest(data) != desc.digest:
                 raise RegistryError(f"{repository}:{tag}: blob {desc.digest} served altered")
             art.blobs[desc.digest] = data
-        return sign.layers_of(art)
+        return layers_of(art)
 
 
 def publish(
     client: RegistryClient,
     targets: dict[str, tuple[Reference, Artifact, str]],
-    attachments: list[sign.Attachment],
+    attachments: list[Attachment],
     progress: Progress | None = None,
 ) -> PublishReport:
     """Push ``targets`` (role -> (reference, artifact, tag)) and their attachments."""
@@ -114,8 +113,8 @@ def publish(
         if att.role not in targets:
             raise RegistryError(f"attachment {att.tag} is for {att.role}, which is not published")
         repository = targets[att.role][0].repository
-        layers = sign.merge(pub.remote_attachment(repository, att.tag), att.layers)
-        artifact = sign.attachment_artifact(layers)
+        layers = merge(pub.remote_attachment(repository, att.tag), att.layers)
+        artifact = attachment_artifact(layers)
         pub.upload(repository, artifact)
         staged.append((repository, att.tag, artifact))
     for repository, tag, artifact in staged:
@@ -123,37 +122,6 @@ def publish(
     for ref, artifact, tag in targets.values():
         pub.tag(ref.repository, tag, artifact)
     return pub.report
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "publish",
-        help="push image, chart, signatures, attestations (by digest, idempotent)",
-        description="Push the release to REGISTRY with credentials from a docker config JSON "
-        "(AUTH_FILE). Tags move only after every blob and manifest is in place.",
-    )
-    parser.add_argument("--image", type=Path, default=Path("dist/image"))
-    parser.add_argument("--chart", type=Path)
-    parser.add_argument(
-        "--registry",
-        default=os.environ.get("REGISTRY"),
-        required=not os.environ.get("REGISTRY"),
-        help="e.g. 127.0.0.1:5000/portcullis",
-    )
-    parser.add_argument(
-        "--auth-file",
-        type=Path,
-        default=Path(os.environ["AUTH_FILE"]) if os.environ.get("AUTH_FILE") else None,
-        help="docker config JSON (AUTH_FILE)",
-    )
-    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
-    parser.add_argument(
-        "--plain-http",
-        action="store_true",
-        default=None,
-        help="speak HTTP (default only for loopback registries)",
-    )
-    parser.set_defaults(handler=_run)
 
 
 def publish_plan(
@@ -165,7 +133,7 @@ def publish_plan(
 ) -> PublishReport:
     console = console or Console(stderr=True)
     attachments_dir = release_dir / "attachments"
-    attachments = sign.read_attachments(attachments_dir) if attachments_dir.is_dir() else []
+    attachments = read_attachments(attachments_dir) if attachments_dir.is_dir() else []
     targets = {
         role: (plan.ref_for(role), plan.artifact_for(role), plan.tag_for(role))
         for role in plan.roles()
@@ -176,20 +144,3 @@ def publish_plan(
     ):
         client.check_access()
         return publish(client, targets, attachments, lambda msg: status.update(f"publishing {msg}"))
-
-
-def _run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    plan = ReleasePlan.load(args.image, args.chart, args.registry)
-    try:
-        report = publish_plan(plan, args.release_dir, args.auth_file, args.plain_http, console)
-    except RegistryError as exc:
-        console.print(f"[red]publish failed:[/red] {exc}")
-        return 2
-    print(report.summary())
-    for role in plan.roles():
-        print(
-            f"{role}: {plan.ref_for(role).with_tag(plan.tag_for(role))}@"
-            f"{plan.artifact_for(role).digest}"
-        )
-    return 0

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from portcullis_release.packages_lock import FipsProviderPin
+from portcullis_release.build.packages_lock import FipsProviderPin
 
 # Names inside the bundle; portcullis.fips reads the same layout.
 BUNDLE_CONFIG = "openssl.cnf"

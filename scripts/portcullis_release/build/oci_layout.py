@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,6 @@ from portcullis_release.oci import (
 )
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
 class LayerError(ValueError):
@@ -220,8 +220,6 @@ def unpack_layers(layer_blobs: Iterable[tuple[str, bytes]], dest: Path) -> None:
                 if base.startswith(".wh."):
                     target = dest / os.path.dirname(member.name) / base[4:]
                     if target.is_dir() and not target.is_symlink():
-                        import shutil
-
                         shutil.rmtree(target)
                     elif target.exists() or target.is_symlink():
                         target.unlink()

@@ -205,3 +205,8 @@ def password_from_env() -> bytes | None:
     """COSIGN_PASSWORD as cosign reads it (unset means no password)."""
     value = os.environ.get("COSIGN_PASSWORD")
     return value.encode() if value is not None else None
+
+
+def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The release signing key at ``path``, with the password in COSIGN_PASSWORD (as cosign)."""
+    return load_private_key(path, password_from_env())

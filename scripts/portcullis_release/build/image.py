@@ -1,18 +1,17 @@
-"""``portcullis-release image``: build the hardened server image as an OCI image layout.
+"""Build the hardened server image as an OCI image layout (``portcullis-release image``).
 
-``image build`` puts together the pieces made by the sibling modules: the FIPS provider
+``build()`` puts together the pieces made by the sibling modules: the FIPS provider
 (``fips_provider``), the frozen server (``freeze``), the distroless rootfs (``rootfs``, from the
 Debian packages pinned in ``images/portcullis/packages.lock``), and writes two reproducible
 layers (rootfs, app) with config and manifest (``oci_layout``) to ``dist/image``, tagged with the
 project version. Every timestamp is SOURCE_DATE_EPOCH, so one commit always gives one digest.
 
-``image lock`` re-pins the Debian packages to the mirror's current candidates (and, with
+``relock()`` (``image lock``) re-pins the Debian packages to the mirror's current candidates (and, with
 ``--fips-version``, the provider source), for the upstream tracker or a person to review.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -20,14 +19,14 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from portcullis_release import debs, fips_provider, freeze, oci, oci_layout, rootfs
-from portcullis_release.packages_lock import FipsProviderPin, PackagesLock, load_lock
+from portcullis_release import oci
+from portcullis_release.build import debs, fips_provider, freeze, oci_layout, rootfs
+from portcullis_release.build.packages_lock import FipsProviderPin, PackagesLock, load_lock
 
 IMAGE_RECIPE = Path("images/portcullis")
 LOCK_FILE = IMAGE_RECIPE / "packages.lock"
@@ -217,68 +216,3 @@ def relock(repo: Path, cache: Path, fips_version: str | None, log: list[str]) ->
     lock = replace(current, debs=pins, fips_provider=provider)
     (repo / LOCK_FILE).write_text(lock.to_json(), encoding="utf-8")
     return lock
-
-
-# ---- CLI ---------------------------------------------------------------------------------------
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    repo = repo_root()
-    log: list[str] = []
-    started = time.monotonic()
-    try:
-        result = build(
-            repo,
-            Path(args.output).resolve(),
-            Path(args.cache).resolve(),
-            source_url=args.source_url,
-            fresh=args.fresh,
-            log=log,
-        )
-    except (
-        ImageError,
-        debs.DebError,
-        fips_provider.FipsBuildError,
-        freeze.FreezeError,
-        ValueError,
-    ) as exc:
-        for line in log:
-            print(f"  {line}")
-        print(f"portcullis-release image build: {exc}")
-        return 1
-    for line in log:
-        print(f"  {line}")
-    print(
-        f"image {result.layout}:{result.tag} {result.manifest_digest} "
-        f"({result.compressed_size / 1e6:.1f} MB compressed, "
-        f"{result.uncompressed_size / 1e6:.1f} MB uncompressed, "
-        f"{time.monotonic() - started:.1f} s)"
-    )
-    return 0
-
-
-def _cmd_lock(args: argparse.Namespace) -> int:
-    repo = repo_root()
-    log: list[str] = []
-    lock = relock(repo, Path(args.cache).resolve(), args.fips_version, log)
-    for line in log:
-        print(f"  {line}")
-    print(f"pinned {len(lock.debs)} packages and openssl {lock.fips_provider.source_version}")
-    return 0
-
-
-def register(sub: Any) -> None:
-    parser = sub.add_parser("image", help="build the frozen distroless FIPS server image")
-    image_sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    build_p = image_sub.add_parser("build", help="write the OCI image layout (dist/image)")
-    build_p.add_argument("--output", default="dist/image", help="layout directory (replaced)")
-    build_p.add_argument("--cache", default=".cache/image", help="download and build cache")
-    build_p.add_argument("--source-url", help="org.opencontainers.image.source label")
-    build_p.add_argument(
-        "--fresh", action="store_true", help="freeze again even if an identical build is cached"
-    )
-    build_p.set_defaults(handler=_cmd_build)
-    lock_p = image_sub.add_parser("lock", help="re-pin Debian packages in packages.lock")
-    lock_p.add_argument("--cache", default=".cache/image")
-    lock_p.add_argument("--fips-version", help="Debian openssl source version to build and pin")
-    lock_p.set_defaults(handler=_cmd_lock)

@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from portcullis_release.fips_provider import sha256_file
-from portcullis_release.packages_lock import DebPin
+from portcullis_release.build.fips_provider import sha256_file
+from portcullis_release.build.packages_lock import DebPin
 
 
 class DebError(RuntimeError):

@@ -2,7 +2,7 @@
 
 The signature covers the pre-authentication encoding (PAE) of payload type and payload, never the
 JSON of the envelope, so re-serialising an envelope cannot change what was signed. This is the
-envelope cosign's attestations use (``application/vnd.dsse.envelope.v1+json``).
+envelope cosign's attestations use (media type ``cosign_format.DSSE_ENVELOPE_MEDIA_TYPE``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-ENVELOPE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+from portcullis_release.attest.cosign_format import IN_TOTO_PAYLOAD_TYPE
 
 
 class EnvelopeError(Exception):

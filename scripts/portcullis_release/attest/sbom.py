@@ -10,7 +10,6 @@ image recipe writes itself belong to the ``portcullis-image-recipe`` component.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -41,8 +40,9 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from portcullis_release import oci
+from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.oci import Artifact
-from portcullis_release.release import ReleasePlan, app_version
+from portcullis_release.plan import ReleasePlan, app_version
 
 CYCLONEDX_PREDICATE = "https://cyclonedx.org/bom"
 FIPS_FILES = ("fips.so", "fipsmodule.cnf", "openssl-fips.cnf")
@@ -199,8 +199,6 @@ def image_bom(plan: ReleasePlan, inputs: ImageInputs) -> dict[str, Any]:
                 )
             )
     if inputs.packages_lock is not None:
-        from portcullis_release.packages_lock import load_lock
-
         lock = load_lock(inputs.packages_lock)
         for deb in sorted(lock.debs, key=lambda d: d.name):
             comp = Component(
@@ -346,31 +344,3 @@ def write(release_dir: Path, role: str, bom: dict[str, Any]) -> Path:
     path = release_dir / sbom_file(role)
     path.write_text(json.dumps(bom, indent=1, sort_keys=True) + "\n")
     return path
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("sbom", help="CycloneDX 1.6 SBOMs for the image and the chart")
-    parser.add_argument("--image", type=Path, default=Path("dist/image"))
-    parser.add_argument("--chart", type=Path)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--runtime-lock", type=Path, default=Path("requirements/runtime.txt"))
-    parser.add_argument(
-        "--packages-lock", type=Path, default=Path("images/portcullis/packages.lock")
-    )
-    parser.add_argument("--deb-dir", type=Path, help="directory holding the pinned .deb files")
-    parser.add_argument("--release-dir", type=Path, default=Path("dist/release"))
-    parser.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    plan = ReleasePlan.load(args.image, args.chart, args.registry)
-    inputs = ImageInputs(
-        runtime_lock=args.runtime_lock if args.runtime_lock.is_file() else None,
-        packages_lock=args.packages_lock if args.packages_lock.is_file() else None,
-        deb_dir=args.deb_dir,
-    )
-    path = write(args.release_dir, "image", image_bom(plan, inputs))
-    print(f"sbom: {path}")
-    if plan.chart is not None:
-        print(f"sbom: {write(args.release_dir, 'chart', chart_bom(plan))}")
-    return 0

@@ -14,17 +14,17 @@ Importable API::
     push_chart(archive, repository, *, auth_file, plain_http=False) -> PushedChart
     sha256_file(path) -> str                                      # "sha256:<hex>"
 
-CLI: ``portcullis-release chart [--manifest M] [--output DIR]`` (what ``make chart`` runs).
+CLI: ``portcullis-release chart [--manifest M] [--output DIR]`` (what ``make chart`` runs), in
+``portcullis_release.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import shutil
-import sys
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +32,8 @@ from typing import Any
 
 import yaml
 
-from portcullis_release.manifest import (
-    DEFAULT_MANIFEST,
-    PLACEHOLDER_DIGEST,
-    REPO_ROOT,
-    ManifestError,
-    ReleaseManifest,
-    load_manifest,
-)
+from portcullis_release import REPO_ROOT
+from portcullis_release.manifest import PLACEHOLDER_DIGEST, ReleaseManifest, load_manifest
 
 __all__ = [
     "CHART_DIR",
@@ -49,7 +43,6 @@ __all__ = [
     "PushedChart",
     "package_chart",
     "push_chart",
-    "register",
     "sha256_file",
     "stage_chart",
 ]
@@ -240,8 +233,6 @@ def push_chart(
 
 
 def _archive_metadata(archive: Path) -> dict[str, Any]:
-    import tarfile
-
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
             parts = member.name.split("/")
@@ -253,25 +244,3 @@ def _archive_metadata(archive: Path) -> dict[str, Any]:
                 if isinstance(data, dict):
                     return data
     raise ChartError(f"{archive} has no <chart>/Chart.yaml")
-
-
-def _cmd_chart(args: argparse.Namespace) -> int:
-    try:
-        manifest = load_manifest(args.manifest)
-        packaged = package_chart(manifest, chart_dir=args.chart_dir, output_dir=args.output)
-    except (ManifestError, ChartError) as exc:
-        print(f"portcullis-release chart: {exc}", file=sys.stderr)
-        return 2
-    print(f"{packaged.path} {packaged.digest}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``chart`` (package the Helm chart) to the release CLI."""
-    parser = sub.add_parser(
-        "chart", help="package chart/portcullis as dist/chart/portcullis-<version>.tgz"
-    )
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
-    parser.add_argument("--chart-dir", type=Path, default=CHART_DIR, help="chart sources")
-    parser.add_argument("--output", type=Path, default=DIST_DIR, help="output directory")
-    parser.set_defaults(handler=_cmd_chart)

@@ -1,5 +1,5 @@
-"""`portcullis-release verify`: prove a pulled artefact is the one we built, offline but for the
-registry.
+"""Prove a pulled artefact is the one we built, offline but for the registry
+(``portcullis-release verify``).
 
 Checks, in order, each failing with its own reason:
 1. the reference resolves, and a pinned ``tag@digest`` still has the tag on that digest;
@@ -9,34 +9,36 @@ Checks, in order, each failing with its own reason:
    builder and source match the policy;
 5. an SBOM attestation (CycloneDX) verifies and describes this digest.
 All signed material is checked with the given public key only: no transparency log, no network
-beyond the registry.
+beyond the registry. What a signature or attestation looks like comes from
+``attest.cosign_format``, never from the signing code: a verifier that shared the signer's code
+could share its mistakes.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from portcullis_release import cosign_keys, dsse, oci, sign
-from portcullis_release.oci import Artifact
-from portcullis_release.registry import (
-    NotFoundError,
-    Reference,
-    RegistryClient,
-    RegistryError,
-    client_for,
+from portcullis_release import oci
+from portcullis_release.attest import cosign_keys, dsse
+from portcullis_release.attest.cosign_format import (
+    DSSE_ENVELOPE_MEDIA_TYPE,
+    SIGNATURE_ANNOTATION,
+    SIMPLESIGNING_MEDIA_TYPE,
+    SIMPLESIGNING_TYPE,
+    att_tag,
+    sig_tag,
 )
+from portcullis_release.distribute.registry import NotFoundError, RegistryClient
+from portcullis_release.oci import Artifact, Reference
+from portcullis_release.verify.policy import Policy
 
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
 CYCLONEDX_BOM = "https://cyclonedx.org/bom"
@@ -45,36 +47,6 @@ STATEMENT_TYPES = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statem
 
 class VerificationError(Exception):
     """The artefact is not what the policy accepts; ``str()`` is the precise reason."""
-
-
-@dataclass
-class Policy:
-    """What the provenance must say. ``None`` means "do not check" (only where allowed)."""
-
-    builder_id: str | None = None
-    source_repository: str | None = None
-    require_provenance: bool = True
-    require_sbom: bool = True
-
-    @classmethod
-    def from_file(cls, path: Path) -> Policy:
-        doc = yaml.safe_load(path.read_text())
-        if (
-            not isinstance(doc, dict)
-            or doc.get("apiVersion") != "portcullis.dev/v1"
-            or doc.get("kind") != "VerificationPolicy"
-        ):
-            raise ValueError(f"{path}: not a portcullis.dev/v1 VerificationPolicy")
-        spec = doc.get("spec") or {}
-        unknown = set(spec) - {"builderId", "sourceRepository", "requireProvenance", "requireSbom"}
-        if unknown:
-            raise ValueError(f"{path}: unknown field spec.{sorted(unknown)[0]}")
-        return cls(
-            spec.get("builderId"),
-            spec.get("sourceRepository"),
-            bool(spec.get("requireProvenance", True)),
-            bool(spec.get("requireSbom", True)),
-        )
 
 
 @dataclass
@@ -176,7 +148,7 @@ class Verifier:
 
     def signature_findings(self, repo: str, digest: str) -> tuple[bool, list[str], list[str]]:
         """(verified-for-this-digest, digests named by verified payloads, problems)."""
-        tag = sign.sig_tag(digest)
+        tag = sig_tag(digest)
         art = self._attachment(repo, tag)
         if art is None:
             raise VerificationError(
@@ -185,7 +157,7 @@ class Verifier:
         named: list[str] = []
         problems: list[str] = []
         for i, desc in enumerate(art.layers()):
-            if desc.media_type != sign.SIMPLESIGNING_MEDIA_TYPE:
+            if desc.media_type != SIMPLESIGNING_MEDIA_TYPE:
                 continue
             payload = art.blobs[desc.digest]
             actual = oci.sha256_digest(payload)
@@ -195,7 +167,7 @@ class Verifier:
                     f"{desc.digest} (payload altered in storage)"
                 )
                 continue
-            sig = desc.annotations.get(sign.SIGNATURE_ANNOTATION, "")
+            sig = desc.annotations.get(SIGNATURE_ANNOTATION, "")
             if not _verify_raw(self.key, sig, payload):
                 problems.append(f"signature layer {i}")
                 continue
@@ -206,7 +178,7 @@ class Verifier:
             except (ValueError, KeyError, TypeError):
                 problems.append(f"signature layer {i}: signed payload is not simple-signing JSON")
                 continue
-            if kind != sign.SIMPLESIGNING_TYPE:
+            if kind != SIMPLESIGNING_TYPE:
                 problems.append(f"signature layer {i}: signed payload type {kind!r} unexpected")
                 continue
             if claimed == digest:
@@ -218,13 +190,13 @@ class Verifier:
 
     def attestations(self, repo: str, digest: str) -> tuple[list[dict[str, Any]], int]:
         """(statements whose envelopes verify with the key, count of envelopes that do not)."""
-        art = self._attachment(repo, sign.att_tag(digest))
+        art = self._attachment(repo, att_tag(digest))
         if art is None:
             return [], 0
         good: list[dict[str, Any]] = []
         bad = 0
         for desc in art.layers():
-            if desc.media_type != dsse.ENVELOPE_MEDIA_TYPE:
+            if desc.media_type != DSSE_ENVELOPE_MEDIA_TYPE:
                 continue
             data = art.blobs[desc.digest]
             if oci.sha256_digest(data) != desc.digest:
@@ -346,60 +318,3 @@ class Verifier:
             f"wrong key: no signature for {digest} verifies with key {self.fingerprint} "
             "(signed by a different key, or not signed by this release's key)"
         )
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "verify",
-        help="verify a published image or chart: digests, signature, provenance, SBOM",
-        description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
-        "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
-        "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
-        "(repo:tag@sha256:...) to also detect a moved tag.",
-    )
-    parser.add_argument("ref", help="host[:port]/repository[:tag][@sha256:...]")
-    parser.add_argument("--key", type=Path, required=True, help="cosign public key (PEM)")
-    parser.add_argument("--policy", type=Path, help="VerificationPolicy YAML (provenance/)")
-    parser.add_argument("--source-repo", help="required externalParameters.source.repository")
-    parser.add_argument("--builder-id", help="required runDetails.builder.id")
-    parser.add_argument(
-        "--auth-file",
-        type=Path,
-        default=Path(os.environ["AUTH_FILE"]) if os.environ.get("AUTH_FILE") else None,
-        help="docker config JSON for a private registry",
-    )
-    parser.add_argument(
-        "--plain-http",
-        action="store_true",
-        default=None,
-        help="speak HTTP (default only for loopback registries)",
-    )
-    parser.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        ref = Reference.parse(args.ref)
-        key = cosign_keys.load_public_key(args.key)
-        policy = Policy.from_file(args.policy) if args.policy else Policy()
-    except (ValueError, OSError, cosign_keys.KeyFileError) as exc:
-        print(f"verify: {exc}")
-        return 2
-    if args.builder_id:
-        policy.builder_id = args.builder_id
-    if args.source_repo:
-        policy.source_repository = args.source_repo
-    try:
-        with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
-            result = Verifier(client, key, policy).verify(ref)
-    except VerificationError as exc:
-        print(f"FAILED {ref}: {exc}")
-        return 1
-    except RegistryError as exc:
-        print(f"verify: registry error: {exc}")
-        return 2
-    print(f"OK {ref.name}@{result.digest}")
-    print(f"  manifest and {result.blobs_checked} blobs match their digests")
-    for note in result.notes:
-        print(f"  {note}")
-    return 0

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portcullis_release import debs
-from portcullis_release.packages_lock import DebPin
+from portcullis_release.build import debs
+from portcullis_release.build.packages_lock import DebPin
 
 NONROOT_UID = 65532
 
