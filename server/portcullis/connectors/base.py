@@ -9,9 +9,13 @@ refresh token is used so that upstream removals and group changes bite.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
+from portcullis.clock import Clock
+from portcullis.storage.base import Storage
 from portcullis.storage.models import Identity
 
 
@@ -82,3 +86,21 @@ class RefreshConnector(ABC):
     @abstractmethod
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         """The user's current identity; raise ConnectorError if they may no longer log in."""
+
+
+@dataclass(frozen=True)
+class ConnectorEnv:
+    """What the assembly hands every connector when it opens it."""
+
+    storage: Storage
+    clock: Clock
+    issuer: str
+    fips_mode: bool
+
+
+@dataclass(frozen=True)
+class ConnectorType:
+    """A connector type: its Dex-compatible config model and how to open one."""
+
+    config_model: type[BaseModel]
+    open: Callable[[str, str, str, BaseModel, ConnectorEnv], Connector]
