@@ -246,12 +246,11 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
                     names = []  # Dex ignores a groups claim it cannot read
                 seen.update(dict.fromkeys(names))
             groups = list(seen)
-        if tokens.refresh_token:
-            data = encode_state({"rt": tokens.refresh_token})
-        elif scopes.offline_access:
-            data = encode_state({"at": tokens.access_token})
-        else:
-            data = b""
+        # Kept only for sessions that can be refreshed (offline_access), like Dex.
+        data = b""
+        if scopes.offline_access:
+            kept = {"rt": tokens.refresh_token} if tokens.refresh_token else {}
+            data = encode_state(kept or {"at": tokens.access_token})
         return Identity(
             user_id=user_id,
             username=claim_str(info, mapping.user_name_key) or "",

@@ -590,7 +590,7 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
         if not tokens.id_token:
             raise ConnectorError("the identity provider returned no ID token")
         claims = await self._verify_id_token(provider, tokens.id_token, nonce=nonce)
-        return await self._identity(provider, tokens, claims, previous=None)
+        return await self._identity(scopes, provider, tokens, claims, previous=None)
 
     # -- refresh -------------------------------------------------------------------------------
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
@@ -612,13 +612,14 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
             claims: dict[str, Any] = {}
             if tokens.id_token:
                 claims = await self._verify_id_token(provider, tokens.id_token, nonce=None)
-            return await self._identity(provider, tokens, claims, previous=identity)
+            return await self._identity(scopes, provider, tokens, claims, previous=identity)
 
         return await self._flights.run(refresh_token, work)
 
     # -- claims -> identity --------------------------------------------------------------------
     async def _identity(
         self,
+        scopes: Scopes,
         provider: _Provider,
         tokens: TokenResponse,
         id_claims: dict[str, Any],
@@ -703,7 +704,12 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
             email=email or "",
             email_verified=verified,
             groups=tuple(groups),
-            connector_data=encode_state({"rt": tokens.refresh_token, "sub": subject}),
+            # What refresh needs, and only for sessions that can be refreshed.
+            connector_data=(
+                encode_state({"rt": tokens.refresh_token, "sub": subject})
+                if scopes.offline_access
+                else b""
+            ),
         )
 
     def _groups(self, claims: Mapping[str, Any]) -> list[str]:
