@@ -468,3 +468,71 @@ def test_insecure_skip_verify_is_refused_in_fips_mode(env: ConnectorEnv) -> None
     fips = ConnectorEnv(env.storage, env.clock, env.issuer, fips_mode=True)
     with pytest.raises(ConnectorError, match="FIPS"):
         open_oidc("x", "X", "oidc", config, fips)
+
+
+async def test_a_cancelled_refresh_does_not_lose_the_rotated_token(
+    oidc_peer: OIDCPeer, env: ConnectorEnv
+) -> None:
+    """The client hangs up mid-refresh: the upstream call finishes anyway and the client's
+    retry gets its result instead of replaying the consumed token."""
+    connector = make(oidc_peer, env)
+    user = new_user(oidc_peer)
+    identity = await login(connector, user)
+    before = oidc_peer.stats()["refresh_token"]
+    oidc_peer.set_token_delay(400)
+    try:
+        first = asyncio.ensure_future(connector.refresh(OFFLINE, identity))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        retried = await connector.refresh(OFFLINE, identity)
+    finally:
+        oidc_peer.set_token_delay(0)
+    assert retried.user_id == user
+    assert oidc_peer.stats()["refresh_token"] == before + 1
+    assert (await connector.refresh(OFFLINE, retried)).user_id == user
+
+
+async def test_auth_request_carries_acr_values_and_prompt_type(
+    oidc_peer: OIDCPeer, env: ConnectorEnv
+) -> None:
+    connector = make(oidc_peer, env, acrValues=["gold", "silver"], promptType="login")
+    query = parse_qs(urlsplit((await connector.login_url(OFFLINE, CALLBACK, "st")).url).query)
+    assert query["acr_values"] == ["gold silver"]
+    assert query["prompt"] == ["login"]
+    # Without offline_access there is no prompt at all (Dex).
+    plain = await connector.login_url(Scopes(), CALLBACK, "st")
+    assert "prompt" not in parse_qs(urlsplit(plain.url).query)
+
+
+async def test_discovery_naming_another_issuer_is_refused_unless_aliased(
+    oidc_peer: OIDCPeer, env: ConnectorEnv
+) -> None:
+    # A trailing slash is a different issuer string (OIDC Discovery §4.3).
+    mismatched = make(oidc_peer, env, issuer=oidc_peer.issuer + "/")
+    with pytest.raises(ConnectorError, match="names another issuer"):
+        await mismatched.login_url(OFFLINE, CALLBACK, "st")
+    aliased = make(oidc_peer, env, issuer=oidc_peer.issuer + "/", issuerAlias=oidc_peer.issuer)
+    assert (await login(aliased, "alice")).user_id == "alice"
+
+
+async def test_provider_discovery_overrides_are_used(
+    oidc_peer: OIDCPeer, env: ConnectorEnv
+) -> None:
+    connector = make(
+        oidc_peer,
+        env,
+        providerDiscoveryOverrides={"tokenURL": f"{oidc_peer.issuer}/no-such-token-endpoint"},
+    )
+    with pytest.raises(ConnectorError, match="HTTP 404"):
+        await login(connector, "alice")
+    working = make(
+        oidc_peer,
+        env,
+        providerDiscoveryOverrides={
+            "tokenURL": f"{oidc_peer.issuer}/token",
+            "jwksURL": f"{oidc_peer.issuer}/jwks",
+        },
+    )
+    assert (await login(working, "alice")).user_id == "alice"

@@ -456,37 +456,36 @@ class RefreshFlights:
     For providers that rotate refresh tokens: concurrent refreshes presenting the same upstream
     token share one upstream call, and callers arriving within ``REFRESH_RESULT_TTL_S`` after it
     finished get its result instead of replaying the consumed token (which such providers treat
-    as theft). Failures reach the callers already waiting and are never cached. Per process.
+    as theft). The upstream call runs in its own task, so a caller that goes away (client
+    disconnect, cancelled request) does not lose the rotated token: the result still lands in
+    the cache for the client's retry. Failures reach the callers already waiting and are never
+    cached. The coordination is per process (see the oidc module docstring).
     """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._inflight: dict[str, asyncio.Future[Identity]] = {}
+        self._inflight: dict[str, asyncio.Task[Identity]] = {}
         self._done: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
 
     async def run(self, token: str, work: Callable[[], Awaitable[Identity]]) -> Identity:
         key = hashlib.sha256(token.encode()).hexdigest()
-        now = self._clock.now()
         cached = self._done.get(key)
-        if cached is not None and now - cached[0] <= REFRESH_RESULT_TTL_S:
+        if cached is not None and self._clock.now() - cached[0] <= REFRESH_RESULT_TTL_S:
             return cached[1]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._lead(key, work))
+            task.add_done_callback(_retrieve)
+            self._inflight[key] = task
+        return await asyncio.shield(task)
+
+    async def _lead(self, key: str, work: Callable[[], Awaitable[Identity]]) -> Identity:
         try:
             result = await work()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: nobody may be waiting
-            raise
-        else:
-            future.set_result(result)
             self._remember(key, result)
             return result
         finally:
-            del self._inflight[key]
+            self._inflight.pop(key, None)
 
     def _remember(self, key: str, result: Identity) -> None:
         now = self._clock.now()
@@ -497,3 +496,9 @@ class RefreshFlights:
             or now - next(iter(self._done.values()))[0] > REFRESH_RESULT_TTL_S
         ):
             self._done.popitem(last=False)
+
+
+def _retrieve(task: asyncio.Task[Identity]) -> None:
+    """Mark a flight's failure as seen: every caller may have gone away before it ended."""
+    if not task.cancelled():
+        task.exception()

@@ -457,7 +457,7 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
 
     @staticmethod
     def _pick_key(key_set: KeySet, kid: str | None, alg: str) -> RSAKey | ECKey | OKPKey | None:
-        kty = {"R": "RSA", "P": "RSA", "E": "EC"}.get(alg[0], "OKP")
+        kty = "OKP" if alg == "EdDSA" else {"RS": "RSA", "PS": "RSA", "ES": "EC"}[alg[:2]]
         for key in key_set.keys:
             if not isinstance(key, RSAKey | ECKey | OKPKey) or key.key_type != kty:
                 continue
