@@ -404,6 +404,7 @@ def _errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
         ({"rootCAs": ["not a certificate"]}, "rootCAs", "rootCAs.0 is not a PEM certificate"),
         ({"issuer": "idp.example"}, "issuer", "absolute http(s) URL"),
         ({"clientID": ""}, "clientID", ""),
+        ({"allowedGroups": ["admins"]}, "", "allowedGroups needs insecureEnableGroups"),
     ],
 )
 def test_config_errors_name_the_field(raw: dict[str, Any], field: str, message: str) -> None:

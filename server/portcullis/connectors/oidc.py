@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
+from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey, import_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from portcullis.connectors.base import (
@@ -239,6 +239,16 @@ class OIDCConfig(BaseModel):
         default_factory=ClaimModifications,
         alias="claimModifications",
     )
+
+    @model_validator(mode="after")
+    def _allowed_groups_need_groups(self) -> OIDCConfig:
+        # Dex silently ignores allowedGroups without insecureEnableGroups, letting everyone in.
+        if self.allowed_groups and not self.insecure_enable_groups:
+            raise ValueError(
+                "allowedGroups needs insecureEnableGroups: true (groups are only read from the "
+                "provider then; without it every user would be let in)"
+            )
+        return self
 
     @field_validator("issuer")
     @classmethod
@@ -441,17 +451,19 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
         keys = doc.get("keys")
         if not isinstance(keys, list):
             raise ConnectorError("the identity provider's key set (JWKS) is malformed")
-        usable = [
-            k
-            for k in keys
-            if isinstance(k, dict)
-            and k.get("kty") in ("RSA", "EC", "OKP")
-            and k.get("use", "sig") == "sig"
-        ]
-        try:
-            key_set = KeySet.import_key_set({"keys": usable})
-        except (JoseError, ValueError, TypeError):
-            raise ConnectorError("the identity provider's key set (JWKS) is malformed") from None
+        usable: list[RSAKey | ECKey | OKPKey] = []
+        for entry in keys:
+            # Keys we cannot use (encryption keys, unknown types or curves) are skipped, not
+            # fatal: providers publish such keys next to their signing keys.
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                key = import_key(entry)
+            except (JoseError, ValueError, TypeError, KeyError):
+                continue
+            if isinstance(key, RSAKey | ECKey | OKPKey):
+                usable.append(key)
+        key_set = KeySet(list(usable))
         self._jwks = key_set
         return key_set
 
