@@ -237,8 +237,11 @@ async def test_refresh_reflects_changed_groups_and_rotates_upstream_token(
     new_rt = json.loads(refreshed.connector_data)["rt"]
     assert new_rt
     assert new_rt != old_rt  # the provider rotates refresh tokens
-    again = await connector.refresh(OFFLINE, refreshed)
+    # A refresh request that narrows the scopes keeps the session refreshable.
+    again = await connector.refresh(Scopes(groups=True), refreshed)
     assert again.groups == ("ops", "sre")
+    assert json.loads(again.connector_data)["rt"]
+    assert (await connector.refresh(OFFLINE, again)).user_id == user
 
 
 async def test_refresh_reapplies_allowed_groups(oidc_peer: OIDCPeer, env: ConnectorEnv) -> None:

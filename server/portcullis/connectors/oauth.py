@@ -192,7 +192,9 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
             code=code,
             redirect_uri=self._config.redirect_uri,
         )
-        return await self._identity(scopes, tokens, previous_id=None)
+        return await self._identity(
+            scopes, tokens, previous_id=None, keep_data=scopes.offline_access
+        )
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         data = decode_state(identity.connector_data, "session data")
@@ -205,17 +207,19 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
                 )
                 if not tokens.refresh_token:
                     tokens = replace(tokens, refresh_token=refresh_token)
-                return await self._identity(scopes, tokens, previous_id=identity.user_id)
+                return await self._identity(
+                    scopes, tokens, previous_id=identity.user_id, keep_data=True
+                )
 
             return await self._flights.run(refresh_token, work)
         access_token = data.get("at", "")
         if not access_token:
             raise ConnectorError("this session cannot be refreshed; please log in again")
         tokens = TokenResponse(access_token, "Bearer", "", "", {})
-        return await self._identity(scopes, tokens, previous_id=identity.user_id)
+        return await self._identity(scopes, tokens, previous_id=identity.user_id, keep_data=True)
 
     async def _identity(
-        self, scopes: Scopes, tokens: TokenResponse, previous_id: str | None
+        self, scopes: Scopes, tokens: TokenResponse, previous_id: str | None, keep_data: bool
     ) -> Identity:
         config = self._config
         mapping = config.claim_mapping
@@ -246,9 +250,10 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
                     names = []  # Dex ignores a groups claim it cannot read
                 seen.update(dict.fromkeys(names))
             groups = list(seen)
-        # Kept only for sessions that can be refreshed (offline_access), like Dex.
+        # Kept only for sessions that can be refreshed (offline_access), like Dex; a refreshed
+        # session stays refreshable even when the refresh request narrowed its scopes.
         data = b""
-        if scopes.offline_access:
+        if keep_data:
             kept = {"rt": tokens.refresh_token} if tokens.refresh_token else {}
             data = encode_state(kept or {"at": tokens.access_token})
         return Identity(

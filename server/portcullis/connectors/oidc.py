@@ -602,7 +602,9 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
         if not tokens.id_token:
             raise ConnectorError("the identity provider returned no ID token")
         claims = await self._verify_id_token(provider, tokens.id_token, nonce=nonce)
-        return await self._identity(scopes, provider, tokens, claims, previous=None)
+        return await self._identity(
+            provider, tokens, claims, previous=None, keep_data=scopes.offline_access
+        )
 
     # -- refresh -------------------------------------------------------------------------------
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
@@ -624,18 +626,19 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
             claims: dict[str, Any] = {}
             if tokens.id_token:
                 claims = await self._verify_id_token(provider, tokens.id_token, nonce=None)
-            return await self._identity(scopes, provider, tokens, claims, previous=identity)
+            # A refreshed session stays refreshable even if this request narrowed its scopes.
+            return await self._identity(provider, tokens, claims, previous=identity, keep_data=True)
 
         return await self._flights.run(refresh_token, work)
 
     # -- claims -> identity --------------------------------------------------------------------
     async def _identity(
         self,
-        scopes: Scopes,
         provider: _Provider,
         tokens: TokenResponse,
         id_claims: dict[str, Any],
         previous: Identity | None,
+        keep_data: bool,
     ) -> Identity:
         """Dex's createIdentity: claims (ID token, then userinfo over them) to an Identity."""
         config = self._config
@@ -718,9 +721,7 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
             groups=tuple(groups),
             # What refresh needs, and only for sessions that can be refreshed.
             connector_data=(
-                encode_state({"rt": tokens.refresh_token, "sub": subject})
-                if scopes.offline_access
-                else b""
+                encode_state({"rt": tokens.refresh_token, "sub": subject}) if keep_data else b""
             ),
         )
 
