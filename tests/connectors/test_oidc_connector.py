@@ -168,6 +168,16 @@ async def test_id_token_signed_by_a_key_outside_the_jwks_is_refused(
         await login(make(oidc_peer, env), "alice")
 
 
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+async def test_unsigned_or_hmac_id_token_is_refused(
+    oidc_peer: OIDCPeer, env: ConnectorEnv, alg: str
+) -> None:
+    # HS256 keyed with our client secret: what an algorithm-confusion attack would forge.
+    oidc_peer.mutate_next_token({"sub": "bob"}, header={"alg": alg}, hmac_key=CLIENT_SECRET)
+    with pytest.raises(ConnectorError, match="refused algorithm"):
+        await login(make(oidc_peer, env), "alice")
+
+
 async def test_id_token_for_another_audience_is_refused(
     oidc_peer: OIDCPeer, env: ConnectorEnv
 ) -> None:
@@ -261,6 +271,17 @@ async def test_refresh_fails_after_the_user_is_removed(
     identity = await login(connector, user)
     oidc_peer.remove_account(user)
     with pytest.raises(ConnectorError, match="refused the refresh"):
+        await connector.refresh(OFFLINE, identity)
+
+
+async def test_refresh_fails_after_the_user_is_disabled(
+    oidc_peer: OIDCPeer, env: ConnectorEnv
+) -> None:
+    connector = make(oidc_peer, env)
+    user = new_user(oidc_peer)
+    identity = await login(connector, user)
+    oidc_peer.set_account(user, {**ALICE, "disabled": True})
+    with pytest.raises(ConnectorError, match="invalid_grant"):
         await connector.refresh(OFFLINE, identity)
 
 

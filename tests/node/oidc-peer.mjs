@@ -9,12 +9,15 @@
 //
 // Test controls under /admin/ (JSON, header `x-admin-token` must match adminToken):
 //   PUT    /admin/accounts/<id>   body = claims        create or replace an account
+//                                                      ("disabled": true makes it unknown)
 //   DELETE /admin/accounts/<id>                        remove an account (refresh then fails)
 //   POST   /admin/rotate-keys     {"keepOld": bool}    new signing key; the old one stays in the
 //                                                      JWKS only when keepOld (key rollover)
-//   POST   /admin/mutate-next-token {"claims": {...}, "resign": bool, "foreignKey": bool}
+//   POST   /admin/mutate-next-token {"claims": {...}, "header": {...}, "resign": bool,
+//                                   "foreignKey": bool, "hmacKey": "..."}
 //          the next token response's id_token gets these claims; resign=false keeps the old
-//          signature (a tampered token); foreignKey signs with a key outside the JWKS
+//          signature (a tampered token); foreignKey signs with a key outside the JWKS;
+//          header alg "none" drops the signature, "HS256" signs with hmacKey
 //   POST   /admin/refresh-delay   {"ms": n}            hold every token call this long
 //   GET    /admin/stats                               counts of token-endpoint grants
 //
@@ -58,9 +61,15 @@ function signJwt(header, payload, jwk) {
 
 function mutateIdToken(idToken, m) {
   const [h, p, s] = idToken.split('.');
-  const header = JSON.parse(Buffer.from(h, 'base64url'));
+  const header = { ...JSON.parse(Buffer.from(h, 'base64url')), ...(m.header || {}) };
   const payload = { ...JSON.parse(Buffer.from(p, 'base64url')), ...(m.claims || {}) };
   for (const [k, v] of Object.entries(payload)) if (v === null) delete payload[k];
+  const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
+  if (header.alg === 'none') return `${input}.`;
+  if (header.alg === 'HS256') {
+    // Algorithm confusion: an HMAC "signature" keyed with a value the attacker may know.
+    return `${input}.${b64url(crypto.createHmac('sha256', m.hmacKey || '').update(input).digest())}`;
+  }
   if (m.resign === false) {
     return `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}.${s}`;
   }
@@ -76,7 +85,7 @@ function makeProvider(issuer) {
     cookies: { keys: [cookieKey] },
     async findAccount(ctx, id) {
       const claims = accounts.get(id);
-      if (!claims) return undefined;
+      if (!claims || claims.disabled) return undefined;
       return { accountId: id, async claims() { return { sub: id, ...accounts.get(id) }; } };
     },
     claims: {

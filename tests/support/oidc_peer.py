@@ -185,9 +185,19 @@ class OIDCPeer:
         *,
         resign: bool = True,
         foreign_key: bool = False,
+        header: Mapping[str, Any] | None = None,
+        hmac_key: str = "",
     ) -> None:
-        """Change the next token response's id_token (None as a value deletes the claim)."""
-        body = {"claims": dict(claims or {}), "resign": resign, "foreignKey": foreign_key}
+        """Change the next token response's id_token (None as a value deletes the claim);
+        ``header={"alg": "none"}`` drops the signature, ``{"alg": "HS256"}`` signs with
+        ``hmac_key`` (algorithm confusion)."""
+        body = {
+            "claims": dict(claims or {}),
+            "header": dict(header or {}),
+            "resign": resign,
+            "foreignKey": foreign_key,
+            "hmacKey": hmac_key,
+        }
         self._admin("POST", "mutate-next-token", body)
 
     def set_token_delay(self, ms: int) -> None:
