@@ -390,6 +390,11 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
         self._discovery_lock = asyncio.Lock()
         self._jwks: KeySet | None = None
         self._flights = RefreshFlights(env.clock)
+        # The FIPS provider of OpenSSL 3.0 has no EdDSA; every other allowed algorithm is
+        # FIPS 186 (RSA PKCS#1 v1.5 and PSS, ECDSA on P-256/384/521).
+        self._allowed_algs = tuple(
+            a for a in ASYMMETRIC_ALGS if not (env.fips_mode and a == "EdDSA")
+        )
 
     # -- discovery and keys --------------------------------------------------------------------
     async def _discover(self) -> _Provider:
@@ -428,7 +433,7 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
 
         advertised = doc.get("id_token_signing_alg_values_supported")
         if isinstance(advertised, list) and advertised:
-            algorithms = tuple(a for a in advertised if a in ASYMMETRIC_ALGS)
+            algorithms = tuple(a for a in advertised if a in self._allowed_algs)
         else:
             algorithms = ("RS256",)  # OIDC Discovery: RS256 MUST be supported
         if not algorithms:
@@ -506,8 +511,12 @@ class OIDCConnector(CallbackConnector, RefreshConnector):
             raise ConnectorError("the identity provider's ID token is signed by an unknown key")
         try:
             token = jwt.decode(raw, key, algorithms=[alg])
-        except JoseError:
-            log.warning("connector %s: upstream ID token signature check failed", self.id)
+        except Exception as exc:  # JoseError, or the crypto backend refusing the key: never a 500
+            log.warning(
+                "connector %s: upstream ID token signature check failed (%s)",
+                self.id,
+                type(exc).__name__,
+            )
             raise ConnectorError(
                 "the identity provider's ID token has an invalid signature"
             ) from None
