@@ -232,6 +232,7 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
                 f'the identity provider\'s userinfo has no usable "{config.user_id_key}" '
                 "(a string or a number)"
             )
+        # Big numeric ids can arrive as floats: 12345.0 must become "12345".
         user_id = (
             str(int(raw_id)) if isinstance(raw_id, float) and raw_id.is_integer() else str(raw_id)
         )
