@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from typing import Any
@@ -561,3 +562,25 @@ async def test_provider_discovery_overrides_are_used(
         },
     )
     assert (await login(working, "alice")).user_id == "alice"
+
+
+async def test_upstream_tokens_and_secrets_never_reach_the_logs(
+    oidc_peer: OIDCPeer, env: ConnectorEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx/httpcore included
+    connector = make(oidc_peer, env)
+    user = new_user(oidc_peer)
+    identity = await login(connector, user)
+    refreshed = await connector.refresh(OFFLINE, identity)
+    oidc_peer.remove_account(user)
+    with pytest.raises(ConnectorError):
+        await connector.refresh(OFFLINE, refreshed)
+    secrets_seen = [
+        CLIENT_SECRET,
+        json.loads(identity.connector_data)["rt"],
+        json.loads(refreshed.connector_data)["rt"],
+    ]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "POST" in text or "HTTP Request" in text  # the HTTP client did log requests
+    for value in secrets_seen:
+        assert value not in text
