@@ -4,6 +4,11 @@ Three styles, as in Dex: *password* connectors check a username and password the
 (local DB, LDAP); *callback* connectors send the browser upstream and finish on /callback
 (OIDC, OAuth2, GitHub, SAML...); either may also *refresh*, re-checking the user upstream when a
 refresh token is used so that upstream removals and group changes bite.
+
+Each connector type is a :class:`ConnectorType`: the pydantic model of its ``connectors[].config``
+and the function that opens it (as each Dex connector has its ``Config`` struct with ``Open()``).
+The config loader validates with the model; the assembly calls ``open`` with a
+:class:`ConnectorEnv`, the only server facilities a connector gets.
 """
 
 from __future__ import annotations
@@ -17,6 +22,28 @@ from pydantic import BaseModel
 from portcullis.clock import Clock
 from portcullis.storage.base import Storage
 from portcullis.storage.models import Identity
+
+
+@dataclass(frozen=True)
+class ConnectorEnv:
+    """What the assembly gives every connector when it opens it."""
+
+    storage: Storage
+    clock: Clock
+    issuer: str  # the issuer URL, without a trailing slash
+    fips_mode: bool
+
+
+@dataclass(frozen=True)
+class ConnectorType:
+    """One connector type: its config model and how to open it.
+
+    ``open(connector_id, name, connector_type, config, env)``: ``config`` is an instance of
+    ``config_model`` (validated by the config loader); ``connector_type`` is the name it was
+    configured under (one type may be registered under several names)."""
+
+    config_model: type[BaseModel]
+    open: Callable[[str, str, str, BaseModel, ConnectorEnv], Connector]
 
 
 @dataclass(frozen=True)

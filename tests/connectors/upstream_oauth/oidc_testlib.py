@@ -1,5 +1,8 @@
-"""Fixtures for the upstream connector suites: one node-oidc-provider per test session (per
-xdist worker), plus an HTTPS one for the rootCAs tests, each stopped by PID at the end."""
+"""Shared set-up of the oidc and oauth connector suites: the upstream accounts and clients, and
+fixtures for a node-oidc-provider (plain HTTP, and HTTPS for the rootCAs tests) started once per
+test session and xdist worker, each stopped by PID at the end.
+
+The fixtures are registered by this directory's conftest."""
 
 from __future__ import annotations
 

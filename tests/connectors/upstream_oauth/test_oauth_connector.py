@@ -15,7 +15,7 @@ from portcullis.connectors.oauth import CONNECTOR_TYPE, OAuthConfig, OAuthConnec
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
-from tests.connectors.conftest import (
+from tests.connectors.upstream_oauth.oidc_testlib import (
     ALICE,
     CALLBACK,
     CLIENT_ID,

@@ -21,7 +21,7 @@ from portcullis.connectors.oidc import CONNECTOR_TYPE, OIDCConfig, OIDCConnector
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
-from tests.connectors.conftest import (
+from tests.connectors.upstream_oauth.oidc_testlib import (
     ALICE,
     CALLBACK,
     CLIENT_ID,
