@@ -113,21 +113,3 @@ class RefreshConnector(ABC):
     @abstractmethod
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         """The user's current identity; raise ConnectorError if they may no longer log in."""
-
-
-@dataclass(frozen=True)
-class ConnectorEnv:
-    """What the assembly hands every connector when it opens it."""
-
-    storage: Storage
-    clock: Clock
-    issuer: str
-    fips_mode: bool
-
-
-@dataclass(frozen=True)
-class ConnectorType:
-    """A connector type: its Dex-compatible config model and how to open one."""
-
-    config_model: type[BaseModel]
-    open: Callable[[str, str, str, BaseModel, ConnectorEnv], Connector]
