@@ -1,0 +1,504 @@
+"""OAuth 2.0 client plumbing shared by the upstream connectors (oidc, oauth; later GitHub, GitLab).
+
+One place for what every authorization-code connector does the same way, so a fix lands once:
+
+* the outbound HTTP client: ``httpx`` with a timeout on every call, TLS through an ``SSLContext``
+  built from the system roots plus Dex-style ``rootCAs`` (a file path, base64 PEM or inline PEM),
+  responses read with a size bound (a hostile or broken upstream cannot make us buffer gigabytes);
+* the authorization URL (RFC 6749 §4.1.1) with state, optional PKCE S256 (RFC 7636) and extras;
+* the token endpoint: code exchange and refresh (§4.1.3, §6) with ``client_secret_basic``
+  (§2.3.1: id and secret form-encoded before base64, as golang.org/x/oauth2 does, which matters
+  for secrets with ``:`` or ``%``) or ``client_secret_post`` when ``basicAuthUnsupported``;
+* mapping a JSON claim set to strings, booleans and group lists the way Dex does.
+
+Upstream tokens and secrets are never logged and never put into exception messages; errors the
+user sees say what failed upstream (unreachable, refused with an OAuth error code, bad answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import secrets
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from portcullis.clock import Clock
+from portcullis.connectors.base import ConnectorError
+from portcullis.storage.models import Identity
+
+log = logging.getLogger(__name__)
+
+#: Seconds to connect and to wait for each read. Short: a login page must not hang a worker.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+#: Largest upstream JSON document we read (discovery, JWKS, token, userinfo are all far smaller).
+MAX_RESPONSE_BYTES = 1 << 20
+#: How long a refresh result stays available to late concurrent callers (RefreshFlights).
+REFRESH_RESULT_TTL_S = 60.0
+#: Upper bound of cached refresh results (memory bound under a refresh storm).
+REFRESH_CACHE_MAX = 10_000
+
+
+class UpstreamError(ConnectorError):
+    """The upstream answered with an OAuth error (``error`` is its RFC 6749 code)."""
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Upstream-provided text made safe to show: printable ASCII only, bounded length."""
+    cleaned = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    return cleaned[:limit]
+
+
+def http_url(value: str, field: str) -> str:
+    """Config check: an absolute http(s) URL (the message names the field)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{field} must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def _ca_pem(value: str) -> bytes:
+    """Dex's rootCAs entry forms: a path to a PEM file, base64 of PEM, or the PEM itself."""
+    if "-----BEGIN" in value:
+        return value.encode()
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_bytes()
+    except OSError:
+        pass
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if b"-----BEGIN" in decoded:
+        return decoded
+    return value.encode()
+
+
+def check_root_cas(values: Sequence[str]) -> list[str]:
+    """Validate rootCAs at config time; the message names the entry (``rootCAs.N``)."""
+    for index, value in enumerate(values):
+        context = ssl.create_default_context()
+        try:
+            context.load_verify_locations(cadata=_ca_pem(value).decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"rootCAs.{index} is not a PEM certificate: give a path to a PEM file, "
+                "the PEM text, or base64 of the PEM text"
+            ) from exc
+    return list(values)
+
+
+def ssl_context(root_cas: Sequence[str], insecure_skip_verify: bool) -> ssl.SSLContext:
+    """System roots plus the configured CAs (like Dex's pool), TLS 1.2 minimum."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for value in root_cas:
+        context.load_verify_locations(cadata=_ca_pem(value).decode("ascii", "replace"))
+    if insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+class UpstreamHTTP:
+    """Bounded, timed JSON requests to one upstream provider.
+
+    A fresh ``httpx.AsyncClient`` per request: logins and refreshes are rare next to their
+    network round trips, and a client never outlives the event loop it was made on (workers,
+    tests). The SSL context, the expensive part, is built once.
+    """
+
+    def __init__(
+        self,
+        *,
+        root_cas: Sequence[str] = (),
+        insecure_skip_verify: bool = False,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._ssl = ssl_context(root_cas, insecure_skip_verify)
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._max_bytes = max_bytes
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, JSON object) of the response; ConnectorError naming ``what`` when the
+        upstream cannot be reached, answers too much, or answers something that is not a JSON
+        object. Non-2xx statuses are returned for the caller to interpret."""
+        send_headers = {"Accept": "application/json", **(headers or {})}
+        try:
+            async with (
+                httpx.AsyncClient(
+                    verify=self._ssl, timeout=self._timeout, follow_redirects=False, trust_env=True
+                ) as client,
+                client.stream(method, url, data=data, headers=send_headers) as response,
+            ):
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > self._max_bytes:
+                        raise ConnectorError(
+                            f"the identity provider's {what} response is too large"
+                        )
+                status = response.status_code
+                content_type = response.headers.get("content-type", "")
+        except httpx.TimeoutException:
+            log.warning("upstream %s at %s timed out", what, _url_for_log(url))
+            raise ConnectorError(f"the identity provider did not answer in time ({what})") from None
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s at %s failed: %s", what, _url_for_log(url), type(exc).__name__)
+            reason = "TLS verification failed" if _is_tls_error(exc) else "unreachable"
+            raise ConnectorError(f"the identity provider is {reason} ({what})") from None
+        if status >= 500:
+            log.warning("upstream %s at %s answered HTTP %d", what, _url_for_log(url), status)
+            raise ConnectorError(f"the identity provider failed ({what}: HTTP {status})")
+        try:
+            document = json.loads(bytes(body))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if status >= 400:
+                return status, {}
+            hint = " (signed or non-JSON responses are not supported)" if content_type else ""
+            raise ConnectorError(
+                f"the identity provider's {what} response is not JSON{hint}"
+            ) from None
+        if not isinstance(document, dict):
+            raise ConnectorError(f"the identity provider's {what} response is not a JSON object")
+        return status, document
+
+    async def get_json(self, url: str, *, what: str, bearer: str = "") -> dict[str, Any]:
+        """GET a JSON object; any non-200 answer is an error naming ``what``."""
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        status, document = await self.request_json("GET", url, what=what, headers=headers)
+        if status != 200:
+            raise ConnectorError(
+                f"the identity provider refused the {what} request (HTTP {status})"
+            )
+        return document
+
+
+def _url_for_log(url: str) -> str:
+    """Scheme, host and path only: query strings can carry codes or tokens."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# -- PKCE, authorization URL -------------------------------------------------------------------
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(verifier, S256 challenge): 64 URL-safe characters from ``secrets`` (RFC 7636 §4.1)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+def authorization_url(
+    endpoint: str,
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    state: str,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """The authorization request URL; a query already on the endpoint is kept (some
+    providers need fixed parameters there)."""
+    parts = urlsplit(endpoint)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    params: dict[str, str] = {
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "response_type": "code",
+        "state": state,
+    }
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    params.update(extra or {})
+    query.extend(params.items())
+    return urlunsplit(
+        (parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), "")
+    )
+
+
+# -- token endpoint ----------------------------------------------------------------------------
+
+
+class ClientCredentials:
+    """Our client id and secret at the upstream, and how the token endpoint wants them.
+
+    ``secret_in_body`` True sends them in the form (client_secret_post, Dex's
+    ``basicAuthUnsupported: true``); False uses HTTP Basic; None auto-detects like Dex's
+    golang.org/x/oauth2: Basic first, the form when the provider refuses the client with
+    Basic, and the style that worked is remembered for this connector.
+    """
+
+    def __init__(self, client_id: str, client_secret: str, secret_in_body: bool | None) -> None:
+        self.client_id = client_id
+        self._secret = client_secret
+        self.secret_in_body = secret_in_body
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self.client_id!r})"
+
+    def styles(self) -> list[bool]:
+        if not self._secret:
+            return [True]  # public client: client_id in the body, no secret
+        if self.secret_in_body is None:
+            return [False, True]
+        return [self.secret_in_body]
+
+    def apply(self, in_body: bool, body: dict[str, str], headers: dict[str, str]) -> None:
+        if in_body:
+            body["client_id"] = self.client_id
+            if self._secret:
+                body["client_secret"] = self._secret
+            return
+        # RFC 6749 §2.3.1: form-urlencode both parts before joining them with ":".
+        user = quote(self.client_id, safe="")
+        password = quote(self._secret, safe="")
+        headers["Authorization"] = (
+            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        )
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    access_token: str
+    token_type: str
+    refresh_token: str
+    id_token: str
+    raw: Mapping[str, Any]
+
+    def __repr__(self) -> str:  # never print tokens, not even in a traceback's locals
+        return f"TokenResponse(token_type={self.token_type!r}, fields={sorted(self.raw)!r})"
+
+
+async def token_request(
+    http: UpstreamHTTP,
+    token_url: str,
+    credentials: ClientCredentials,
+    form: Mapping[str, str],
+    *,
+    what: str,
+) -> TokenResponse:
+    """POST to the token endpoint with client authentication; UpstreamError carries the
+    upstream's OAuth error code (``invalid_grant`` when a refresh token was refused)."""
+    styles = credentials.styles()
+    for attempt, in_body in enumerate(styles):
+        body = dict(form)
+        headers: dict[str, str] = {}
+        credentials.apply(in_body, body, headers)
+        status, document = await http.request_json(
+            "POST", token_url, what=what, data=body, headers=headers
+        )
+        if status == 200:
+            if credentials.secret_in_body is None and len(styles) > 1:
+                credentials.secret_in_body = in_body  # remember what this provider accepts
+            break
+        error = document.get("error")
+        client_refused = status == 401 or error in ("invalid_client", "unauthorized_client")
+        if client_refused and attempt + 1 < len(styles):
+            continue
+        code = _printable(error, 64) if isinstance(error, str) and error else f"HTTP {status}"
+        description = document.get("error_description")
+        detail = f": {_printable(description)}" if isinstance(description, str) else ""
+        log.info("upstream %s refused: %s", what, code)
+        raise UpstreamError(
+            f"the identity provider refused the {what} ({code}{detail})",
+            code if isinstance(error, str) else "",
+        )
+    access_token = document.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise ConnectorError(f"the identity provider's {what} response has no access_token")
+
+    def text(name: str) -> str:
+        value = document.get(name, "")
+        return value if isinstance(value, str) else ""
+
+    return TokenResponse(
+        access_token=access_token,
+        token_type=text("token_type") or "Bearer",
+        refresh_token=text("refresh_token"),
+        id_token=text("id_token"),
+        raw=document,
+    )
+
+
+async def exchange_code(
+    http: UpstreamHTTP,
+    token_url: str,
+    credentials: ClientCredentials,
+    *,
+    code: str,
+    redirect_uri: str,
+    code_verifier: str = "",
+) -> TokenResponse:
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    if code_verifier:
+        form["code_verifier"] = code_verifier
+    return await token_request(http, token_url, credentials, form, what="code exchange")
+
+
+async def refresh_grant(
+    http: UpstreamHTTP, token_url: str, credentials: ClientCredentials, refresh_token: str
+) -> TokenResponse:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return await token_request(http, token_url, credentials, form, what="refresh")
+
+
+def callback_error(params: Mapping[str, str]) -> ConnectorError | None:
+    """The upstream's error redirect (RFC 6749 §4.1.2.1) as a user-safe error, else None."""
+    error = params.get("error", "")
+    if not error:
+        return None
+    description = params.get("error_description", "")
+    detail = f": {_printable(description)}" if description else ""
+    return UpstreamError(
+        f"the identity provider refused the login ({_printable(error, 64)}{detail})", error
+    )
+
+
+# -- claims ------------------------------------------------------------------------------------
+
+
+def claim_str(claims: Mapping[str, Any], key: str) -> str | None:
+    value = claims.get(key)
+    return value if isinstance(value, str) else None
+
+
+def groups_from_claim(value: Any, key: str) -> list[str]:
+    """Group names from a claim value, as Dex reads them: a list of strings or of objects with a
+    ``name``; a single string is one group. Anything else is a malformed claim."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ConnectorError(f'the identity provider sent a malformed "{key}" claim')
+    groups: list[str] = []
+    for item in value:
+        if isinstance(item, str):
+            groups.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            groups.append(item["name"])
+        else:
+            raise ConnectorError(f'the identity provider sent a malformed "{key}" claim')
+    return groups
+
+
+def filter_allowed(groups: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """Dex's groups.Filter: the user's groups that are in ``allowed``, in the user's order."""
+    wanted = set(allowed)
+    return [g for g in groups if g in wanted]
+
+
+def encode_state(data: Mapping[str, str]) -> bytes:
+    """Connector state/data as compact JSON bytes (kept server-side, never in a cookie)."""
+    return json.dumps(dict(data), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_state(raw: bytes, what: str) -> dict[str, str]:
+    try:
+        data = json.loads(raw.decode()) if raw else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConnectorError(f"the stored {what} is unreadable; please log in again")
+    return data
+
+
+class RefreshFlights:
+    """Single-flight plus a short result cache, keyed by a hash of the upstream refresh token.
+
+    For providers that rotate refresh tokens: concurrent refreshes presenting the same upstream
+    token share one upstream call, and callers arriving within ``REFRESH_RESULT_TTL_S`` after it
+    finished get its result instead of replaying the consumed token (which such providers treat
+    as theft). The upstream call runs in its own task, so a caller that goes away (client
+    disconnect, cancelled request) does not lose the rotated token: the result still lands in
+    the cache for the client's retry. Failures reach the callers already waiting and are never
+    cached. The coordination is per process (see the oidc module docstring).
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Task[Identity]] = {}
+        self._done: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
+
+    async def run(self, token: str, work: Callable[[], Awaitable[Identity]]) -> Identity:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._done.get(key)
+        if cached is not None and self._clock.now() - cached[0] <= REFRESH_RESULT_TTL_S:
+            return cached[1]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._lead(key, work))
+            task.add_done_callback(_retrieve)
+            self._inflight[key] = task
+        return await asyncio.shield(task)
+
+    async def _lead(self, key: str, work: Callable[[], Awaitable[Identity]]) -> Identity:
+        try:
+            result = await work()
+            self._remember(key, result)
+            return result
+        finally:
+            self._inflight.pop(key, None)
+
+    def _remember(self, key: str, result: Identity) -> None:
+        now = self._clock.now()
+        self._done[key] = (now, result)
+        self._done.move_to_end(key)
+        while self._done and (
+            len(self._done) > REFRESH_CACHE_MAX
+            or now - next(iter(self._done.values()))[0] > REFRESH_RESULT_TTL_S
+        ):
+            self._done.popitem(last=False)
+
+
+def _retrieve(task: asyncio.Task[Identity]) -> None:
+    """Mark a flight's failure as seen: every caller may have gone away before it ended."""
+    if not task.cancelled():
+        task.exception()
