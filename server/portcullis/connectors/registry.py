@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from portcullis.connectors import ldap, saml
+from portcullis.connectors import ldap, oauth, oidc, saml
 from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
@@ -27,6 +27,8 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "mockPassword": ConnectorType(MockPasswordConfig, open_mock_password),
     "ldap": ldap.CONNECTOR_TYPE,
     "saml": saml.CONNECTOR_TYPE,
+    "oidc": oidc.CONNECTOR_TYPE,
+    "oauth": oauth.CONNECTOR_TYPE,
 }
 
 

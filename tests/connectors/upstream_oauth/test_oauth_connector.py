@@ -15,7 +15,8 @@ from portcullis.connectors.oauth import CONNECTOR_TYPE, OAuthConfig, OAuthConnec
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
-from tests.connectors.upstream_oauth.oidc_testlib import (
+from tests.support.oidc_peer import OIDCPeer, browser_login
+from tests.support.oidc_upstream import (
     ALICE,
     CALLBACK,
     CLIENT_ID,
@@ -24,7 +25,6 @@ from tests.connectors.upstream_oauth.oidc_testlib import (
     POST_CLIENT_SECRET,
     ca_of,
 )
-from tests.support.oidc_peer import OIDCPeer, browser_login
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,8 @@ from portcullis.connectors.oidc import CONNECTOR_TYPE, OIDCConfig, OIDCConnector
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
-from tests.connectors.upstream_oauth.oidc_testlib import (
+from tests.support.oidc_peer import OIDCPeer, browser_login
+from tests.support.oidc_upstream import (
     ALICE,
     CALLBACK,
     CLIENT_ID,
@@ -30,7 +31,6 @@ from tests.connectors.upstream_oauth.oidc_testlib import (
     POST_CLIENT_SECRET,
     ca_of,
 )
-from tests.support.oidc_peer import OIDCPeer, browser_login
 
 pytestmark = pytest.mark.anyio
 
