@@ -173,10 +173,12 @@ def create_issuer(
     clock: Clock | None = None,
     fips_mode: bool = False,
     fips_status: dict[str, Any] | None = None,
+    metrics_dir: str | None = None,
 ) -> Issuer:
     """Assemble the issuer. Raises StorageError when storage cannot be opened and
     kube.callers.CallerCheckError when the TokenReview webhook cannot read its Kubernetes
-    API access."""
+    API access. ``metrics_dir``: the directory every worker of one server shares its metric
+    values through (several workers only)."""
     clock = clock or SystemClock()
     config = register_page_client(config)
     storage = storage or open_storage(config)
@@ -189,7 +191,7 @@ def create_issuer(
     kube_pages = page_routes(
         config, provider, pages, ip_resolver.resolve, secure_cookies=secure_cookies(config)
     )
-    metrics = Metrics()
+    metrics = Metrics(metrics_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -5,6 +5,14 @@ Signals: SIGTERM/SIGINT stop accepting, let in-flight requests finish (up to the
 timeout) and exit 0. With several workers the parent forwards the signal and exits 0 only if
 every worker did.
 
+Several workers: a worker killed by a signal (OOM killer, SIGKILL, a crash in native code) is
+replaced at once, so one dead process never takes the issuer down — every session lives in
+storage, so nothing is lost with it; a worker that keeps dying (more than
+``RESTART_LIMIT`` times in ``RESTART_WINDOW`` seconds) stops the server instead of flapping. A
+worker that *exits* with a code (it could not open storage or bind) takes the others down, as a
+half-served issuer is worse than a clear failure. Metric values are shared between workers
+through a private directory (prometheus-client multiprocess mode) so ``/metrics`` is the sum.
+
 The gRPC admin API (grpc.addr) is served by one process only — the single process, or worker 0
 of several — because grpcio binds its own socket (see portcullis.admin.server).
 """
@@ -16,10 +24,13 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +43,13 @@ from portcullis.fips import TLS_CIPHERS_FIPS
 from portcullis.issuer import create_issuer
 from portcullis.kube.callers import CallerCheckError
 from portcullis.storage.base import StorageError
+from portcullis.telemetry import share_metrics_between_workers
 
 log = logging.getLogger("portcullis")
 
 EXIT_LISTEN_FAILED = 1
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
 
 
 class _SharedSignalServer(uvicorn.Server):
@@ -143,12 +157,18 @@ def run_worker(
     fips_status: dict[str, Any],
     drain_timeout: float,
     admin_api: bool = True,
+    metrics_dir: str | None = None,
 ) -> int:
     """Serve every listener in this process until a stop signal; returns the exit code.
 
-    ``admin_api``: whether this process also serves grpc.addr (only one process does)."""
+    ``admin_api``: whether this process also serves grpc.addr (only one process does).
+    ``metrics_dir``: where the workers of one server share their metric values."""
+    if metrics_dir:
+        share_metrics_between_workers(metrics_dir)
     try:
-        issuer = create_issuer(config, fips_mode=fips_mode, fips_status=fips_status)
+        issuer = create_issuer(
+            config, fips_mode=fips_mode, fips_status=fips_status, metrics_dir=metrics_dir
+        )
     except StorageError as exc:
         print(f"portcullis: storage ({config.raw.storage.type}): {exc}", file=sys.stderr)
         return EXIT_LISTEN_FAILED
@@ -250,35 +270,78 @@ def _supervise(
     config: Config, listeners: list[Listener], workers: int, kwargs: dict[str, Any]
 ) -> int:
     """Fork workers after binding (sockets are shared; storage connections are opened in each
-    child, never inherited) and wait for all of them."""
-    children: list[int] = []
-    for index in range(workers):
+    child, never inherited), replace a worker killed by a signal, and wait for all of them."""
+    metrics_dir = tempfile.mkdtemp(prefix="portcullis-metrics-")
+    children: dict[int, int] = {}  # pid -> worker index
+    restarts: list[float] = []
+    stopping = False
+
+    def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
-                code = run_worker(config, listeners, admin_api=index == 0, **kwargs)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = run_worker(
+                    config, listeners, admin_api=index == 0, metrics_dir=metrics_dir, **kwargs
+                )
             finally:
                 os._exit(code)
-        children.append(pid)
+        children[pid] = index
 
     def forward(signum: int, frame: object) -> None:
-        for child in children:
+        nonlocal stopping
+        stopping = True
+        for child in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for index in range(workers):
+        spawn(index)
     worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            log.error("worker %d exited with %d", child, code)
-            # One worker dying takes the others down: a half-served issuer is worse.
-            forward(signal.SIGTERM, None)
-            worst = worst or (code if code > 0 else 1)
-    for listener in listeners:
-        listener.sock.close()
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            index = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0 and not stopping:
+                now = time.monotonic()
+                restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
+                if len(restarts) < RESTART_LIMIT:
+                    restarts.append(now)
+                    log.error(
+                        "worker %d (pid %d) was killed by signal %d; starting a replacement",
+                        index,
+                        pid,
+                        -code,
+                    )
+                    spawn(index)
+                    continue
+                log.error(
+                    "worker %d (pid %d) was killed by signal %d, the %d. time in %.0f s: stopping",
+                    index,
+                    pid,
+                    -code,
+                    RESTART_LIMIT + 1,
+                    RESTART_WINDOW,
+                )
+            if code != 0:
+                if not stopping:
+                    log.error("worker %d exited with %d", pid, code)
+                # One worker dying takes the others down: a half-served issuer is worse.
+                forward(signal.SIGTERM, None)
+                worst = worst or (code if code > 0 else 1)
+    finally:
+        for listener in listeners:
+            listener.sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("stopped")
     return worst

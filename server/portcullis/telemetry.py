@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -72,11 +75,29 @@ def configure_logging(level: str, fmt: str, exclude_fields: list[str] | None = N
 # -- metrics ---------------------------------------------------------------------------------
 
 
-class Metrics:
-    """One registry per app instance: no module-level mutable state."""
+def share_metrics_between_workers(directory: str) -> None:
+    """Keep this worker's metric values in memory-mapped files under ``directory``
+    (prometheus-client's multiprocess mode), so that ``/metrics``, answered by whichever worker
+    the kernel hands the connection to, reports the sum over every worker instead of one
+    worker's share. Called once in each forked worker, before its first metric exists; the
+    value class is process-wide by prometheus-client's design."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """One registry per app instance: no module-level mutable state.
+
+    With ``shared_dir`` (several workers, see :func:`share_metrics_between_workers`) the values
+    live in files there and :attr:`exposition` aggregates every worker's files."""
+
+    def __init__(self, shared_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        if shared_dir:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=shared_dir)  # type: ignore[no-untyped-call]
+        else:
+            self.exposition = self.registry
         self.requests = Counter(
             "portcullis_http_requests_total",
             "HTTP requests by route, method and status code.",
@@ -162,7 +183,7 @@ def telemetry_app(metrics: Metrics, ready: HealthCheck) -> Starlette:
     """The telemetry listener: /metrics, /healthz, /healthz/live, /healthz/ready."""
 
     async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     async def live(request: Request) -> Response:
         return PlainTextResponse("ok\n")
