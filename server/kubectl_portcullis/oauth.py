@@ -27,6 +27,7 @@ from kubectl_portcullis.jwt import decode_claims
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_DEVICE_INTERVAL = 5  # RFC 8628 §3.2: "If no value is provided, clients MUST use 5"
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5: slow_down adds 5 seconds to every following interval
+DEVICE_GRACE = 60  # seconds past expires_in before the client stops polling on its own
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,10 @@ class Session:
         if open_browser and isinstance(complete, str):
             with contextlib.suppress(webbrowser.Error):
                 webbrowser.open(complete)
+        # The issuer decides when the code expires (expired_token); the local deadline is only
+        # a safety net against an issuer that never answers it.
         lifetime = expires_in if isinstance(expires_in, int) and expires_in > 0 else 1800
-        deadline = self.monotonic() + lifetime
+        deadline = self.monotonic() + lifetime + DEVICE_GRACE
         while True:
             self.sleep(interval)
             form = {"grant_type": DEVICE_GRANT, "device_code": device_code}
@@ -249,14 +252,20 @@ class Session:
                     interval += SLOW_DOWN_STEP
                 elif exc.error == "expired_token":
                     raise PluginError(
-                        "the device code expired before the login was completed; run again"
+                        "the device code expired (expired_token) before the login was "
+                        "completed; run the command again for a new code"
                     ) from None
                 elif exc.error == "access_denied":
-                    raise PluginError("the login was denied in the browser") from None
+                    raise PluginError(
+                        "the login was denied (access_denied) on the verification page"
+                    ) from None
                 else:
                     raise
             if self.monotonic() >= deadline:
-                raise PluginError("the device code expired before the login was completed")
+                raise PluginError(
+                    "the issuer still answered authorization_pending "
+                    f"{DEVICE_GRACE}s after the device code's expiry; giving up"
+                )
 
     # -- resource owner password credentials (RFC 6749 §4.3) ------------------------------------
     def password(self, username: str, password: str) -> Tokens:

@@ -44,3 +44,18 @@ def plugin(tmp_path: Path) -> Plugin:
     home = tmp_path / "home"
     home.mkdir()
     return Plugin(home)
+
+
+@pytest.fixture(scope="session")
+def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`make login-binary`'s build (freeze venv cached in .cache/login like the Makefile's)."""
+    from plugin_harness import REPO_ROOT
+    from portcullis_release import login_binary
+
+    return login_binary.build(
+        REPO_ROOT,
+        tmp_path_factory.mktemp("login"),
+        REPO_ROOT / ".cache" / "login",
+        1_700_000_000,
+        work=tmp_path_factory.mktemp("login-work"),
+    )
