@@ -27,7 +27,7 @@ from kubectl_portcullis.errors import PluginError
 from kubectl_portcullis.execcred import V1, exec_credential, exec_info
 from kubectl_portcullis.jwt import decode_claims
 from kubectl_portcullis.login import GRANT_TYPES, Login, Options
-from kubectl_portcullis.loopback import DEFAULT_LISTEN_ADDRESSES
+from kubectl_portcullis.loopback import DEFAULT_LISTEN_ADDRESSES, split_address
 from kubectl_portcullis.oauth import Provider
 
 PROG = "kubectl portcullis"
@@ -118,7 +118,7 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="accepted for kubelogin compatibility; the plugin logs nothing secret at any level",
+        help="log the plugin's decisions to stderr (cache, refresh, grant); never a token",
     )
 
 
@@ -265,6 +265,7 @@ def _options(args: argparse.Namespace, *, interactive: bool) -> Options:
         insecure=args.insecure_skip_tls_verify,
         token_cache_dir=args.token_cache_dir,
         interactive=interactive,
+        verbosity=args.verbosity,
     )
     if hasattr(args, "grant_type"):
         grant = args.grant_type
@@ -274,6 +275,8 @@ def _options(args: argparse.Namespace, *, interactive: bool) -> Options:
         options.listen_addresses = _split_scopes(args.listen_addresses) or list(
             DEFAULT_LISTEN_ADDRESSES
         )
+        for address in options.listen_addresses:
+            split_address(address)  # a typo fails before any network request
         options.redirect_host = args.redirect_host
         options.open_browser = not args.skip_open_browser
         if args.authentication_timeout_sec <= 0:

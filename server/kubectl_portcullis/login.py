@@ -17,6 +17,7 @@ from typing import TextIO
 
 from kubectl_portcullis.cache import DEFAULT_DIR, CachedTokens, TokenCache, cache_key
 from kubectl_portcullis.errors import OAuthError, PluginError
+from kubectl_portcullis.execcred import rfc3339
 from kubectl_portcullis.http import Http
 from kubectl_portcullis.jwt import decode_claims, expiry
 from kubectl_portcullis.loopback import DEFAULT_LISTEN_ADDRESSES
@@ -55,6 +56,7 @@ class Options:
     force_refresh: bool = False
     auth_request_params: dict[str, str] = field(default_factory=dict)
     interactive: bool = True
+    verbosity: int = 0
 
     @property
     def requested_scopes(self) -> list[str]:
@@ -126,6 +128,11 @@ class Login:
     def _say(self, message: str) -> None:
         print(message, file=self.stderr, flush=True)
 
+    def _debug(self, message: str) -> None:
+        """``-v1`` and up: what the plugin decided and why (never a token's value)."""
+        if self.options.verbosity > 0:
+            self._say(f"kubectl-portcullis: {message}")
+
     def session(self) -> Session:
         if self._session is None:
             options = self.options
@@ -141,11 +148,14 @@ class Login:
         cache = self.options.cache()
         with cache.locked():
             cached = cache.load()
+            self._debug(f"token cache {cache.path}: {'hit' if cached else 'empty'}")
             if cached is not None and not self.options.force_refresh:
                 exp = _still_valid(cached.id_token, self.clock())
                 if exp is not None:
+                    self._debug(f"cached ID token valid until {rfc3339(exp)}")
                     return Credential(cached.id_token, exp, "cache")
             if cached is not None and cached.refresh_token:
+                self._debug("refreshing the ID token with the cached refresh token")
                 try:
                     tokens = self.session().refresh(cached.refresh_token)
                 except OAuthError as exc:
@@ -166,6 +176,7 @@ class Login:
         grant = options.grant_type
         if grant == "auto":
             grant = "password" if options.username else "authcode"
+        self._debug(f"logging in with the {grant} grant")
         session = self.session()
         if grant in ("device", "device-code"):
             return session.device(open_browser=options.open_browser)

@@ -1,9 +1,13 @@
 """The loopback HTTP listener that receives the authorization response (RFC 8252 §7.3).
 
 It binds the first free address of ``--listen-address`` (kubelogin's defaults: 127.0.0.1:8000,
-then 127.0.0.1:18000, the two redirect URIs people register), answers exactly one request
-carrying the expected ``state`` and ignores everything else (favicon requests, stray tabs, a
-forged callback with another state), so nothing but the issuer's redirect can end the login.
+then 127.0.0.1:18000, the two redirect URIs people register), and accepts exactly one request
+carrying the expected ``state``; everything else (favicon requests, stray tabs, a forged
+callback with another state) gets a 404 and cannot end the login.
+
+Requests are served on threads with a socket timeout: browsers open speculative connections
+that never send a request, and a single-threaded server would sit on such a connection while
+the real redirect waits behind it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import errno
 import html
 import http.server
 import socket
-import time
+import threading
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -31,19 +35,21 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 class _Outcome:
     code: str | None = None
     error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _split_address(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise PluginError(f"--listen-address {address!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _Server(http.server.HTTPServer):
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
     outcome: _Outcome
     state: str
-    path: str
 
 
 class _Server6(_Server):
@@ -54,6 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
     server_version = "kubectl-portcullis"
     sys_version = ""
+    timeout = 10  # seconds a connection may stay silent (speculative browser connections)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the request line carries the authorization code."""
@@ -62,22 +69,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parts.query)
         state = query.get("state", [""])[0]
-        if (parts.path or "/") != self.server.path or state != self.server.state:
+        outcome = self.server.outcome
+        if (parts.path or "/") != "/" or state != self.server.state:
             self._answer(404, "Not found", "This is kubectl-portcullis's login listener.")
             return
-        if "error" in query:
-            error = query["error"][0]
-            description = query.get("error_description", [""])[0]
-            self.server.outcome.error = error + (f": {description}" if description else "")
-            self._answer(400, "Login failed", f"The issuer said: {self.server.outcome.error}")
-            return
-        code = query.get("code", [""])[0]
-        if not code:
-            self._answer(400, "Login failed", "The redirect carried no authorization code.")
-            self.server.outcome.error = "the redirect carried no code"
-            return
-        self.server.outcome.code = code
-        self._answer(200, "Logged in", "You can close this window and return to the terminal.")
+        with outcome.lock:
+            if outcome.done.is_set():
+                self._answer(409, "Already done", "This login has already been completed.")
+                return
+            if "error" in query:
+                description = query.get("error_description", [""])[0]
+                outcome.error = query["error"][0] + (f": {description}" if description else "")
+            elif query.get("code", [""])[0]:
+                outcome.code = query["code"][0]
+            else:
+                outcome.error = "the redirect carried no authorization code"
+            outcome.done.set()
+        if outcome.code is not None:
+            self._answer(200, "Logged in", "You can close this window and return to the terminal.")
+        else:
+            self._answer(400, "Login failed", f"The issuer said: {outcome.error}")
 
     def _answer(self, status: int, title: str, text: str) -> None:
         body = _PAGE.format(title=html.escape(title), text=html.escape(text)).encode()
@@ -86,18 +97,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+        self.close_connection = True
 
 
 class Receiver:
     """Context manager: bound listener, ``redirect_uri`` and ``wait()`` for the code."""
 
     def __init__(self, addresses: Sequence[str], redirect_host: str, state: str) -> None:
-        self._server: _Server | None = None
+        server: _Server | None = None
         failures: list[str] = []
         for address in addresses or DEFAULT_LISTEN_ADDRESSES:
-            host, port = _split_address(address)
+            host, port = split_address(address)
             server_class = _Server6 if ":" in host else _Server
             try:
                 server = server_class((host, port), _Handler)
@@ -106,33 +119,31 @@ class Receiver:
                     failures.append(f"{address} ({exc.strerror})")
                     continue
                 raise PluginError(f"cannot listen on {address}: {exc.strerror}") from None
-            self._server = server
             break
-        if self._server is None:
+        if server is None:
             raise PluginError(
                 "cannot listen on any --listen-address for the login redirect: "
                 + ", ".join(failures)
             )
-        self._server.outcome = _Outcome()
-        self._server.state = state
-        self._server.path = "/"
-        self._server.timeout = 0.5
-        port = self._server.server_address[1]
+        server.outcome = _Outcome()
+        server.state = state
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
+        self._thread.start()
+        port = server.server_address[1]
         shown = f"[{redirect_host}]" if ":" in redirect_host else redirect_host
         self.redirect_uri = f"http://{shown}:{port}/"
 
     def wait(self, timeout: float) -> str:
-        """Serve requests until the issuer's redirect arrives; the authorization code."""
-        assert self._server is not None
-        deadline = time.monotonic() + timeout
+        """Block until the issuer's redirect arrives; the authorization code."""
         outcome = self._server.outcome
-        while outcome.code is None and outcome.error is None:
-            if time.monotonic() >= deadline:
-                raise PluginError(
-                    f"no login completed within {int(timeout)}s "
-                    "(--authentication-timeout-sec); run again"
-                )
-            self._server.handle_request()
+        if not outcome.done.wait(timeout):
+            raise PluginError(
+                f"no login completed within {int(timeout)}s "
+                "(--authentication-timeout-sec); run again"
+            )
         if outcome.error is not None:
             raise PluginError(f"the login failed: {outcome.error}")
         assert outcome.code is not None
@@ -147,5 +158,5 @@ class Receiver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._server.server_close()
+        self._server.shutdown()
+        self._server.server_close()

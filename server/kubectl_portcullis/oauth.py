@@ -8,18 +8,16 @@ Error handling follows the RFCs the issuer follows: an OAuth error body becomes
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import secrets
 import sys
 import time
 import urllib.parse
-import webbrowser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from kubectl_portcullis import loopback
+from kubectl_portcullis import browser, loopback
 from kubectl_portcullis.errors import OAuthError, PluginError
 from kubectl_portcullis.http import Http
 from kubectl_portcullis.jwt import decode_claims
@@ -187,12 +185,7 @@ class Session:
                 params["code_challenge_method"] = "S256"
             separator = "&" if "?" in self.provider.authorization_endpoint else "?"
             url = self.provider.authorization_endpoint + separator + urllib.parse.urlencode(params)
-            opened = False
-            if open_browser:
-                try:
-                    opened = webbrowser.open(url)
-                except webbrowser.Error:
-                    opened = False
+            opened = open_browser and browser.open_browser(url)
             if opened:
                 self._say(f"Opened the browser to log in. If it did not open, visit:\n{url}")
             else:
@@ -234,8 +227,7 @@ class Session:
             + (f"\n(or open {complete})" if isinstance(complete, str) else "")
         )
         if open_browser and isinstance(complete, str):
-            with contextlib.suppress(webbrowser.Error):
-                webbrowser.open(complete)
+            browser.open_browser(complete)
         # The issuer decides when the code expires (expired_token); the local deadline is only
         # a safety net against an issuer that never answers it.
         lifetime = expires_in if isinstance(expires_in, int) and expires_in > 0 else 1800

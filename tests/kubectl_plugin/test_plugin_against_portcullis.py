@@ -413,3 +413,41 @@ def _cached_id_token(plugin: Plugin) -> str:
     (entry,) = plugin.cache_dir.glob("*.json")
     token: str = json.loads(Path(entry).read_text())["id_token"]
     return token
+
+
+def test_browser_is_opened_without_spoiling_the_credential_on_stdout(
+    issuer: Issuer, plugin: Plugin, tmp_path: Path
+) -> None:
+    # A "browser" that chatters on stdout, as real ones do, and hands the URL to the test.
+    url_file = tmp_path / "opened-url"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(
+        f'#!/bin/sh\necho "Opening in existing browser session."\nprintf %s "$1" > {url_file}\n'
+    )
+    browser.chmod(0o755)
+    args = [a for a in _args(issuer) if a != "--skip-open-browser"]
+    running = plugin.start(args, env={"BROWSER": f"{browser} %s"})
+    running.wait_for_line(re.compile("^Opened the browser"))
+    deadline = time.monotonic() + 20
+    while not url_file.exists():
+        assert time.monotonic() < deadline, running.stderr_lines
+        time.sleep(0.05)
+
+    assert complete_login(issuer, url_file.read_text()).status_code == 200
+    code, stdout, stderr = running.finish()
+
+    assert code == 0, stderr
+    issuer.remember(exec_credential(stdout)["status"]["token"])  # stdout is exactly the JSON
+
+
+def test_verbose_mode_explains_decisions_without_printing_tokens(
+    issuer: Issuer, plugin: Plugin
+) -> None:
+    credential = _browser_login(issuer, plugin.start([*_args(issuer), "-v", "1"]))
+    code, _, stderr = plugin.run([*_args(issuer), "--v=2"])
+
+    assert code == 0, stderr
+    assert "cached ID token valid until" in stderr
+    token = credential["status"]["token"]
+    assert token not in stderr
+    assert _cached_refresh_token(plugin) not in stderr
