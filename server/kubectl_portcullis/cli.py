@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -213,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="kubeconfig user entry the printed command creates (default oidc)",
     )
+    setup.add_argument(
+        "--username-claim",
+        default="email",
+        metavar="CLAIM",
+        help="kube-apiserver's --oidc-username-claim, for the RBAC commands (default email)",
+    )
+    setup.add_argument(
+        "--username-prefix",
+        default="oidc:",
+        metavar="PREFIX",
+        help="kube-apiserver's --oidc-username-prefix (default oidc:; '-' for none)",
+    )
+    setup.add_argument(
+        "--groups-prefix",
+        default="oidc:",
+        metavar="PREFIX",
+        help="kube-apiserver's --oidc-groups-prefix (default oidc:)",
+    )
     logout = commands.add_parser(
         "logout",
         help="forget the cached tokens and revoke the refresh token at the issuer",
@@ -351,52 +370,52 @@ def _setup(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     say(shlex.join(command))
     say(f"kubectl config set-context --current --user={shlex.quote(args.user_name)}")
     say()
-    say("## 4. Let the cluster authorize it (as a cluster administrator), e.g. read-only:")
-    subject = claims.get("sub", "")
-    say("# kube-apiserver's default --oidc-username-claim=sub names the user ISSUER#SUB:")
+    say("## 4. Let the cluster authorize it (a cluster administrator runs these), e.g. read-only;")
     say(
-        shlex.join(
-            [
-                "kubectl",
-                "create",
-                "clusterrolebinding",
-                "oidc-view-user",
-                "--clusterrole=view",
-                f"--user={options.issuer}#{subject}",
-            ]
-        )
+        f"#    names as kube-apiserver maps them with --oidc-username-claim={args.username_claim} "
+        f"--oidc-username-prefix={args.username_prefix} --oidc-groups-claim=groups "
+        f"--oidc-groups-prefix={args.groups_prefix} (docs/kubernetes.md):"
     )
-    email = claims.get("email")
-    if isinstance(email, str):
-        say("# or, with --oidc-username-claim=email:")
+    username = claims.get(args.username_claim)
+    if isinstance(username, str) and username:
+        user = ("" if args.username_prefix == "-" else args.username_prefix) + username
         say(
             shlex.join(
                 [
                     "kubectl",
                     "create",
                     "clusterrolebinding",
-                    "oidc-view-user",
+                    _binding_name("view", user),
                     "--clusterrole=view",
-                    f"--user={email}",
+                    f"--user={user}",
                 ]
             )
         )
+    else:
+        say(f"#    (the ID token has no {args.username_claim!r} claim to bind a user by)")
     groups = claims.get("groups")
-    if isinstance(groups, list) and groups and isinstance(groups[0], str):
-        say("# or for a whole group (--oidc-groups-claim=groups; add your --oidc-groups-prefix):")
-        say(
-            shlex.join(
-                [
-                    "kubectl",
-                    "create",
-                    "clusterrolebinding",
-                    "oidc-view-group",
-                    "--clusterrole=view",
-                    f"--group={groups[0]}",
-                ]
+    for group in groups if isinstance(groups, list) else []:
+        if isinstance(group, str) and group:
+            name = args.groups_prefix + group
+            say(
+                shlex.join(
+                    [
+                        "kubectl",
+                        "create",
+                        "clusterrolebinding",
+                        _binding_name("view", name),
+                        "--clusterrole=view",
+                        f"--group={name}",
+                    ]
+                )
             )
-        )
     return 0
+
+
+def _binding_name(role: str, subject: str) -> str:
+    """A valid object name (RFC 1123 subdomain) for a binding of ``subject``."""
+    cleaned = re.sub(r"[^a-z0-9.-]+", "-", subject.lower()).strip("-.")
+    return f"{role}-{cleaned}"[:253].rstrip("-.")
 
 
 def _logout(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

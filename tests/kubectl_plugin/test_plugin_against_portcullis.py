@@ -404,8 +404,13 @@ def test_setup_checks_discovery_logs_in_and_prints_the_commands(
         "--exec-command=kubectl-portcullis --exec-arg=get-token "
         f"--exec-arg=--issuer={issuer.issuer} --exec-arg=--client-id=kubectl"
     ) in stdout
-    assert f"--user={ADMIN_EMAIL}" in stdout
-    assert "--group=admins" in stdout
+    assert (
+        f"kubectl create clusterrolebinding view-oidc-admin-example.com --clusterrole=view "
+        f"--user=oidc:{ADMIN_EMAIL}"
+    ) in stdout
+    assert (
+        "kubectl create clusterrolebinding view-oidc-admins --clusterrole=view --group=oidc:admins"
+    ) in stdout
     assert ADMIN_USER_ID not in stderr
 
 
