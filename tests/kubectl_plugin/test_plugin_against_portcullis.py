@@ -314,9 +314,9 @@ def test_password_grant_is_refused_where_the_issuer_does_not_offer_it(
 
 
 def test_device_grant_needs_a_device_endpoint_in_discovery(issuer: Issuer, plugin: Plugin) -> None:
-    discovery = issuer.discovery()
-    if "device_authorization_endpoint" in discovery:
-        pytest.fail("this issuer now offers the device grant: test it here instead")
+    # The test config does not enable the device grant (tests/kubectl_plugin/
+    # test_plugin_device_flow.py drives the device flow against node-oidc-provider).
+    assert "device_authorization_endpoint" not in issuer.discovery()
     code, _, stderr = plugin.run([*_args(issuer), "--grant-type=device"])
     assert code == 1
     assert "no device_authorization_endpoint" in stderr
@@ -456,3 +456,41 @@ def test_verbose_mode_explains_decisions_without_printing_tokens(
     token = credential["status"]["token"]
     assert token not in stderr
     assert _cached_refresh_token(plugin) not in stderr
+
+
+def test_concurrent_invocations_share_one_refresh(short_issuer: Issuer, plugin: Plugin) -> None:
+    first = _browser_login(short_issuer, plugin.start(_args(short_issuer)))
+    exp = decode_claims(first["status"]["token"])["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 1.0)
+    before = token_requests(short_issuer)
+
+    runs = [plugin.start(_args(short_issuer)) for _ in range(3)]
+    results = [running.finish() for running in runs]
+
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    tokens = {exec_credential(stdout)["status"]["token"] for _, stdout, _ in results}
+    assert len(tokens) == 1, "each process refreshed on its own"
+    short_issuer.remember(*tokens, _cached_refresh_token(plugin))
+    assert token_requests(short_issuer) == before + 1
+
+
+def test_confidential_client_authenticates_with_its_secret(issuer: Issuer, plugin: Plugin) -> None:
+    args = [
+        "get-token",
+        f"--issuer={issuer.issuer}",
+        "--client-id=example-app",
+        f"--client-secret={issuer.creds.app}",
+        f"--username={ADMIN_EMAIL}",
+        f"--password={ADMIN_PASSWORD}",
+    ]
+    code, stdout, stderr = plugin.run(args)
+    assert code == 0, stderr
+    token = exec_credential(stdout)["status"]["token"]
+    issuer.remember(token, _cached_refresh_token(plugin))
+    assert decode_claims(token)["aud"] == "example-app"
+    assert issuer.creds.app not in stderr
+
+    wrong = [a if not a.startswith("--client-secret=") else "--client-secret=wrong" for a in args]
+    code, _, stderr = plugin.run([*wrong, "--scope=email"])
+    assert code == 1
+    assert "invalid_client" in stderr
