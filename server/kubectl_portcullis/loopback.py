@@ -35,6 +35,7 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 class _Outcome:
     code: str | None = None
     error: str | None = None
+    iss: str | None = None  # RFC 9207 authorization response issuer, when the issuer sends it
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,6 +83,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 outcome.error = query["error"][0] + (f": {description}" if description else "")
             elif query.get("code", [""])[0]:
                 outcome.code = query["code"][0]
+                outcome.iss = query.get("iss", [None])[0]
             else:
                 outcome.error = "the redirect carried no authorization code"
             outcome.done.set()
@@ -136,8 +138,8 @@ class Receiver:
         shown = f"[{redirect_host}]" if ":" in redirect_host else redirect_host
         self.redirect_uri = f"http://{shown}:{port}/"
 
-    def wait(self, timeout: float) -> str:
-        """Block until the issuer's redirect arrives; the authorization code."""
+    def wait(self, timeout: float) -> tuple[str, str | None]:
+        """Block until the issuer's redirect arrives; the code and the ``iss`` parameter."""
         outcome = self._server.outcome
         if not outcome.done.wait(timeout):
             raise PluginError(
@@ -147,7 +149,7 @@ class Receiver:
         if outcome.error is not None:
             raise PluginError(f"the login failed: {outcome.error}")
         assert outcome.code is not None
-        return outcome.code
+        return outcome.code, outcome.iss
 
     def __enter__(self) -> Receiver:
         return self

@@ -190,7 +190,16 @@ class Session:
                 self._say(f"Opened the browser to log in. If it did not open, visit:\n{url}")
             else:
                 self._say(f"Open this URL in your browser to log in:\n{url}")
-            code = receiver.wait(timeout)
+            code, iss = receiver.wait(timeout)
+        # RFC 9207: an issuer that names itself in the response must be the one we asked.
+        announced = self.provider.document.get("authorization_response_iss_parameter_supported")
+        if iss is None and announced is True:
+            raise PluginError("the authorization response lacks the 'iss' parameter (RFC 9207)")
+        if iss is not None and iss != self.provider.issuer:
+            raise PluginError(
+                f"the authorization response comes from issuer {iss!r}, "
+                f"not {self.provider.issuer!r} (RFC 9207)"
+            )
         form = {
             "grant_type": "authorization_code",
             "code": code,

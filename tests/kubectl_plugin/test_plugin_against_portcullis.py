@@ -10,6 +10,7 @@ import stat
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -494,3 +495,28 @@ def test_confidential_client_authenticates_with_its_secret(issuer: Issuer, plugi
     code, _, stderr = plugin.run([*wrong, "--scope=email"])
     assert code == 1
     assert "invalid_client" in stderr
+
+
+def test_listener_ignores_foreign_state_and_refuses_another_issuer(
+    issuer: Issuer, plugin: Plugin
+) -> None:
+    running = plugin.start(_args(issuer))
+    url = running.login_url()
+    with Browser(issuer) as browser:
+        location = browser.authorize_code(url)
+    parts = urlsplit(location)
+    query = dict(parse_qsl(parts.query))
+    listener = f"{parts.scheme}://{parts.netloc}/"
+
+    # A forged callback (another state) and a stray request do not end the login...
+    forged = httpx.get(listener, params={**query, "state": "forged"}, timeout=10)
+    assert forged.status_code == 404
+    assert httpx.get(listener + "favicon.ico", timeout=10).status_code == 404
+    # ...but the real redirect, rewritten to name another issuer (an RFC 9207 mix-up), does.
+    mixed_up = httpx.get(listener, params={**query, "iss": "https://evil.example"}, timeout=10)
+    assert mixed_up.status_code == 200
+    code, stdout, stderr = running.finish()
+
+    assert code == 1
+    assert stdout == ""
+    assert "comes from issuer 'https://evil.example'" in stderr
