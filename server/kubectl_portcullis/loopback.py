@@ -36,6 +36,7 @@ class _Outcome:
     code: str | None = None
     error: str | None = None
     iss: str | None = None  # RFC 9207 authorization response issuer, when the issuer sends it
+    claimed: bool = False  # a redirect with the right state arrived (set before `done`)
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,9 +76,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(404, "Not found", "This is kubectl-portcullis's login listener.")
             return
         with outcome.lock:
-            if outcome.done.is_set():
+            if outcome.claimed:
                 self._answer(409, "Already done", "This login has already been completed.")
                 return
+            outcome.claimed = True
             if "error" in query:
                 description = query.get("error_description", [""])[0]
                 outcome.error = query["error"][0] + (f": {description}" if description else "")
@@ -86,11 +88,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 outcome.iss = query.get("iss", [None])[0]
             else:
                 outcome.error = "the redirect carried no authorization code"
+        try:
+            if outcome.code is not None:
+                self._answer(
+                    200, "Logged in", "You can close this window and return to the terminal."
+                )
+            else:
+                self._answer(400, "Login failed", f"The issuer said: {outcome.error}")
+        finally:
+            # Only now may the plugin go on (and perhaps exit): the browser has its page.
             outcome.done.set()
-        if outcome.code is not None:
-            self._answer(200, "Logged in", "You can close this window and return to the terminal.")
-        else:
-            self._answer(400, "Login failed", f"The issuer said: {outcome.error}")
 
     def _answer(self, status: int, title: str, text: str) -> None:
         body = _PAGE.format(title=html.escape(title), text=html.escape(text)).encode()

@@ -69,10 +69,13 @@ def test_device_login_polls_while_pending_and_prints_the_credential(
     assert min(gaps) >= 900, gaps
 
     # The refresh token is cached: the next call needs no new device login.
+    refreshes = len([e for e in list(peer.events) if e["event"] == "refresh"])
     code, stdout, stderr = plugin.run([*_args(peer, "kubectl"), "--force-refresh"])
     assert code == 0, stderr
     assert "enter the code" not in stderr
-    assert exec_credential(stdout)["status"]["token"] != token
+    assert decode_claims(exec_credential(stdout)["status"]["token"])["sub"] == "device-user"
+    new_refreshes = [e for e in list(peer.events) if e["event"] == "refresh"][refreshes:]
+    assert [(e["client"], e["status"]) for e in new_refreshes] == [("kubectl", 200)]
 
 
 def test_slow_down_adds_five_seconds_to_the_polling_interval(

@@ -75,6 +75,9 @@ provider.use(async (ctx, next) => {
     }
     log({ event: 'poll', client, answer, since_previous_ms: previous === undefined ? null : now - previous });
   }
+  if (ctx.path === '/token' && ctx.oidc?.params?.grant_type === 'refresh_token') {
+    log({ event: 'refresh', client: ctx.oidc.client?.clientId, status: ctx.status });
+  }
 });
 
 provider.listen(port, '127.0.0.1', () => log({ event: 'ready', issuer }));
