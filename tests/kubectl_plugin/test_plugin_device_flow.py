@@ -90,10 +90,14 @@ def test_slow_down_adds_five_seconds_to_the_polling_interval(
 
     assert code == 0, stderr
     assert decode_claims(exec_credential(stdout)["status"]["token"])["aud"] == "slow-client"
-    answers = [p["answer"] for p in peer.polls("slow-client")]
-    assert answers == ["slow_down", "tokens"], answers
+    polls = peer.polls("slow-client")
+    answers = [p["answer"] for p in polls]
+    # One slow_down, then (whether the person was quick or not) never again: the plugin obeyed.
+    assert answers[0] == "slow_down", answers
+    assert answers[-1] == "tokens", answers
+    assert set(answers[1:-1]) <= {"authorization_pending"}, answers
     # RFC 8628 §3.5: after slow_down the interval grows by 5 s (1 s advertised -> 6 s).
-    assert peer.polls("slow-client")[1]["since_previous_ms"] >= 5900
+    assert min(p["since_previous_ms"] for p in polls[1:]) >= 5900, polls
 
 
 def test_expired_device_code_ends_with_a_clear_error(peer: DevicePeer, plugin: Plugin) -> None:
