@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,3 +197,26 @@ def test_stand_in_rejects_foreign_and_tampered_tokens(
         assert len(standin.rejected) == 2
     finally:
         standin.close()
+
+
+def test_kubectl_finds_the_binary_as_the_portcullis_plugin(
+    frozen_plugin: dict[str, Path], tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl-portcullis").symlink_to(frozen_plugin["binary"])
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    listed = subprocess.run(
+        [str(KUBECTL), "plugin", "list"], env=env, capture_output=True, text=True, check=False
+    )
+    assert str(bin_dir / "kubectl-portcullis") in listed.stdout, listed.stderr
+    help_text = subprocess.run(
+        [str(KUBECTL), "portcullis", "get-token", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--oidc-issuer-url" in help_text
+    assert "--grant-type" in help_text
