@@ -331,6 +331,11 @@ def _exec_args(args: argparse.Namespace, options: Options) -> list[str]:
         flags.append("--insecure-skip-tls-verify")
     if options.grant_type != "auto":
         flags.append(f"--grant-type={options.grant_type}")
+    # The redirect URI must stay the one the client has registered.
+    if list(options.listen_addresses) != list(DEFAULT_LISTEN_ADDRESSES):
+        flags += [f"--listen-address={address}" for address in options.listen_addresses]
+    if options.redirect_host != "127.0.0.1":
+        flags.append(f"--oidc-redirect-url-hostname={options.redirect_host}")
     if args.token_cache_dir != DEFAULT_DIR:
         flags.append(f"--token-cache-dir={args.token_cache_dir}")
     return flags

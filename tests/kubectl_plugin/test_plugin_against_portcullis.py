@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+import yaml
 from issuer_harness import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -35,6 +38,7 @@ from plugin_harness import (
 
 pytestmark = pytest.mark.integration
 
+KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 V1 = "client.authentication.k8s.io/v1"
 V1BETA1 = "client.authentication.k8s.io/v1beta1"
 
@@ -381,12 +385,13 @@ def test_login_denied_in_the_browser_is_reported(issuer: Issuer, plugin: Plugin)
 def test_setup_checks_discovery_logs_in_and_prints_the_commands(
     issuer: Issuer, plugin: Plugin
 ) -> None:
+    port = free_port()
     running = plugin.start(
         [
             "setup",
             f"--issuer={issuer.issuer}",
             "--client-id=kubectl",
-            f"--listen-address=127.0.0.1:{free_port()}",
+            f"--listen-address=127.0.0.1:{port}",
             "--skip-open-browser",
         ]
     )
@@ -403,7 +408,8 @@ def test_setup_checks_discovery_logs_in_and_prints_the_commands(
         "kubectl config set-credentials oidc "
         "--exec-api-version=client.authentication.k8s.io/v1 "
         "--exec-command=kubectl-portcullis --exec-arg=get-token "
-        f"--exec-arg=--issuer={issuer.issuer} --exec-arg=--client-id=kubectl"
+        f"--exec-arg=--issuer={issuer.issuer} --exec-arg=--client-id=kubectl "
+        f"--exec-arg=--listen-address=127.0.0.1:{port} --exec-interactive-mode=IfAvailable"
     ) in stdout
     assert (
         f"kubectl create clusterrolebinding view-oidc-admin-example.com --clusterrole=view "
@@ -413,6 +419,27 @@ def test_setup_checks_discovery_logs_in_and_prints_the_commands(
         "kubectl create clusterrolebinding view-oidc-admins --clusterrole=view --group=oidc:admins"
     ) in stdout
     assert ADMIN_USER_ID not in stderr
+
+    # The printed command is exact: the real kubectl accepts it and writes the exec user.
+    (line,) = [x for x in stdout.splitlines() if x.startswith("kubectl config set-credentials")]
+    kubeconfig = plugin.home / "kubeconfig"
+    subprocess.run(
+        [str(KUBECTL), *shlex.split(line)[1:]],
+        env={"KUBECONFIG": str(kubeconfig), "HOME": str(plugin.home), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+    )
+    (user,) = yaml.safe_load(kubeconfig.read_text())["users"]
+    assert user["name"] == "oidc"
+    assert user["user"]["exec"]["command"] == "kubectl-portcullis"
+    assert user["user"]["exec"]["apiVersion"] == "client.authentication.k8s.io/v1"
+    assert user["user"]["exec"]["interactiveMode"] == "IfAvailable"
+    assert user["user"]["exec"]["args"] == [
+        "get-token",
+        f"--issuer={issuer.issuer}",
+        "--client-id=kubectl",
+        f"--listen-address=127.0.0.1:{port}",
+    ]
 
 
 def _cached_id_token(plugin: Plugin) -> str:
