@@ -1,0 +1,222 @@
+"""The real kubectl (1.32) running the frozen kubectl-portcullis as its exec credential plugin
+against an HTTPS API-server stand-in that verifies the ID token like kube-apiserver's OIDC
+authenticator: first login through the issuer's forms, the cached token reused by the next
+kubectl, and a refreshed token after expiry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from apiserver_standin import ApiServerStandIn
+from issuer_harness import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, free_port
+from kube_testlib import ServingCert, make_serving_cert
+from kubectl_portcullis.jwt import decode_claims
+from plugin_harness import Plugin, PluginProcess, complete_login, token_requests
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+
+
+@pytest.fixture(scope="module")
+def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
+    return make_serving_cert(tmp_path_factory.mktemp("apiserver-tls"))
+
+
+class Kubectl:
+    """kubectl with its own HOME and KUBECONFIG whose user runs the plugin binary."""
+
+    def __init__(self, home: Path, binary: Path, issuer: Issuer, apiserver: ApiServerStandIn):
+        assert KUBECTL.exists(), f"{KUBECTL} is missing (the machine image provides kubectl)"
+        self.home = home
+        self.kubeconfig = home / ".kube" / "config"
+        self.kubeconfig.parent.mkdir(parents=True)
+        args = [
+            "get-token",
+            f"--issuer={issuer.issuer}",
+            "--client-id=kubectl",
+            f"--listen-address=127.0.0.1:{free_port()}",
+            "--skip-open-browser",
+            "--authentication-timeout-sec=30",
+        ]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "standin",
+                    "cluster": {
+                        "server": apiserver.url,
+                        "certificate-authority": str(apiserver.cert.ca),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "oidc",
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1",
+                            "command": str(binary),
+                            "args": args,
+                            "interactiveMode": "IfAvailable",
+                        }
+                    },
+                }
+            ],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "oidc"}}],
+            "current-context": "standin",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.plugin = Plugin(home, command=[str(KUBECTL)])
+
+    def whoami(self) -> PluginProcess:
+        return self.plugin.start(
+            ["auth", "whoami", "-o", "json"], env={"KUBECONFIG": str(self.kubeconfig)}
+        )
+
+
+KubectlFor = Callable[[Issuer], tuple[Kubectl, ApiServerStandIn]]
+
+
+@pytest.fixture
+def kubectl_for(
+    frozen_plugin: dict[str, Path], serving_cert: ServingCert, tmp_path: Path
+) -> Iterator[KubectlFor]:
+    standins: list[ApiServerStandIn] = []
+
+    def make(issuer: Issuer) -> tuple[Kubectl, ApiServerStandIn]:
+        standin = ApiServerStandIn(serving_cert, issuer.issuer, "kubectl")
+        standins.append(standin)
+        home = tmp_path / f"home{len(standins)}"
+        home.mkdir()
+        return Kubectl(home, frozen_plugin["binary"], issuer, standin), standin
+
+    yield make
+    for standin in standins:
+        standin.close()
+
+
+def _user(stdout: str) -> dict[str, object]:
+    review = json.loads(stdout)
+    assert review["kind"] == "SelfSubjectReview"
+    info: dict[str, object] = review["status"]["userInfo"]
+    return info
+
+
+def test_kubectl_logs_in_through_the_plugin_and_reuses_the_cached_token(
+    kubectl_for: KubectlFor, issuer: Issuer
+) -> None:
+    kubectl, standin = kubectl_for(issuer)
+
+    running = kubectl.whoami()
+    assert complete_login(issuer, running.login_url()).status_code == 200
+    code, stdout, stderr = running.finish()
+
+    assert code == 0, stderr
+    assert _user(stdout) == {
+        "username": f"oidc:{ADMIN_EMAIL}",
+        "groups": ["oidc:admins", "system:authenticated"],
+    }
+    assert standin.rejected == []
+    first = standin.seen[-1].token
+    issuer.remember(first)
+    assert first not in stderr
+
+    tokens_before = token_requests(issuer)
+    code, stdout, stderr = kubectl.whoami().finish()
+    assert code == 0, stderr
+    assert "http" not in stderr  # no login URL: the cache answered
+    assert standin.seen[-1].token == first
+    assert token_requests(issuer) == tokens_before
+
+
+def test_kubectl_gets_a_refreshed_token_after_expiry(
+    kubectl_for: KubectlFor, short_issuer: Issuer
+) -> None:
+    kubectl, standin = kubectl_for(short_issuer)
+    running = kubectl.whoami()
+    assert complete_login(short_issuer, running.login_url()).status_code == 200
+    code, _, stderr = running.finish()
+    assert code == 0, stderr
+    first = standin.seen[-1].token
+    short_issuer.remember(first)
+    time.sleep(max(0.0, decode_claims(first)["exp"] - time.time()) + 1.0)
+
+    code, stdout, stderr = kubectl.whoami().finish()
+
+    assert code == 0, stderr
+    assert "http" not in stderr
+    second = standin.seen[-1].token
+    short_issuer.remember(second)
+    assert second != first
+    assert decode_claims(second)["exp"] > decode_claims(first)["exp"]
+    assert _user(stdout)["username"] == f"oidc:{ADMIN_EMAIL}"
+    assert standin.rejected == []
+
+
+def _password_token(issuer: Issuer) -> str:
+    response = issuer.token(
+        {
+            "grant_type": "password",
+            "username": ADMIN_EMAIL,
+            "password": ADMIN_PASSWORD,
+            "scope": "openid email groups",
+            "client_id": "kubectl",
+        }
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["id_token"]
+    return token
+
+
+def test_stand_in_rejects_foreign_and_tampered_tokens(
+    serving_cert: ServingCert, issuer: Issuer, short_issuer: Issuer
+) -> None:
+    # The tests above prove real verification only if the stand-in can say no.
+    standin = ApiServerStandIn(serving_cert, issuer.issuer, "kubectl")
+    try:
+        good = _password_token(issuer)
+        assert standin.authenticate(f"Bearer {good}") is not None
+        header, _, signature = good.split(".")
+        claims = decode_claims(good)
+        forged = (
+            base64.urlsafe_b64encode(json.dumps({**claims, "email": "root@example.com"}).encode())
+            .decode()
+            .rstrip("=")
+        )
+        assert standin.authenticate(f"Bearer {header}.{forged}.{signature}") is None
+        assert standin.authenticate(f"Bearer {_password_token(short_issuer)}") is None
+        assert len(standin.rejected) == 2
+    finally:
+        standin.close()
+
+
+def test_kubectl_finds_the_binary_as_the_portcullis_plugin(
+    frozen_plugin: dict[str, Path], tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl-portcullis").symlink_to(frozen_plugin["binary"])
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    listed = subprocess.run(
+        [str(KUBECTL), "plugin", "list"], env=env, capture_output=True, text=True, check=False
+    )
+    assert str(bin_dir / "kubectl-portcullis") in listed.stdout, listed.stderr
+    help_text = subprocess.run(
+        [str(KUBECTL), "portcullis", "get-token", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--oidc-issuer-url" in help_text
+    assert "--grant-type" in help_text
