@@ -229,24 +229,13 @@ admin-proto: test-venv
 
 ## ---- kubectl plugin ----------------------------------------------------------------------
 # `kubectl-portcullis` (server/kubectl_portcullis/, docs/kubectl-plugin.md): the exec credential
-# plugin. Its device-flow tests run node-oidc-provider from tests/kubectl_plugin/node (own lock).
+# plugin. Its device-flow tests run node-oidc-provider from tests/node (tests/node/device-peer.mjs).
 # `make login-binary` freezes it into one reproducible file with a sha256 and a krew manifest:
 #   dist/login/kubectl-portcullis-linux-amd64{,.sha256} and dist/login/portcullis.yaml
 # built in a venv holding only PyInstaller (the plugin uses the standard library only).
-KUBECTL_PLUGIN_NODE := tests/kubectl_plugin/node
 LOGIN_DIR           := dist/login
 
-.PHONY: login-binary kubectl-plugin-node-deps
-
-$(KUBECTL_PLUGIN_NODE)/node_modules/.stamp: $(KUBECTL_PLUGIN_NODE)/package.json $(KUBECTL_PLUGIN_NODE)/package-lock.json | test-system-deps
-	@command -v npm >/dev/null || { echo "installing Debian package: npm"; \
-	  $(APT_GET) update >/dev/null && $(APT_GET) install --no-install-recommends npm >/dev/null; }
-	cd $(KUBECTL_PLUGIN_NODE) && npm ci --no-audit --no-fund --loglevel=error
-	touch $@
-
-kubectl-plugin-node-deps: $(KUBECTL_PLUGIN_NODE)/node_modules/.stamp
-
-test: kubectl-plugin-node-deps
+.PHONY: login-binary
 
 login-binary: test-venv
-	$(PY) -m portcullis_release.login_binary --output $(LOGIN_DIR) --cache $(CACHE)/login
+	$(PY) -m portcullis_release.build.login_binary --output $(LOGIN_DIR) --cache $(CACHE)/login

@@ -3,18 +3,13 @@ suite's harness) and a private HOME per test for the plugin's token cache."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kube"))
-
-from issuer_harness import Issuer, StartIssuer, issuers_in
-from plugin_harness import Plugin
+from tests.support.issuer import Issuer, StartIssuer, issuers_in
+from tests.support.plugin import Plugin
 
 # The plugin needs the refresh grant; the approval screen stays on so the test's browser walks
 # every page a person sees. Public client `kubectl` with a loopback redirect (any port).
@@ -50,8 +45,9 @@ def plugin(tmp_path: Path) -> Plugin:
 @pytest.fixture(scope="session")
 def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`make login-binary`'s build (freeze venv cached in .cache/login like the Makefile's)."""
-    from plugin_harness import REPO_ROOT
-    from portcullis_release import login_binary
+    from portcullis_release.build import login_binary
+
+    from tests.support.plugin import REPO_ROOT
 
     return login_binary.build(
         REPO_ROOT,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apiserver_standin import ApiServerStandIn
-from issuer_harness import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, free_port
-from kube_testlib import ServingCert, make_serving_cert
 from kubectl_portcullis.jwt import decode_claims
-from plugin_harness import Plugin, PluginProcess, complete_login, token_requests
+
+from tests.support.apiserver_standin import ApiServerStandIn
+from tests.support.issuer import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, free_port
+from tests.support.kube import ServingCert, make_serving_cert
+from tests.support.plugin import Plugin, PluginProcess, complete_login, token_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from issuer_harness import Issuer
 from kubectl_portcullis.jwt import decode_claims
-from plugin_harness import REPO_ROOT, Plugin, complete_login, exec_credential
-from portcullis_release import login_binary
+from portcullis_release.build import login_binary
+
+from tests.support.issuer import Issuer
+from tests.support.plugin import REPO_ROOT, Plugin, complete_login, exec_credential
 
 SDE = 1_700_000_000
 

@@ -17,7 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import yaml
-from issuer_harness import (
+from kubectl_portcullis.jwt import decode_claims
+
+from tests.support.issuer import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     ADMIN_USER_ID,
@@ -26,8 +28,7 @@ from issuer_harness import (
     StartIssuer,
     free_port,
 )
-from kubectl_portcullis.jwt import decode_claims
-from plugin_harness import (
+from tests.support.plugin import (
     Plugin,
     PluginProcess,
     all_requests,

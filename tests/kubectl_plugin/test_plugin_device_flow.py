@@ -8,9 +8,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from device_peer import DevicePeer, complete_device_login, device_peer
 from kubectl_portcullis.jwt import decode_claims
-from plugin_harness import Plugin, exec_credential
+
+from tests.support.device_peer import DevicePeer, complete_device_login, device_peer
+from tests.support.plugin import Plugin, exec_credential
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,11 @@ import base64
 from typing import Any
 
 import pytest
-from issuer_harness import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, StartIssuer
-from kube_testlib import ServingCert, make_serving_cert
 from kubectl_portcullis.jwt import decode_claims
-from plugin_harness import Plugin, exec_credential
+
+from tests.support.issuer import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, StartIssuer
+from tests.support.kube import ServingCert, make_serving_cert
+from tests.support.plugin import Plugin, exec_credential
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from kubectl_portcullis.errors import PluginError
 from kubectl_portcullis.execcred import V1, V1BETA1, exec_credential, exec_info
 from kubectl_portcullis.jwt import decode_claims, expiry
 from kubectl_portcullis.login import Options, refresh_margin
-from plugin_harness import REPO_ROOT
+
+from tests.support.plugin import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "server" / "kubectl_portcullis"
 

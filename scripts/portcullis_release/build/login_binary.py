@@ -336,7 +336,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m portcullis_release.login_binary",
+        prog="python -m portcullis_release.build.login_binary",
         description="Freeze kubectl-portcullis into one reproducible file with a krew manifest.",
     )
     parser.add_argument("--output", type=Path, default=Path("dist/login"))

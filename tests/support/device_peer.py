@@ -1,4 +1,4 @@
-"""node-oidc-provider as the device-flow issuer (``node/device_peer.mjs``) and a person who
+"""node-oidc-provider as the device-flow issuer (``tests/node/device-peer.mjs``) and a person who
 completes (or aborts) the device login through its real HTML pages."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from issuer_harness import free_port
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
-SCRIPT = NODE_DIR / "device_peer.mjs"
+from tests.support.issuer import free_port
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+SCRIPT = NODE_DIR / "device-peer.mjs"
 
 _FORM = re.compile(r"<form([^>]*)>(.*?)</form>", re.S | re.I)
 _ATTR = re.compile(r'(\w[\w.-]*)="([^"]*)"')
@@ -52,7 +53,7 @@ def device_peer() -> Iterator[DevicePeer]:
     node = shutil.which("node")
     assert node, "node is missing: `make test` installs nodejs"
     assert (NODE_DIR / "node_modules" / "oidc-provider").is_dir(), (
-        "oidc-provider is missing: run `make test` (npm ci in tests/kubectl_plugin/node)"
+        "oidc-provider is missing: run `make test` (npm ci in tests/node)"
     )
     port = free_port()
     proc = subprocess.Popen(

@@ -22,7 +22,8 @@ import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from kube_testlib import ServingCert
+
+from tests.support.kube import ServingCert
 
 PREFIX = "oidc:"
 

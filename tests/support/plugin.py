@@ -24,12 +24,9 @@ from typing import Any
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-INTEGRATION = REPO_ROOT / "tests" / "integration"
-if str(INTEGRATION) not in sys.path:
-    sys.path.insert(0, str(INTEGRATION))
+from tests.support.issuer import Browser, Issuer
 
-from issuer_harness import Browser, Issuer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 URL_LINE = re.compile(r"^(https?://\S+)$")
 TRACEBACK = "Traceback (most recent call last)"
