@@ -81,6 +81,19 @@ ENDPOINTS: dict[str, tuple[str, bool]] = {
     "login": ("password login form POST (bcrypt cost 10)", True),
 }
 BACKENDS = ("memory", "sqlite", "postgres")
+# Issue 13's targets: minimum ratio to node in the same run, keyed by (endpoint, backend) or
+# (endpoint, "") for every backend; plus p99 < 50 ms at 50 connections on every token path.
+TARGETS: dict[tuple[str, str], float] = {
+    ("refresh-rotate", "sqlite"): 1.5,
+    ("refresh-rotate", "postgres"): 1.2,
+    ("code", ""): 1.5,
+    ("cc-rs256", ""): 2.0,
+    ("cc-es256", ""): 3.0,
+    ("discovery", ""): 3.0,
+    ("jwks", ""): 3.0,
+}
+TOKEN_PATHS = ("cc-rs256", "cc-es256", "refresh-rotate", "refresh-static", "code")
+P99_TARGET_MS = 50.0
 
 
 def basic(client_id: str) -> str:
@@ -151,7 +164,15 @@ def _lua(load: Load, directory: Path) -> Path:
               counter = counter + 1
               table.insert(threads, thread)
             end
+            local function now()
+              local pipe = io.popen("date +%s.%N")
+              local value = tonumber(pipe:read("*l"))
+              pipe:close()
+              return value
+            end
             function init(args)
+              started = now()
+              active = 0
               items = {{}}
               exhausted = 0
               local i = 0
@@ -171,6 +192,7 @@ def _lua(load: Load, directory: Path) -> Path:
                 -- Dry pool: stop this thread (wrk then divides by the shorter run time). The
                 -- few connections that still ask in this loop turn get a cheap GET instead of
                 -- a request bound to fail.
+                if exhausted == 0 then active = now() - started end
                 exhausted = 1
                 wrk.thread:stop()
                 return wrk.format("GET", {json.dumps(load.fallback)})
@@ -181,9 +203,16 @@ def _lua(load: Load, directory: Path) -> Path:
               return wrk.format({json.dumps(load.method)}, item[1], h, item[3])
             end
             function done(summary, latency, requests)
-              local dry = 0
-              for _, t in ipairs(threads) do dry = dry + t:get("exhausted") end
+              -- wrk divides by the whole duration even when every thread stopped early, so
+              -- report how long the threads were busy (the last to run dry).
+              local dry, busy = 0, 0
+              for _, t in ipairs(threads) do
+                dry = dry + t:get("exhausted")
+                busy = math.max(busy, t:get("active"))
+              end
+              if dry < #threads then busy = -1 end
               io.write("POOL_EXHAUSTED " .. dry .. "\\n")
+              io.write(string.format("POOL_ACTIVE_S %.3f\\n", busy))
             end
             """
         )
@@ -225,11 +254,20 @@ def run_wrk(
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     exhausted = re.search(r"POOL_EXHAUSTED (\d+)", out)
+    active = re.search(r"POOL_ACTIVE_S (-?[\d.e+]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    rate_value = float(rate.group(1)) if rate else 0.0
+    if active and total and float(active.group(1)) > 0:
+        # Every thread ran dry: wrk's own rate is divided by the whole duration.
+        busy = float(active.group(1))
+        rate_value = int(total.group(1)) / busy
+        cores *= elapsed / busy
+        db_cores *= elapsed / busy
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     return Sample(
-        rate=float(rate.group(1)) if rate else 0.0,
+        rate=rate_value,
         p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
         p99_ms=_ms(p99.group(1)) if p99 else float("nan"),
         cores=cores,
@@ -854,7 +892,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "node": cmd(["node", "--version"]),
         "oidc-provider": package["version"],
-        "wrk": cmd(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "?",
+        "wrk": cmd(["wrk", "-v"]).split(" Copyright")[0] if shutil.which("wrk") else "?",
     }
 
 
@@ -871,7 +909,23 @@ def main() -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="memory,sqlite,postgres")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     parser.add_argument("--note", default="", help="a line recorded with the figures")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured rows in bench/results/latest.json (a partial re-run)",
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the table, chart and README from bench/results/latest.json",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads((RESULTS / "latest.json").read_text())
+        table = markdown_table(saved["rows"])
+        print(table)
+        write_results(saved["rows"], saved["info"], saved["params"], saved["note"], table)
+        return 0
     endpoints = [e for e in args.endpoints.split(",") if e]
     backends = [b for b in args.backends.split(",") if b]
     for value, known, what in ((endpoints, ENDPOINTS, "endpoint"), (backends, BACKENDS, "backend")):
@@ -936,10 +990,22 @@ def main() -> int:
         "PostgreSQL 15 with fsync on; node-oidc-provider in one process with an O(1) memory "
         "adapter; storage-free endpoints measured once, on the first shared backend"
     )
+    note = args.note
+    if args.merge and (RESULTS / "latest.json").exists():
+        saved = json.loads((RESULTS / "latest.json").read_text())
+        fresh = {(r["endpoint"], r["backend"]): r for r in results}
+        merged = [fresh.pop((r["endpoint"], r["backend"]), r) for r in saved["rows"]]
+        labels = ", ".join(f"{ENDPOINTS[r['endpoint']][0]} [{r['backend']}]" for r in results)
+        note = (
+            f"{saved['note']} Re-measured {info['date']} (load average {info['load_before']} "
+            f"before, {info['load_after']} after; {params}): {labels}."
+        ).strip()
+        results = merged + list(fresh.values())
+        info, params = saved["info"], saved["params"]
     table = markdown_table(results)
     print()
     print(table)
-    write_results(results, info, params, args.note, table)
+    write_results(results, info, params, note, table)
     return 0
 
 
@@ -956,8 +1022,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| endpoint | storage | node req/s | node p50/p99 ms | node cores | node req/s/core "
         "| node RSS MB | Portcullis req/s | Portcullis p50/p99 ms | Portcullis cores "
-        "| Portcullis req/s/core | Portcullis RSS MB | ratio | ratio per core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Portcullis req/s/core | Portcullis RSS MB | ratio | ratio per core | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         n, p = r["node"], r["portcullis"]
@@ -979,9 +1045,21 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"| {_fmt_rate(n['per_core'])} | {n['rss_mb']:.0f} "
             f"| {_fmt_rate(p['rate'])} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} | {p['cores']:.2f} "
             f"| {_fmt_rate(p['per_core'])} | {p['rss_mb']:.0f} "
-            f"| {ratio} | {r['ratio_per_core']:.2f}x |"
+            f"| {ratio} | {r['ratio_per_core']:.2f}x | {target(r)} |"
         )
     return "\n".join(lines)
+
+
+def target(r: dict[str, Any]) -> str:
+    """Issue 13's target for the row and whether this run met it."""
+    wanted = TARGETS.get((r["endpoint"], r["backend"]), TARGETS.get((r["endpoint"], "")))
+    parts = []
+    if wanted is not None:
+        parts.append(f">= {wanted:g}x {'met' if r['ratio'] >= wanted else 'MISSED'}")
+    if r["endpoint"] in TOKEN_PATHS:
+        p99 = r["portcullis"]["p99_ms"]
+        parts.append(f"p99 < {P99_TARGET_MS:g} ms {'met' if p99 < P99_TARGET_MS else 'MISSED'}")
+    return "; ".join(parts) or "-"
 
 
 def svg_chart(results: list[dict[str, Any]], title: str) -> str:
@@ -989,7 +1067,7 @@ def svg_chart(results: list[dict[str, Any]], title: str) -> str:
     labelled with both absolute rates."""
     import math
 
-    left, width, bar, gap, top = 330, 420, 18, 8, 48
+    left, width, bar, gap, top = 420, 420, 18, 8, 48
     lo, hi = math.log10(0.05), math.log10(20)
 
     def x(ratio: float) -> float:
