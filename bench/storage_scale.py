@@ -309,6 +309,7 @@ def main() -> int:
         if backend not in ("sqlite", "postgres"):
             parser.error(f"unknown backend {backend!r}; choose from sqlite, postgres")
     rows: list[dict[str, Any]] = []
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="portcullis-scale-") as tmp:
         cluster = None
         if "postgres" in backends:
@@ -324,6 +325,7 @@ def main() -> int:
                 cluster.stop()
     print()
     print(table(rows))
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
