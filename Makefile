@@ -192,10 +192,19 @@ slapd-no-system-instance:
 
 ## ---- release artefacts ------------------------------------------------------------------
 
-# Load figures for the hot paths (wrk on loopback); not a timed test. See bench/README.md.
-bench: test-venv
+# Portcullis and node-oidc-provider side by side (wrk on loopback, rounds interleaved); not a
+# timed test. Figures go to bench/results/ and bench/README.md. Quick run, e.g.:
+#   make bench BENCH_ARGS="--duration 3 --rounds 1 --backends sqlite --endpoints refresh-rotate"
+BENCH_ARGS ?=
+bench/node/node_modules/.stamp: bench/node/package.json bench/node/package-lock.json | test-system-deps
+	@command -v npm >/dev/null || { echo "installing Debian package: npm"; \
+	  $(APT_GET) update >/dev/null && $(APT_GET) install --no-install-recommends npm >/dev/null; }
+	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: test-venv test-system-deps bench/node/node_modules/.stamp
 	@command -v wrk >/dev/null || { $(APT_GET) update >/dev/null; $(APT_GET) install --no-install-recommends wrk >/dev/null; }
-	$(PY) bench/run.py
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## ---- maintenance ------------------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""Profile Portcullis's refresh path under wrk load: where a refresh spends its CPU.
+
+    python -m bench.profile_refresh [--backend sqlite] [--rotation on] [--seconds 15]
+
+It starts a real `portcullis serve CONFIG --workers 1` (the CLI, so it profiles whatever the
+server wires today) inside cProfile, in a child process, with one change: anyio's
+``to_thread.run_sync`` runs the function inline, because cProfile sees only the thread it was
+enabled in and the storage and signing work of a refresh runs in worker threads. The profile
+therefore shows CPU cost per call site but not the thread hand-off itself (compare with
+`make bench` for wall-clock figures). Tokens come from the same pools as `make bench`
+(bench/run.py); wrk loads `-t2 -c50`. cProfile adds overhead to every Python call, so read the
+shares, not the absolute rate. py-spy and pyinstrument are not installed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def child(out: str, argv: list[str]) -> int:
+    """Run the CLI under cProfile with thread hand-offs made inline; dump stats at exit."""
+    import anyio.to_thread
+
+    async def run_inline(func: Any, *args: Any, **_: Any) -> Any:
+        return func(*args)
+
+    anyio.to_thread.run_sync = run_inline  # type: ignore[assignment]
+    from portcullis import cli
+
+    profile = cProfile.Profile()
+    code = 0
+    try:
+        code = profile.runcall(cli.main, argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        profile.dump_stats(out)
+    return code
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3:])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", default="sqlite", choices=["memory", "sqlite", "postgres"])
+    parser.add_argument("--rotation", default="on", choices=["on", "off"])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--save", type=Path, help="keep the raw pstats file here")
+    args = parser.parse_args()
+
+    from portcullis.passwords import hash_password
+
+    from bench import run
+
+    endpoint = "refresh-rotate" if args.rotation == "on" else "refresh-static"
+    with (
+        tempfile.TemporaryDirectory(prefix="portcullis-profile-") as tmp,
+        run.postgres_cluster(args.backend == "postgres") as cluster,
+    ):
+        directory = Path(tmp)
+        stats_file = str(args.save or directory / "refresh.pstats")
+        setup = run.PortcullisSetup(args.backend, rotation=args.rotation == "on")
+        storage = run.storage_for(args.backend, directory, cluster, "profile")
+        server = run.PortcullisPeer(
+            directory,
+            setup,
+            1,
+            hash_password(run.PASSWORD, scheme="bcrypt", cost=10),
+            storage,
+            None,
+            launcher=[sys.executable, "-m", "bench.profile_refresh", "--child", stats_file],
+        )
+        try:
+            load = server.load(endpoint, int(600 * args.seconds))
+            sample = run.run_wrk(server.base(), load, args.seconds, directory, server.pids)
+        finally:
+            server.stop()
+        print(
+            f"{endpoint} on {args.backend} under cProfile, 1 worker, inline thread hand-offs: "
+            f"{sample.rate:.0f} req/s, p50 {sample.p50_ms:.1f} ms, errors {sample.errors}, "
+            f"pool ran dry: {bool(sample.exhausted)}"
+        )
+        requests = sample.rate * args.seconds
+        for order in ("tottime", "cumulative"):
+            buffer = io.StringIO()
+            stats = pstats.Stats(stats_file, stream=buffer)
+            stats.sort_stats(order).print_stats(args.top)
+            print(f"\n== top {args.top} by {order} (about {requests:.0f} requests)")
+            print(buffer.getvalue().split("\n", 6)[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
