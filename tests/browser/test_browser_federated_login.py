@@ -9,6 +9,7 @@ docs/connectors/saml.md.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
 import pytest
@@ -98,10 +99,8 @@ def test_ldap_login_and_refresh_ends_when_the_user_is_deleted(
         assert "upstream" not in again.json().get("error_description", "")
     finally:
         for dn in (f"uid={user},{PEOPLE_DN}", f"cn={group},{GROUPS_DN}"):
-            try:
+            with contextlib.suppress(RuntimeError):  # already deleted by the test
                 federation.slapd.delete(dn)
-            except RuntimeError:
-                pass  # already deleted by the test
 
 
 def test_oidc_upstream_round_trip_and_refresh_ends_when_the_account_is_removed(
