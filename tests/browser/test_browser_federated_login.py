@@ -175,6 +175,56 @@ def test_saml_post_binding_through_the_same_origin_hop(
     assert federation.refresh(tokens["refresh_token"]).status_code == 200
 
 
+#: Holds every script-driven form submission (ours and the IdP's auto-post pages) until the test
+#: has taken its screenshot; the submission itself is then the browser's own, so SameSite and
+#: the cross-site POST behave as without the hold. Playwright injects it outside the page CSP.
+_HOLD_SUBMIT = """
+(() => {
+  const submit = HTMLFormElement.prototype.submit;
+  HTMLFormElement.prototype.submit = function () {
+    const form = this;
+    window.__pcHeld = () => submit.call(form);
+  };
+})();
+"""
+
+
+def _release(page: Page) -> None:
+    page.wait_for_function("() => typeof window.__pcHeld === 'function'")
+    with page.expect_navigation():
+        page.evaluate("() => { setTimeout(() => window.__pcHeld(), 0); }")
+
+
+def test_saml_every_page_of_the_post_binding(
+    page: Page, shots: Shots, federation: Federation
+) -> None:
+    """The same login as above, each auto-submitting page held for its screenshot."""
+    page.add_init_script(_HOLD_SUBMIT)
+    federation.saml.current_user = "bob"
+    try:
+        _picker(page, shots, federation)
+        page.click("#connector-saml")
+        page.wait_for_function("() => typeof window.__pcHeld === 'function'")
+        assert page.url.startswith(federation.issuer.issuer + "/auth/saml")
+        shots("post-to-idp")
+        _release(page)
+        page.wait_for_function("() => typeof window.__pcHeld === 'function'")
+        assert page.url.startswith(federation.saml.base_url)
+        shots("idp-auto-post")
+        _release(page)
+        page.wait_for_function("() => typeof window.__pcHeld === 'function'")
+        assert "Finishing your login." in page.content()
+        assert page.url == federation.issuer.issuer + "/callback"
+        shots("same-origin-hop")
+        _release(page)
+        answer = _approve_and_land(page, shots, federation)
+        claims = id_token_claims(federation.exchange(answer["code"])["id_token"])
+        assert claims["email"] == "bob@example.com"
+        assert claims["groups"] == ["everyone"]
+    finally:
+        federation.saml.current_user = "alice"
+
+
 def test_upstream_refusal_is_a_page_with_a_retry_link(
     page: Page, shots: Shots, federation: Federation
 ) -> None:
