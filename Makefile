@@ -16,6 +16,8 @@ export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 
 TEST_APT_PACKAGES := ca-certificates
 # SAML connector tests: the pysaml2 IdP signs with Debian's xmlsec1 (tests/support/saml_idp.py).
 TEST_APT_PACKAGES += xmlsec1
+# Browser suite (tests/browser): Debian's Chromium, driven by Playwright for Python.
+TEST_APT_PACKAGES += chromium
 
 .PHONY: run test lint typecheck unit-test integration-test image chart release bench lock \
         venv test-venv system-python test-system-deps clean

@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fips_mode, fips_status = _fips()
 
     from portcullis.config.load import ConfigError
-    from portcullis.issuer import load_config
+    from portcullis.issuer import check_connectors, load_config
     from portcullis.serve import serve
     from portcullis.telemetry import configure_logging
 
@@ -54,6 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     raw = config.raw
     configure_logging(raw.logger.level, raw.logger.format, raw.logger.exclude_fields)
+    try:
+        # Before anything listens or forks: a connector that cannot open is a config error.
+        check_connectors(config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.workers > 1 and raw.storage.type == "memory":
         print(
             "portcullis: --workers > 1 needs shared storage (sqlite3 or postgres), not memory",
@@ -76,11 +83,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from portcullis import fips
     from portcullis.config.load import ConfigError, load_config
     from portcullis.connectors.registry import CONNECTOR_TYPES
+    from portcullis.issuer import check_connectors
 
     fips_mode = fips.fips_requested()
     models = {name: kind.config_model for name, kind in CONNECTOR_TYPES.items()}
     try:
         config = load_config(args.config, connector_models=models, fips_mode=fips_mode)
+        # Opened as serve would (no network), so what only opening finds is reported too.
+        check_connectors(config, fips_mode=fips_mode)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:

@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 
 from portcullis.clock import Clock, SystemClock
 from portcullis.config import load as config_load
-from portcullis.config.load import Config
+from portcullis.config.load import Config, ConfigError
 from portcullis.config.model import LOCAL_CONNECTOR_ID
 from portcullis.connectors.base import Connector, ConnectorEnv
 from portcullis.connectors.local import LOCAL_CONNECTOR_TYPE, LocalConfig
@@ -37,6 +37,7 @@ from portcullis.oidc.provider import Provider
 from portcullis.storage.base import Storage, StorageError
 from portcullis.storage.factory import open_storage
 from portcullis.storage.gc import run_gc_loop
+from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import Password
 from portcullis.telemetry import Metrics, telemetry_app
 from portcullis.web.app import client_ip_resolver, secure_cookies, web_app
@@ -133,12 +134,32 @@ class Issuer:
         self.provider.storage.close()
 
 
+def connector_env(config: Config, storage: Storage, clock: Clock, fips_mode: bool) -> ConnectorEnv:
+    return ConnectorEnv(
+        storage=storage,
+        clock=clock,
+        issuer=config.issuer,
+        fips_mode=fips_mode,
+        trusted_proxies=tuple(config.raw.web.client_remote_ip.trusted_proxies),
+    )
+
+
 def build_connectors(config: Config, env: ConnectorEnv) -> dict[str, Connector]:
-    """Open every configured connector, and the password database when enabled."""
+    """Open every configured connector, and the password database when enabled.
+
+    Opening does no network I/O (connectors reach upstream at the first login), so this is
+    also how ``check-config`` proves the connectors open. What a connector refuses only when
+    opened (an unreadable CA file, a FIPS refusal) is a ValueError naming its key; it becomes
+    a ConfigError at ``connectors[i].config``, reported like any other config mistake."""
     connectors: dict[str, Connector] = {}
-    for spec in config.connectors:
+    problems: list[str] = []
+    for index, spec in enumerate(config.connectors):
         assert spec.config is not None
-        connector = build_connector(spec.id, spec.name, spec.type, spec.config, env)
+        try:
+            connector = build_connector(spec.id, spec.name, spec.type, spec.config, env)
+        except ValueError as exc:
+            problems.append(f"connectors[{index}].config: {exc} (connector {spec.id!r})")
+            continue
         if connector.dev_only:
             log.warning(
                 "connector %r (%s) is for development only: anyone can log in through it",
@@ -163,7 +184,16 @@ def build_connectors(config: Config, env: ConnectorEnv) -> dict[str, Connector]:
         connectors[LOCAL_CONNECTOR_ID] = LOCAL_CONNECTOR_TYPE.open(
             LOCAL_CONNECTOR_ID, "Email", "local", LocalConfig(static_passwords=static), env
         )
+    if problems:
+        raise ConfigError(problems)
     return connectors
+
+
+def check_connectors(config: Config, *, fips_mode: bool) -> None:
+    """Open every connector against throwaway memory storage, as ``serve`` would (no network:
+    opening does none); raises ConfigError listing each one that cannot be opened."""
+    env = connector_env(config, MemoryStorage(), SystemClock(), fips_mode)
+    build_connectors(config, env)
 
 
 def create_issuer(
@@ -182,7 +212,7 @@ def create_issuer(
     clock = clock or SystemClock()
     config = register_page_client(config)
     storage = storage or open_storage(config)
-    env = ConnectorEnv(storage=storage, clock=clock, issuer=config.issuer, fips_mode=fips_mode)
+    env = connector_env(config, storage, clock, fips_mode)
     provider = Provider(config, storage, build_connectors(config, env), clock, fips_mode=fips_mode)
     provider.start()
 

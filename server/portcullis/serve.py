@@ -38,7 +38,7 @@ from typing import Any
 import uvicorn
 
 from portcullis import __version__
-from portcullis.config.load import Config
+from portcullis.config.load import Config, ConfigError
 from portcullis.fips import TLS_CIPHERS_FIPS
 from portcullis.issuer import create_issuer
 from portcullis.kube.callers import CallerCheckError
@@ -50,6 +50,7 @@ log = logging.getLogger("portcullis")
 EXIT_LISTEN_FAILED = 1
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
+EXIT_CONFIG_ERROR = 2  # as the CLI's usage errors: the config must change
 
 
 class _SharedSignalServer(uvicorn.Server):
@@ -172,6 +173,10 @@ def run_worker(
     except StorageError as exc:
         print(f"portcullis: storage ({config.raw.storage.type}): {exc}", file=sys.stderr)
         return EXIT_LISTEN_FAILED
+    except ConfigError as exc:  # a connector refused to open (see issuer.build_connectors)
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     except CallerCheckError as exc:
         print(f"portcullis: {exc}", file=sys.stderr)
         return EXIT_LISTEN_FAILED

@@ -1,6 +1,6 @@
 """Connectors: the upstream identity providers, one module (or small package) per type.
 
-Owns: the connector contract (``base``: the Password/Callback/Refresh connector interfaces,
+Owns: the connector contract (``base``: the Password/Callback/Header/Refresh connector interfaces,
 ``ConnectorEnv`` and ``ConnectorType``), each connector's config model and ``open_...``
 function, and the table of types this build offers (``registry.CONNECTOR_TYPES``). A new
 connector is a new module plus one line in that table.

@@ -32,6 +32,9 @@ class ConnectorEnv:
     clock: Clock
     issuer: str  # the issuer URL, without a trailing slash
     fips_mode: bool
+    #: web.clientRemoteIP.trustedProxies: the networks whose requests may carry headers set by
+    #: a proxy. The authproxy connector falls back to them when it names no proxies itself.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class PasswordConnector(Connector):
 
 
 class CallbackConnector(Connector):
+    #: True when upstream comes back with a cross-site POST (SAML's HTTP-POST binding): the
+    #: browser then withholds our SameSite=Lax binding cookie, so the web layer re-posts the
+    #: callback once from our own origin before checking who owns the login.
+    callback_by_post: bool = False
+
     @abstractmethod
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
         """Where to send the browser; upstream comes back to callback_url with state."""
@@ -105,6 +113,25 @@ class CallbackConnector(Connector):
     ) -> Identity:
         """Finish the upstream login from the callback's parameters (query or POST form) and
         the ``connector_state`` that ``login_url`` returned for this login."""
+
+
+class HeaderConnector(Connector):
+    """A connector that reads the identity from request headers set by a trusted
+    authenticating proxy (Dex's ``authproxy``).
+
+    As in Dex, the login sends the browser to ``/callback/{id}``, the path the operator's proxy
+    authenticates, and the identity comes from the headers the proxy adds there. The connector
+    gets the headers and the address of the TCP peer (never a forwarded-for value) and decides
+    itself whether that peer is a proxy it trusts."""
+
+    @abstractmethod
+    def login_url(self, callback_url: str, state: str) -> LoginRedirect:
+        """The URL under /callback/{id} the proxy authenticates, carrying ``state``."""
+
+    @abstractmethod
+    async def login(self, scopes: Scopes, headers: Mapping[str, str], peer: str) -> Identity:
+        """The identity from the proxy's headers (names lower-cased); raise ConnectorError
+        when the peer is not a trusted proxy or the headers are missing."""
 
 
 class RefreshConnector(ABC):

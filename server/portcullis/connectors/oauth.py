@@ -145,9 +145,8 @@ class OAuthConnector(CallbackConnector, RefreshConnector):
         super().__init__(connector_id, name, connector_type)
         if config.insecure_skip_verify:
             if env.fips_mode:
-                raise ConnectorError(
-                    f"connector {connector_id}: insecureSkipVerify is refused in FIPS mode"
-                )
+                # A ValueError naming the key: reported like a config error at open time.
+                raise ValueError("insecureSkipVerify: refused in FIPS mode")
             log.warning(
                 "connector %s: insecureSkipVerify is set, TLS certificates of the OAuth provider "
                 "are NOT verified; anyone on the network path can impersonate it",

@@ -307,6 +307,8 @@ def _iso(seconds: float) -> str:
 class SAMLConnector(CallbackConnector):
     """SAML 2.0 SP over the HTTP-POST binding (Dex's ``saml`` connector)."""
 
+    callback_by_post = True  # the IdP's auto-submitting form POSTs cross-site to /callback
+
     def __init__(
         self,
         connector_id: str,

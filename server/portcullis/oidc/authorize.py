@@ -29,6 +29,7 @@ from portcullis.clock import Clock
 from portcullis.connectors.base import (
     CallbackConnector,
     Connector,
+    HeaderConnector,
     LoginRedirect,
     PasswordConnector,
 )
@@ -344,6 +345,11 @@ class AuthorizationFlow:
                 self._choose, request.id, connector_id, redirect.connector_state
             )
             return UpstreamLogin(redirect)
+        if isinstance(connector, HeaderConnector):
+            # To the /callback/{id} path the operator's proxy authenticates (as in Dex).
+            redirect = connector.login_url(callback_url, request.id)
+            await to_thread.run_sync(self._choose, request.id, connector_id, b"")
+            return UpstreamLogin(redirect)
         raise UnusableConnectorError(connector_id)
 
     def _choose(self, request_id: str, connector_id: str, state: bytes) -> None:
@@ -370,11 +376,32 @@ class AuthorizationFlow:
         )
         return await to_thread.run_sync(self.record_login, request.id, connector.id, identity)
 
-    async def finish_callback(self, request: AuthRequest, params: Mapping[str, str]) -> AuthRequest:
+    async def finish_callback(
+        self,
+        request: AuthRequest,
+        params: Mapping[str, str],
+        *,
+        headers: Mapping[str, str] | None = None,
+        peer: str = "",
+        path_connector: str = "",
+    ) -> AuthRequest:
         """Finish an upstream login from its callback parameters and the connector state
-        stored by ``start_login``, and record it. Raises NoLoginWaitingError,
-        UpstreamRefusedError or ConnectorError."""
+        stored by ``start_login``, and record it. ``headers`` (names lower-cased) and ``peer``
+        (the TCP peer address) are only read by a header connector; ``path_connector`` is the
+        ``{id}`` of ``/callback/{id}`` when the callback came there, and must then be the
+        waiting connector. Raises NoLoginWaitingError, UpstreamRefusedError or
+        ConnectorError."""
+        if path_connector and path_connector != request.connector_id:
+            raise NoLoginWaitingError()
         connector = await to_thread.run_sync(self._connector, request, request.connector_id)
+        if isinstance(connector, HeaderConnector):
+            # Only on /callback/{id}: the path the operator's proxy authenticates.
+            if path_connector != connector.id:
+                raise NoLoginWaitingError()
+            identity = await connector.login(
+                scopes.connector_scopes(request.scopes), headers or {}, peer
+            )
+            return await to_thread.run_sync(self.record_login, request.id, connector.id, identity)
         if not isinstance(connector, CallbackConnector):
             raise NoLoginWaitingError()
         if "error" in params:
@@ -383,6 +410,16 @@ class AuthorizationFlow:
             scopes.connector_scopes(request.scopes), params, request.connector_state
         )
         return await to_thread.run_sync(self.record_login, request.id, connector.id, identity)
+
+    def callback_needs_same_origin_hop(self, request: AuthRequest) -> bool:
+        """Whether a POSTed callback for this login may be re-posted from our own origin:
+        only when the waiting connector's upstream answers with a cross-site POST (which
+        browsers send without our SameSite=Lax cookie) and the login is not finished. The
+        hop itself grants nothing; the ownership check runs on the re-posted request."""
+        if request.logged_in:
+            return False
+        connector = self._connectors.get(request.connector_id)
+        return isinstance(connector, CallbackConnector) and connector.callback_by_post
 
     def record_login(self, request_id: str, connector_id: str, identity: Identity) -> AuthRequest:
         """Storage write: run in a worker thread."""

@@ -10,13 +10,14 @@ typed errors to responses.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode
 
 from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from portcullis.connectors.base import ConnectorError
+from portcullis.connectors.base import Connector, ConnectorError
 from portcullis.oidc.authorize import (
     InvalidCredentialsError,
     NoLoginWaitingError,
@@ -34,6 +35,45 @@ from portcullis.web import security
 from portcullis.web.pages import NO_STORE, Pages
 
 log = logging.getLogger("portcullis.login")
+
+#: The largest callback body read (a signed SAML response is a few KiB; big ones with many
+#: groups and certificates stay well under this). Anything larger is refused unread.
+CALLBACK_BODY_LIMIT = 512 * 1024
+#: Marks the re-post of a cross-site SAML callback from our own origin, so it happens once.
+HOP_FIELD = "pc_hop"
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _capped_form(http: Request, limit: int) -> dict[str, str]:
+    """The urlencoded body of ``http``, reading at most ``limit`` bytes (raises
+    _BodyTooLargeError beyond). Only urlencoded forms: that is what every HTTP-POST binding
+    sends, and it spares a multipart parser on a cross-site endpoint."""
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLargeError()
+    content_type = http.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = bytearray()
+    async for chunk in http.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _BodyTooLargeError()
+    if content_type != "application/x-www-form-urlencoded":
+        return {}
+    text = body.decode("latin-1")
+    return dict(parse_qsl(text, keep_blank_values=True, max_num_fields=64, encoding="utf-8"))
+
+
+def _header_map(http: Request) -> dict[str, str]:
+    """Request headers by lower-case name; a repeated header's values joined by a newline
+    (which no header value can contain), so a connector can tell a repeat from one value."""
+    headers: dict[str, str] = {}
+    for name, value in http.headers.items():
+        headers[name] = f"{headers[name]}\n{value}" if name in headers else value
+    return headers
+
 
 SCOPE_DESCRIPTIONS = {
     "openid": None,
@@ -96,8 +136,33 @@ class LoginRoutes:
     def _connector_url(self, connector_id: str, auth_request: AuthRequest) -> str:
         return f"{self.base}/auth/{connector_id}?{urlencode({'state': auth_request.id})}"
 
+    def _picker(self, auth_request: AuthRequest, options: Sequence[Connector]) -> Response:
+        return self.pages.render(
+            "login.html",
+            connectors=[
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "type": c.type,
+                    "dev_only": c.dev_only,
+                    "url": self._connector_url(c.id, auth_request),
+                }
+                for c in options
+            ],
+        )
+
+    def _retry_url(self, auth_request: AuthRequest) -> str:
+        """Back to the login methods of the same request (or straight into the only one)."""
+        return f"{self.base}/auth?{urlencode({'state': auth_request.id})}"
+
     # -- /auth -------------------------------------------------------------------------------
     async def auth(self, http: Request) -> Response:
+        if (
+            http.method == "GET"
+            and "state" in http.query_params
+            and ("client_id" not in http.query_params)
+        ):
+            return await self._picker_again(http)
         params = dict(http.query_params)
         if http.method == "POST":
             params.update({k: str(v) for k, v in (await http.form()).items()})
@@ -113,19 +178,7 @@ class LoginRoutes:
         if choice.connector_id:
             response: Response = _redirect(self._connector_url(choice.connector_id, auth_request))
         else:
-            response = self.pages.render(
-                "login.html",
-                connectors=[
-                    {
-                        "id": c.id,
-                        "name": c.name,
-                        "type": c.type,
-                        "dev_only": c.dev_only,
-                        "url": self._connector_url(c.id, auth_request),
-                    }
-                    for c in choice.options
-                ],
-            )
+            response = self._picker(auth_request, choice.options)
         response.set_cookie(
             security.binding_cookie_name(auth_request.id),
             binding,
@@ -136,6 +189,19 @@ class LoginRoutes:
             samesite="lax",
         )
         return response
+
+    async def _picker_again(self, http: Request) -> Response:
+        """The retry link of an error page: the login methods again for the same request
+        (only for the browser that started it), or the only one when the picker is skipped."""
+        loaded = await self._load(http, http.query_params.get("state", ""))
+        if isinstance(loaded, Response):
+            return loaded
+        if loaded.logged_in:
+            return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
+        options = await run_sync(self.flow.connectors_for, loaded)
+        if len(options) == 1 and not self.provider.settings.always_show_login:
+            return _redirect(self._connector_url(options[0].id, loaded))
+        return self._picker(loaded, options)
 
     # -- /auth/{connector} -------------------------------------------------------------------
     async def auth_connector(self, http: Request) -> Response:
@@ -153,10 +219,16 @@ class LoginRoutes:
                 404, "Unknown login method", "That login method does not exist."
             )
         except UnusableConnectorError:
-            return self.pages.error(500, "Login failed", "This login method cannot be used here.")
+            return self.pages.error(
+                400,
+                "Login failed",
+                "This login method cannot be used here.",
+                retry_url=self._retry_url(loaded),
+                retry_label="Choose another way to log in",
+            )
         except ConnectorError as exc:
             log.warning("connector %s failed to start a login: %s", connector_id, exc)
-            return self.pages.error(502, "Login failed", str(exc))
+            return self._upstream_error(loaded, str(exc))
         if isinstance(start, PasswordForm):
             return _redirect(
                 f"{self.base}/auth/{connector_id}/login?{urlencode({'state': loaded.id})}"
@@ -167,6 +239,17 @@ class LoginRoutes:
 
     def _callback_url(self) -> str:
         return f"{self.provider.settings.issuer}/callback"
+
+    def _upstream_error(
+        self, auth_request: AuthRequest, message: str, status: int = 502
+    ) -> Response:
+        return self.pages.error(
+            status,
+            "Login failed",
+            message,
+            retry_url=self._retry_url(auth_request),
+            retry_label="Try again",
+        )
 
     # -- /auth/{connector}/login (password form) ---------------------------------------------
     async def password_login(self, http: Request) -> Response:
@@ -216,6 +299,7 @@ class LoginRoutes:
             response.headers["Retry-After"] = str(exc.retry_after)
             return response
         except ConnectorError as exc:
+            # The form again is the retry: the directory may be back on the next attempt.
             log.warning("password login via %s failed upstream: %s", connector_id, exc)
             return form_page(502, str(exc), username)
         except InvalidCredentialsError:
@@ -227,21 +311,63 @@ class LoginRoutes:
     # -- /callback ----------------------------------------------------------------------------
     async def callback(self, http: Request) -> Response:
         params = dict(http.query_params)
-        if http.method == "POST":  # SAML POST binding
-            params.update({k: str(v) for k, v in (await http.form()).items()})
-        loaded = await self._load(http, params.get("state", ""))
+        if http.method == "POST":  # SAML's HTTP-POST binding
+            try:
+                params.update(await _capped_form(http, CALLBACK_BODY_LIMIT))
+            except _BodyTooLargeError:
+                return self.pages.error(413, "Login failed", "The login response is too large.")
+        # SAML names the login in RelayState; everything else in state.
+        request_id = params.get("state", "") or params.get("RelayState", "")
+        hop = params.pop(HOP_FIELD, "")
+        if http.method == "POST" and not hop:
+            hopped = await self._same_origin_hop(http, request_id, params)
+            if hopped is not None:
+                return hopped
+        loaded = await self._load(http, request_id)
         if isinstance(loaded, Response):
             return loaded
         try:
-            await self.flow.finish_callback(loaded, params)
+            await self.flow.finish_callback(
+                loaded,
+                params,
+                headers=_header_map(http),
+                peer=http.client.host if http.client else "",
+                path_connector=http.path_params.get("connector", ""),
+            )
         except NoLoginWaitingError:
-            return self.pages.error(400, "Login failed", "No login is waiting for this callback.")
+            return self.pages.error(
+                400,
+                "Login failed",
+                "No login is waiting for this callback.",
+                retry_url=self._retry_url(loaded),
+                retry_label="Start the login again",
+            )
         except UpstreamRefusedError:
-            return self.pages.error(401, "Login failed", "The identity provider refused the login.")
+            return self._upstream_error(loaded, "The identity provider refused the login.", 401)
         except ConnectorError as exc:
             log.warning("callback via %s failed: %s", loaded.connector_id, exc)
-            return self.pages.error(502, "Login failed", str(exc))
+            return self._upstream_error(loaded, str(exc))
         return _redirect(f"{self.base}/approval?{urlencode({'req': loaded.id})}")
+
+    async def _same_origin_hop(
+        self, http: Request, request_id: str, params: dict[str, str]
+    ) -> Response | None:
+        """A cross-site POST (the IdP's auto-submitting form) arrives without our SameSite=Lax
+        binding cookie. Answer once with a page that re-posts the same fields to the same path
+        from our own origin, marked with HOP_FIELD: that request carries the cookie and gets
+        the normal ownership check before anything reads the SAML response. None when no hop
+        applies (cookie present, unknown login, connector that does not POST back)."""
+        if not request_id or security.has_binding_cookie(http, request_id):
+            return None
+        auth_request = await run_sync(self.flow.get, request_id)
+        if auth_request is None or not self.flow.callback_needs_same_origin_hop(auth_request):
+            return None
+        action = f"{self.base}/callback"
+        if http.path_params.get("connector"):
+            action += f"/{http.path_params['connector']}"
+        return self.pages.post_binding(
+            action, {**params, HOP_FIELD: "1"}, message="Finishing your login."
+        )
 
     # -- /approval ----------------------------------------------------------------------------
     async def approval(self, http: Request) -> Response:

@@ -54,14 +54,40 @@ class Pages:
         html = self._env.get_template(template).render(**self._globals, **context)
         return HTMLResponse(html, status_code=status, headers=NO_STORE)
 
-    def error(self, status: int, title: str, message: str) -> HTMLResponse:
-        return self.render("error.html", status=status, title=title, message=message)
+    def error(
+        self,
+        status: int,
+        title: str,
+        message: str,
+        *,
+        retry_url: str = "",
+        retry_label: str = "Try again",
+    ) -> HTMLResponse:
+        """An error page for people; ``retry_url`` adds a link to start the step again (an
+        upstream failure is often transient, and a dead end makes users close the tab)."""
+        return self.render(
+            "error.html",
+            status=status,
+            title=title,
+            message=message,
+            retry_url=retry_url,
+            retry_label=retry_label,
+        )
 
-    def post_binding(self, action: str, fields: Mapping[str, str]) -> HTMLResponse:
+    def post_binding(
+        self,
+        action: str,
+        fields: Mapping[str, str],
+        message: str = "Your browser is being sent to your identity provider.",
+    ) -> HTMLResponse:
         """A form that POSTs fields to action, submitted at once by the hash-allowed script
         (a button does the same without JavaScript)."""
         response = self.render(
-            "post_binding.html", action=action, fields=sorted(fields.items()), script=_POST_SCRIPT
+            "post_binding.html",
+            action=action,
+            fields=sorted(fields.items()),
+            script=_POST_SCRIPT,
+            message=message,
         )
         response.headers["Content-Security-Policy"] = POST_BINDING_CSP
         return response

@@ -75,6 +75,10 @@ def browser_owns(request: Request, request_id: str, stored_digest: str) -> bool:
     return bool(cookie) and hmac.compare_digest(binding_digest(cookie), stored_digest)
 
 
+def has_binding_cookie(request: Request, request_id: str) -> bool:
+    return bool(request.cookies.get(binding_cookie_name(request_id)))
+
+
 def csrf_token(request: Request, request_id: str) -> str:
     binding = request.cookies.get(binding_cookie_name(request_id), "")
     return hmac.new(binding.encode(), f"csrf:{request_id}".encode(), hashlib.sha256).hexdigest()

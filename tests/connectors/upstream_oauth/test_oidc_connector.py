@@ -492,7 +492,7 @@ def test_insecure_skip_verify_is_refused_in_fips_mode(env: ConnectorEnv) -> None
         }
     )
     fips = ConnectorEnv(env.storage, env.clock, env.issuer, fips_mode=True)
-    with pytest.raises(ConnectorError, match="FIPS"):
+    with pytest.raises(ValueError, match=r"^insecureSkipVerify: refused in FIPS mode"):
         open_oidc("x", "X", "oidc", config, fips)
 
 
