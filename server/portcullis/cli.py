@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     raw = config.raw
     configure_logging(raw.logger.level, raw.logger.format, raw.logger.exclude_fields)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
     if args.workers > 1 and raw.storage.type == "memory":
         print(
             "portcullis: --workers > 1 needs shared storage (sqlite3 or postgres), not memory",
@@ -86,6 +88,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: valid (issuer {config.issuer}, storage {config.raw.storage.type}, "
         f"{len(config.clients)} client(s), {len(config.connectors)} connector(s))"

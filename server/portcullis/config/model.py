@@ -61,14 +61,34 @@ def _http_url(value: str) -> str:
     return value
 
 
+#: Schemes a browser would run or read locally instead of navigating to: a code or token sent
+#: there is handed to script or the file system, never to the client.
+_DANGEROUS_SCHEMES = ("javascript", "data", "file", "vbscript", "blob", "about")
+
+
 def _redirect_uri(value: str) -> str:
+    # Matching is exact (RFC 9700 §4.1.3), so a URI that means something else to the browser
+    # than to the matcher is refused here, once, rather than trusted at every login.
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value) or "\\" in value:
+        raise ValueError("must not contain spaces, control characters or backslashes")
     parts = urlsplit(value)
+    if parts.scheme.lower() in _DANGEROUS_SCHEMES:
+        raise ValueError(f"the {parts.scheme.lower()}: scheme is not allowed for a redirect URI")
     if parts.fragment:
         raise ValueError("must not contain a fragment (RFC 6749 §3.1.2)")
     # Dex allows the out-of-band URN and relative device-callback paths for some clients.
     if value in ("urn:ietf:wg:oauth:2.0:oob", "/device/callback"):
         return value
-    return _absolute_url(value)
+    _absolute_url(value)
+    if "*" in value:
+        raise ValueError("wildcards are not supported: redirect URIs are matched exactly")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain userinfo (user@host): it disguises the real host")
+    try:
+        parts.port  # noqa: B018 - raises on a port outside 0..65535 or not a number
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
 
 
 def _listen_address(value: str) -> str:
