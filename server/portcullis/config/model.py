@@ -281,6 +281,39 @@ class PasswordThrottle(Section):
     window: Duration = 900.0
 
 
+class ConnectionTimeouts(Section):
+    """Portcullis-only: how long a client may take, so slow clients cannot hold connections
+    (slowloris). Dex (Go's net/http with no timeouts set) has none."""
+
+    #: No request on an open connection (a new one, or kept alive after a response).
+    idle: Duration = 15.0
+    #: From a request's first byte until its last header line.
+    read_header: Duration = 10.0
+    #: From the end of the headers until the last byte of the body.
+    read_body: Duration = 30.0
+
+    @field_validator("idle", "read_header", "read_body")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0 or value > 3600:
+            raise ValueError("must be between 1s and 1h")
+        return value
+
+
+class RequestLimits(Section):
+    """Portcullis-only: bounds on what one request may make the server hold."""
+
+    #: Header lines per request (431 above).
+    max_headers: int = Field(100, ge=10, le=1000)
+    #: Bytes of one header line, name and value (431 above).
+    max_header_line_bytes: int = Field(8192, ge=1024, le=65536)
+    #: Bytes of the request line and all header lines together (431 above).
+    max_header_bytes: int = Field(16384, ge=4096, le=262144)
+    #: Logins (stored authorization requests) one client IP may start per window (429 above).
+    pending_auth_requests_per_ip: int = Field(200, ge=1, alias="pendingAuthRequestsPerIP")
+    pending_auth_requests_window: Duration = 600.0
+
+
 class WebSection(Section):
     http: ListenAddress | None = None
     https: ListenAddress | None = None
@@ -295,6 +328,8 @@ class WebSection(Section):
     )
     headers: SecurityHeaders = Field(default_factory=lambda: SecurityHeaders())
     password_throttle: PasswordThrottle = Field(default_factory=lambda: PasswordThrottle())
+    timeouts: ConnectionTimeouts = Field(default_factory=lambda: ConnectionTimeouts())
+    limits: RequestLimits = Field(default_factory=lambda: RequestLimits())
 
     @model_validator(mode="after")
     def _check_listeners(self) -> WebSection:

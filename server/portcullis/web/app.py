@@ -27,6 +27,12 @@ from portcullis.oidc.provider import Provider
 from portcullis.telemetry import AccessLogMiddleware, Metrics, run_ready_check
 from portcullis.web import security
 from portcullis.web.api import ApiRoutes, Cors
+from portcullis.web.body_limit import (
+    BodyLimitMiddleware,
+    BodyTooLargeError,
+    route_limits,
+)
+from portcullis.web.body_limit import too_large_handler as too_large
 from portcullis.web.login import LoginRoutes
 from portcullis.web.pages import Pages, static_dirs
 
@@ -154,9 +160,11 @@ def web_app(
         middleware=[
             Middleware(AccessLogMiddleware, metrics=metrics, route_of=route_of),
             Middleware(security.SecurityHeadersMiddleware, headers=headers),
+            # Before any route reads a body: 413 from Content-Length or the running count.
+            Middleware(BodyLimitMiddleware, limits=route_limits(base)),
         ],
-        exception_handlers={404: not_found, 500: server_error},
+        exception_handlers={404: not_found, 500: server_error, BodyTooLargeError: too_large},
         lifespan=lifespan,
     )
-    inner.exception_handlers = {404: not_found}
+    inner.exception_handlers = {404: not_found, BodyTooLargeError: too_large}
     return app
