@@ -61,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
     if args.workers > 1 and raw.storage.type == "memory":
         print(
             "portcullis: --workers > 1 needs shared storage (sqlite3 or postgres), not memory",
@@ -96,6 +98,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: valid (issuer {config.issuer}, storage {config.raw.storage.type}, "
         f"{len(config.clients)} client(s), {len(config.connectors)} connector(s))"

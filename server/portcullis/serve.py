@@ -44,6 +44,7 @@ from portcullis.issuer import create_issuer
 from portcullis.kube.callers import CallerCheckError
 from portcullis.storage.base import StorageError
 from portcullis.telemetry import share_metrics_between_workers
+from portcullis.web.connection import ConnectionBounds, protocol_class
 
 log = logging.getLogger("portcullis")
 
@@ -191,7 +192,19 @@ def run_worker(
             print(f"portcullis: {exc}", file=sys.stderr)
             issuer.close()
             return EXIT_LISTEN_FAILED
+    web = config.raw.web
+    bounds = ConnectionBounds(
+        idle=web.timeouts.idle,
+        read_header=web.timeouts.read_header,
+        read_body=web.timeouts.read_body,
+        max_headers=web.limits.max_headers,
+        max_header_line_bytes=web.limits.max_header_line_bytes,
+        max_header_bytes=web.limits.max_header_bytes,
+    )
     common: dict[str, Any] = {
+        # Every listener: timeouts, header bounds and the Host check (web.connection).
+        "http": protocol_class(bounds),
+        "timeout_keep_alive": web.timeouts.idle,
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": drain_timeout,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,12 +27,39 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # -- logging ---------------------------------------------------------------------------------
+
+
+#: C0 controls, DEL and C1 controls: a newline forges a log line, ESC drives the terminal that
+#: displays the log, NUL truncates it in some tools.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``)."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        code = ord(char)
+        return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return _CONTROL.sub(escape, text)
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (which can come from a URL, a
+    header or an upstream's error text) are escaped; a traceback, when there is one, follows
+    on its own lines as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JSONFormatter(logging.Formatter):
@@ -59,7 +87,7 @@ def configure_logging(level: str, fmt: str, exclude_fields: list[str] | None = N
     if fmt == "json":
         handler.setFormatter(JSONFormatter(set(exclude_fields or ())))
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -113,6 +141,10 @@ class Metrics:
         )
 
 
+#: The status recorded for a request whose client went away mid-request (never sent).
+CLIENT_CLOSED = 499
+
+
 class AccessLogMiddleware:
     """Counts and logs every request by route template (never the query string)."""
 
@@ -137,6 +169,16 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, capture)
+        except ClientDisconnect:
+            # The client hung up before sending its whole request: nothing failed here and
+            # nobody is left to answer. Counted as 499 (nginx's "client closed request"), not
+            # as a 500, and logged without a traceback.
+            status = CLIENT_CLOSED
+            self.log.info(
+                "%s %s: client closed the connection before sending its whole request",
+                scope["method"],
+                scope["path"],
+            )
         finally:
             elapsed = time.perf_counter() - start
             route = self.route_of(scope)

@@ -12,6 +12,7 @@ loading YAML never imports connectors or storage.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -82,6 +83,8 @@ class Config:
     passwords: tuple[PasswordSpec, ...]
     connectors: tuple[ConnectorSpec, ...]
     storage_config: BaseModel | None
+    #: Risky but allowed settings: printed by check-config, logged at serve.
+    warnings: tuple[str, ...] = ()
 
     @property
     def issuer(self) -> str:
@@ -105,6 +108,39 @@ def expand_env(value: Any, environ: Mapping[str, str]) -> Any:
         return [expand_env(v, environ) for v in value]
     if isinstance(value, dict):
         return {k: expand_env(v, environ) for k, v in value.items()}
+    return value
+
+
+#: Keys whose values are file paths or URLs: an unset variable inside one silently points
+#: somewhere else (``${DATA_DIR}/dex.db`` becomes ``/dex.db``), so it is an error there.
+_PATH_OR_URL_KEY = re.compile(r"(file|path|dir|url|uri|issuer|host|endpoint|cert|ca|key)s?$", re.I)
+
+
+def expand_env_checked(
+    value: Any, environ: Mapping[str, str], at: str, problems: list[str], key: str = ""
+) -> Any:
+    """:func:`expand_env`, Dex-compatible, except that a variable that is unset or empty inside
+    a longer path or URL value is reported (``at`` is the YAML path): Go would expand it to ""
+    and the server would use a different file or host than the operator meant."""
+    if isinstance(value, str):
+        if key and _PATH_OR_URL_KEY.search(key):
+            for match in _ENV_PATTERN.finditer(value):
+                name = match.group(1) or match.group(2)
+                if not environ.get(name) and match.group(0) != value:
+                    problems.append(
+                        f"{at}: environment variable {name} is not set or empty, which would "
+                        "leave a broken path or URL"
+                    )
+        return expand_env(value, environ)
+    if isinstance(value, list):
+        return [
+            expand_env_checked(v, environ, f"{at}[{i}]", problems, key) for i, v in enumerate(value)
+        ]
+    if isinstance(value, dict):
+        return {
+            k: expand_env_checked(v, environ, f"{at}.{k}", problems, str(k))
+            for k, v in value.items()
+        }
     return value
 
 
@@ -143,8 +179,37 @@ def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...] = (
     return problems
 
 
+def _duplicate_keys(node: yaml.Node, path: str, problems: list[str]) -> None:
+    """Report every key written twice in one mapping: YAML loaders keep the last silently, so
+    an operator's second ``web:`` or ``staticClients:`` would replace the first unseen."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
+            where = f"{path}.{key}" if path else key
+            if key and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    problems.append(
+                        f"{where}: duplicate key (line {seen[key]} and line {line}); "
+                        "YAML would keep only the last"
+                    )
+                else:
+                    seen[key] = line
+            _duplicate_keys(value_node, where, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{index}]", problems)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            duplicates: list[str] = []
+            _duplicate_keys(root, "", duplicates)
+            if duplicates:
+                raise ConfigError(duplicates)
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -170,17 +235,22 @@ def parse_config(
     document = _parse_yaml(text, source)
     # An empty section ("oauth2:" with nothing under it) means defaults, as in Dex's Go YAML.
     document = {key: value for key, value in document.items() if value is not None}
+    expansion_problems: list[str] = []
     if env.get("DEX_EXPAND_ENV", "true").lower() not in ("false", "0"):
         for section in ("storage", "signer"):
             if isinstance(document.get(section), dict) and "config" in document[section]:
-                document[section]["config"] = expand_env(document[section]["config"], env)
-        for connector in document.get("connectors") or []:
+                document[section]["config"] = expand_env_checked(
+                    document[section]["config"], env, f"{section}.config", expansion_problems
+                )
+        for i, connector in enumerate(document.get("connectors") or []):
             if isinstance(connector, dict) and "config" in connector:
-                connector["config"] = expand_env(connector["config"], env)
+                connector["config"] = expand_env_checked(
+                    connector["config"], env, f"connectors[{i}].config", expansion_problems
+                )
     try:
         raw = RawConfig.model_validate(document)
     except ValidationError as exc:
-        schema_problems = _pydantic_problems(exc)
+        schema_problems = expansion_problems + _pydantic_problems(exc)
         failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         # Validate again without the broken sections so the cross-field checks of the healthy
         # ones still run: an operator sees every problem in one pass.
@@ -192,6 +262,12 @@ def parse_config(
         except ConfigError as more:
             raise ConfigError(schema_problems + more.problems) from None
         raise ConfigError(schema_problems) from None
+    if expansion_problems:
+        try:
+            _resolve(raw, source, env, connector_models, fips_mode=fips_mode)
+        except ConfigError as more:
+            raise ConfigError(expansion_problems + more.problems) from None
+        raise ConfigError(expansion_problems)
     return _resolve(raw, source, env, connector_models, fips_mode=fips_mode)
 
 
@@ -223,9 +299,19 @@ def load_config(
 ) -> Config:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [
+                f"{file}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                "save the file as UTF-8"
+            ]
+        ) from None
     return parse_config(
         text, str(file), environ, connector_models=connector_models, fips_mode=fips_mode
     )
@@ -249,11 +335,16 @@ def _resolve(
     checks that read them are left out rather than reporting follow-on noise."""
     skip = skip or set()
     problems: list[str] = []
+    warnings: list[str] = []
     storage_config = None if "storage" in skip else _resolve_storage(raw, problems)
     connectors = (
         [] if "connectors" in skip else _resolve_connectors(raw, connector_models, problems)
     )
-    clients = [] if skip & {"staticClients", "oauth2"} else _resolve_clients(raw, env, problems)
+    clients = (
+        [] if skip & {"staticClients", "oauth2"} else _resolve_clients(raw, env, problems, warnings)
+    )
+    if not skip & {"issuer", "web"}:
+        _check_exposure(raw, warnings)
     password_specs = (
         []
         if skip & {"staticPasswords", "enablePasswordDB"}
@@ -302,6 +393,7 @@ def _resolve(
         passwords=tuple(password_specs),
         connectors=tuple(connectors),
         storage_config=storage_config,
+        warnings=tuple(warnings),
     )
 
 
@@ -349,8 +441,43 @@ def _from_env(env: Mapping[str, str], name: str, where: str, problems: list[str]
     return value
 
 
+#: Client secrets shorter than this are refused: guessable online, and shorter than any secret a
+#: generator produces. Dex's own examples use 24 characters ("ZXhhbXBsZS1hcHAtc2VjcmV0").
+MIN_CLIENT_SECRET = 8
+#: Shorter than this (but at least MIN_CLIENT_SECRET) is a warning: 16 random characters are
+#: about 96 bits, the least a password-equivalent credential should carry.
+RECOMMENDED_CLIENT_SECRET = 16
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(raw: RawConfig, warnings: list[str]) -> None:
+    """Settings that work but expose users: warned, not refused, so Dex configs still load."""
+    parts = urlsplit(raw.issuer)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        warnings.append(
+            f"issuer: {raw.issuer!r} is http on a non-loopback host: codes, tokens and "
+            "passwords cross the network in clear text (use https, or serve on 127.0.0.1)"
+        )
+    for i, origin in enumerate(raw.web.allowed_origins):
+        if origin.strip() == "*":
+            warnings.append(
+                f"web.allowedOrigins[{i}]: '*' lets any web site call the token, userinfo "
+                "and introspection endpoints from a user's browser; list the origins instead"
+            )
+
+
 def _resolve_clients(
-    raw: RawConfig, env: Mapping[str, str], problems: list[str]
+    raw: RawConfig, env: Mapping[str, str], problems: list[str], warnings: list[str]
 ) -> list[ClientSpec]:
     specs: list[ClientSpec] = []
     seen: set[str] = set()
@@ -372,6 +499,19 @@ def _resolve_clients(
             problems.append(f"{at}.secret: required for a confidential client (or set public)")
         if client.public and secret:
             problems.append(f"{at}.secret: a public client must not have a secret")
+        elif secret and len(secret) < MIN_CLIENT_SECRET:
+            field = "secretEnv" if client.secret_env else "secret"
+            problems.append(
+                f"{at}.{field}: the client secret is {len(secret)} character(s); at least "
+                f"{MIN_CLIENT_SECRET} are required ({RECOMMENDED_CLIENT_SECRET}+ random "
+                "characters recommended)"
+            )
+        elif secret and len(secret) < RECOMMENDED_CLIENT_SECRET:
+            field = "secretEnv" if client.secret_env else "secret"
+            warnings.append(
+                f"{at}.{field}: the client secret is only {len(secret)} characters; use "
+                f"{RECOMMENDED_CLIENT_SECRET} or more random characters"
+            )
         if (
             not client.public
             and not client.redirect_uris

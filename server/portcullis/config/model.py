@@ -61,14 +61,34 @@ def _http_url(value: str) -> str:
     return value
 
 
+#: Schemes a browser would run or read locally instead of navigating to: a code or token sent
+#: there is handed to script or the file system, never to the client.
+_DANGEROUS_SCHEMES = ("javascript", "data", "file", "vbscript", "blob", "about")
+
+
 def _redirect_uri(value: str) -> str:
+    # Matching is exact (RFC 9700 §4.1.3), so a URI that means something else to the browser
+    # than to the matcher is refused here, once, rather than trusted at every login.
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value) or "\\" in value:
+        raise ValueError("must not contain spaces, control characters or backslashes")
     parts = urlsplit(value)
+    if parts.scheme.lower() in _DANGEROUS_SCHEMES:
+        raise ValueError(f"the {parts.scheme.lower()}: scheme is not allowed for a redirect URI")
     if parts.fragment:
         raise ValueError("must not contain a fragment (RFC 6749 §3.1.2)")
     # Dex allows the out-of-band URN and relative device-callback paths for some clients.
     if value in ("urn:ietf:wg:oauth:2.0:oob", "/device/callback"):
         return value
-    return _absolute_url(value)
+    _absolute_url(value)
+    if "*" in value:
+        raise ValueError("wildcards are not supported: redirect URIs are matched exactly")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain userinfo (user@host): it disguises the real host")
+    try:
+        parts.port  # noqa: B018 - raises on a port outside 0..65535 or not a number
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
 
 
 def _listen_address(value: str) -> str:
@@ -261,6 +281,39 @@ class PasswordThrottle(Section):
     window: Duration = 900.0
 
 
+class ConnectionTimeouts(Section):
+    """Portcullis-only: how long a client may take, so slow clients cannot hold connections
+    (slowloris). Dex (Go's net/http with no timeouts set) has none."""
+
+    #: No request on an open connection (a new one, or kept alive after a response).
+    idle: Duration = 15.0
+    #: From a request's first byte until its last header line.
+    read_header: Duration = 10.0
+    #: From the end of the headers until the last byte of the body.
+    read_body: Duration = 30.0
+
+    @field_validator("idle", "read_header", "read_body")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0 or value > 3600:
+            raise ValueError("must be between 1s and 1h")
+        return value
+
+
+class RequestLimits(Section):
+    """Portcullis-only: bounds on what one request may make the server hold."""
+
+    #: Header lines per request (431 above).
+    max_headers: int = Field(100, ge=10, le=1000)
+    #: Bytes of one header line, name and value (431 above).
+    max_header_line_bytes: int = Field(8192, ge=1024, le=65536)
+    #: Bytes of the request line and all header lines together (431 above).
+    max_header_bytes: int = Field(16384, ge=4096, le=262144)
+    #: Logins (stored authorization requests) one client IP may start per window (429 above).
+    pending_auth_requests_per_ip: int = Field(200, ge=1, alias="pendingAuthRequestsPerIP")
+    pending_auth_requests_window: Duration = 600.0
+
+
 class WebSection(Section):
     http: ListenAddress | None = None
     https: ListenAddress | None = None
@@ -275,6 +328,8 @@ class WebSection(Section):
     )
     headers: SecurityHeaders = Field(default_factory=lambda: SecurityHeaders())
     password_throttle: PasswordThrottle = Field(default_factory=lambda: PasswordThrottle())
+    timeouts: ConnectionTimeouts = Field(default_factory=lambda: ConnectionTimeouts())
+    limits: RequestLimits = Field(default_factory=lambda: RequestLimits())
 
     @model_validator(mode="after")
     def _check_listeners(self) -> WebSection:

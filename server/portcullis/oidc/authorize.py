@@ -36,6 +36,7 @@ from portcullis.connectors.base import (
 from portcullis.oidc import pkce, scopes
 from portcullis.oidc.clients import ClientRegistry, UntrustedAudienceError
 from portcullis.oidc.errors import AuthorizeError
+from portcullis.oidc.input_limits import check_auth_parameter_lengths
 from portcullis.oidc.redirect import redirect_uri_allowed
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle
@@ -150,6 +151,7 @@ class AuthorizationFlow:
     # -- step 1: validate -------------------------------------------------------------------
     def parse(self, params: Mapping[str, str], browser_binding: str) -> AuthRequest:
         """Validate an authorization request and store it. Raises AuthorizeError."""
+        check_auth_parameter_lengths(params)
         client_id = params.get("client_id", "")
         if not client_id:
             raise AuthorizeError("invalid_request", "the client_id parameter is missing")

@@ -27,6 +27,12 @@ from portcullis.oidc.provider import Provider
 from portcullis.telemetry import AccessLogMiddleware, Metrics, run_ready_check
 from portcullis.web import security
 from portcullis.web.api import ApiRoutes, Cors
+from portcullis.web.body_limit import (
+    BodyLimitMiddleware,
+    BodyTooLargeError,
+    route_limits,
+)
+from portcullis.web.body_limit import too_large_handler as too_large
 from portcullis.web.login import LoginRoutes
 from portcullis.web.pages import Pages, static_dirs
 
@@ -43,11 +49,26 @@ def client_ip_resolver(config: Config) -> security.ClientIPResolver:
     return security.ClientIPResolver(remote_ip.header, remote_ip.trusted_proxies)
 
 
+#: Longest static path looked up; longer ones cannot name a file we ship (and the kernel
+#: refuses names over 255 bytes per component with ENAMETOOLONG).
+_MAX_STATIC_PATH = 512
+
+
 def _first_existing(dirs: list[Path], name: str) -> Path | None:
+    """The file ``name`` in the first of ``dirs`` holding it, or None.
+
+    The name comes from the URL, decoded: a NUL byte or an over-long component makes the
+    file-system calls raise (ValueError, ENAMETOOLONG), which used to surface as a 500. Such a
+    name cannot be a file we serve, so it is simply not found."""
+    if len(name) > _MAX_STATIC_PATH or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        return None
     for directory in dirs:
-        candidate = (directory / name).resolve()
-        if candidate.is_file() and directory.resolve() in candidate.parents:
-            return candidate
+        try:
+            candidate = (directory / name).resolve()
+            if candidate.is_file() and directory.resolve() in candidate.parents:
+                return candidate
+        except (OSError, ValueError):
+            return None
     return None
 
 
@@ -139,9 +160,11 @@ def web_app(
         middleware=[
             Middleware(AccessLogMiddleware, metrics=metrics, route_of=route_of),
             Middleware(security.SecurityHeadersMiddleware, headers=headers),
+            # Before any route reads a body: 413 from Content-Length or the running count.
+            Middleware(BodyLimitMiddleware, limits=route_limits(base)),
         ],
-        exception_handlers={404: not_found, 500: server_error},
+        exception_handlers={404: not_found, 500: server_error, BodyTooLargeError: too_large},
         lifespan=lifespan,
     )
-    inner.exception_handlers = {404: not_found}
+    inner.exception_handlers = {404: not_found, BodyTooLargeError: too_large}
     return app

@@ -28,6 +28,7 @@ from portcullis.oidc.authorize import (
     error_redirect,
 )
 from portcullis.oidc.errors import AuthorizeError
+from portcullis.oidc.input_limits import PendingAuthLimit, TooManyPendingError
 from portcullis.oidc.provider import Provider
 from portcullis.oidc.throttle import ThrottledError
 from portcullis.storage.models import AuthRequest
@@ -105,6 +106,13 @@ class LoginRoutes:
         self.base = provider.config.issuer_path
         self.secure_cookies = secure_cookies
         self.cookie_ttl = int(min(provider.settings.auth_request_ttl, 24 * 3600))
+        limits = provider.config.raw.web.limits
+        self.pending = PendingAuthLimit(
+            provider.storage,
+            provider.clock,
+            limit=limits.pending_auth_requests_per_ip,
+            window=limits.pending_auth_requests_window,
+        )
 
     # -- helpers -----------------------------------------------------------------------------
     async def _load(self, http: Request, request_id: str) -> AuthRequest | Response:
@@ -169,6 +177,16 @@ class LoginRoutes:
         connector_from_path = http.path_params.get("connector", "")
         if connector_from_path:
             params.setdefault("connector_id", connector_from_path)
+        try:
+            await run_sync(self.pending.admit, self.ip.resolve(http))
+        except TooManyPendingError as exc:
+            refused = self.pages.error(
+                429,
+                "Too many logins",
+                "Too many logins were started from your address. Wait a few minutes and try again.",
+            )
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
         binding = security.new_binding()
         try:
             auth_request = await run_sync(self.flow.parse, params, security.binding_digest(binding))

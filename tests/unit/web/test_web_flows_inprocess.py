@@ -37,7 +37,7 @@ def anyio_backend() -> str:
 
 
 def _config(extra: str = "") -> str:
-    return textwrap.dedent(
+    text = textwrap.dedent(
         f"""
         issuer: {ISSUER}
         storage: {{type: memory}}
@@ -59,7 +59,11 @@ def _config(extra: str = "") -> str:
             userID: user-1
             groups: [admins]
         """
-    ) + textwrap.dedent(extra)
+    )
+    if extra.startswith("oauth2:"):
+        # The extra section replaces the base one (a duplicate key is a config error).
+        text = text.replace("oauth2:\n  responseTypes: [code, token, id_token]\n", "")
+    return text + textwrap.dedent(extra)
 
 
 @pytest.fixture

@@ -1,0 +1,228 @@
+"""The HTTP/1.1 connection protocol every listener serves with: uvicorn's httptools protocol plus
+the bounds uvicorn does not enforce (issue 9, findings 3 and 8).
+
+* **Timeouts** (``web.timeouts``): *idle*, no request on a new or kept-alive connection (uvicorn
+  only arms its keep-alive timer after a first response, so a connection that never sends
+  stayed open for ever); *readHeader*, from a request's first byte to its last header line
+  (slowloris); *readBody*, from the headers to the last body byte. A late request head gets a
+  408; a late body closes the connection (the app sees the client as gone and logs it at INFO).
+* **Header bounds** (``web.limits``): header line count, bytes per line and bytes of the whole
+  head, each answered 431. The head is counted as it arrives, so a 1 MB header is refused after
+  the first ``maxHeaderBytes``, never buffered whole.
+* **Host**: exactly one non-empty Host header (RFC 9112 §3.2), else 400, for every listener,
+  before any app runs.
+
+A refusal is written straight to the socket, then the connection is closed after a short
+lingering period in which further input is discarded: closing a socket with unread input
+makes the kernel send a reset that can destroy the answer before the client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from asyncio import TimerHandle
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("portcullis.connection")
+
+#: Seconds a refused connection keeps reading (and discarding) before it is closed.
+LINGER = 1.0
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class ConnectionBounds:
+    """What one connection may cost; from ``web.timeouts`` and ``web.limits``."""
+
+    idle: float = 15.0
+    read_header: float = 10.0
+    read_body: float = 30.0
+    max_headers: int = 100
+    max_header_line_bytes: int = 8192
+    max_header_bytes: int = 16384
+
+
+class _RefusalError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """See the module docstring. ``bounds`` is set on a subclass by :func:`protocol_class`."""
+
+    bounds = ConnectionBounds()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn types this int, but only hands it to loop.call_later: a fraction is fine.
+        self.timeout_keep_alive = self.bounds.idle  # type: ignore[assignment]
+        self._timer: TimerHandle | None = None
+        self._phase = "idle"  # idle -> head -> body -> idle (or refused)
+        self._head_bytes = 0
+        self._header_count = 0
+        self._host_count = 0
+        self._host_empty = False
+
+    # -- connection ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn arms its keep-alive timer only after a response: arm it for the first
+        # request too, so a connection that never sends is closed.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.bounds.idle, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "refused":
+            return  # lingering: read and discard until the close
+        self._unset_keepalive_if_required()
+        if self._phase == "idle":
+            self._phase = "head"
+            self._head_bytes = 0
+            self._arm(self.bounds.read_header, self._head_timed_out)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _RefusalError):
+                self._refuse(exc.__context__.status, exc.__context__.reason)
+                return
+            self._parser_error()
+            return
+        except httptools.HttpParserError:
+            self._parser_error()
+            return
+        except httptools.HttpParserUpgrade:
+            # As uvicorn does without a WebSocket library: the request is served as plain
+            # HTTP/1.1 (its cycle started with the headers) and the upgrade is ignored.
+            return
+        if self._phase == "head":
+            # Everything received since the request began is still head: bound it here, so a
+            # header line that never ends is refused after max_header_bytes, not buffered.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.bounds.max_header_bytes:
+                self._refuse(431, "request head too large")
+
+    def _parser_error(self) -> None:
+        log.debug("invalid HTTP request from %s", self.client[0] if self.client else "?")
+        self._refuse(400, "invalid HTTP request")
+
+    # -- parser callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+        self._host_count = 0
+        self._host_empty = False
+        if self._phase != "head":  # a pipelined request already in this buffer
+            self._phase = "head"
+            self._head_bytes = 0
+            self._arm(self.bounds.read_header, self._head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > self.bounds.max_header_line_bytes:
+            raise _RefusalError(431, "request line too long")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.bounds.max_headers:
+            raise _RefusalError(431, f"more than {self.bounds.max_headers} header lines")
+        if len(name) + len(value) > self.bounds.max_header_line_bytes:
+            raise _RefusalError(431, "header line too long")
+        if name.lower() == b"host":
+            self._host_count += 1
+            self._host_empty = self._host_empty or not value.strip()
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._host_count != 1 or self._host_empty:
+            raise _RefusalError(400, "exactly one non-empty Host header is required")
+        self._phase = "body"
+        self._arm(self.bounds.read_body, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._phase = "idle"
+        self._cancel_timer()
+        super().on_message_complete()
+
+    # -- timeouts ------------------------------------------------------------------------
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._phase == "head":
+            log.info(
+                "closing a connection from %s: request head not received within %gs",
+                self.client[0] if self.client else "?",
+                self.bounds.read_header,
+            )
+            self._refuse(408, "request head not received in time")
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if self._phase != "body" or self.transport.is_closing():
+            return
+        log.info(
+            "closing a connection from %s: request body not received within %gs",
+            self.client[0] if self.client else "?",
+            self.bounds.read_body,
+        )
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self._refuse(408, "request body not received in time")
+        else:
+            self._phase = "refused"
+            self.transport.close()
+
+    # -- refusing ------------------------------------------------------------------------
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer ``status`` directly (no app runs, or the running one is cut off), then close
+        after a short linger."""
+        self._phase = "refused"
+        self._cancel_timer()
+        self._unset_keepalive_if_required()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app (if running) now sees a disconnect and its sends are dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        body = (reason + "\n").encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+            + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER, self.transport.close)
+
+    def eof_received(self) -> None:
+        if self._phase == "refused":
+            self.transport.close()
+
+
+def protocol_class(bounds: ConnectionBounds) -> type[GuardedHttpProtocol]:
+    """A protocol class with ``bounds`` (uvicorn takes a class, not an instance)."""
+    return type("BoundedHttpProtocol", (GuardedHttpProtocol,), {"bounds": bounds})
