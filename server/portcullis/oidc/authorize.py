@@ -29,6 +29,7 @@ from portcullis.clock import Clock
 from portcullis.connectors.base import (
     CallbackConnector,
     Connector,
+    ConnectorError,
     LoginRedirect,
     PasswordConnector,
 )
@@ -99,10 +100,13 @@ LoginStart = PasswordForm | UpstreamLogin
 class PasswordLogin:
     """Check a username and password through a password connector, with throttling.
 
-    The sequence is: refuse early when the user or the client IP has too many recent failures
-    (before the password is even checked, so guessing costs nothing upstream), ask the
-    connector, then count a failure or clear the user's counter. Counters live in storage, so
-    every worker and replica sees the same failures; their calls run in worker threads.
+    The sequence is: count the attempt and refuse it if the user from this address, the user
+    overall (progressive delay) or this address has too many recent attempts, in one storage
+    transaction (``LoginThrottle.admit``), before the password is even checked, so parallel
+    guesses cannot slip past and guessing costs nothing upstream; then ask the connector;
+    then settle: a good password clears the user's counters, an upstream failure is uncounted,
+    a wrong one stays counted. Counters live in storage, so every worker and replica sees the
+    same attempts; their calls run in worker threads. See ``oidc.throttle`` for the policy.
     """
 
     def __init__(self, throttle: LoginThrottle) -> None:
@@ -118,12 +122,15 @@ class PasswordLogin:
     ) -> Identity:
         """The identity, or raise ThrottledError, InvalidCredentialsError, or ConnectorError
         (upstream failed; not the user's fault, so not counted)."""
-        await to_thread.run_sync(self._throttle.check, username, client_ip)
-        identity = await connector.login(scopes.connector_scopes(granted), username, password)
+        counted = await to_thread.run_sync(self._throttle.admit, username, client_ip)
+        try:
+            identity = await connector.login(scopes.connector_scopes(granted), username, password)
+        except ConnectorError:
+            await to_thread.run_sync(self._throttle.not_a_guess, counted)
+            raise
         if identity is None:
-            await to_thread.run_sync(self._throttle.failed, username, client_ip)
             raise InvalidCredentialsError()
-        await to_thread.run_sync(self._throttle.succeeded, username)
+        await to_thread.run_sync(self._throttle.succeeded, counted)
         return identity
 
 

@@ -33,6 +33,8 @@ class ProtocolSettings:
     throttle_per_user: int
     throttle_per_ip: int
     throttle_window: float
+    throttle_user_delay: float
+    throttle_max_user_delay: float
     fips_mode: bool
 
     @classmethod
@@ -61,6 +63,8 @@ class ProtocolSettings:
             throttle_per_user=throttle.max_failures_per_user,
             throttle_per_ip=throttle.max_failures_per_ip,
             throttle_window=throttle.window,
+            throttle_user_delay=throttle.user_delay,
+            throttle_max_user_delay=throttle.max_user_delay,
             fips_mode=fips_mode,
         )
 

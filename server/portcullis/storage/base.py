@@ -10,7 +10,7 @@ conformance suite in ``tests/unit/storage/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from portcullis.storage.models import (
     AuthCode,
@@ -21,6 +21,7 @@ from portcullis.storage.models import (
     Password,
     RefreshToken,
 )
+from portcullis.storage.throttling import ThrottleRule
 
 
 class StorageError(Exception):
@@ -155,6 +156,21 @@ class Storage(ABC):
         replicas, so a replay cache built on it holds behind a load balancer."""
 
     # -- password-login throttling -----------------------------------------------------------
+    @abstractmethod
+    def throttle_attempt(self, rules: Sequence[ThrottleRule], now: float, window: float) -> float:
+        """Admit and count a login attempt, or refuse it, atomically across processes and
+        replicas: in one write transaction (the keys locked), read every rule's attempts inside
+        the window ending at now, and if no rule refuses (``throttling.verdict`` is 0) record
+        the attempt under every rule's key and return 0.0; else record nothing and return the
+        seconds until it would be admitted. Counting before the password is checked is what
+        stops parallel guesses from all passing a check that each would fail alone."""
+
+    @abstractmethod
+    def forget_attempt(self, key: str, at: float) -> None:
+        """Uncount one attempt recorded under key at time ``at`` (a no-op if there is none):
+        an admitted attempt that turned out not to be a guess (a good password, an upstream
+        outage) must not count towards a shared limit such as a client address's."""
+
     @abstractmethod
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         """Count a failed login for key (e.g. ``user:alice`` or ``ip:10.0.0.1``) and return the
