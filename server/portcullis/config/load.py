@@ -293,6 +293,13 @@ def _resolve(
             problems.append(
                 f"oauth2.grantTypes[{j}]: the password grant needs oauth2.passwordConnector"
             )
+    for i, client in enumerate(clients):
+        if client.public and "password" in client.grant_types:
+            j = client.grant_types.index("password")
+            problems.append(
+                f"staticClients[{i}].grantTypes[{j}]: public clients may not use the password "
+                "grant (RFC 9700 §2.4); remove it or make the client confidential"
+            )
     if problems:
         raise ConfigError(problems)
     return Config(

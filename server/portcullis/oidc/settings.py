@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from portcullis.config.load import Config
 from portcullis.storage.models import Client
 
+# Grants only a client that authenticates may use.
+_CONFIDENTIAL_ONLY_GRANTS = ("client_credentials", "password")
+
 
 @dataclass(frozen=True)
 class RefreshPolicy:
@@ -69,11 +72,16 @@ class ProtocolSettings:
         )
 
     def client_grants(self, client: Client) -> tuple[str, ...]:
-        """Grants this client may use: its own list (if any) within the server's."""
-        if client.grant_types:
-            return tuple(g for g in client.grant_types if g in self.grant_types)
-        # client_credentials is opt-in per server; confidential clients only.
-        return tuple(g for g in self.grant_types if g != "client_credentials" or not client.public)
+        """Grants this client may use: its own ``grantTypes`` (if any) within the server's,
+        as in Dex master; without a list, the server's.
+
+        Public clients never get ``password`` (RFC 9700 §2.4: the grant MUST NOT be used; a
+        public client cannot even prove who is asking) nor ``client_credentials`` (no
+        credentials), whatever their list says.
+        """
+        listed = client.grant_types or self.grant_types
+        confidential_only = _CONFIDENTIAL_ONLY_GRANTS if client.public else ()
+        return tuple(g for g in listed if g in self.grant_types and g not in confidential_only)
 
     def client_response_types(self, client: Client) -> tuple[str, ...]:
         if client.response_types:

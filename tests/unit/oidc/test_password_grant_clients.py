@@ -5,7 +5,11 @@ clients, even with ``oauth2.passwordConnector`` set and ``password`` in their ow
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
+from portcullis.config.load import ConfigError
+from portcullis.issuer import parse_config
 from portcullis.oidc.errors import OAuthError
 from portcullis.storage.models import Client
 
@@ -49,3 +53,25 @@ def test_confidential_clients_follow_their_grant_types_list(world: World) -> Non
 
 async def test_the_confidential_client_still_gets_tokens(world: World) -> None:
     assert (await world.login())["access_token"]
+
+
+def test_check_config_refuses_a_public_client_listing_the_password_grant() -> None:
+    text = textwrap.dedent(
+        """
+        issuer: http://127.0.0.1:5556/dex
+        storage: {type: memory}
+        web: {http: 127.0.0.1:5556}
+        oauth2: {passwordConnector: local}
+        enablePasswordDB: true
+        staticClients:
+          - id: cli
+            public: true
+            redirectURIs: ["http://127.0.0.1:8000/"]
+            grantTypes: [authorization_code, password]
+        """
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "test.yaml", {})
+    assert "staticClients[0].grantTypes[1]: public clients may not use the password grant" in str(
+        refused.value
+    )
