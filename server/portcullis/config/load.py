@@ -52,6 +52,7 @@ class ClientSpec:
     response_types: tuple[str, ...]
     id_token_ttl: float | None
     refresh_token_lifetime: float | None
+    introspect_any_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,7 @@ def _resolve_clients(
                 response_types=tuple(client.response_types),
                 id_token_ttl=client.id_tokens_valid_for,
                 refresh_token_lifetime=client.refresh_token_lifetime,
+                introspect_any_token=client.introspect_any_token,
             )
         )
     known = {c.id for c in specs}

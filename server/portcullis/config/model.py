@@ -473,6 +473,9 @@ class StaticClient(Section):
     response_types: list[ResponseType] = Field(default_factory=list)
     id_tokens_valid_for: Duration | None = None
     refresh_token_lifetime: Duration | None = None
+    # Portcullis-only: may introspect (RFC 7662) access tokens issued to other clients, e.g. an
+    # API gateway; every other client sees only tokens it is an audience of.
+    introspect_any_token: bool = False
 
 
 class StaticPassword(Section):

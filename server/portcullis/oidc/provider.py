@@ -122,7 +122,14 @@ class Provider:
                 ClientCredentialsGrant(self.settings, self.clients, self.minter, clock),
             ],
         )
-        self.reader = TokenReader(self.settings.issuer, storage, self.minter, clock, self.refresh)
+        self.reader = TokenReader(
+            self.settings.issuer,
+            storage,
+            self.minter,
+            clock,
+            self.refresh,
+            introspectors=self.settings.introspectors,
+        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 

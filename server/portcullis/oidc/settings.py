@@ -39,6 +39,8 @@ class ProtocolSettings:
     throttle_user_delay: float
     throttle_max_user_delay: float
     fips_mode: bool
+    # Static clients with introspectAnyToken: they may introspect any client's access tokens.
+    introspectors: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
@@ -69,6 +71,7 @@ class ProtocolSettings:
             throttle_user_delay=throttle.user_delay,
             throttle_max_user_delay=throttle.max_user_delay,
             fips_mode=fips_mode,
+            introspectors=frozenset(c.id for c in config.clients if c.introspect_any_token),
         )
 
     def client_grants(self, client: Client) -> tuple[str, ...]:

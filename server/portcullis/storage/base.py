@@ -84,9 +84,12 @@ class Storage(ABC):
     def create_auth_code(self, code: AuthCode) -> None: ...
 
     @abstractmethod
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
-        """Atomically mark the code used and return it; a second call raises
-        CodeReplayedError carrying the original code so callers can revoke what it issued."""
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
+        """Atomically mark the code used by client_id and return it; a second call raises
+        CodeReplayedError carrying the original code so callers can revoke what it issued.
+        A code issued to another client raises CodeClientMismatchError and is left exactly
+        as it was (checked under the same lock), so a client holding someone else's code can
+        neither redeem it nor burn it for its owner."""
 
     @abstractmethod
     def delete_auth_code(self, code_id: str) -> None: ...
@@ -195,6 +198,13 @@ class CodeReplayedError(StorageError):
     def __init__(self, code: AuthCode) -> None:
         super().__init__("authorization code already used")
         self.code = code
+
+
+class CodeClientMismatchError(StorageError):
+    """An auth code was presented by a client it was not issued to (it stays unused)."""
+
+    def __init__(self) -> None:
+        super().__init__("authorization code issued to another client")
 
 
 class RotationNotDueError(StorageError):

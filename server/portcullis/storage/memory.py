@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from portcullis.storage.base import (
     AlreadyExistsError,
+    CodeClientMismatchError,
     CodeReplayedError,
     NotFoundError,
     Storage,
@@ -122,9 +123,11 @@ class MemoryStorage(Storage):
     def create_auth_code(self, code: AuthCode) -> None:
         self._create(self._auth_codes, code.id, code)
 
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
         with self._lock:
             code = self._get(self._auth_codes, code_id)
+            if code.client_id != client_id:
+                raise CodeClientMismatchError()
             if code.used_at:
                 raise CodeReplayedError(code)
             used = dataclasses.replace(code, used_at=now)

@@ -23,6 +23,7 @@ from portcullis.storage import sql_rows as rows
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import (
     AlreadyExistsError,
+    CodeClientMismatchError,
     CodeReplayedError,
     NotFoundError,
     Storage,
@@ -196,12 +197,14 @@ class SQLStorage(Storage):
     def create_auth_code(self, code: AuthCode) -> None:
         self._insert(t.auth_codes, rows.auth_code_row(code))
 
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
         codes = t.auth_codes
         with self._write() as conn:
             code = rows.auth_code_from(
                 self._select_one(conn, codes, codes.c.id, code_id, lock=True)
             )
+            if code.client_id != client_id:
+                raise CodeClientMismatchError()
             if code.used_at:
                 raise CodeReplayedError(code)
             # The guard on used_at keeps this single-use even if a dialect's lock were weaker.
