@@ -20,7 +20,9 @@ class Identity:
     email: str = ""
     email_verified: bool = False
     groups: tuple[str, ...] = ()
-    connector_data: bytes = b""
+    # Upstream tokens (a refresh token...): kept out of repr, so an identity that reaches a
+    # log line, a traceback or an assertion message never carries them.
+    connector_data: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
