@@ -36,15 +36,19 @@ START = 1_800_000_000.0
 
 
 class GatedConnector(MockPasswordConnector):
-    """The mock password connector whose next upstream refresh can be held open."""
+    """The mock password connector whose next upstream refresh can be held open, counting
+    its upstream refresh calls."""
 
     def __init__(self, config: MockPasswordConfig) -> None:
         super().__init__("mock", "Mock", "mockPassword", config)
         self.hold_next_refresh = False
         self.entered = anyio.Event()
         self.release = anyio.Event()
+        # Upstream refresh calls made (each one would rotate a real upstream refresh token).
+        self.refreshes = 0
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
+        self.refreshes += 1
         if self.hold_next_refresh:
             self.hold_next_refresh = False
             self.entered.set()

@@ -53,6 +53,7 @@ class ClientSpec:
     response_types: tuple[str, ...]
     id_token_ttl: float | None
     refresh_token_lifetime: float | None
+    introspect_any_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,13 @@ def _resolve(
             problems.append(
                 f"oauth2.grantTypes[{j}]: the password grant needs oauth2.passwordConnector"
             )
+    for i, client in enumerate(clients):
+        if client.public and "password" in client.grant_types:
+            j = client.grant_types.index("password")
+            problems.append(
+                f"staticClients[{i}].grantTypes[{j}]: public clients may not use the password "
+                "grant (RFC 9700 §2.4); remove it or make the client confidential"
+            )
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -547,6 +555,7 @@ def _resolve_clients(
                 response_types=tuple(client.response_types),
                 id_token_ttl=client.id_tokens_valid_for,
                 refresh_token_lifetime=client.refresh_token_lifetime,
+                introspect_any_token=client.introspect_any_token,
             )
         )
     known = {c.id for c in specs}

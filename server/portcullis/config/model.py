@@ -274,11 +274,25 @@ class SecurityHeaders(BaseModel):
 
 
 class PasswordThrottle(Section):
-    """Portcullis-only: limits on failed password logins inside a sliding window."""
+    """Portcullis-only: limits on password attempts inside a sliding window (the policy is in
+    ``oidc/throttle.py`` and docs/configuration.md). ``maxFailuresPerUser`` is a hard limit
+    per (user, client address) and, for the user from every address together, where the
+    progressive delay (``userDelay`` doubling up to ``maxUserDelay``) starts: a stranger's
+    guesses never lock the owner out."""
 
     max_failures_per_user: int = Field(5, ge=1)
     max_failures_per_ip: int = Field(20, ge=1, alias="maxFailuresPerIP")
     window: Duration = 900.0
+    user_delay: Duration = Field(1.0, gt=0)
+    max_user_delay: Duration = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_delays(self) -> PasswordThrottle:
+        if self.max_user_delay < self.user_delay:
+            raise ValueError(
+                "web.passwordThrottle.maxUserDelay is shorter than web.passwordThrottle.userDelay"
+            )
+        return self
 
 
 class ConnectionTimeouts(Section):
@@ -514,6 +528,9 @@ class StaticClient(Section):
     response_types: list[ResponseType] = Field(default_factory=list)
     id_tokens_valid_for: Duration | None = None
     refresh_token_lifetime: Duration | None = None
+    # Portcullis-only: may introspect (RFC 7662) access tokens issued to other clients, e.g. an
+    # API gateway; every other client sees only tokens it is an audience of.
+    introspect_any_token: bool = False
 
 
 class StaticPassword(Section):

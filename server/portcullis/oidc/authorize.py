@@ -19,7 +19,7 @@ password grant, so the two cannot count failures differently.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -29,6 +29,7 @@ from portcullis.clock import Clock
 from portcullis.connectors.base import (
     CallbackConnector,
     Connector,
+    ConnectorError,
     HeaderConnector,
     LoginRedirect,
     PasswordConnector,
@@ -101,10 +102,13 @@ LoginStart = PasswordForm | UpstreamLogin
 class PasswordLogin:
     """Check a username and password through a password connector, with throttling.
 
-    The sequence is: refuse early when the user or the client IP has too many recent failures
-    (before the password is even checked, so guessing costs nothing upstream), ask the
-    connector, then count a failure or clear the user's counter. Counters live in storage, so
-    every worker and replica sees the same failures; their calls run in worker threads.
+    The sequence is: count the attempt and refuse it if the user from this address, the user
+    overall (progressive delay) or this address has too many recent attempts, in one storage
+    transaction (``LoginThrottle.admit``), before the password is even checked, so parallel
+    guesses cannot slip past and guessing costs nothing upstream; then ask the connector;
+    then settle: a good password clears the user's counters, an upstream failure is uncounted,
+    a wrong one stays counted. Counters live in storage, so every worker and replica sees the
+    same attempts; their calls run in worker threads. See ``oidc.throttle`` for the policy.
     """
 
     def __init__(self, throttle: LoginThrottle) -> None:
@@ -120,12 +124,15 @@ class PasswordLogin:
     ) -> Identity:
         """The identity, or raise ThrottledError, InvalidCredentialsError, or ConnectorError
         (upstream failed; not the user's fault, so not counted)."""
-        await to_thread.run_sync(self._throttle.check, username, client_ip)
-        identity = await connector.login(scopes.connector_scopes(granted), username, password)
+        counted = await to_thread.run_sync(self._throttle.admit, username, client_ip)
+        try:
+            identity = await connector.login(scopes.connector_scopes(granted), username, password)
+        except ConnectorError:
+            await to_thread.run_sync(self._throttle.not_a_guess, counted)
+            raise
         if identity is None:
-            await to_thread.run_sync(self._throttle.failed, username, client_ip)
             raise InvalidCredentialsError()
-        await to_thread.run_sync(self._throttle.succeeded, username)
+        await to_thread.run_sync(self._throttle.succeeded, counted)
         return identity
 
 
@@ -149,9 +156,24 @@ class AuthorizationFlow:
         self._password_login = password_login
 
     # -- step 1: validate -------------------------------------------------------------------
-    def parse(self, params: Mapping[str, str], browser_binding: str) -> AuthRequest:
-        """Validate an authorization request and store it. Raises AuthorizeError."""
+    def parse(
+        self,
+        params: Mapping[str, str],
+        browser_binding: str,
+        repeated: Collection[str] = (),
+    ) -> AuthRequest:
+        """Validate an authorization request and store it. Raises AuthorizeError.
+
+        ``repeated`` names the parameters the request carried more than once (in the query, or
+        in both the query and a POST body); ``params`` holds one value of each. A repeated
+        parameter is refused (RFC 6749 §3.1), as at the token endpoint, rather than letting
+        one copy silently win: a proxy, a WAF and the issuer must not read different requests.
+        """
         check_auth_parameter_lengths(params)
+        for name in ("client_id", "redirect_uri"):
+            if name in repeated:
+                # No verified redirect to send the error to: the error page says it.
+                raise AuthorizeError("invalid_request", f"the {name} parameter is repeated")
         client_id = params.get("client_id", "")
         if not client_id:
             raise AuthorizeError("invalid_request", "the client_id parameter is missing")
@@ -166,15 +188,20 @@ class AuthorizationFlow:
                 "invalid_request",
                 "redirect_uri is not registered for this client (exact match required)",
             )
-        state = params.get("state", "")
+        # A repeated state is not echoed: which copy would the client recognise?
+        state = "" if "state" in repeated else params.get("state", "")
         response_types = tuple(sorted(set(params.get("response_type", "").split())))
-        fragment = response_types != ("code",)
+        response_mode = "" if "response_mode" in repeated else params.get("response_mode", "")
+        fragment = response_types != ("code",) or response_mode == "fragment"
 
         def fail(error: str, description: str) -> AuthorizeError:
             return AuthorizeError(
                 error, description, redirect_uri=redirect_uri, state=state, use_fragment=fragment
             )
 
+        if repeated:
+            names = ", ".join(sorted(repeated))
+            raise fail("invalid_request", f"parameters must not be repeated: {names}")
         for name, error in _UNSUPPORTED_PARAMS.items():
             if params.get(name):
                 raise fail(error, f"the {name} parameter is not supported")
@@ -191,10 +218,9 @@ class AuthorizationFlow:
                 )
         if response_types == ("token",):
             raise fail("unsupported_response_type", "response_type token alone is not OpenID")
-        response_mode = params.get("response_mode", "")
         if response_mode and response_mode not in ("query", "fragment"):
             raise fail("invalid_request", f"unsupported response_mode {response_mode!r}")
-        if response_mode == "query" and fragment:
+        if response_mode == "query" and response_types != ("code",):
             raise fail("invalid_request", "tokens must not be returned in the query string")
 
         requested = scopes.parse_scopes(params.get("scope", ""))
@@ -211,7 +237,7 @@ class AuthorizationFlow:
             raise fail("invalid_scope", "offline_access is not allowed for this client")
         if "code" in response_types and "authorization_code" not in grants:
             raise fail("unauthorized_client", "this client may not use the authorization code flow")
-        if fragment and "implicit" not in grants:
+        if response_types != ("code",) and "implicit" not in grants:
             raise fail("unauthorized_client", "this client may not use the implicit/hybrid flow")
 
         nonce = params.get("nonce", "")
@@ -276,6 +302,7 @@ class AuthorizationFlow:
             connector_id=connector_id,
             pkce=PKCE(code_challenge=challenge, code_challenge_method=method if challenge else ""),
             browser_binding=browser_binding,
+            response_mode=response_mode,
         )
         self._storage.create_auth_request(request)
         return request
@@ -443,7 +470,7 @@ class AuthorizationFlow:
             request.redirect_uri,
             {"error": "access_denied", "error_description": "the user denied the request"},
             request.state,
-            fragment=request.response_types != ("code",),
+            fragment=request.uses_fragment,
         )
 
     def finish(self, request: AuthRequest) -> str:
@@ -501,7 +528,7 @@ class AuthorizationFlow:
             request.redirect_uri,
             values,
             request.state,
-            fragment=request.response_types != ("code",),
+            fragment=request.uses_fragment,
         )
 
     def _delete(self, request_id: str) -> None:

@@ -43,8 +43,11 @@ class TokenReader:
         minter: TokenMinter,
         clock: Clock,
         refresh: RefreshStore,
+        *,
+        introspectors: frozenset[str] = frozenset(),
     ) -> None:
         self._issuer = issuer
+        self._introspectors = introspectors
         self._storage = storage
         self._minter = minter
         self._clock = clock
@@ -84,7 +87,14 @@ class TokenReader:
             if kind == "access":
                 claims = self.verified_claims(token)
                 # ID tokens carry no client_id: they are not access tokens (same as userinfo).
-                if claims is not None and "client_id" in claims:
+                # Another client's token is none of the caller's business (it would learn the
+                # user's claims): it is "not active" unless the caller is one of the token's
+                # audiences or is configured with introspectAnyToken (RFC 7662 §2.2, §4).
+                if (
+                    claims is not None
+                    and "client_id" in claims
+                    and (caller.id in self._introspectors or caller.id in _parties(claims))
+                ):
                     return {"active": True, "token_type": "Bearer", **claims}
             else:
                 record = self._refresh.active(token)
@@ -116,9 +126,7 @@ class TokenReader:
         claims = self.verified_claims(token, check_expiry=False)
         if claims is None:
             return
-        audiences = claims.get("aud")
-        audience_list = audiences if isinstance(audiences, list) else [audiences]
-        if caller.id in (claims.get("client_id"), claims.get("azp"), *audience_list):
+        if caller.id in _parties(claims):
             jti = claims.get("jti")
             exp = claims.get("exp")
             if isinstance(jti, str) and isinstance(exp, int | float):
@@ -131,3 +139,10 @@ class TokenReader:
             # ID tokens carry no client_id claim and are not access tokens.
             return None
         return {k: v for k, v in claims.items() if k not in _TOKEN_CLAIMS}
+
+
+def _parties(claims: Mapping[str, Any]) -> set[str]:
+    """The clients a token was issued to or for: its ``client_id``, ``azp`` and audiences."""
+    audiences = claims.get("aud")
+    listed = audiences if isinstance(audiences, list) else [audiences]
+    return {p for p in (claims.get("client_id"), claims.get("azp"), *listed) if isinstance(p, str)}

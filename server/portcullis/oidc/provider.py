@@ -31,7 +31,7 @@ from portcullis.oidc.introspection import TokenReader
 from portcullis.oidc.issue import TokenIssuer
 from portcullis.oidc.refresh import RefreshStore
 from portcullis.oidc.settings import ProtocolSettings
-from portcullis.oidc.throttle import LoginThrottle
+from portcullis.oidc.throttle import LoginThrottle, ThrottlePolicy
 from portcullis.oidc.tokens import TokenMinter
 from portcullis.storage.base import Storage
 from portcullis.storage.models import Client
@@ -85,9 +85,13 @@ class Provider:
         self.throttle = LoginThrottle(
             storage,
             clock,
-            per_user=self.settings.throttle_per_user,
-            per_ip=self.settings.throttle_per_ip,
-            window=self.settings.throttle_window,
+            ThrottlePolicy(
+                per_user=self.settings.throttle_per_user,
+                per_ip=self.settings.throttle_per_ip,
+                window=self.settings.throttle_window,
+                user_delay=self.settings.throttle_user_delay,
+                max_user_delay=self.settings.throttle_max_user_delay,
+            ),
         )
         self.password_login = PasswordLogin(self.throttle)
         self.refresh = RefreshStore(self.settings, storage, self.clients, clock)
@@ -118,7 +122,14 @@ class Provider:
                 ClientCredentialsGrant(self.settings, self.clients, self.minter, clock),
             ],
         )
-        self.reader = TokenReader(self.settings.issuer, storage, self.minter, clock, self.refresh)
+        self.reader = TokenReader(
+            self.settings.issuer,
+            storage,
+            self.minter,
+            clock,
+            self.refresh,
+            introspectors=self.settings.introspectors,
+        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 

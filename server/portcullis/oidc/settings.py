@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from portcullis.config.load import Config
 from portcullis.storage.models import Client
 
+# Grants only a client that authenticates may use.
+_CONFIDENTIAL_ONLY_GRANTS = ("client_credentials", "password")
+
 
 @dataclass(frozen=True)
 class RefreshPolicy:
@@ -33,7 +36,11 @@ class ProtocolSettings:
     throttle_per_user: int
     throttle_per_ip: int
     throttle_window: float
+    throttle_user_delay: float
+    throttle_max_user_delay: float
     fips_mode: bool
+    # Static clients with introspectAnyToken: they may introspect any client's access tokens.
+    introspectors: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
@@ -61,15 +68,23 @@ class ProtocolSettings:
             throttle_per_user=throttle.max_failures_per_user,
             throttle_per_ip=throttle.max_failures_per_ip,
             throttle_window=throttle.window,
+            throttle_user_delay=throttle.user_delay,
+            throttle_max_user_delay=throttle.max_user_delay,
             fips_mode=fips_mode,
+            introspectors=frozenset(c.id for c in config.clients if c.introspect_any_token),
         )
 
     def client_grants(self, client: Client) -> tuple[str, ...]:
-        """Grants this client may use: its own list (if any) within the server's."""
-        if client.grant_types:
-            return tuple(g for g in client.grant_types if g in self.grant_types)
-        # client_credentials is opt-in per server; confidential clients only.
-        return tuple(g for g in self.grant_types if g != "client_credentials" or not client.public)
+        """Grants this client may use: its own ``grantTypes`` (if any) within the server's,
+        as in Dex master; without a list, the server's.
+
+        Public clients never get ``password`` (RFC 9700 §2.4: the grant MUST NOT be used; a
+        public client cannot even prove who is asking) nor ``client_credentials`` (no
+        credentials), whatever their list says.
+        """
+        listed = client.grant_types or self.grant_types
+        confidential_only = _CONFIDENTIAL_ONLY_GRANTS if client.public else ()
+        return tuple(g for g in listed if g in self.grant_types and g not in confidential_only)
 
     def client_response_types(self, client: Client) -> tuple[str, ...]:
         if client.response_types:

@@ -10,7 +10,7 @@ conformance suite in ``tests/unit/storage/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from portcullis.storage.models import (
     AuthCode,
@@ -21,6 +21,7 @@ from portcullis.storage.models import (
     Password,
     RefreshToken,
 )
+from portcullis.storage.throttling import ThrottleRule
 
 
 class StorageError(Exception):
@@ -83,9 +84,12 @@ class Storage(ABC):
     def create_auth_code(self, code: AuthCode) -> None: ...
 
     @abstractmethod
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
-        """Atomically mark the code used and return it; a second call raises
-        CodeReplayedError carrying the original code so callers can revoke what it issued."""
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
+        """Atomically mark the code used by client_id and return it; a second call raises
+        CodeReplayedError carrying the original code so callers can revoke what it issued.
+        A code issued to another client raises CodeClientMismatchError and is left exactly
+        as it was (checked under the same lock), so a client holding someone else's code can
+        neither redeem it nor burn it for its owner."""
 
     @abstractmethod
     def delete_auth_code(self, code_id: str) -> None: ...
@@ -156,6 +160,21 @@ class Storage(ABC):
 
     # -- password-login throttling -----------------------------------------------------------
     @abstractmethod
+    def throttle_attempt(self, rules: Sequence[ThrottleRule], now: float, window: float) -> float:
+        """Admit and count a login attempt, or refuse it, atomically across processes and
+        replicas: in one write transaction (the keys locked), read every rule's attempts inside
+        the window ending at now, and if no rule refuses (``throttling.verdict`` is 0) record
+        the attempt under every rule's key and return 0.0; else record nothing and return the
+        seconds until it would be admitted. Counting before the password is checked is what
+        stops parallel guesses from all passing a check that each would fail alone."""
+
+    @abstractmethod
+    def forget_attempt(self, key: str, at: float) -> None:
+        """Uncount one attempt recorded under key at time ``at`` (a no-op if there is none):
+        an admitted attempt that turned out not to be a guess (a good password, an upstream
+        outage) must not count towards a shared limit such as a client address's."""
+
+    @abstractmethod
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         """Count a failed login for key (e.g. ``user:alice`` or ``ip:10.0.0.1``) and return the
         number of failures inside the sliding window ending at now."""
@@ -179,6 +198,13 @@ class CodeReplayedError(StorageError):
     def __init__(self, code: AuthCode) -> None:
         super().__init__("authorization code already used")
         self.code = code
+
+
+class CodeClientMismatchError(StorageError):
+    """An auth code was presented by a client it was not issued to (it stays unused)."""
+
+    def __init__(self) -> None:
+        super().__init__("authorization code issued to another client")
 
 
 class RotationNotDueError(StorageError):

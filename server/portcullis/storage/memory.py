@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from portcullis.storage.base import (
     AlreadyExistsError,
+    CodeClientMismatchError,
     CodeReplayedError,
     NotFoundError,
     Storage,
@@ -22,6 +23,7 @@ from portcullis.storage.models import (
     Password,
     RefreshToken,
 )
+from portcullis.storage.throttling import ThrottleRule, verdict
 
 T = TypeVar("T")
 
@@ -121,9 +123,11 @@ class MemoryStorage(Storage):
     def create_auth_code(self, code: AuthCode) -> None:
         self._create(self._auth_codes, code.id, code)
 
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
         with self._lock:
             code = self._get(self._auth_codes, code_id)
+            if code.client_id != client_id:
+                raise CodeClientMismatchError()
             if code.used_at:
                 raise CodeReplayedError(code)
             used = dataclasses.replace(code, used_at=now)
@@ -208,6 +212,24 @@ class MemoryStorage(Storage):
             return True
 
     # -- throttling --------------------------------------------------------------------------
+    def throttle_attempt(self, rules: Sequence[ThrottleRule], now: float, window: float) -> float:
+        with self._lock:
+            times = [self._recent_attempts(rule.key, now, window) for rule in rules]
+            wait = verdict(rules, times, now, window)
+            if wait == 0:
+                for rule in rules:
+                    self._login_failures.setdefault(rule.key, []).append(now)
+            return wait
+
+    def _recent_attempts(self, key: str, now: float, window: float) -> list[float]:
+        return sorted(t for t in self._login_failures.get(key, ()) if t > now - window)
+
+    def forget_attempt(self, key: str, at: float) -> None:
+        with self._lock:
+            times = self._login_failures.get(key, [])
+            if at in times:
+                times.remove(at)
+
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         with self._lock:
             self._login_failures.setdefault(key, []).append(now)

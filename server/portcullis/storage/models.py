@@ -20,7 +20,9 @@ class Identity:
     email: str = ""
     email_verified: bool = False
     groups: tuple[str, ...] = ()
-    connector_data: bytes = b""
+    # Upstream tokens (a refresh token...): kept out of repr, so an identity that reaches a
+    # log line, a traceback or an assertion message never carries them.
+    connector_data: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,16 @@ class AuthRequest:
     # What a callback connector needs to finish this login (the upstream PKCE verifier and
     # nonce, a SAML request id...): opaque to everything but the connector that wrote it.
     connector_state: bytes = b""
+    # "fragment" or "query" when the client asked (OAuth 2.0 Multiple Response Types);
+    # "" means the response type's default. See ``AuthRequest.uses_fragment``.
+    response_mode: str = ""
+
+    @property
+    def uses_fragment(self) -> bool:
+        """Whether the answer travels in the redirect's fragment: always when tokens are in
+        it (never in a query string, which leaks into logs and Referer), and for the code flow
+        when the client asked for ``response_mode=fragment``."""
+        return self.response_types != ("code",) or self.response_mode == "fragment"
 
 
 @dataclass(frozen=True)

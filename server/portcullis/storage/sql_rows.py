@@ -115,6 +115,7 @@ def auth_request_row(request: AuthRequest) -> Row:
         "auth_time": request.auth_time,
         "browser_binding": request.browser_binding,
         "connector_state": request.connector_state,
+        "response_mode": request.response_mode,
     }
 
 
@@ -139,6 +140,7 @@ def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
         auth_time=float(row["auth_time"]),
         browser_binding=row["browser_binding"],
         connector_state=bytes(row["connector_state"]),
+        response_mode=row["response_mode"],
     )
 
 

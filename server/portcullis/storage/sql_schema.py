@@ -64,6 +64,7 @@ auth_requests = sa.Table(
     sa.Column("auth_time", sa.Double, nullable=False),
     sa.Column("browser_binding", sa.Text, nullable=False),
     sa.Column("connector_state", sa.LargeBinary, nullable=False),
+    sa.Column("response_mode", sa.Text, nullable=False),
     sa.Index("ix_auth_requests_expiry", "expiry"),
 )
 

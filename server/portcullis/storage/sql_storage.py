@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from portcullis.storage import sql_rows as rows
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import (
     AlreadyExistsError,
+    CodeClientMismatchError,
     CodeReplayedError,
     NotFoundError,
     Storage,
@@ -36,6 +37,7 @@ from portcullis.storage.models import (
     Password,
     RefreshToken,
 )
+from portcullis.storage.throttling import ThrottleRule, verdict
 
 M = TypeVar("M")
 
@@ -195,12 +197,14 @@ class SQLStorage(Storage):
     def create_auth_code(self, code: AuthCode) -> None:
         self._insert(t.auth_codes, rows.auth_code_row(code))
 
-    def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+    def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
         codes = t.auth_codes
         with self._write() as conn:
             code = rows.auth_code_from(
                 self._select_one(conn, codes, codes.c.id, code_id, lock=True)
             )
+            if code.client_id != client_id:
+                raise CodeClientMismatchError()
             if code.used_at:
                 raise CodeReplayedError(code)
             # The guard on used_at keeps this single-use even if a dialect's lock were weaker.
@@ -329,6 +333,36 @@ class SQLStorage(Storage):
             .where(la.c.throttle_key == key, la.c.at > now - window)
         )
         return int(conn.execute(query).scalar_one())
+
+    def throttle_attempt(self, rules: Sequence[ThrottleRule], now: float, window: float) -> float:
+        la = t.login_attempts
+        with self._write() as conn:
+            # Sorted, so two transactions locking overlapping keys cannot deadlock.
+            for key in sorted({rule.key for rule in rules}):
+                self._lock_name(conn, f"login_attempts:{key}")
+            times = [
+                [
+                    float(at)
+                    for at in conn.execute(
+                        sa.select(la.c.at)
+                        .where(la.c.throttle_key == rule.key, la.c.at > now - window)
+                        .order_by(la.c.at)
+                    ).scalars()
+                ]
+                for rule in rules
+            ]
+            wait = verdict(rules, times, now, window)
+            if wait == 0:
+                conn.execute(la.insert(), [{"throttle_key": r.key, "at": now} for r in rules])
+            return wait
+
+    def forget_attempt(self, key: str, at: float) -> None:
+        la = t.login_attempts
+        # Attempts with the same key and time are indistinguishable: removing any one is exact.
+        one = sa.select(la.c.id).where(la.c.throttle_key == key, la.c.at == at).limit(1)
+        with self._write() as conn:
+            self._lock_name(conn, f"login_attempts:{key}")
+            conn.execute(sa.delete(la).where(la.c.id.in_(one.scalar_subquery())))
 
     def record_login_failure(self, key: str, now: float, window: float) -> int:
         with self._write() as conn:

@@ -171,9 +171,15 @@ class LoginRoutes:
             and ("client_id" not in http.query_params)
         ):
             return await self._picker_again(http)
-        params = dict(http.query_params)
+        items = list(http.query_params.multi_items())
         if http.method == "POST":
-            params.update({k: str(v) for k, v in (await http.form()).items()})
+            items += [(k, str(v)) for k, v in (await http.form()).multi_items()]
+        params: dict[str, str] = {}
+        repeated: set[str] = set()
+        for key, value in items:
+            if key in params:
+                repeated.add(key)
+            params.setdefault(key, value)
         connector_from_path = http.path_params.get("connector", "")
         if connector_from_path:
             params.setdefault("connector_id", connector_from_path)
@@ -189,7 +195,9 @@ class LoginRoutes:
             return refused
         binding = security.new_binding()
         try:
-            auth_request = await run_sync(self.flow.parse, params, security.binding_digest(binding))
+            auth_request = await run_sync(
+                self.flow.parse, params, security.binding_digest(binding), repeated
+            )
         except AuthorizeError as error:
             return self._authorize_error(error)
         choice = await run_sync(self.flow.choose_connector, auth_request)

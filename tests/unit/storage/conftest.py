@@ -115,6 +115,7 @@ class Samples:
             "auth_time": 1_700_000_000.5,
             "browser_binding": "csrf-binding",
             "connector_state": b"\x00upstream-verifier\xff",
+            "response_mode": "fragment",
         }
         fields.update(changes)
         return AuthRequest(**fields)

@@ -50,7 +50,7 @@ def main() -> None:
         won, replayed = [], []
         for i in range(codes):
             try:
-                storage.consume_auth_code(f"code-{i}", 1000.0 + i)
+                storage.consume_auth_code(f"code-{i}", 1000.0 + i, "example-app")
                 won.append(i)
             except CodeReplayedError:
                 replayed.append(i)

@@ -219,7 +219,7 @@ def test_identity_with_empty_connector_data_round_trips(storage: Storage, sample
 def test_consume_auth_code_returns_it_marked_used(storage: Storage, samples: Any) -> None:
     code = samples.auth_code("c1")
     storage.create_auth_code(code)
-    used = storage.consume_auth_code("c1", NOW + 5)
+    used = storage.consume_auth_code("c1", NOW + 5, "example-app")
     assert used == dataclasses.replace(code, used_at=NOW + 5)
 
 
@@ -228,25 +228,25 @@ def test_consume_auth_code_twice_raises_replay_with_the_code(
 ) -> None:
     code = samples.auth_code("c1")
     storage.create_auth_code(code)
-    storage.consume_auth_code("c1", NOW + 5)
+    storage.consume_auth_code("c1", NOW + 5, "example-app")
     with pytest.raises(CodeReplayedError) as replay:
-        storage.consume_auth_code("c1", NOW + 9)
+        storage.consume_auth_code("c1", NOW + 9, "example-app")
     # The original code (who, which client, when first used) so the caller can revoke.
     assert replay.value.code == dataclasses.replace(code, used_at=NOW + 5)
     with pytest.raises(CodeReplayedError):
-        storage.consume_auth_code("c1", NOW + 10)
+        storage.consume_auth_code("c1", NOW + 10, "example-app")
 
 
 def test_consume_one_code_leaves_other_codes_unused(storage: Storage, samples: Any) -> None:
     storage.create_auth_code(samples.auth_code("c1"))
     storage.create_auth_code(samples.auth_code("c2"))
-    storage.consume_auth_code("c1", NOW)
-    assert storage.consume_auth_code("c2", NOW + 1).used_at == NOW + 1
+    storage.consume_auth_code("c1", NOW, "example-app")
+    assert storage.consume_auth_code("c2", NOW + 1, "example-app").used_at == NOW + 1
 
 
 def test_auth_code_missing_duplicate_and_delete(storage: Storage, samples: Any) -> None:
     with pytest.raises(NotFoundError):
-        storage.consume_auth_code("nope", NOW)
+        storage.consume_auth_code("nope", NOW, "example-app")
     with pytest.raises(NotFoundError):
         storage.delete_auth_code("nope")
     storage.create_auth_code(samples.auth_code("c1"))
@@ -254,7 +254,7 @@ def test_auth_code_missing_duplicate_and_delete(storage: Storage, samples: Any) 
         storage.create_auth_code(samples.auth_code("c1", client_id="other"))
     storage.delete_auth_code("c1")
     with pytest.raises(NotFoundError):
-        storage.consume_auth_code("c1", NOW)
+        storage.consume_auth_code("c1", NOW, "example-app")
 
 
 # -- refresh tokens --------------------------------------------------------------------------
@@ -470,8 +470,8 @@ def test_gc_deletes_only_expired_records(storage: Storage, samples: Any) -> None
         storage.get_auth_request("req-old")
     assert storage.get_auth_request("req-live").id == "req-live"
     with pytest.raises(NotFoundError):
-        storage.consume_auth_code("code-old", NOW)
-    assert storage.consume_auth_code("code-live", NOW).id == "code-live"
+        storage.consume_auth_code("code-old", NOW, "example-app")
+    assert storage.consume_auth_code("code-live", NOW, "example-app").id == "code-live"
     assert sorted(t.id for t in storage.list_refresh_tokens()) == ["rt-forever", "rt-live"]
     assert not storage.is_token_revoked("jti-old")
     assert storage.is_token_revoked("jti-live")
@@ -545,7 +545,7 @@ def test_threads_racing_for_one_code_have_exactly_one_winner(
         won = []
         for i in range(codes):
             try:
-                storage.consume_auth_code(f"c{i}", NOW)
+                storage.consume_auth_code(f"c{i}", NOW, "example-app")
                 won.append(i)
             except CodeReplayedError:
                 pass

@@ -60,7 +60,7 @@ def test_gc_loop_removes_expired_records_and_stops_on_request(
     with caplog.at_level(logging.INFO, logger=LOGGER):
         asyncio.run(scenario())
     with pytest.raises(StorageError):
-        storage.consume_auth_code("secret-code-value", clock.now())
+        storage.consume_auth_code("secret-code-value", clock.now(), "example-app")
     assert storage.get_auth_request("live").id == "live"
     assert "auth_codes=1" in caplog.text
     assert "secret-code-value" not in caplog.text  # counts only, never record keys

@@ -424,7 +424,7 @@ def test_a_code_exchange_waits_for_a_concurrent_one_and_then_sees_it_used(
 
     def exchange() -> None:
         try:
-            outcome.append(store.consume_auth_code("c1", NOW))
+            outcome.append(store.consume_auth_code("c1", NOW, "example-app"))
         except CodeReplayedError as exc:
             outcome.append(exc)
 
@@ -480,7 +480,7 @@ def test_replicas_collecting_garbage_together_delete_each_record_once(
     try:
         assert errors == []
         assert sum(deleted) == expired
-        assert stores[0].consume_auth_code("live", NOW).id == "live"
+        assert stores[0].consume_auth_code("live", NOW, "example-app").id == "live"
     finally:
         for store in stores:
             store.close()

@@ -52,7 +52,7 @@ def test_every_kind_survives_close_and_reopen(db_path: str, samples: Any) -> Non
     store.create_auth_request(samples.auth_request())
     store.create_auth_code(samples.auth_code("used"))
     store.create_auth_code(samples.auth_code("fresh"))
-    store.consume_auth_code("used", NOW)
+    store.consume_auth_code("used", NOW, "example-app")
     store.create_refresh_token(samples.refresh_token())
     store.create_password(samples.password())
     store.update_keys(lambda _k: keys)
@@ -66,8 +66,8 @@ def test_every_kind_survives_close_and_reopen(db_path: str, samples: Any) -> Non
         assert reopened.get_client("example-app") == samples.client()
         assert reopened.get_auth_request("req-1") == samples.auth_request()
         with pytest.raises(CodeReplayedError):
-            reopened.consume_auth_code("used", NOW + 1)
-        assert reopened.consume_auth_code("fresh", NOW).used_at == NOW
+            reopened.consume_auth_code("used", NOW + 1, "example-app")
+        assert reopened.consume_auth_code("fresh", NOW, "example-app").used_at == NOW
         assert reopened.get_refresh_token("rt-1") == samples.refresh_token()
         assert reopened.get_password("admin@example.com") == samples.password()
         assert reopened.get_keys() == keys
@@ -150,12 +150,14 @@ def test_writes_wait_for_the_lock_but_reads_do_not(db_path: str, samples: Any) -
     try:
         assert store.list_clients() == []  # WAL: readers are not blocked by a writer
         with pytest.raises(StorageError, match="database is locked"):
-            store.consume_auth_code("c1", NOW)
+            store.consume_auth_code("c1", NOW, "example-app")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     try:
-        assert store.consume_auth_code("c1", NOW).used_at == NOW  # untouched by the failure
+        assert (
+            store.consume_auth_code("c1", NOW, "example-app").used_at == NOW
+        )  # untouched by the failure
     finally:
         store.close()
 

@@ -81,6 +81,11 @@ class TokenEndpoint:
         else:
             client = await to_thread.run_sync(authenticate)
         if grant_type not in self._settings.client_grants(client):
+            if client.public and grant_type in client.grant_types + self._settings.grant_types:
+                raise unauthorized_client(
+                    f"public clients may not use the {grant_type} grant "
+                    "(it needs a client that authenticates; RFC 9700 §2.4)"
+                )
             raise unauthorized_client(f"this client may not use the {grant_type} grant")
         declared = {name: form[name] for name in grant.parameters if name in form}
         return await grant.handle(TokenRequest(client=client, form=declared, client_ip=client_ip))

@@ -18,7 +18,12 @@ from portcullis.oidc.errors import invalid_grant, invalid_request
 from portcullis.oidc.grants.base import TokenRequest
 from portcullis.oidc.issue import TokenIssuer
 from portcullis.oidc.refresh import RefreshStore
-from portcullis.storage.base import CodeReplayedError, NotFoundError, Storage
+from portcullis.storage.base import (
+    CodeClientMismatchError,
+    CodeReplayedError,
+    NotFoundError,
+    Storage,
+)
 
 
 class AuthorizationCodeGrant:
@@ -45,16 +50,18 @@ class AuthorizationCodeGrant:
             raise invalid_request("the code parameter is missing")
         now = self._clock.now()
         try:
-            code = self._storage.consume_auth_code(code_value, now)
+            # The client condition is checked in the consuming transaction: a code presented
+            # by another client is refused without being burnt for the client it belongs to.
+            code = self._storage.consume_auth_code(code_value, now, client.id)
         except NotFoundError:
             raise invalid_grant("the authorization code is invalid or expired") from None
+        except CodeClientMismatchError:
+            raise invalid_grant("the authorization code was issued to another client") from None
         except CodeReplayedError as replay:
             self._refresh.revoke_code_issue(replay.code.id)
             raise invalid_grant(
                 "the authorization code was already used; tokens issued from it are revoked"
             ) from None
-        if code.client_id != client.id:
-            raise invalid_grant("the authorization code was issued to another client")
         if code.expiry < now:
             raise invalid_grant("the authorization code has expired")
         if form.get("redirect_uri", "") != code.redirect_uri:

@@ -3,7 +3,8 @@
 Three steps, so that only the upstream call runs on the event loop: look the family up (worker
 thread; a replayed or expired token ends the family there), re-check the user with the
 connector when it can refresh (upstream I/O, on the loop; a refusal ends the family, so upstream
-removals and group changes bite), then rotate and sign (worker thread). The rotation rules
+removals and group changes bite; skipped for a retry with the previous secret, which repeats the
+last rotation), then rotate and sign (worker thread). The rotation rules
 themselves live in ``portcullis.oidc.refresh``.
 """
 
@@ -24,6 +25,7 @@ from portcullis.oidc.refresh import (
     RefreshStore,
     RefreshTokenError,
     Rotated,
+    SecretMatch,
     format_refresh_token,
 )
 from portcullis.storage.models import Client, Identity
@@ -72,6 +74,12 @@ class RefreshTokenGrant:
             await to_thread.run_sync(self._refresh.end_family, family.id)
             raise invalid_grant("the login method of this session no longer exists")
         if not isinstance(connector, RefreshConnector):
+            return family.identity
+        if presented.match is SecretMatch.PREVIOUS:
+            # A retry of the last rotation (inside reuseInterval, else rotate() calls it
+            # reuse): it gets the successor already issued and the identity as refreshed
+            # then. Asking upstream again would spend the upstream refresh token stored with
+            # the family on a rotating upstream, and the next real refresh would fail.
             return family.identity
         try:
             return await connector.refresh(scopes.connector_scopes(granted), family.identity)
