@@ -52,6 +52,7 @@ class ClientSpec:
     response_types: tuple[str, ...]
     id_token_ttl: float | None
     refresh_token_lifetime: float | None
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -407,6 +408,7 @@ def _resolve_clients(
                 response_types=tuple(client.response_types),
                 id_token_ttl=client.id_tokens_valid_for,
                 refresh_token_lifetime=client.refresh_token_lifetime,
+                post_logout_redirect_uris=tuple(client.post_logout_redirect_uris),
             )
         )
     known = {c.id for c in specs}
