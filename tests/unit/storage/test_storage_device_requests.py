@@ -48,9 +48,7 @@ def test_missing_device_request_raises_not_found(storage: Storage) -> None:
         storage.update_device_request("nope", lambda r: r)
 
 
-def test_device_request_update_is_stored_and_keeps_its_keys(
-    storage: Storage, samples: Any
-) -> None:
+def test_device_request_update_is_stored_and_keeps_its_keys(storage: Storage, samples: Any) -> None:
     storage.create_device_request(samples.device_request(status="pending", identity=None))
     updated = storage.update_device_request(
         "dev-1",
