@@ -209,8 +209,12 @@ class DeviceFlow:
     def authorize_params(self, request: DeviceRequest) -> dict[str, str]:
         """The ``/auth`` parameters of the browser leg: the device's client and scopes, Dex's
         callback, the user code as state, and the PKCE challenge binding the leg to this
-        request."""
+        request. ``prompt=consent`` shows the approval page even with
+        ``skipApprovalScreen``: a person who followed someone else's link must see that they
+        are handing a session to a device before it happens (RFC 8628 §5.4, remote
+        phishing)."""
         return {
+            "prompt": "consent",
             "client_id": request.client_id,
             "redirect_uri": self.callback_uri,
             "response_type": "code",

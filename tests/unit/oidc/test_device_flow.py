@@ -71,6 +71,8 @@ async def _browser_leg(world: World, user_code: str, *, approve: bool = True) ->
     params = device.authorize_params(request)
     assert params["redirect_uri"] == CALLBACK
     auth = flow.parse(params, browser_binding="binding")
+    # Approval is always asked for a device, whatever skipApprovalScreen says.
+    assert flow.needs_approval(auth)
     connector = await flow.password_connector(auth, "mock")
     logged_in = await flow.password_login(auth, connector, USERNAME, PASSWORD, IP)
     location = flow.finish(logged_in) if approve else flow.deny(logged_in)
