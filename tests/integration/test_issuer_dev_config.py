@@ -129,3 +129,25 @@ def test_dev_config_names_the_documented_issuer() -> None:
     assert shipped["web"]["http"] == "127.0.0.1:5556"
     assert shipped["telemetry"]["http"] == "127.0.0.1:5558"
     assert shipped["storage"]["type"] == "sqlite3"
+
+
+def test_the_demo_config_offers_the_device_flow_to_kubectl(dev_issuer: Issuer) -> None:
+    """DESIGN.md's interface: discovery advertises the device endpoint, and the public client
+    kubectl can start a device login at once."""
+    document = dev_issuer.discovery()
+    assert document["device_authorization_endpoint"] == dev_issuer.url("/device/code")
+    started = httpx.post(
+        document["device_authorization_endpoint"],
+        data={"client_id": "kubectl", "scope": "openid groups"},
+    )
+    assert started.status_code == 200, started.text
+    dev_issuer.remember(started.json()["device_code"])
+    pending = dev_issuer.token(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": started.json()["device_code"],
+            "client_id": "kubectl",
+        }
+    )
+    assert pending.json()["error"] == "authorization_pending"
+    assert httpx.get(started.json()["verification_uri_complete"]).status_code == 200

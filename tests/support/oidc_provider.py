@@ -30,6 +30,7 @@ from portcullis.storage.models import Identity
 ISSUER = "http://127.0.0.1:5556/dex"
 APP_SECRET = "app-secret-value-0123456789"
 APP_REDIRECT = "http://127.0.0.1:5555/callback"
+APP_LOGOUT_REDIRECT = "http://127.0.0.1:5555/bye"
 USERNAME = "alice"
 PASSWORD = "correct horse"
 START = 1_800_000_000.0
@@ -114,6 +115,7 @@ def _config(refresh: str, grants: str) -> str:
           - id: app
             secret: {APP_SECRET}
             redirectURIs: [{APP_REDIRECT}]
+            postLogoutRedirectURIs: [{APP_LOGOUT_REDIRECT}]
           - id: kubectl
             public: true
             redirectURIs: ["http://127.0.0.1:8000/"]

@@ -54,6 +54,7 @@ class ClientSpec:
     id_token_ttl: float | None
     refresh_token_lifetime: float | None
     introspect_any_token: bool = False
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,7 @@ def _resolve_clients(
                 id_token_ttl=client.id_tokens_valid_for,
                 refresh_token_lifetime=client.refresh_token_lifetime,
                 introspect_any_token=client.introspect_any_token,
+                post_logout_redirect_uris=tuple(client.post_logout_redirect_uris),
             )
         )
     known = {c.id for c in specs}

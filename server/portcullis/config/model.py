@@ -143,7 +143,17 @@ SigningAlgorithm = Literal["RS256", "PS256", "ES256", "ES384"]
 _PKCE_METHODS: tuple[Literal["S256", "plain"], ...] = ("S256",)
 _CODE_ONLY: tuple[ResponseType, ...] = ("code",)
 
-SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "password", "client_credentials")
+#: The RFC 8628 device grant and the RFC 8693 token-exchange grant (Dex's names).
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+SUPPORTED_GRANT_TYPES = (
+    "authorization_code",
+    "refresh_token",
+    "password",
+    "client_credentials",
+    DEVICE_CODE_GRANT,
+    TOKEN_EXCHANGE_GRANT,
+)
 
 
 class Section(BaseModel):
@@ -518,6 +528,10 @@ class StaticClient(Section):
     secret: SecretStr | None = None
     secret_env: str | None = None
     redirect_uris: list[RedirectURI] = Field(default_factory=list, alias="redirectURIs")
+    # Dex master's key: where RP-initiated logout may send the browser (exact match).
+    post_logout_redirect_uris: list[HttpURL] = Field(
+        default_factory=list, alias="postLogoutRedirectURIs"
+    )
     trusted_peers: list[str] = Field(default_factory=list)
     public: bool = False
     name: str = ""

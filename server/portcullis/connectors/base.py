@@ -140,3 +140,20 @@ class RefreshConnector(ABC):
     @abstractmethod
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         """The user's current identity; raise ConnectorError if they may no longer log in."""
+
+
+#: RFC 8693 token types a ``TokenIdentityConnector`` may be handed (Dex's two).
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 - a URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+
+
+class TokenIdentityConnector(ABC):
+    """Mixin for connectors that can verify a token their upstream issued, so it can be
+    exchanged for ours (RFC 8693, Dex's ``TokenIdentityConnector``): CI jobs and workloads
+    (a Kubernetes service-account token, a CI provider's OIDC token) log in without a browser.
+    """
+
+    @abstractmethod
+    async def token_identity(self, subject_token_type: str, subject_token: str) -> Identity:
+        """The identity the upstream token proves; raise ConnectorError when it proves none
+        (bad signature, wrong issuer or audience, expired, unknown type)."""

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 from anyio import to_thread
 
 from portcullis.clock import Clock
+from portcullis.config.model import DEVICE_CODE_GRANT
 from portcullis.connectors.base import (
     CallbackConnector,
     Connector,
@@ -36,6 +37,7 @@ from portcullis.connectors.base import (
 )
 from portcullis.oidc import pkce, scopes
 from portcullis.oidc.clients import ClientRegistry, UntrustedAudienceError
+from portcullis.oidc.device import DEVICE_CALLBACK_PATH
 from portcullis.oidc.errors import AuthorizeError
 from portcullis.oidc.input_limits import check_auth_parameter_lengths
 from portcullis.oidc.redirect import redirect_uri_allowed
@@ -183,7 +185,16 @@ class AuthorizationFlow:
         redirect_uri = params.get("redirect_uri", "")
         if not redirect_uri:
             raise AuthorizeError("invalid_request", "the redirect_uri parameter is missing")
-        if not redirect_uri_allowed(redirect_uri, client.redirect_uris, public=client.public):
+        # The device flow's browser leg (RFC 8628) comes back to the issuer's own page, which
+        # Dex allows for every client that may use the device grant; portcullis.oidc.device
+        # binds that leg to its device request with PKCE.
+        device_leg = (
+            redirect_uri == self._settings.issuer + DEVICE_CALLBACK_PATH
+            and DEVICE_CODE_GRANT in self._settings.client_grants(client)
+        )
+        if not device_leg and not redirect_uri_allowed(
+            redirect_uri, client.redirect_uris, public=client.public
+        ):
             raise AuthorizeError(
                 "invalid_request",
                 "redirect_uri is not registered for this client (exact match required)",
@@ -235,7 +246,7 @@ class AuthorizationFlow:
         grants = self._settings.client_grants(client)
         if scopes.OFFLINE_ACCESS in requested and "refresh_token" not in grants:
             raise fail("invalid_scope", "offline_access is not allowed for this client")
-        if "code" in response_types and "authorization_code" not in grants:
+        if "code" in response_types and "authorization_code" not in grants and not device_leg:
             raise fail("unauthorized_client", "this client may not use the authorization code flow")
         if response_types != ("code",) and "implicit" not in grants:
             raise fail("unauthorized_client", "this client may not use the implicit/hybrid flow")

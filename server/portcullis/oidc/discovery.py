@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from portcullis.config.model import DEVICE_CODE_GRANT
 from portcullis.oidc.scopes import STANDARD_SCOPES
 from portcullis.oidc.settings import ProtocolSettings
 
@@ -44,7 +45,7 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
             parts = combo.split()
             if all(p in settings.response_types for p in parts):
                 response_types.append(combo)
-    return {
+    document: dict[str, Any] = {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/auth",
         "token_endpoint": f"{issuer}/token",
@@ -72,7 +73,13 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
         "claims_supported": list(CLAIMS_SUPPORTED),
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        # RP-initiated logout (Dex's path).
+        "end_session_endpoint": f"{issuer}/logout",
     }
+    if DEVICE_CODE_GRANT in settings.grant_types:
+        # Only when the grant is on: a client that sees the endpoint may rely on it.
+        document["device_authorization_endpoint"] = f"{issuer}/device/code"
+    return document
 
 
 def render(document: dict[str, Any]) -> bytes:

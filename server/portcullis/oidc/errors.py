@@ -81,3 +81,24 @@ class AuthorizeError(Exception):
         self.redirect_uri = redirect_uri
         self.state = state
         self.use_fragment = use_fragment
+
+
+# -- RFC 8628 §3.5 (device polling) and RFC 8693 ---------------------------------------------
+
+
+def authorization_pending() -> OAuthError:
+    return OAuthError("authorization_pending", "the user has not finished the login yet")
+
+
+def slow_down(interval: int) -> OAuthError:
+    return OAuthError(
+        "slow_down", f"polling too fast: wait at least {interval} seconds between requests"
+    )
+
+
+def expired_token(description: str) -> OAuthError:
+    return OAuthError("expired_token", description)
+
+
+def access_denied(description: str) -> OAuthError:
+    return OAuthError("access_denied", description)

@@ -5,7 +5,8 @@ Public attributes the adapters use: ``authorization`` (the login state machine),
 token endpoint and its grant table), ``reader`` (introspection, revocation, userinfo, JWT
 verification), ``refresh`` (refresh-token families), ``token_issuer`` (the token response every
 user grant shares), ``password_login`` (the throttled password check), ``throttle``,
-``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``.
+``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``, ``device``
+(the device flow's verification side), ``logout`` (RP-initiated logout).
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from portcullis.connectors.base import Connector
 from portcullis.keys.manager import KeyManager
 from portcullis.oidc.authorize import AuthorizationFlow, PasswordLogin
 from portcullis.oidc.clients import ClientRegistry, hash_client_secret
+from portcullis.oidc.device import DeviceFlow
 from portcullis.oidc.discovery import discovery_document, render
 from portcullis.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
+    DeviceCodeGrant,
     PasswordGrant,
     RefreshTokenGrant,
     TokenEndpoint,
+    TokenExchangeGrant,
 )
 from portcullis.oidc.introspection import TokenReader
 from portcullis.oidc.issue import TokenIssuer
+from portcullis.oidc.logout import RPLogout
 from portcullis.oidc.refresh import RefreshStore
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle, ThrottlePolicy
@@ -52,6 +57,7 @@ def static_clients(config: Config) -> list[Client]:
             allowed_connectors=spec.allowed_connectors,
             id_token_ttl=spec.id_token_ttl,
             refresh_token_absolute_lifetime=spec.refresh_token_lifetime,
+            post_logout_redirect_uris=spec.post_logout_redirect_uris,
         )
         for spec in config.clients
     ]
@@ -105,6 +111,7 @@ class Provider:
             self.connectors,
             self.password_login,
         )
+        self.device = DeviceFlow(self.settings, storage, self.clients, clock)
         self.tokens = TokenEndpoint(
             self.settings,
             self.clients,
@@ -120,8 +127,13 @@ class Provider:
                     clock,
                 ),
                 ClientCredentialsGrant(self.settings, self.clients, self.minter, clock),
+                DeviceCodeGrant(self.device, self.token_issuer),
+                TokenExchangeGrant(
+                    self.settings, self.clients, self.connectors, self.minter, clock
+                ),
             ],
         )
+        self.logout = RPLogout(self.settings.issuer, storage, self.clients, self.keys, self.refresh)
         self.reader = TokenReader(
             self.settings.issuer,
             storage,

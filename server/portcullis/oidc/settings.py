@@ -25,6 +25,7 @@ class ProtocolSettings:
     id_token_ttl: float
     auth_request_ttl: float
     auth_code_ttl: float
+    device_request_ttl: float
     refresh: RefreshPolicy
     grant_types: tuple[str, ...]
     response_types: tuple[str, ...]
@@ -52,6 +53,7 @@ class ProtocolSettings:
             id_token_ttl=raw.expiry.id_tokens,
             auth_request_ttl=raw.expiry.auth_requests,
             auth_code_ttl=raw.expiry.auth_codes,
+            device_request_ttl=raw.expiry.device_requests,
             refresh=RefreshPolicy(
                 disable_rotation=refresh.disable_rotation,
                 reuse_interval=refresh.reuse_interval,

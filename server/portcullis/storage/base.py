@@ -16,6 +16,7 @@ from portcullis.storage.models import (
     AuthCode,
     AuthRequest,
     Client,
+    DeviceRequest,
     GCResult,
     Keys,
     Password,
@@ -115,6 +116,23 @@ class Storage(ABC):
 
     @abstractmethod
     def refresh_tokens_issued_by_code(self, code_id: str) -> list[RefreshToken]: ...
+
+    # -- device requests (RFC 8628) ---------------------------------------------------------
+    @abstractmethod
+    def create_device_request(self, request: DeviceRequest) -> None:
+        """AlreadyExistsError when the id or the user code is taken (the caller draws a new
+        user code)."""
+
+    @abstractmethod
+    def get_device_request(self, request_id: str) -> DeviceRequest: ...
+
+    @abstractmethod
+    def get_device_request_by_user_code(self, user_code: str) -> DeviceRequest: ...
+
+    @abstractmethod
+    def update_device_request(
+        self, request_id: str, updater: Callable[[DeviceRequest], DeviceRequest]
+    ) -> DeviceRequest: ...
 
     # -- passwords ---------------------------------------------------------------------------
     @abstractmethod

@@ -28,7 +28,8 @@ def _describe(result: GCResult) -> str:
     return (
         f"auth_requests={result.auth_requests} auth_codes={result.auth_codes} "
         f"refresh_tokens={result.refresh_tokens} revoked_tokens={result.revoked_tokens} "
-        f"verification_keys={result.verification_keys} login_attempts={result.login_attempts}"
+        f"verification_keys={result.verification_keys} login_attempts={result.login_attempts} "
+        f"device_requests={result.device_requests}"
     )
 
 
@@ -41,6 +42,7 @@ def _backlog(result: GCResult, batch_size: int) -> bool:
             result.refresh_tokens,
             result.revoked_tokens,
             result.login_attempts,
+            result.device_requests,
         )
         >= batch_size
     )
@@ -73,6 +75,8 @@ async def collect_once(
             revoked_tokens=total.revoked_tokens + result.revoked_tokens,
             verification_keys=total.verification_keys + result.verification_keys,
             login_attempts=total.login_attempts + result.login_attempts,
+            single_use_keys=total.single_use_keys + result.single_use_keys,
+            device_requests=total.device_requests + result.device_requests,
         )
         if not _backlog(result, batch_size):
             break

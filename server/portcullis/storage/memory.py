@@ -18,6 +18,7 @@ from portcullis.storage.models import (
     AuthCode,
     AuthRequest,
     Client,
+    DeviceRequest,
     GCResult,
     Keys,
     Password,
@@ -43,6 +44,7 @@ class MemoryStorage(Storage):
         self._revoked: dict[str, float] = {}
         self._single_use: dict[str, float] = {}
         self._login_failures: dict[str, list[float]] = {}
+        self._device: dict[str, DeviceRequest] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     # Error messages never quote the key: an auth code's id *is* the code, a secret.
@@ -167,6 +169,34 @@ class MemoryStorage(Storage):
             tokens = [t for t in self._refresh.values() if t.issued_by_code == code_id]
         return sorted(tokens, key=lambda t: (t.created_at, t.id))
 
+    # -- device requests ---------------------------------------------------------------------
+    def create_device_request(self, request: DeviceRequest) -> None:
+        with self._lock:
+            if any(r.user_code == request.user_code for r in self._device.values()):
+                raise AlreadyExistsError("record already exists")
+            self._create(self._device, request.id, request)
+
+    def get_device_request(self, request_id: str) -> DeviceRequest:
+        return self._get(self._device, request_id)
+
+    def get_device_request_by_user_code(self, user_code: str) -> DeviceRequest:
+        with self._lock:
+            for request in self._device.values():
+                if request.user_code == user_code:
+                    return request
+        raise NotFoundError("record not found")
+
+    def update_device_request(
+        self, request_id: str, updater: Callable[[DeviceRequest], DeviceRequest]
+    ) -> DeviceRequest:
+        def checked(current: DeviceRequest) -> DeviceRequest:
+            new = updater(current)
+            if new.user_code != current.user_code:
+                raise ValueError("updater changed the record key; create a new record instead")
+            return new
+
+        return self._update(self._device, request_id, checked, lambda r: r.id)
+
     # -- passwords ---------------------------------------------------------------------------
     def create_password(self, password: Password) -> None:
         self._create(self._passwords, password.email.lower(), password)
@@ -257,6 +287,7 @@ class MemoryStorage(Storage):
 
             requests = sweep(self._auth_requests, lambda r: r.expiry < now)
             codes = sweep(self._auth_codes, lambda c: c.expiry < now)
+            device = sweep(self._device, lambda r: r.expiry < now)
             refresh = sweep(self._refresh, lambda t: 0 < t.expires_at < now)
             revoked_keys = [j for j, exp in self._revoked.items() if exp < now][:batch_size]
             for j in revoked_keys:
@@ -292,4 +323,5 @@ class MemoryStorage(Storage):
                 verification_keys=dropped_keys,
                 login_attempts=attempts,
                 single_use_keys=len(used_keys),
+                device_requests=device,
             )

@@ -48,6 +48,9 @@ class Client:
     allowed_connectors: tuple[str, ...] = ()
     id_token_ttl: float | None = None
     refresh_token_absolute_lifetime: float | None = None
+    # Where RP-initiated logout may send the browser afterwards (exact match, like Dex's
+    # ``postLogoutRedirectURIs``).
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,41 @@ class AuthCode:
     pkce: PKCE = field(default_factory=PKCE)
     auth_time: float = 0.0
     used_at: float = 0.0
+
+
+#: Device request states (RFC 8628): waiting for the user, decided by the user, or redeemed.
+DEVICE_PENDING = "pending"
+DEVICE_APPROVED = "approved"
+DEVICE_DENIED = "denied"
+DEVICE_CONSUMED = "consumed"
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """One device authorization (RFC 8628): created by ``/device/code``, approved or denied
+    through the browser login, redeemed once at the token endpoint.
+
+    One record plays both of Dex's (DeviceRequest and DeviceToken): the id is the SHA-256 of the
+    device code, so a storage dump yields no code that can be polled; ``user_code`` is unique
+    and is how the verification page finds the request. No tokens are stored: they are minted
+    when the approved request is redeemed.
+    """
+
+    id: str
+    user_code: str
+    client_id: str
+    scopes: tuple[str, ...]
+    expiry: float
+    #: Seconds the client must wait between polls; grows by 5 on every ``slow_down``.
+    interval: float
+    last_poll: float = 0.0
+    status: str = DEVICE_PENDING
+    #: PKCE verifier of the browser login this request starts, so only an authorization
+    #: request started by the verification page can complete it.
+    pkce_verifier: str = ""
+    identity: Identity | None = None
+    connector_id: str = ""
+    auth_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +215,7 @@ class GCResult:
     verification_keys: int = 0
     login_attempts: int = 0
     single_use_keys: int = 0
+    device_requests: int = 0
 
     @property
     def total(self) -> int:
@@ -188,4 +227,5 @@ class GCResult:
             + self.verification_keys
             + self.login_attempts
             + self.single_use_keys
+            + self.device_requests
         )

@@ -14,6 +14,7 @@ from portcullis.storage.models import (
     AuthCode,
     AuthRequest,
     Client,
+    DeviceRequest,
     Identity,
     Keys,
     Password,
@@ -73,6 +74,7 @@ def client_row(client: Client) -> Row:
         "allowed_connectors": list(client.allowed_connectors),
         "id_token_ttl": client.id_token_ttl,
         "refresh_token_absolute_lifetime": client.refresh_token_absolute_lifetime,
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
     }
 
 
@@ -90,6 +92,7 @@ def client_from(row: Mapping[Any, Any]) -> Client:
         allowed_connectors=_tuple(row["allowed_connectors"]),
         id_token_ttl=_float_or_none(row["id_token_ttl"]),
         refresh_token_absolute_lifetime=_float_or_none(row["refresh_token_absolute_lifetime"]),
+        post_logout_redirect_uris=_tuple(row["post_logout_redirect_uris"]),
     )
 
 
@@ -274,4 +277,44 @@ def keys_from(row: Mapping[Any, Any]) -> Keys:
             for k in row["verification_keys"]
         ),
         next_rotation=float(row["next_rotation"]),
+    )
+
+
+# -- device requests ----------------------------------------------------------------------------
+def device_request_row(request: DeviceRequest) -> Row:
+    identity = request.identity
+    return {
+        "id": request.id,
+        "user_code": request.user_code,
+        "client_id": request.client_id,
+        "scopes": list(request.scopes),
+        "expiry": request.expiry,
+        "poll_interval": request.interval,
+        "last_poll": request.last_poll,
+        "status": request.status,
+        "pkce_verifier": request.pkce_verifier,
+        "identity": None if identity is None else identity_json(identity),
+        "connector_data": None if identity is None else identity.connector_data,
+        "connector_id": request.connector_id,
+        "auth_time": request.auth_time,
+    }
+
+
+def device_request_from(row: Mapping[Any, Any]) -> DeviceRequest:
+    identity_data = row["identity"]
+    return DeviceRequest(
+        id=row["id"],
+        user_code=row["user_code"],
+        client_id=row["client_id"],
+        scopes=_tuple(row["scopes"]),
+        expiry=float(row["expiry"]),
+        interval=float(row["poll_interval"]),
+        last_poll=float(row["last_poll"]),
+        status=row["status"],
+        pkce_verifier=row["pkce_verifier"],
+        identity=(
+            None if identity_data is None else identity_from(identity_data, row["connector_data"])
+        ),
+        connector_id=row["connector_id"],
+        auth_time=float(row["auth_time"]),
     )

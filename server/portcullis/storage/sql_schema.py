@@ -41,6 +41,7 @@ clients = sa.Table(
     sa.Column("allowed_connectors", sa.JSON, nullable=False),
     sa.Column("id_token_ttl", sa.Double, nullable=True),
     sa.Column("refresh_token_absolute_lifetime", sa.Double, nullable=True),
+    sa.Column("post_logout_redirect_uris", sa.JSON, nullable=False),
 )
 
 auth_requests = sa.Table(
@@ -163,4 +164,26 @@ single_use_keys = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("expiry", sa.Double, nullable=False),
     sa.Index("ix_single_use_keys_expiry", "expiry"),
+)
+
+device_requests = sa.Table(
+    "device_requests",
+    metadata,
+    # SHA-256 of the device code: the code itself is never stored.
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("user_code", sa.Text, nullable=False),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("expiry", sa.Double, nullable=False),
+    sa.Column("poll_interval", sa.Double, nullable=False),
+    sa.Column("last_poll", sa.Double, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("pkce_verifier", sa.Text, nullable=False),
+    sa.Column("identity", NullableJSON, nullable=True),
+    sa.Column("connector_data", sa.LargeBinary, nullable=True),
+    sa.Column("connector_id", sa.Text, nullable=False),
+    sa.Column("auth_time", sa.Double, nullable=False),
+    # Unique: the verification page finds a request by the code a person typed.
+    sa.Index("ux_device_requests_user_code", "user_code", unique=True),
+    sa.Index("ix_device_requests_expiry", "expiry"),
 )

@@ -32,6 +32,7 @@ from portcullis.storage.models import (
     AuthCode,
     AuthRequest,
     Client,
+    DeviceRequest,
     GCResult,
     Keys,
     Password,
@@ -258,6 +259,34 @@ class SQLStorage(Storage):
         )
         return self._list(query, rows.refresh_token_from)
 
+    # -- device requests ---------------------------------------------------------------------
+    def create_device_request(self, request: DeviceRequest) -> None:
+        self._insert(t.device_requests, rows.device_request_row(request))
+
+    def get_device_request(self, request_id: str) -> DeviceRequest:
+        dr = t.device_requests
+        return self._get(dr, dr.c.id, request_id, rows.device_request_from)
+
+    def get_device_request_by_user_code(self, user_code: str) -> DeviceRequest:
+        dr = t.device_requests
+        return self._get(dr, dr.c.user_code, user_code, rows.device_request_from)
+
+    def update_device_request(
+        self, request_id: str, updater: Callable[[DeviceRequest], DeviceRequest]
+    ) -> DeviceRequest:
+        def checked(current: DeviceRequest) -> DeviceRequest:
+            new = updater(current)
+            if new.user_code != current.user_code:
+                raise ValueError(
+                    "device_requests: updater changed the record key; create a new record instead"
+                )
+            return new
+
+        dr = t.device_requests
+        return self._update(
+            dr, dr.c.id, request_id, rows.device_request_from, rows.device_request_row, checked
+        )
+
     # -- passwords ---------------------------------------------------------------------------
     def create_password(self, password: Password) -> None:
         self._insert(t.passwords, rows.password_row(password))
@@ -398,6 +427,8 @@ class SQLStorage(Storage):
         revoked = self._delete_batch(rv, rv.c.jti, rv.c.expiry < now, batch_size)
         su = t.single_use_keys
         used = self._delete_batch(su, su.c.key, su.c.expiry < now, batch_size)
+        dr = t.device_requests
+        device = self._delete_batch(dr, dr.c.id, dr.c.expiry < now, batch_size)
         attempts = self._delete_batch(
             la, la.c.id, la.c.at <= now - LOGIN_ATTEMPT_RETENTION, batch_size
         )
@@ -409,6 +440,7 @@ class SQLStorage(Storage):
             verification_keys=self._drop_expired_verification_keys(now),
             login_attempts=attempts,
             single_use_keys=used,
+            device_requests=device,
         )
 
     def _drop_expired_verification_keys(self, now: float) -> int:

@@ -86,6 +86,12 @@ async def _form(request: Request) -> dict[str, str]:
     return values
 
 
+# The same helpers for the other JSON routes of the web layer (the device flow, logout).
+json_response = _json
+oauth_error_response = _oauth_error
+read_form = _form
+
+
 class ApiRoutes:
     def __init__(self, provider: Provider, ip_resolver: ClientIPResolver) -> None:
         self.provider = provider

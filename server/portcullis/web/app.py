@@ -33,7 +33,9 @@ from portcullis.web.body_limit import (
     route_limits,
 )
 from portcullis.web.body_limit import too_large_handler as too_large
+from portcullis.web.device import DeviceRoutes
 from portcullis.web.login import LoginRoutes
+from portcullis.web.logout import LogoutRoutes
 from portcullis.web.pages import Pages, static_dirs
 
 log = logging.getLogger("portcullis")
@@ -94,6 +96,8 @@ def web_app(
             headers[name] = value
     login = LoginRoutes(provider, pages, ip_resolver, secure_cookies=https)
     api = ApiRoutes(provider, ip_resolver)
+    device = DeviceRoutes(provider, pages, ip_resolver, secure_cookies=https)
+    logout = LogoutRoutes(provider, pages, secure_cookies=https)
     cors = Cors(raw.web.allowed_origins, raw.web.allowed_headers)
     statics, themes = static_dirs(raw.frontend)
 
@@ -142,12 +146,21 @@ def web_app(
         Route("/callback", login.callback, methods=get_post),
         Route("/callback/{connector}", login.callback, methods=get_post),
         Route("/approval", login.approval, methods=get_post),
+        Route("/logout", logout.logout, methods=get_post),
         Route("/static/{path:path}", static_file, methods=["GET"]),
         Route("/theme/{path:path}", theme_file, methods=["GET"]),
         Route("/robots.txt", robots, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         *extra_routes,
     ]
+    if provider.device.enabled:
+        # Dex's paths. Absent (404) unless the device grant is enabled, like its discovery key.
+        routes += [
+            Route("/device/code", cors.wrap(device.device_code), methods=["POST", "OPTIONS"]),
+            Route("/device", device.page, methods=["GET"]),
+            Route("/device/auth/verify_code", device.verify, methods=["POST"]),
+            Route("/device/callback", device.callback, methods=["GET"]),
+        ]
 
     def route_of(scope: Scope) -> str:
         route = scope.get("route")

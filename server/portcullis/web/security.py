@@ -80,7 +80,12 @@ def has_binding_cookie(request: Request, request_id: str) -> bool:
 
 
 def csrf_token(request: Request, request_id: str) -> str:
-    binding = request.cookies.get(binding_cookie_name(request_id), "")
+    return csrf_token_for(request.cookies.get(binding_cookie_name(request_id), ""), request_id)
+
+
+def csrf_token_for(binding: str, request_id: str) -> str:
+    """The CSRF token for a binding value (a page that sets the cookie in the same response
+    has no cookie in the request yet)."""
     return hmac.new(binding.encode(), f"csrf:{request_id}".encode(), hashlib.sha256).hexdigest()
 
 

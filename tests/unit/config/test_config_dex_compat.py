@@ -69,7 +69,7 @@ enablePasswordDB: true
         ),
         ("connectors: [{type: ldap, id: l, name: L}]", "connectors[0].config.host: required"),
         (
-            "oauth2: {grantTypes: [urn:ietf:params:oauth:grant-type:device_code]}",
+            "oauth2: {grantTypes: [urn:ietf:params:oauth:grant-type:jwt-bearer]}",
             "oauth2.grantTypes",
         ),
         ("telemetry: {enableProfiling: true}", "telemetry.enableProfiling"),

@@ -21,6 +21,7 @@ from portcullis.storage.models import (
     AuthCode,
     AuthRequest,
     Client,
+    DeviceRequest,
     Identity,
     Password,
     RefreshToken,
@@ -93,6 +94,7 @@ class Samples:
             "allowed_connectors": ("local", "mock"),
             "id_token_ttl": 600.5,
             "refresh_token_absolute_lifetime": None,
+            "post_logout_redirect_uris": ("https://app.example/bye", "http://127.0.0.1:5555/"),
         }
         fields.update(changes)
         return Client(**fields)
@@ -155,6 +157,26 @@ class Samples:
         }
         fields.update(changes)
         return RefreshToken(**fields)
+
+    def device_request(
+        self, record_id: str = "dev-1", user_code: str = "BCDFGHJK", **changes: object
+    ) -> DeviceRequest:
+        fields: dict[str, object] = {
+            "id": record_id,
+            "user_code": user_code,
+            "client_id": "kubectl",
+            "scopes": ("openid", "groups", "offline_access"),
+            "expiry": 1_700_000_300.5,
+            "interval": 10.0,
+            "last_poll": 1_700_000_010.25,
+            "status": "approved",
+            "pkce_verifier": "v" * 64,
+            "identity": self.identity(),
+            "connector_id": "local",
+            "auth_time": 1_700_000_000.5,
+        }
+        fields.update(changes)
+        return DeviceRequest(**fields)
 
     @staticmethod
     def password(email: str = "Admin@Example.com", **changes: object) -> Password:

@@ -22,18 +22,22 @@ from portcullis.oidc.errors import invalid_request, unauthorized_client, unsuppo
 from portcullis.oidc.grants.authorization_code import AuthorizationCodeGrant
 from portcullis.oidc.grants.base import Grant, TokenRequest
 from portcullis.oidc.grants.client_credentials import ClientCredentialsGrant
+from portcullis.oidc.grants.device_code import DeviceCodeGrant
 from portcullis.oidc.grants.password import PasswordGrant
 from portcullis.oidc.grants.refresh_token import RefreshTokenGrant
+from portcullis.oidc.grants.token_exchange import TokenExchangeGrant
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.storage.models import Client
 
 __all__ = [
     "AuthorizationCodeGrant",
     "ClientCredentialsGrant",
+    "DeviceCodeGrant",
     "Grant",
     "PasswordGrant",
     "RefreshTokenGrant",
     "TokenEndpoint",
+    "TokenExchangeGrant",
     "TokenRequest",
 ]
 
