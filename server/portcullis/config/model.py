@@ -65,10 +65,25 @@ def _redirect_uri(value: str) -> str:
     parts = urlsplit(value)
     if parts.fragment:
         raise ValueError("must not contain a fragment (RFC 6749 §3.1.2)")
-    # Dex allows the out-of-band URN and relative device-callback paths for some clients.
-    if value in ("urn:ietf:wg:oauth:2.0:oob", "/device/callback"):
+    # Dex allows the out-of-band URN and the device callback as a path: Dex's own constant
+    # (`/device/callback`) or the same under the issuer path (Dex's examples write
+    # `/dex/device/callback`); config.load checks the prefix against the issuer.
+    if value == "urn:ietf:wg:oauth:2.0:oob" or is_device_callback_path(value):
         return value
+    if value.startswith("/"):
+        raise ValueError(
+            "a relative redirect URI is only accepted for the device callback "
+            "('/device/callback' or '<issuer path>/device/callback', as in Dex)"
+        )
     return _absolute_url(value)
+
+
+DEVICE_CALLBACK_PATH = "/device/callback"
+
+
+def is_device_callback_path(value: str) -> bool:
+    """A relative device-callback redirect URI (the prefix is checked against the issuer)."""
+    return value.startswith("/") and value.endswith(DEVICE_CALLBACK_PATH) and "?" not in value
 
 
 def _listen_address(value: str) -> str:
@@ -209,8 +224,11 @@ class PostgresConfig(Section):
     # A unix-socket directory, a name/address, or "host:port" (Dex's backwards-compatible form).
     host: str = ""
     port: int = Field(default=5432, ge=0, le=65535)  # 0: the default, as in Dex
-    database: str = Field(min_length=1)
-    user: str = Field(min_length=1)
+    # Optional as in Dex, which leaves them out of the connection string when empty: libpq's
+    # defaults apply (PGDATABASE/PGUSER, else the user the process runs as; the database named
+    # like the user).
+    database: str = ""
+    user: str = ""
     # Never logged or echoed in errors; usually "$DB_PASSWORD" (expanded from the environment).
     password: SecretStr = SecretStr("")
     ssl: PostgresSSL = Field(default_factory=PostgresSSL)
@@ -424,6 +442,15 @@ class SignerSection(Section):
     type: Literal["local", "vault"] = "local"
     config: LocalSignerConfig = Field(default_factory=lambda: LocalSignerConfig())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _vault_first(cls, data: object) -> object:
+        # Refuse vault before its config (addr, transitKey...) is read as a local signer's,
+        # which would report an unknown key instead of the real reason.
+        if isinstance(data, dict) and data.get("type") == "vault":
+            raise ValueError("signer type 'vault' is not available in this Portcullis version")
+        return data
+
     @model_validator(mode="after")
     def _local_only(self) -> SignerSection:
         if self.type != "local":
@@ -441,6 +468,9 @@ class ConnectorSection(Section):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = Field(min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
+    # Dex after 2.45: the grants a connector may be used with. Served: the token endpoint
+    # refuses a grant the connector does not list (checked against oauth2 in config.load).
+    grant_types: list[GrantType] = Field(default_factory=list)
 
 
 class StaticClient(Section):
@@ -459,6 +489,12 @@ class StaticClient(Section):
     response_types: list[ResponseType] = Field(default_factory=list)
     id_tokens_valid_for: Duration | None = None
     refresh_token_lifetime: Duration | None = None
+    # Keys Dex added after 2.45 (RP-initiated and back-channel logout): recognised so a newer
+    # Dex config gets a precise refusal from config.load instead of "unknown key".
+    post_logout_redirect_uris: list[str] = Field(
+        default_factory=list, alias="postLogoutRedirectURIs"
+    )
+    backchannel_logout_uri: str = Field("", alias="backchannelLogoutURI")
 
 
 class StaticPassword(Section):
@@ -642,6 +678,9 @@ class RawConfig(Section):
     frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
     logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
     kubernetes: KubernetesSection = Field(default_factory=lambda: KubernetesSection())
+    # Dex after 2.45 (behind DEX_SESSIONS_ENABLED): browser sessions. Recognised, refused in
+    # config.load with the reason (no browser-session store here).
+    sessions: dict[str, Any] | None = None
 
     @field_validator("issuer")
     @classmethod

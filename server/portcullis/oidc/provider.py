@@ -81,7 +81,7 @@ class Provider:
             rotation_period=config.raw.expiry.signing_keys or signer.keys_rotation_period,
             max_token_lifetime=self.settings.max_token_lifetime(self.clients.all()),
         )
-        self.minter = TokenMinter(self.settings.issuer, self.keys)
+        self.minter = TokenMinter(self.settings.token_issuer, self.keys)
         self.throttle = LoginThrottle(
             storage,
             clock,
@@ -118,7 +118,9 @@ class Provider:
                 ClientCredentialsGrant(self.settings, self.clients, self.minter, clock),
             ],
         )
-        self.reader = TokenReader(self.settings.issuer, storage, self.minter, clock, self.refresh)
+        self.reader = TokenReader(
+            self.settings.token_issuer, storage, self.minter, clock, self.refresh
+        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 

@@ -34,6 +34,13 @@ class ProtocolSettings:
     throttle_per_ip: int
     throttle_window: float
     fips_mode: bool
+    # The issuer identifier as configured (``iss``, discovery's ``issuer``); ``issuer`` above is
+    # the endpoint base. They differ only by a trailing "/" (Config.issuer_id).
+    issuer_id: str = ""
+
+    @property
+    def token_issuer(self) -> str:
+        return self.issuer_id or self.issuer
 
     @classmethod
     def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
@@ -62,6 +69,7 @@ class ProtocolSettings:
             throttle_per_ip=throttle.max_failures_per_ip,
             throttle_window=throttle.window,
             fips_mode=fips_mode,
+            issuer_id=config.issuer_id,
         )
 
     def client_grants(self, client: Client) -> tuple[str, ...]:
