@@ -126,7 +126,9 @@ LEVELS = {"v2.31": 9, "v2.33": 10, "v2.44": 11, "v2.45": 13}
 
 
 def statements(level: int, flavor: str) -> list[str]:
-    out: list[str] = ["create table if not exists migrations (num integer not null, at timestamptz not null)"]
+    out: list[str] = [
+        "create table if not exists migrations (num integer not null, at timestamptz not null)"
+    ]
     for step in range(1, level + 1):
         out += _STEPS[step]
         if step == 12:
@@ -174,7 +176,8 @@ def populate(cursor: Any, level: int, flavor: str, data: DexData) -> None:
     def insert(table: str, row: dict[str, Any]) -> None:
         names = ", ".join(row)
         marks = ", ".join([mark] * len(row))
-        cursor.execute(f"insert into {table} ({names}) values ({marks})", list(row.values()))
+        statement = f"insert into {table} ({names}) values ({marks})"  # noqa: S608 - fixture constants
+        cursor.execute(statement, list(row.values()))
 
     def blob(value: Any) -> bytes:
         return json.dumps(value).encode()
@@ -300,11 +303,11 @@ def kubernetes_dump(data: DexData) -> dict[str, Any]:
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode()
 
-    def obj(kind: str, name: str, **fields: Any) -> dict[str, Any]:
+    def obj(kind: str, object_name: str, **fields: Any) -> dict[str, Any]:
         return {
             "apiVersion": "dex.coreos.com/v1",
             "kind": kind,
-            "metadata": {"name": name, "namespace": "dex"},
+            "metadata": {"name": object_name, "namespace": "dex"},
             **fields,
         }
 

@@ -59,7 +59,8 @@ def test_import_keeps_existing_records_and_the_signing_key(storage: Storage, sam
     result = storage.import_batch(
         ImportBatch(clients=(samples.client("a", name="Dex's"),), verification_keys=(_key("d"),))
     )
-    assert result.clients == 0 and result.verification_keys == 1
+    assert result.clients == 0
+    assert result.verification_keys == 1
     assert storage.get_client("a").name == "Ours"
     keys = storage.get_keys()
     assert keys.signing_key == SigningKey(jwk={"kid": "ours"})
