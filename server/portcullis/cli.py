@@ -87,7 +87,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     print(
-        f"{args.config}: valid (issuer {config.issuer}, storage {config.raw.storage.type}, "
+        f"{args.config}: valid (issuer {config.issuer_id}, storage {config.raw.storage.type}, "
         f"{len(config.clients)} client(s), {len(config.connectors)} connector(s))"
     )
     return EXIT_OK
