@@ -13,6 +13,16 @@ from urllib.parse import urlsplit
 from portcullis.config.model import DEVICE_CALLBACK_PATH, RawConfig, is_device_callback_path
 
 
+#: Added to a YAML error when the file holds ``{{ ... }}``: most likely Dex's gomplate template
+#: (``config.docker.yaml``), which Dex's image renders at start and Portcullis does not.
+GOMPLATE_HINT = (
+    "this looks like a gomplate template (Dex's config.docker.yaml): Portcullis reads plain "
+    "YAML; render the template first (e.g. gomplate in an init container), or write the "
+    'values in and use $X for {{ getenv "X" }} inside storage.config, signer.config and '
+    "connectors[].config, where Dex and Portcullis expand $VAR (docs/migrating-from-dex.md)"
+)
+
+
 def decode_base64_hash(value: str) -> str | None:
     """Dex's backwards-compatible form of ``staticPasswords[].hash``: the bcrypt hash
     base64-encoded (standard alphabet). The decoded hash when value is one, else None."""

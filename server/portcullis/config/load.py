@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from portcullis import passwords
 from portcullis.config.dex_compat import (
+    GOMPLATE_HINT,
     check_device_callbacks,
     check_newer_dex_keys,
     decode_base64_hash,
@@ -167,7 +168,10 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {exc}"]) from None
+        problem = f"{source}: not valid YAML{where}: {exc}"
+        if "{{" in text:
+            problem += f"\n{GOMPLATE_HINT}"
+        raise ConfigError([problem]) from None
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of settings"])
     return document

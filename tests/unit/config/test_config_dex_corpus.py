@@ -146,3 +146,24 @@ def test_keys_added_after_dex_245_are_refused_precisely(extra: str, expected: st
 def test_connector_grant_types_listing_every_grant_is_served() -> None:
     config = load_config(CORPUS / "connector-grant-types.yaml")
     assert config.raw.connectors[0].grant_types == ["authorization_code", "refresh_token"]
+
+
+def test_gomplate_template_gets_a_hint() -> None:
+    text = (
+        'issuer: {{ getenv "DEX_ISSUER" "http://127.0.0.1:5556/dex" }}\nstorage: {type: memory}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={})
+    assert "this looks like a gomplate template (Dex's config.docker.yaml)" in str(caught.value)
+
+
+def test_getenv_rewritten_as_env_expansion_loads() -> None:
+    # The rewrite docs/migrating-from-dex.md gives for config.docker.yaml's
+    # `file: {{ getenv "DEX_STORAGE_SQLITE3_CONFIG_FILE" "/var/dex/dex.db" }}`.
+    text = BASE.replace(
+        "storage: {type: memory}",
+        "storage: {type: sqlite3, config: {file: $DEX_STORAGE_SQLITE3_CONFIG_FILE}}",
+    )
+    config = parse_config(text, environ={"DEX_STORAGE_SQLITE3_CONFIG_FILE": "/data/dex.db"})
+    assert config.storage_config is not None
+    assert config.storage_config.model_dump()["file"] == "/data/dex.db"
