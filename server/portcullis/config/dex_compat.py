@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from portcullis.config.model import DEVICE_CALLBACK_PATH, RawConfig, is_device_callback_path
 
-
 #: Added to a YAML error when the file holds ``{{ ... }}``: most likely Dex's gomplate template
 #: (``config.docker.yaml``), which Dex's image renders at start and Portcullis does not.
 GOMPLATE_HINT = (
