@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -339,7 +340,9 @@ def read_sql(cursor: Any, source: str, driver_error: type[Exception]) -> DexStat
 @contextmanager
 def _sqlite_cursor(path: str) -> Iterator[Any]:
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # A file: URI (percent-encoded, so any path works) opened read-only: the import must
+        # never change Dex's database, and a missing file is an error, not a new empty one.
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise DexSourceError(f"sqlite3:{path}: cannot open: {exc}") from None
     with closing(conn):

@@ -219,3 +219,25 @@ def test_expired_refresh_token_is_skipped(tmp_path: Path) -> None:
         assert any("expired" in line for line in plan.skipped)
     finally:
         storage.close()
+
+
+def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path: Path) -> None:
+    missing = tmp_path / "no such dir" / "dex.db"
+    with pytest.raises(DexSourceError, match="cannot open"):
+        read_source(f"sqlite3:{missing}")
+    assert not missing.exists()
+
+
+def test_dex_database_is_not_modified_by_reading(tmp_path: Path) -> None:
+    data = DexData(now=time.time())
+    source = _dex_sqlite(tmp_path, 11, data)
+    path = Path(source.partition(":")[2])
+    before = path.read_bytes()
+    read_source(source)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("spec", ["mysql:dex", "sqlite3:", "nothing"])
+def test_unknown_source_forms_are_refused(spec: str) -> None:
+    with pytest.raises(DexSourceError, match="--from"):
+        read_source(spec)
