@@ -170,13 +170,21 @@ def build_plan(state: DexState, config: Config, storage: Storage, now: float) ->
                 "config does not define: it will be refused until the connector exists"
             )
         try:
-            storage.get_refresh_token(t.id)
+            existing_t = storage.get_refresh_token(t.id)
         except NotFoundError:
             pass
         else:
             plan.already_present["refresh_tokens"] = (
                 plan.already_present.get("refresh_tokens", 0) + 1
             )
+            if existing_t.token_hash != family.token_hash and not existing_t.obsolete_token_hash:
+                # Imported earlier, never used here, and Dex has rotated it since: the client
+                # holds Dex's newer token, which the stale import would treat as a replay.
+                plan.conflicts.append(
+                    f"refresh token {t.id!r} was imported before and Dex has rotated it since; "
+                    "the import keeps the older secret (stop Dex's token endpoint, then delete "
+                    "the session with the admin API and import again, or let the user log in)"
+                )
         families.append(family)
 
     for connector in state.connectors:

@@ -241,3 +241,21 @@ def test_dex_database_is_not_modified_by_reading(tmp_path: Path) -> None:
 def test_unknown_source_forms_are_refused(spec: str) -> None:
     with pytest.raises(DexSourceError, match="--from"):
         read_source(spec)
+
+
+def test_a_session_dex_rotated_after_the_import_is_a_conflict(
+    tmp_path: Path, target: tuple[Config, Storage]
+) -> None:
+    import sqlite3
+
+    config, storage = target
+    data = DexData(now=time.time())
+    source = _dex_sqlite(tmp_path, 13, data)
+    apply_plan(build_plan(read_source(source), config, storage, data.now), storage)
+    with sqlite3.connect(source.partition(":")[2]) as conn:
+        conn.execute("update refresh_token set token = 'rotated-by-dex-later'")
+    plan = build_plan(read_source(source), config, storage, data.now)
+    assert any(
+        f"refresh token {data.refresh_id!r} was imported before and Dex has rotated it" in c
+        for c in plan.conflicts
+    )
