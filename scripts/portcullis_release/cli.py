@@ -26,7 +26,7 @@ from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
-from portcullis_release.distribute import chart, flux
+from portcullis_release.distribute import chart, dex_values, flux
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -224,6 +224,27 @@ def _register_chart(sub: Subparsers) -> None:
     parser.add_argument("--chart-dir", type=Path, default=chart.CHART_DIR, help="chart sources")
     parser.add_argument("--output", type=Path, default=chart.DIST_DIR, help="output directory")
     parser.set_defaults(handler=_cmd_chart)
+    actions = parser.add_subparsers(dest="chart_action", metavar="ACTION")
+    migrate = actions.add_parser(
+        "migrate-values",
+        help="print Portcullis chart values for a values file of the upstream dex chart (0.24), "
+        "with every difference as a comment",
+    )
+    migrate.add_argument("file", type=Path, help="values file written for the dex chart")
+    migrate.set_defaults(handler=_cmd_chart_migrate_values)
+
+
+def _cmd_chart_migrate_values(args: argparse.Namespace) -> int:
+    try:
+        dex = dex_values.load_dex_values(args.file)
+    except dex_values.DexValuesError as exc:
+        print(f"portcullis-release chart migrate-values: {exc}", file=sys.stderr)
+        return 2
+    migration = dex_values.migrate_values(dex)
+    print(dex_values.render_migration(migration, str(args.file)), end="")
+    for blocker in migration.blockers:
+        print(f"portcullis-release chart migrate-values: {blocker}", file=sys.stderr)
+    return 1 if migration.blockers else 0
 
 
 def _cmd_flux(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`portcullis` command line: serve, check-config, hash-password, version.
+"""`portcullis` command line: serve, check-config, hash-password, import-dex, version.
 
 Commands import what they use inside their handler: in FIPS mode the OpenSSL configuration and
 self-check (portcullis.fips) must run before anything loads ``_hashlib``, ``_ssl`` or
@@ -101,7 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"{args.config}: valid (issuer {config.issuer}, storage {config.raw.storage.type}, "
+        f"{args.config}: valid (issuer {config.issuer_id}, storage {config.raw.storage.type}, "
         f"{len(config.clients)} client(s), {len(config.connectors)} connector(s))"
     )
     return EXIT_OK
@@ -138,6 +138,63 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"portcullis: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return EXIT_OK
+
+
+# -- import-dex ------------------------------------------------------------------------------
+
+
+def cmd_import_dex(args: argparse.Namespace) -> int:
+    fips_mode, _ = _fips()
+
+    from portcullis.clock import SystemClock
+    from portcullis.config.load import ConfigError
+    from portcullis.dexmigrate.plan import apply_plan, build_plan
+    from portcullis.dexmigrate.source import DexSourceError, read_source
+    from portcullis.issuer import load_config
+    from portcullis.storage.base import StorageError
+    from portcullis.storage.factory import open_storage
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.raw.storage.type == "memory":
+        print(
+            "portcullis import-dex: the config's storage is memory, which nothing outlives; "
+            "import into sqlite3 or postgres storage",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        state = read_source(args.source)
+    except DexSourceError as exc:
+        print(f"portcullis import-dex: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        storage = open_storage(config)
+    except StorageError as exc:
+        print(f"portcullis import-dex: target storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        plan = build_plan(state, config, storage, SystemClock().now())
+        for line in plan.summary():
+            print(line)
+        if not args.apply:
+            print("dry run: nothing written (add --apply to import in one transaction)")
+            return EXIT_OK
+        result = apply_plan(plan, storage)
+    except StorageError as exc:
+        print(f"portcullis import-dex: target storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+    print(
+        f"imported: {result.clients} client(s), {result.passwords} password(s), "
+        f"{result.refresh_tokens} refresh token(s), {result.verification_keys} key(s)"
+    )
     return EXIT_OK
 
 
@@ -196,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hashing.add_argument("--cost", type=int, default=None, help="bcrypt cost or PBKDF2 iterations")
     hashing.set_defaults(handler=cmd_hash_password)
+
+    importer = sub.add_parser(
+        "import-dex",
+        help="import a Dex database or Kubernetes dump into the config's storage",
+        description="Read Dex's clients, passwords, refresh tokens (offline sessions) and public "
+        "signing keys and write them into the storage of CONFIG. Dry run unless --apply; "
+        "records already present are left alone, so re-running is harmless.",
+    )
+    importer.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SOURCE",
+        help="sqlite3:PATH, postgres:DSN (libpq string or URL) or k8s:DUMP.yaml "
+        "(kubectl get <kinds>.dex.coreos.com -o yaml)",
+    )
+    importer.add_argument("config", help="the Portcullis config whose storage receives the data")
+    importer.add_argument(
+        "--apply", action="store_true", help="write (one transaction); default: dry run"
+    )
+    importer.set_defaults(handler=cmd_import_dex)
 
     version = sub.add_parser("version", help="print the version and FIPS state")
     version.add_argument("--json", action="store_true", help="machine-readable output")

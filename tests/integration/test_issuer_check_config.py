@@ -65,7 +65,7 @@ def test_cross_field_errors_are_all_listed_with_their_yaml_paths(tmp_path: Path)
     config = make_issuer(tmp_path / "cross").config
     config["oauth2"]["passwordConnector"] = "ldap"
     config["staticClients"][2]["trustedPeers"] = ["nobody"]
-    config["staticClients"][1]["secret"] = "public-clients-have-none"
+    config["staticClients"][1]["redirectURIs"] = ["/elsewhere/device/callback"]
     config["staticPasswords"][0]["hash"] = "plaintext-password"
     config["staticClients"][0]["allowedConnectors"] = ["github"]
     result = _check(_write(tmp_path, config))
@@ -73,7 +73,7 @@ def test_cross_field_errors_are_all_listed_with_their_yaml_paths(tmp_path: Path)
     for expected in (
         "oauth2.passwordConnector:",
         "staticClients[2].trustedPeers[0]:",
-        "staticClients[1].secret:",
+        "staticClients[1].redirectURIs[0]:",
         "staticPasswords[0].hash:",
         "staticClients[0].allowedConnectors[0]:",
     ):

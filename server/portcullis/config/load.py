@@ -13,6 +13,7 @@ loading YAML never imports connectors or storage.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -25,7 +26,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from portcullis import passwords
+from portcullis.config.dex_compat import (
+    GOMPLATE_HINT,
+    check_device_callbacks,
+    check_newer_dex_keys,
+    decode_base64_hash,
+)
 from portcullis.config.model import LOCAL_CONNECTOR_ID, RawConfig
+
+log = logging.getLogger("portcullis.config")
 
 #: Connector type name -> the model its ``connectors[].config`` is validated with.
 ConnectorModels = Mapping[str, type[BaseModel]]
@@ -90,7 +99,17 @@ class Config:
 
     @property
     def issuer(self) -> str:
+        """The base every endpoint URL is built on (the configured issuer without a trailing
+        ``/``, so ``f"{issuer}/token"`` never doubles it)."""
         return self.raw.issuer.rstrip("/")
+
+    @property
+    def issuer_id(self) -> str:
+        """The issuer identifier exactly as configured: the ``iss`` claim and discovery's
+        ``issuer``. Kept byte for byte (a trailing ``/`` included), because kube-apiserver's
+        ``--oidc-issuer-url`` and every client compare it as a string (OIDC Discovery §4.3), and
+        a cluster moved over from Dex was configured with Dex's exact string."""
+        return self.raw.issuer
 
     @property
     def issuer_path(self) -> str:
@@ -216,7 +235,10 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {exc}"]) from None
+        problem = f"{source}: not valid YAML{where}: {exc}"
+        if "{{" in text:
+            problem += f"\n{GOMPLATE_HINT}"
+        raise ConfigError([problem]) from None
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of settings"])
     return document
@@ -381,6 +403,8 @@ def _resolve(
                     f"{connector_id!r}"
                 )
     _check_kubeconfig_client(raw, clients, problems)
+    check_device_callbacks(raw, problems)
+    check_newer_dex_keys(raw, problems)
     for j, grant in enumerate(raw.oauth2.grant_types):
         if grant == "password" and not raw.oauth2.password_connector:
             problems.append(
@@ -507,7 +531,14 @@ def _resolve_clients(
         if not client.public and not secret:
             problems.append(f"{at}.secret: required for a confidential client (or set public)")
         if client.public and secret:
-            problems.append(f"{at}.secret: a public client must not have a secret")
+            # Dex accepts it (and ignores the secret for public clients); so do we, saying so.
+            log.warning(
+                "%s (%s): public client has a secret; it is unused (public clients do not "
+                "authenticate)",
+                at,
+                client_id,
+            )
+            secret = ""
         elif secret and len(secret) < MIN_CLIENT_SECRET:
             field = "secretEnv" if client.secret_env else "secret"
             problems.append(
@@ -590,6 +621,11 @@ def _resolve_passwords(
                 problems.append(f"{at}.hash: required (or hashFromEnv)")
         else:
             problem = passwords.check_hash_format(hashed, fips_mode=fips_mode)
+            decoded = decode_base64_hash(hashed) if problem else None
+            if decoded is not None:
+                # Dex's backwards-compatible base64 form: check and use the hash inside.
+                hashed = decoded
+                problem = passwords.check_hash_format(hashed, fips_mode=fips_mode)
             if problem:
                 problems.append(f"{at}.{field}: {problem}")
         if entry.email.lower() in seen:

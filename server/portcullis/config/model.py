@@ -76,9 +76,16 @@ def _redirect_uri(value: str) -> str:
         raise ValueError(f"the {parts.scheme.lower()}: scheme is not allowed for a redirect URI")
     if parts.fragment:
         raise ValueError("must not contain a fragment (RFC 6749 §3.1.2)")
-    # Dex allows the out-of-band URN and relative device-callback paths for some clients.
-    if value in ("urn:ietf:wg:oauth:2.0:oob", "/device/callback"):
+    # Dex allows the out-of-band URN and the device callback as a path: Dex's own constant
+    # (`/device/callback`) or the same under the issuer path (Dex's examples write
+    # `/dex/device/callback`); config.load checks the prefix against the issuer.
+    if value == "urn:ietf:wg:oauth:2.0:oob" or is_device_callback_path(value):
         return value
+    if value.startswith("/"):
+        raise ValueError(
+            "a relative redirect URI is only accepted for the device callback "
+            "('/device/callback' or '<issuer path>/device/callback', as in Dex)"
+        )
     _absolute_url(value)
     if "*" in value:
         raise ValueError("wildcards are not supported: redirect URIs are matched exactly")
@@ -89,6 +96,14 @@ def _redirect_uri(value: str) -> str:
     except ValueError:
         raise ValueError("has an invalid port") from None
     return value
+
+
+DEVICE_CALLBACK_PATH = "/device/callback"
+
+
+def is_device_callback_path(value: str) -> bool:
+    """A relative device-callback redirect URI (the prefix is checked against the issuer)."""
+    return value.startswith("/") and value.endswith(DEVICE_CALLBACK_PATH) and "?" not in value
 
 
 def _listen_address(value: str) -> str:
@@ -239,8 +254,11 @@ class PostgresConfig(Section):
     # A unix-socket directory, a name/address, or "host:port" (Dex's backwards-compatible form).
     host: str = ""
     port: int = Field(default=5432, ge=0, le=65535)  # 0: the default, as in Dex
-    database: str = Field(min_length=1)
-    user: str = Field(min_length=1)
+    # Optional as in Dex, which leaves them out of the connection string when empty: libpq's
+    # defaults apply (PGDATABASE/PGUSER, else the user the process runs as; the database named
+    # like the user).
+    database: str = ""
+    user: str = ""
     # Never logged or echoed in errors; usually "$DB_PASSWORD" (expanded from the environment).
     password: SecretStr = SecretStr("")
     ssl: PostgresSSL = Field(default_factory=PostgresSSL)
@@ -503,6 +521,15 @@ class SignerSection(Section):
     type: Literal["local", "vault"] = "local"
     config: LocalSignerConfig = Field(default_factory=lambda: LocalSignerConfig())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _vault_first(cls, data: object) -> object:
+        # Refuse vault before its config (addr, transitKey...) is read as a local signer's,
+        # which would report an unknown key instead of the real reason.
+        if isinstance(data, dict) and data.get("type") == "vault":
+            raise ValueError("signer type 'vault' is not available in this Portcullis version")
+        return data
+
     @model_validator(mode="after")
     def _local_only(self) -> SignerSection:
         if self.type != "local":
@@ -520,6 +547,9 @@ class ConnectorSection(Section):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = Field(min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
+    # Dex after 2.45: the grants a connector may be used with. Served: the token endpoint
+    # refuses a grant the connector does not list (checked against oauth2 in config.load).
+    grant_types: list[GrantType] = Field(default_factory=list)
 
 
 class StaticClient(Section):
@@ -545,6 +575,9 @@ class StaticClient(Section):
     # Portcullis-only: may introspect (RFC 7662) access tokens issued to other clients, e.g. an
     # API gateway; every other client sees only tokens it is an audience of.
     introspect_any_token: bool = False
+    # Back-channel logout (Dex after 2.45): recognised so a newer Dex config gets a precise
+    # refusal from config.load instead of "unknown key".
+    backchannel_logout_uri: str = Field("", alias="backchannelLogoutURI")
 
 
 class StaticPassword(Section):
@@ -728,6 +761,9 @@ class RawConfig(Section):
     frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
     logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
     kubernetes: KubernetesSection = Field(default_factory=lambda: KubernetesSection())
+    # Dex after 2.45 (behind DEX_SESSIONS_ENABLED): browser sessions. Recognised, refused in
+    # config.load with the reason (no browser-session store here).
+    sessions: dict[str, Any] | None = None
 
     @field_validator("issuer")
     @classmethod

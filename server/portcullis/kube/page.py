@@ -112,10 +112,11 @@ class KubeconfigPage:
         self.section = section
         self.client = client
         self.secure_cookies = secure_cookies
-        issuer = provider.config.issuer
-        self.issuer = issuer
+        # The identifier kubectl's idp-issuer-url must equal (byte for byte, as `iss`); the
+        # callback is built on the endpoint base.
+        self.issuer = provider.config.issuer_id
         self.base = provider.config.issuer_path
-        self.callback_url = issuer + KUBECONFIG_CALLBACK_PATH
+        self.callback_url = provider.config.issuer + KUBECONFIG_CALLBACK_PATH
         self.cookie_path = f"{self.base}/kubeconfig"
 
     # -- GET /kubeconfig -----------------------------------------------------------------------

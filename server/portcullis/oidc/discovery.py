@@ -46,7 +46,7 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
             if all(p in settings.response_types for p in parts):
                 response_types.append(combo)
     document: dict[str, Any] = {
-        "issuer": issuer,
+        "issuer": settings.token_issuer,
         "authorization_endpoint": f"{issuer}/auth",
         "token_endpoint": f"{issuer}/token",
         "jwks_uri": f"{issuer}/keys",

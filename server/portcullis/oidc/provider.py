@@ -87,7 +87,7 @@ class Provider:
             rotation_period=config.raw.expiry.signing_keys or signer.keys_rotation_period,
             max_token_lifetime=self.settings.max_token_lifetime(self.clients.all()),
         )
-        self.minter = TokenMinter(self.settings.issuer, self.keys)
+        self.minter = TokenMinter(self.settings.token_issuer, self.keys)
         self.throttle = LoginThrottle(
             storage,
             clock,
@@ -135,7 +135,7 @@ class Provider:
         )
         self.logout = RPLogout(self.settings.issuer, storage, self.clients, self.keys, self.refresh)
         self.reader = TokenReader(
-            self.settings.issuer,
+            self.settings.token_issuer,
             storage,
             self.minter,
             clock,

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from portcullis.clock import Clock
 from portcullis.oidc.clients import ClientRegistry
+from portcullis.oidc.dex_refresh import decode_dex_refresh_token
 from portcullis.oidc.settings import ProtocolSettings, RefreshPolicy
 from portcullis.oidc.tokens import derived_jti, new_id
 from portcullis.storage.base import NotFoundError, Storage
@@ -311,6 +312,11 @@ class RefreshStore:
     def _find(self, value: str) -> Presented:
         """The one lookup: parse, load the family, say which secret was presented."""
         parsed = parse_refresh_token(value)
+        # A token Dex issued before `portcullis import-dex` (oidc.dex_refresh): its refresh id
+        # is the imported family's id and its token that family's current secret.
+        dex_format = parsed is None
+        if parsed is None:
+            parsed = decode_dex_refresh_token(value)
         if parsed is None:
             raise MalformedRefreshTokenError()
         family_id, secret = parsed
@@ -318,7 +324,12 @@ class RefreshStore:
             family = self._storage.get_refresh_token(family_id)
         except NotFoundError:
             raise UnknownRefreshTokenError() from None
-        return Presented(family=family, secret=secret, match=match_secret(secret, family))
+        match = match_secret(secret, family)
+        if dex_format and match is SecretMatch.PREVIOUS:
+            # One-shot: the first use rotated the family into our format and the client got a
+            # pcr1 token; no retry of the Dex envelope is honoured (its successor is ours now).
+            match = SecretMatch.NEITHER
+        return Presented(family=family, secret=secret, match=match)
 
     def _expired(self, family: RefreshToken) -> bool:
         return bool(family.expires_at) and self._clock.now() > family.expires_at

@@ -42,6 +42,13 @@ class ProtocolSettings:
     fips_mode: bool
     # Static clients with introspectAnyToken: they may introspect any client's access tokens.
     introspectors: frozenset[str] = frozenset()
+    # The issuer identifier as configured (``iss``, discovery's ``issuer``); ``issuer`` above is
+    # the endpoint base. They differ only by a trailing "/" (Config.issuer_id).
+    issuer_id: str = ""
+
+    @property
+    def token_issuer(self) -> str:
+        return self.issuer_id or self.issuer
 
     @classmethod
     def from_config(cls, config: Config, *, fips_mode: bool) -> ProtocolSettings:
@@ -74,6 +81,7 @@ class ProtocolSettings:
             throttle_max_user_delay=throttle.max_user_delay,
             fips_mode=fips_mode,
             introspectors=frozenset(c.id for c in config.clients if c.introspect_any_token),
+            issuer_id=config.issuer_id,
         )
 
     def client_grants(self, client: Client) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ from portcullis.storage.models import (
     Client,
     DeviceRequest,
     GCResult,
+    ImportBatch,
+    ImportResult,
     Keys,
     Password,
     RefreshToken,
@@ -160,6 +162,14 @@ class Storage(ABC):
     def update_keys(self, updater: Callable[[Keys], Keys]) -> Keys:
         """Run updater on the current keys in one transaction. The updater may raise
         RotationNotDueError to abort (another replica already rotated)."""
+
+    # -- import from another issuer ------------------------------------------------------------
+    @abstractmethod
+    def import_batch(self, batch: ImportBatch) -> ImportResult:
+        """Insert every record of batch whose key is absent, all in one transaction (all or
+        nothing); existing records are left as they are, so re-running an import is harmless.
+        Verification keys are merged into the key set by ``kid``; the signing key and the
+        rotation schedule are not touched."""
 
     # -- token revocation (RFC 7009) ---------------------------------------------------------
     @abstractmethod

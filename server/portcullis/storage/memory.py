@@ -20,6 +20,8 @@ from portcullis.storage.models import (
     Client,
     DeviceRequest,
     GCResult,
+    ImportBatch,
+    ImportResult,
     Keys,
     Password,
     RefreshToken,
@@ -223,6 +225,33 @@ class MemoryStorage(Storage):
         with self._lock:
             self._keys = updater(self._keys)
             return self._keys
+
+    # -- import ------------------------------------------------------------------------------
+    def import_batch(self, batch: ImportBatch) -> ImportResult:
+        def absent(table: dict[str, T], records: list[tuple[str, T]]) -> int:
+            added = 0
+            for key, record in records:
+                if key not in table:
+                    table[key] = record
+                    added += 1
+            return added
+
+        with self._lock:
+            clients = absent(self._clients, [(c.id, c) for c in batch.clients])
+            passwords = absent(self._passwords, [(p.email.lower(), p) for p in batch.passwords])
+            tokens = absent(self._refresh, [(r.id, r) for r in batch.refresh_tokens])
+            known = {k.jwk.get("kid") for k in self._keys.verification_keys}
+            new_keys = tuple(k for k in batch.verification_keys if k.jwk.get("kid") not in known)
+            if new_keys:
+                self._keys = dataclasses.replace(
+                    self._keys, verification_keys=self._keys.verification_keys + new_keys
+                )
+            return ImportResult(
+                clients=clients,
+                passwords=passwords,
+                refresh_tokens=tokens,
+                verification_keys=len(new_keys),
+            )
 
     # -- revocation --------------------------------------------------------------------------
     def revoke_token(self, jti: str, expiry: float) -> None:

@@ -229,3 +229,29 @@ class GCResult:
             + self.single_use_keys
             + self.device_requests
         )
+
+
+@dataclass(frozen=True)
+class ImportBatch:
+    """Records brought over from another issuer (``portcullis import-dex``), written together.
+
+    Why a storage operation of its own: an import must land all or nothing (a half-imported
+    database would leave clients without their users' sessions, or sessions without the key
+    that signed their ID tokens), and re-running it must be harmless. ``Storage.import_batch``
+    therefore inserts in one transaction and skips every record whose key already exists.
+    """
+
+    clients: tuple[Client, ...] = ()
+    passwords: tuple[Password, ...] = ()
+    refresh_tokens: tuple[RefreshToken, ...] = ()
+    verification_keys: tuple[VerificationKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """How many records of each kind an import inserted (the rest already existed)."""
+
+    clients: int = 0
+    passwords: int = 0
+    refresh_tokens: int = 0
+    verification_keys: int = 0

@@ -88,8 +88,6 @@ def connect_arguments(config: PostgresConfig) -> dict[str, Any]:
     host, port = split_host_port(config.host, config.port)
     timeout = config.connection_timeout or DEFAULT_CONNECT_TIMEOUT
     args: dict[str, Any] = {
-        "dbname": config.database,
-        "user": config.user,
         "port": port,
         "connect_timeout": timeout,
         "sslmode": config.ssl.mode,
@@ -104,6 +102,11 @@ def connect_arguments(config: PostgresConfig) -> dict[str, Any]:
     }
     if host:
         args["host"] = host
+    # Left out when empty, as Dex does: libpq's defaults (PGDATABASE/PGUSER, else the OS user).
+    if config.database:
+        args["dbname"] = config.database
+    if config.user:
+        args["user"] = config.user
     password = config.password.get_secret_value()
     if password:
         args["password"] = password
@@ -123,7 +126,9 @@ def connect_arguments(config: PostgresConfig) -> dict[str, Any]:
 def describe_target(config: PostgresConfig) -> str:
     host, port = split_host_port(config.host, config.port)
     where = host or "the default unix socket"
-    return f"postgres database {config.database!r} on {where}:{port} as user {config.user!r}"
+    database = repr(config.database) if config.database else "(libpq default)"
+    user = repr(config.user) if config.user else "(libpq default)"
+    return f"postgres database {database} on {where}:{port} as user {user}"
 
 
 def _libpq_reason(exc: BaseException) -> str:

@@ -34,6 +34,8 @@ from portcullis.storage.models import (
     Client,
     DeviceRequest,
     GCResult,
+    ImportBatch,
+    ImportResult,
     Keys,
     Password,
     RefreshToken,
@@ -333,6 +335,43 @@ class SQLStorage(Storage):
                 .values(**rows.keys_row(new))
             )
             return new
+
+    # -- import ------------------------------------------------------------------------------
+    def import_batch(self, batch: ImportBatch) -> ImportResult:
+        with self._write() as conn:
+
+            def insert_all(table: sa.Table, records: list[Mapping[str, Any]]) -> int:
+                inserted = 0
+                key = next(iter(table.primary_key.columns))
+                for row in records:
+                    # RETURNING, not rowcount: drivers disagree on rowcount for DO NOTHING.
+                    statement = self._insert_if_absent(table, **row).returning(key)
+                    inserted += len(conn.execute(statement).all())
+                return inserted
+
+            clients = insert_all(t.clients, [rows.client_row(c) for c in batch.clients])
+            passwords = insert_all(t.passwords, [rows.password_row(p) for p in batch.passwords])
+            tokens = insert_all(
+                t.refresh_tokens, [rows.refresh_token_row(r) for r in batch.refresh_tokens]
+            )
+            current = rows.keys_from(conn.execute(self._keys_query(lock=True)).mappings().one())
+            known = {k.jwk.get("kid") for k in current.verification_keys}
+            new_keys = tuple(k for k in batch.verification_keys if k.jwk.get("kid") not in known)
+            if new_keys:
+                merged = dataclasses.replace(
+                    current, verification_keys=current.verification_keys + new_keys
+                )
+                conn.execute(
+                    sa.update(t.signing_keys)
+                    .where(t.signing_keys.c.id == t.KEYS_ROW_ID)
+                    .values(**rows.keys_row(merged))
+                )
+            return ImportResult(
+                clients=clients,
+                passwords=passwords,
+                refresh_tokens=tokens,
+                verification_keys=len(new_keys),
+            )
 
     # -- revocation --------------------------------------------------------------------------
     def revoke_token(self, jti: str, expiry: float) -> None:

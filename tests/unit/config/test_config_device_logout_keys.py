@@ -24,7 +24,8 @@ def test_device_and_token_exchange_grants_and_device_expiry_load() -> None:
         BASE
         + f"oauth2: {{grantTypes: [authorization_code, '{DEVICE}', '{EXCHANGE}']}}\n"
         + "expiry: {deviceRequests: 10m}\n"
-        + f"staticClients: [{{id: ci, secret: ci-secret-0123456789, grantTypes: ['{EXCHANGE}']}}]\n",
+        + "staticClients: [{id: ci, secret: ci-secret-0123456789, "
+        + f"grantTypes: ['{EXCHANGE}']}}]\n",
         environ={},
     )
     assert config.raw.oauth2.enabled_grant_types() == ("authorization_code", DEVICE, EXCHANGE)
@@ -35,7 +36,8 @@ def test_device_and_token_exchange_grants_and_device_expiry_load() -> None:
 def test_post_logout_redirect_uris_load_for_a_client() -> None:
     config = parse_config(
         BASE
-        + "staticClients: [{id: app, secret: app-secret-0123456789, redirectURIs: ['https://app.example/cb'], "
+        + "staticClients: [{id: app, secret: app-secret-0123456789, "
+        + "redirectURIs: ['https://app.example/cb'], "
         + "postLogoutRedirectURIs: ['https://app.example/bye']}]\n",
         environ={},
     )
@@ -47,7 +49,8 @@ def test_a_post_logout_redirect_uri_must_be_an_http_url(uri: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(
             BASE
-            + "staticClients: [{id: app, secret: app-secret-0123456789, redirectURIs: ['https://app.example/cb'], "
+            + "staticClients: [{id: app, secret: app-secret-0123456789, "
+            + "redirectURIs: ['https://app.example/cb'], "
             + f"postLogoutRedirectURIs: ['{uri}']}}]\n",
             environ={},
         )

@@ -62,7 +62,7 @@ enablePasswordDB: true
     [
         ("grpc: {addr: 0.0.0.0:5557}", "grpc: refusing to serve the admin API on 0.0.0.0:5557"),
         ("signer: {type: vault}", "signer: signer type 'vault' is not available"),
-        ("sessions: {cookieName: x}", "sessions: unknown key"),
+        ("sessions: {cookieName: x}", "sessions: Dex's browser sessions (after 2.45"),
         (
             "connectors: [{type: keystone, id: k, name: K}]",
             "connectors[0].type: connector type 'keystone'",

@@ -826,7 +826,6 @@ def test_postgres_config_errors_name_the_yaml_path() -> None:
             "serverName": "db",
         }
     )
-    assert any(p.startswith("storage.config.database: required") for p in problems)
     assert any(p.startswith("storage.config.port:") for p in problems)
     assert any(p.startswith("storage.config.ssl: mode verify-ca needs caFile") for p in problems)
     assert any(p.startswith("storage.config.maxOpenConns:") for p in problems)
