@@ -116,13 +116,7 @@ def test_vault_signer_is_refused_with_the_documented_message() -> None:
     ("extra", "expected"),
     [
         (
-            "staticClients: [{id: a, secret: s, redirectURIs: ['https://a/cb'], "
-            "postLogoutRedirectURIs: ['https://a/bye']}]",
-            "staticClients[0].postLogoutRedirectURIs: RP-initiated logout (Dex after 2.45) is "
-            "not available",
-        ),
-        (
-            "staticClients: [{id: a, secret: s, redirectURIs: ['https://a/cb'], "
+            "staticClients: [{id: a, secret: a-secret-0123456789, redirectURIs: ['https://a/cb'], "
             "backchannelLogoutURI: 'https://a/bc'}]",
             "staticClients[0].backchannelLogoutURI: back-channel logout (Dex after 2.45)",
         ),
