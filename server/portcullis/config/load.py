@@ -174,7 +174,9 @@ def parse_config(
         for section in ("storage", "signer"):
             if isinstance(document.get(section), dict) and "config" in document[section]:
                 document[section]["config"] = expand_env(document[section]["config"], env)
-        for connector in document.get("connectors") or []:
+        connectors = document.get("connectors")
+        # A non-list ``connectors`` is reported by validation below; it must not crash here.
+        for connector in connectors if isinstance(connectors, list) else []:
             if isinstance(connector, dict) and "config" in connector:
                 connector["config"] = expand_env(connector["config"], env)
     try:
