@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import string
+from typing import Any
 
 import pytest
 import yaml
@@ -285,7 +286,7 @@ def _config_texts(draw: st.DrawFn) -> str:
     kind = draw(st.integers(min_value=0, max_value=2))
     if kind == 0:
         return draw(st.text(max_size=200))
-    document = dict(_MINIMAL)
+    document: dict[str, Any] = dict(_MINIMAL)
     for key in draw(st.lists(_KEYS, max_size=4)):
         document[key] = draw(_YAMLISH)
     text = yaml.safe_dump(document)
