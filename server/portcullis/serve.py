@@ -270,8 +270,14 @@ def _supervise(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
+    remaining = set(children)
+    while remaining:
+        # Whichever worker ends first (waiting in order would leave the death of a later
+        # worker unnoticed while the first one serves on, half the capacity, no error).
+        child, status = os.wait()
+        if child not in remaining:
+            continue
+        remaining.discard(child)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             log.error("worker %d exited with %d", child, code)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from portcullis.config.model import SQLiteConfig
 from portcullis.storage.sqlite import SQLiteStorage
 
 from tests.support.faults import Family, alive, children_of, password_grant
@@ -100,7 +99,7 @@ def test_killing_a_worker_loses_no_session_and_the_supervisor_notices(
             assert family.refresh(http, issuer), family.failures
     issued = [token for f in families for token in f.issued]
     assert len(issued) == len(set(issued)), "a refresh token was issued twice"
-    storage = SQLiteStorage(SQLiteConfig(file=str(issuer.db_path)))
+    storage = SQLiteStorage(str(issuer.db_path))
     try:
         stored = storage.list_refresh_tokens()
     finally:
