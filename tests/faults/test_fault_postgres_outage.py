@@ -18,10 +18,19 @@ import httpx
 import pytest
 
 from tests.support.faults import password_grant
-from tests.support.issuer import Issuer, issuers_in
+from tests.support.issuer import APP_REDIRECT, Issuer, issuers_in
 from tests.support.postgres import PostgresCluster, start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+# A valid authorization request: it is stored, so it needs the database.
+AUTH = {
+    "client_id": "example-app",
+    "redirect_uri": APP_REDIRECT,
+    "response_type": "code",
+    "scope": "openid",
+    "state": "outage",
+}
 
 
 @pytest.fixture
@@ -58,7 +67,7 @@ def _load(issuer: Issuer, refresh_token: str, stop: threading.Event, seen: Count
                 ),
                 http.get(issuer.url("/userinfo"), headers={"Authorization": "Bearer a.b.c"}),
                 http.get(issuer.url("/keys")),
-                http.get(issuer.url("/auth"), params={"client_id": "example-app"}),
+                http.get(issuer.url("/auth"), params=AUTH),
             ):
                 seen[response.status_code] += 1
             time.sleep(0.05)
@@ -91,7 +100,7 @@ def test_postgres_outage_gives_503_and_recovers_without_restart(
                 data={"grant_type": "refresh_token", "refresh_token": session["refresh_token"]},
                 auth=issuer.app_auth(),
             )
-            page = http.get(issuer.url("/auth"), params={"client_id": "example-app"})
+            page = http.get(issuer.url("/auth"), params=AUTH)
         time.sleep(1)
     finally:
         own_cluster.resume()
