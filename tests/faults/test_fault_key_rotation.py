@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +23,7 @@ from portcullis.keys.manager import KeyManager
 from portcullis.storage.sqlite import SQLiteStorage
 
 from tests.support.faults import password_grant
-from tests.support.issuer import Issuer, StartIssuer, issuers_in
+from tests.support.issuer import Issuer, StartIssuer
 
 ROTATIONS = 5
 ROTATE_EVERY = 2.0
@@ -33,18 +32,12 @@ CLIENTS = 3
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.fixture
-def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
-    with issuers_in(tmp_path) as start:
-        yield start
-
-
 class RelyingParty:
     """Caches the JWKS; refetches once when a token names a kid it does not know."""
 
     def __init__(self, issuer: Issuer) -> None:
         self.issuer = issuer
-        self.keys: dict[str, dict[str, object]] = {}
+        self.keys: dict[str, Any] = {}
         self.failures: list[str] = []
         self.kids: set[str] = set()
         self.verified = 0

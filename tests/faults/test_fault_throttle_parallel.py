@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.issuer import ADMIN_EMAIL, StartIssuer, issuers_in
+from tests.support.issuer import ADMIN_EMAIL, StartIssuer
 
 GUESSERS = 50
 LIMIT = 5  # the default maxFailuresPerUser
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture
-def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
-    with issuers_in(tmp_path) as start:
-        yield start
 
 
 def test_throttle_holds_under_50_parallel_guessers_across_2_workers(

@@ -15,26 +15,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from portcullis.storage.sqlite import SQLiteStorage
 
 from tests.support.faults import Family, alive, children_of, password_grant
-from tests.support.issuer import Issuer, StartIssuer, issuers_in
+from tests.support.issuer import Issuer, StartIssuer
 
 SESSIONS = 16
 CLIENT_THREADS = 4
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture
-def start_issuer(tmp_path: Path) -> Iterator[StartIssuer]:
-    with issuers_in(tmp_path) as start:
-        yield start
 
 
 def _traffic(issuer: Issuer, families: list[Family], stop: threading.Event) -> None:
