@@ -2,8 +2,8 @@
 and fetch /keys again on an unknown ``kid`` (as kube-apiserver and go-oidc do), never fail.
 
 The rotations are made by "another replica": the test process opens the issuer's own SQLite
-database and rotates through the real KeyManager every ~2 s, the way a second replica (or
-another worker) wins the rotation race. Both workers of the issuer must then keep signing
+database and rotates through the real KeyManager, the way a second replica (or another worker)
+wins the rotation race. Both workers of the issuer must then keep signing
 only with keys that /keys publishes, whichever worker answers.
 """
 
@@ -25,8 +25,14 @@ from portcullis.storage.sqlite import SQLiteStorage
 from tests.support.faults import password_grant
 from tests.support.issuer import Issuer, StartIssuer
 
+# Rotations in quick succession, so each worker re-reads the key set (every 5 s, at its own
+# phase) in the middle of one: without the publish grace of keys/manager.py a worker signs with
+# a key the other worker's /keys does not list yet (seen here: 11 of 53 tokens failed).
 ROTATIONS = 5
 ROTATE_EVERY = 2.0
+# A process signs with a new key 10 s after it first saw it (the publish grace) and re-reads
+# the key set every 5 s: after this long the last key signs everywhere.
+SETTLE = 20.0
 CLIENTS = 3
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -83,10 +89,12 @@ def test_key_rotation_under_load_never_fails_a_verifier(start_issuer: StartIssue
         storage, SystemClock(), algorithm="RS256", rotation_period=6 * 3600, max_token_lifetime=3600
     )
     try:
+        time.sleep(3)
         for _ in range(ROTATIONS):
-            time.sleep(ROTATE_EVERY)
             assert rotator.rotate_if_due(force=True)
-        time.sleep(ROTATE_EVERY)
+            time.sleep(ROTATE_EVERY)
+        time.sleep(SETTLE)
+        last_kid = rotator.current().signing_kid
     finally:
         stop.set()
         for thread in threads:
@@ -97,5 +105,6 @@ def test_key_rotation_under_load_never_fails_a_verifier(start_issuer: StartIssue
     kids = set().union(*(p.kids for p in parties))
     assert not failures, f"{len(failures)} of {verified + len(failures)} failed: {failures[:5]}"
     assert verified > 0
-    # Tokens signed by several of the rotated keys were seen, so rotation did happen under load.
-    assert len(kids) >= 3, kids
+    # The tokens switched from the first key to the last one under load.
+    assert len(kids) >= 2, kids
+    assert last_kid in kids, (last_kid, kids)
