@@ -262,7 +262,10 @@ def _supervise(
                 os._exit(code)
         children.append(pid)
 
+    stop_signals: set[int] = set()
+
     def forward(signum: int, frame: object) -> None:
+        stop_signals.add(signum)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
@@ -279,6 +282,10 @@ def _supervise(
             continue
         remaining.discard(child)
         code = os.waitstatus_to_exitcode(status)
+        if -code in stop_signals:
+            # Killed by the stop signal we forwarded before it had installed its own handler,
+            # i.e. while still starting: it served nothing, so this is a clean stop.
+            code = 0
         if code != 0:
             log.error("worker %d exited with %d", child, code)
             # One worker dying takes the others down: a half-served issuer is worse.
