@@ -1,12 +1,12 @@
 """SIGKILL of one worker of `portcullis serve --workers 2` in the middle of refresh traffic.
 
 What is right, and asserted: the supervisor notices the death of *any* worker (not only the
-first), logs it and takes the issuer down with a non-zero exit so the orchestrator restarts the
-pod (serve.py: "a half-served issuer is worse" than a restart); the surviving worker drains its
-in-flight requests (no 5xx); and across the kill and the restart no session is lost or
-duplicated: every family still refreshes with the client's latest secret (a client that lost
-an answer retries the same secret inside ``reuseInterval`` and gets the same successor), and
-storage holds exactly one family per session.
+first) and starts a replacement while the other worker keeps serving (a crash is not a reason
+to drop the whole issuer; serve.py stops only when workers keep dying); clients see a success
+or a dropped connection, never an error answer; and no session is lost or duplicated: every
+family still refreshes with the client's latest secret (a client that lost an answer retries
+the same secret inside ``reuseInterval`` and gets the same successor), and storage holds
+exactly one family per session.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def _traffic(issuer: Issuer, families: list[Family], stop: threading.Event) -> N
                 family.refresh(http, issuer, retry_for=0.5)
 
 
-def test_killing_a_worker_loses_no_session_and_the_supervisor_notices(
+def test_killing_a_worker_loses_no_session_and_the_worker_is_replaced(
     start_issuer: StartIssuer,
 ) -> None:
-    # A reuse interval longer than a restart: what an operator of a multi-worker HA issuer
-    # sets so a client whose answer was lost can retry across a pod restart.
+    # A reuse interval longer than this test's clients wait before their final retry (they
+    # give up after 0.5 s during the traffic and come back at the end with the same secret).
     issuer = start_issuer({"expiry": {"refreshTokens": {"reuseInterval": "60s"}}}, run=False)
     issuer.serve_args = ["--workers", "2"]
     issuer.start()
@@ -67,27 +67,30 @@ def test_killing_a_worker_loses_no_session_and_the_supervisor_notices(
     victim = workers[1]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while issuer.running and time.monotonic() < deadline:
+    replaced: list[int] = []
+    while time.monotonic() < deadline and issuer.running:
+        current = [pid for pid in children_of(issuer.proc.pid) if alive(pid)]
+        if len(current) == 2 and victim not in current:
+            replaced = current
+            break
         time.sleep(0.1)
+    time.sleep(2)  # traffic on the replacement too
     stop.set()
     for thread in threads:
         thread.join(15)
-    assert not issuer.running, (
-        "the supervisor kept serving with a dead worker:\n" + issuer.logs()[-3000:]
+    assert issuer.running, "the issuer stopped when one worker died:\n" + issuer.logs()[-3000:]
+    assert replaced, (
+        f"no replacement worker within 20 s (workers now {children_of(issuer.proc.pid)})"
     )
-    assert issuer.proc.returncode != 0
-    assert f"worker {victim} exited" in issuer.logs()
-    assert not any(alive(pid) for pid in workers), "a worker outlived its supervisor"
+    assert workers[0] in replaced, "the surviving worker was restarted too"
     assert rotations_before_kill > 0, "no refresh traffic was running when the worker died"
     # Every answer the clients got was a success or a dropped connection, never an error.
     answered_errors = [failure for f in families for failure in f.failures]
     assert not answered_errors, answered_errors
 
-    # The orchestrator restarts the issuer; every client continues with its latest secret.
-    issuer.start()
+    # Every client continues with its latest secret, on the same running issuer.
     with httpx.Client(timeout=10) as http:
         for family in families:
-            family.failures.clear()
             assert family.refresh(http, issuer), family.failures
     issued = [token for f in families for token in f.issued]
     assert len(issued) == len(set(issued)), "a refresh token was issued twice"
