@@ -281,5 +281,9 @@ async def _key_loop(provider: Provider, stop: asyncio.Event) -> None:
                 if await asyncio.to_thread(provider.keys.rotate_if_due):
                     log.info("rotated the signing key")
             await asyncio.to_thread(provider.keys.current)
+        except StorageError as exc:
+            # The database being away is an operational condition with its own clear message
+            # (and readiness turns false); a traceback every few seconds would bury it.
+            log.warning("signing-key maintenance: storage unavailable, will retry: %s", exc)
         except Exception:
             log.exception("signing-key maintenance failed; will retry")

@@ -308,9 +308,12 @@ def _supervise(
                 os._exit(code)
         children[pid] = index
 
+    stop_signals: set[int] = set()
+
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
+        stop_signals.add(signum)
         for child in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
@@ -330,6 +333,10 @@ def _supervise(
                 continue
             index = children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            if stopping and -code in stop_signals:
+                # Killed by the stop signal we forwarded before it had installed its own
+                # handler, i.e. while still starting: it served nothing, so a clean stop.
+                code = 0
             if code < 0 and not stopping:
                 now = time.monotonic()
                 restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]

@@ -124,6 +124,36 @@ class PostgresCluster:
     log_path: Path
     ca_file: Path  # the CA that signed the server's certificate (TLS is on, but optional)
     databases: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # how the postmaster was started
+
+    def halt(self) -> None:
+        """Stop the postmaster (fast shutdown) but keep the data: ``resume`` starts it again
+        on the same port, as an operator restarting the database would."""
+        pid_file = self.root / "data" / "postmaster.pid"
+        if self.proc.poll() is None and pid_file.exists():
+            postmaster = int(pid_file.read_text().split()[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
+        self.proc.wait(timeout=30)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        assert self.argv, "this cluster was not started by start_cluster"
+        assert self.proc.poll() is not None, "still running"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with self.admin():
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"postgres not ready after {timeout}s") from None
+                time.sleep(0.05)
 
     def config(self, database: str, **overrides: Any) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -228,41 +258,36 @@ def start_cluster(*, fsync: bool = False, max_connections: int = 100) -> Postgre
         os.chown(key_file, server_user.pw_uid, server_user.pw_gid)
     port = _free_port()
     log_path = root / "server.log"
+    argv = _as_server_user(
+        [
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(data),
+            "-k",
+            str(root),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            f"fsync={'on' if fsync else 'off'}",
+            "-c",
+            f"synchronous_commit={'on' if fsync else 'off'}",
+            "-c",
+            f"full_page_writes={'on' if fsync else 'off'}",
+            "-c",
+            f"max_connections={max_connections}",
+            "-c",
+            "ssl=on",
+            "-c",
+            f"ssl_cert_file={cert_file}",
+            "-c",
+            f"ssl_key_file={key_file}",
+        ]
+    )
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            _as_server_user(
-                [
-                    str(PG_BIN / "postgres"),
-                    "-D",
-                    str(data),
-                    "-k",
-                    str(root),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-c",
-                    f"fsync={'on' if fsync else 'off'}",
-                    "-c",
-                    f"synchronous_commit={'on' if fsync else 'off'}",
-                    "-c",
-                    f"full_page_writes={'on' if fsync else 'off'}",
-                    "-c",
-                    f"max_connections={max_connections}",
-                    "-c",
-                    "ssl=on",
-                    "-c",
-                    f"ssl_cert_file={cert_file}",
-                    "-c",
-                    f"ssl_key_file={key_file}",
-                ]
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd=root,
-        )
-    cluster = PostgresCluster(root, port, password, proc, log_path, ca_file)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=root)
+    cluster = PostgresCluster(root, port, password, proc, log_path, ca_file, argv=argv)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

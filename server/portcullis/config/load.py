@@ -200,9 +200,19 @@ def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...] = (
     return problems
 
 
-def _duplicate_keys(node: yaml.Node, path: str, problems: list[str]) -> None:
+def _duplicate_keys(
+    node: yaml.Node, path: str, problems: list[str], visited: set[int] | None = None
+) -> None:
     """Report every key written twice in one mapping: YAML loaders keep the last silently, so
-    an operator's second ``web:`` or ``staticClients:`` would replace the first unseen."""
+    an operator's second ``web:`` or ``staticClients:`` would replace the first unseen.
+
+    Each node is visited once: an alias points at the node of its anchor, so a self-referencing
+    anchor (``&a [*a]``) would recurse forever and nested aliases (a "billion laughs" document)
+    would take exponential time."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -217,10 +227,10 @@ def _duplicate_keys(node: yaml.Node, path: str, problems: list[str]) -> None:
                     )
                 else:
                     seen[key] = line
-            _duplicate_keys(value_node, where, problems)
+            _duplicate_keys(value_node, where, problems, visited)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _duplicate_keys(item, f"{path}[{index}]", problems)
+            _duplicate_keys(item, f"{path}[{index}]", problems, visited)
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
@@ -266,7 +276,9 @@ def parse_config(
                 document[section]["config"] = expand_env_checked(
                     document[section]["config"], env, f"{section}.config", expansion_problems
                 )
-        for i, connector in enumerate(document.get("connectors") or []):
+        connectors = document.get("connectors")
+        # A non-list ``connectors`` is reported by validation below; it must not crash here.
+        for i, connector in enumerate(connectors if isinstance(connectors, list) else []):
             if isinstance(connector, dict) and "config" in connector:
                 connector["config"] = expand_env_checked(
                     connector["config"], env, f"connectors[{i}].config", expansion_problems

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from joserfc import jwt
@@ -97,6 +97,13 @@ class KeyManager:
         self._lock = threading.Lock()
         self._state: KeyState | None = None
         self._loaded_at = 0.0
+        # A new signing key is used only once every process and replica publishes it: they
+        # each re-read the key set within ``refresh_interval``, so signing with it earlier lets
+        # a relying party get a token whose kid the /keys it fetches (from a process that has
+        # not re-read yet) does not list. Until then the previous key signs; it stays
+        # published as a retired key. (kid of the pending key, when this process first saw it)
+        self._publish_grace = 2 * refresh_interval
+        self._pending: tuple[str, float] | None = None
 
     # -- rotation ----------------------------------------------------------------------------
     def rotate_if_due(self, *, force: bool = False, adopt_algorithm: bool = False) -> bool:
@@ -142,11 +149,35 @@ class KeyManager:
         keys = self._storage.get_keys()
         if keys.signing_key is None:
             raise RuntimeError("no signing key in storage yet; rotate_if_due() first")
-        state = self._build_state(keys)
+        state = self._adopt(self._build_state(keys))
         with self._lock:
             self._state = state
             self._loaded_at = self._clock.now()
         return state
+
+    def _adopt(self, state: KeyState) -> KeyState:
+        """``state``, but still signing with the previous key while the new one is younger
+        (as seen here) than the publish grace and the previous one is still published."""
+        previous = self._state
+        if previous is None or previous.signing_kid == state.signing_kid:
+            self._pending = None
+            return state
+        published = {key.kid for key in state.verification_set.keys}
+        if previous.signing_kid not in published:
+            self._pending = None
+            return state
+        now = self._clock.now()
+        if self._pending is None or self._pending[0] != state.signing_kid:
+            self._pending = (state.signing_kid, now)
+        if now - self._pending[1] >= self._publish_grace:
+            self._pending = None
+            return state
+        return replace(
+            state,
+            signing_kid=previous.signing_kid,
+            algorithm=previous.algorithm,
+            signing_key=previous.signing_key,
+        )
 
     def cached(self) -> KeyState:
         """The last loaded state without touching storage (for the event loop: /keys). The
@@ -160,7 +191,9 @@ class KeyManager:
         if state is None or self._clock.now() - self._loaded_at >= self._refresh_interval:
             previous = state
             keys = self._storage.get_keys()
-            if previous is not None and _fingerprint(keys) == previous.fingerprint:
+            unchanged = previous is not None and _fingerprint(keys) == previous.fingerprint
+            if unchanged and self._pending is None:
+                assert previous is not None
                 with self._lock:
                     self._loaded_at = self._clock.now()
                 return previous
@@ -168,7 +201,7 @@ class KeyManager:
                 if previous is not None:
                     return previous
                 raise RuntimeError("no signing key in storage")
-            state = self._build_state(keys)
+            state = self._adopt(self._build_state(keys))
             with self._lock:
                 self._state = state
                 self._loaded_at = self._clock.now()

@@ -60,7 +60,10 @@ class TokenReader:
             return None
         try:
             claims = self._minter.keys.verify(token)
-        except (JoseError, ValueError):
+        except (JoseError, ValueError, TypeError, KeyError, AttributeError):
+            # The header is attacker-controlled JSON and joserfc does not type-check every
+            # member before using it (``"crit": null`` raises TypeError): any failure to parse
+            # is a refusal, never a 500 at userinfo, introspection or the TokenReview webhook.
             return None
         if claims.get("iss") != self._issuer:
             return None

@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Scope
 
 from portcullis.config.load import Config
 from portcullis.oidc.provider import Provider
+from portcullis.storage.base import StorageError
 from portcullis.telemetry import AccessLogMiddleware, Metrics, run_ready_check
 from portcullis.web import security
 from portcullis.web.api import ApiRoutes, Cors
@@ -124,6 +125,32 @@ def web_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return pages.error(404, "Not found", "There is nothing at this address.")
 
+    json_paths = {
+        f"{base}{p}" for p in ("/token", "/userinfo", "/token/introspect", "/token/revoke", "/keys")
+    } | {f"{base}/.well-known/openid-configuration"}
+
+    async def storage_unavailable(request: Request, exc: Exception) -> Response:
+        # The database is down or unreachable: a condition of the deployment, not a bug, so a
+        # 503 the client may retry (and one log line naming the database, which the storage
+        # layer has scrubbed of credentials) rather than a 500 with a traceback. The request
+        # path is attacker-controlled and stays out of the line.
+        log.warning("storage unavailable, answering 503: %s", exc)
+        retry = {"Retry-After": "5", "Cache-Control": "no-store"}
+        if request.url.path in json_paths:
+            return JSONResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "the issuer's storage is unavailable; retry later",
+                },
+                status_code=503,
+                headers=retry,
+            )
+        page = pages.error(
+            503, "Temporarily unavailable", "The service cannot log you in right now. Retry later."
+        )
+        page.headers.update(retry)
+        return page
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
         return pages.error(500, "Something went wrong", "The server failed. Try again later.")
@@ -176,8 +203,19 @@ def web_app(
             # Before any route reads a body: 413 from Content-Length or the running count.
             Middleware(BodyLimitMiddleware, limits=route_limits(base)),
         ],
-        exception_handlers={404: not_found, 500: server_error, BodyTooLargeError: too_large},
+        exception_handlers={
+            404: not_found,
+            500: server_error,
+            BodyTooLargeError: too_large,
+            StorageError: storage_unavailable,
+        },
         lifespan=lifespan,
     )
-    inner.exception_handlers = {404: not_found, BodyTooLargeError: too_large}
+    # The mounted app answers its own exceptions first (its error middleware would otherwise
+    # send a plain 500 before the outer app sees them).
+    inner.exception_handlers = {
+        404: not_found,
+        BodyTooLargeError: too_large,
+        StorageError: storage_unavailable,
+    }
     return app
