@@ -202,7 +202,7 @@ bench: test-venv
 # Re-lock every requirements file with hashes (needs network to PyPI).
 lock:
 	$(PYTHON) -m venv $(CACHE)/lockenv && $(CACHE)/lockenv/bin/pip install -q pip-tools
-	cd requirements && for f in build runtime test release; do \
+	cd requirements && for f in build runtime test release freeze; do \
 	  $(CACHE)/lockenv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
 	    --no-emit-index-url --no-emit-find-links -o $$f.txt $$f.in; done
 
