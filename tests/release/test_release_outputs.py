@@ -1,0 +1,55 @@
+"""What `make release` writes: a development release (no REGISTRY: the throwaway local registry
+and key) stays under dist/; only a real release rewrites the tracked manifest and Flux files.
+
+The release function runs for real (local docker-registry, signing, publish, verify) on a
+synthetic image and chart; the tracked files are stood in for by copies in a temp directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from portcullis_release import REPO_ROOT, manifest
+from portcullis_release.release import ReleaseOptions, run_release
+from rich.console import Console
+
+from tests.release.conftest import SyntheticRelease
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_development_release_leaves_tracked_files_alone(
+    release_inputs: SyntheticRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("REGISTRY", "AUTH_FILE", "COSIGN_KEY", "COSIGN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    tracked = tmp_path / "tracked"
+    tracked.mkdir()
+    shutil.copy(REPO_ROOT / "release" / "manifest.yaml", tracked / "manifest.yaml")
+    shutil.copytree(REPO_ROOT / "deploy" / "flux", tracked / "flux")
+    before = _snapshot(tracked)
+    release_dir = tmp_path / "dist" / "release"
+    options = ReleaseOptions(
+        image=release_inputs.image_dir,
+        chart_dir=release_inputs.chart.parent,
+        release_dir=release_dir,
+        manifest=tracked / "manifest.yaml",
+        flux_dir=tracked / "flux",
+        runtime_lock=release_inputs.runtime_lock,
+        packages_lock=release_inputs.packages_lock,
+        deb_dir=release_inputs.deb_dir,
+        skip_chart_build=True,
+    )
+    assert run_release(options, Console(file=None, quiet=True)) == 0
+    assert _snapshot(tracked) == before, "a development release rewrote tracked files"
+    written = manifest.load_manifest(release_dir / "manifest.yaml")
+    assert written.development
+    assert written.image.repository.startswith("127.0.0.1:")
+    assert written.placeholders() == []
+    assert sorted(p.name for p in (release_dir / "flux").iterdir()) == sorted(
+        p.name for p in (tracked / "flux").iterdir()
+    )
