@@ -165,6 +165,15 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         key, throwaway = _signing_key(release_dir, console)
         (release_dir / "cosign.pub").write_bytes(cosign_keys.public_pem(key))
 
+        # Signed by a throwaway key or pushed into a registry that stops with this command, the
+        # release is a rehearsal: its manifest and Flux files go under the release directory and
+        # the tracked release/manifest.yaml and deploy/flux/ stay as they are.
+        development = local is not None or throwaway
+        manifest_out, flux_out = (
+            (release_dir / "manifest.yaml", release_dir / "flux")
+            if development
+            else (options.manifest, options.flux_dir)
+        )
         with console.status("release: image digest and manifest") as status:
             image_plan = ReleasePlan.load(options.image, None, registry)
             man = manifest.load_manifest(options.manifest).with_image(
@@ -172,12 +181,9 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 tag=image_plan.image_tag,
                 digest=image_plan.image.digest,
             )
-            manifest.dump_manifest(man, options.manifest)
             if not options.skip_chart_build:
                 status.update("release: packaging the chart for this image")
-                packaged = package_chart(
-                    manifest.load_manifest(options.manifest), output_dir=options.chart_dir
-                )
+                packaged = package_chart(man, output_dir=options.chart_dir)
                 console.print(f"packaged the chart: {packaged.path} {packaged.digest}")
             plan = ReleasePlan.load(options.image, _newest_chart(options.chart_dir), registry)
             status.update("release: SBOMs, provenance, signatures")
@@ -193,6 +199,12 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         report = publish_plan(plan, release_dir, auth_path, console=console)
         console.print(f"published: {report.summary()}")
         source = SourceInfo.detect(REPO_ROOT).repository
+        if source is None:
+            console.print(
+                "[yellow]no source repository known[/yellow] (SOURCE_REPOSITORY, "
+                "source.repository in release/manifest.yaml, or a git remote 'origin'): the "
+                "provenance names none and verification cannot check it"
+            )
         policy = Policy(builder_id=run.builder_id, source_repository=source)
         with (
             client_for(plan.image_ref, auth_path) as client,
@@ -207,9 +219,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         final = manifest.parse_manifest(
             {
                 **man.to_data(),
-                # Signed by a throwaway key into a registry that stops with this command, the
-                # release is a rehearsal, not something to deploy: keep it marked development.
-                "development": local is not None or throwaway,
+                "development": development,
                 "chart": {
                     "repository": plan.chart_ref.name,
                     "version": plan.chart_version,
@@ -218,11 +228,15 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             },
             source="release",
         )
-        manifest.dump_manifest(final, options.manifest)
-        console.print(f"wrote {options.manifest}")
-        # deploy/flux/ pins exactly the manifest's digests: regenerate it with the manifest.
-        for path in write_flux(final, options.flux_dir, allow_development=final.development):
+        manifest.dump_manifest(final, manifest_out)
+        console.print(f"wrote {manifest_out}")
+        # The Flux files pin exactly the manifest's digests: regenerate them with the manifest.
+        for path in write_flux(final, flux_out, allow_development=final.development):
             console.print(f"wrote {path}")
+        if development:
+            console.print(
+                f"development release: {options.manifest} and {options.flux_dir} are unchanged"
+            )
         return 0
     finally:
         if local is not None:
