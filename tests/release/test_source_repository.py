@@ -79,4 +79,5 @@ def test_provenance_without_a_source_invents_none(
     params = statement["predicate"]["buildDefinition"]["externalParameters"]["source"]
     assert params["repository"] is None
     git_dep = statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]
-    assert "uri" not in git_dep and git_dep["digest"]["gitCommit"] == source.commit
+    assert "uri" not in git_dep
+    assert git_dep["digest"]["gitCommit"] == source.commit
