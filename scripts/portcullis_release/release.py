@@ -11,16 +11,20 @@ back, and the CLI (``cli.py``) only parses arguments and calls :func:`run_releas
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
+from rich.table import Table
 
 from portcullis_release import REPO_ROOT, manifest
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign
@@ -37,7 +41,7 @@ from portcullis_release.plan import ReleasePlan
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import Verifier
 
-__all__ = ["ReleaseOptions", "env", "prepare", "run_release", "statements"]
+__all__ = ["ReleaseOptions", "ReleaseSummary", "env", "prepare", "run_release", "statements"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,59 @@ def _signing_key(release_dir: Path, console: Console) -> tuple[ec.EllipticCurveP
     return cosign_keys.load_private_key(key_path, password.encode()), True
 
 
+STAGES = (
+    "image digest and manifest",
+    "chart",
+    "SBOMs, provenance, signatures",
+    "publish",
+    "verify what was published",
+    "manifest and Flux files",
+)
+
+
+class _Progress:
+    """One line per stage as it ends (with its time), a spinner while it runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.number = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.number += 1
+        label = f"[{self.number}/{len(STAGES)}] {name}"
+        started = time.monotonic()
+        with self.console.status(label):
+            yield
+        self.console.print(f"[green]done[/green] {label} ({time.monotonic() - started:.1f} s)")
+
+
+@dataclass
+class ReleaseSummary:
+    """What the final table shows: per artefact its reference, digest, size and what verified."""
+
+    registry: str
+    development: bool
+    manifest: Path
+    rows: list[tuple[str, str, str, int, list[str]]] = field(default_factory=list)
+
+    def render(self, console: Console) -> None:
+        table = Table(title="release summary", show_lines=True)
+        for column in ("artefact", "reference", "digest", "size", "verified"):
+            table.add_column(column)
+        for role, ref, digest, size, notes in self.rows:
+            table.add_row(role, ref, digest, f"{size / 1e6:.1f} MB", "\n".join(notes))
+        console.print(table)
+        kind = "development (rehearsal: do not deploy)" if self.development else "release"
+        console.print(f"registry {self.registry}; {kind}; manifest {self.manifest}")
+
+
+def _artifact_size(plan: ReleasePlan, role: str) -> int:
+    """Bytes a pull transfers: the manifest and every blob it references."""
+    artifact = plan.artifact_for(role)
+    return len(artifact.manifest) + sum(len(blob) for blob in artifact.blobs.values())
+
+
 def run_release(options: ReleaseOptions, console: Console) -> int:
     """`make release`: every step in order, verifying what was published before writing the
     release manifest (a manifest must never pin something that does not verify)."""
@@ -152,6 +209,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
     )
     release_dir = options.release_dir
     release_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(console)
     local = None
     auth_path: Path | None
     registry, auth_file = env("REGISTRY"), env("AUTH_FILE")
@@ -174,19 +232,23 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             if development
             else (options.manifest, options.flux_dir)
         )
-        with console.status("release: image digest and manifest") as status:
+        with progress.stage(STAGES[0]):
             image_plan = ReleasePlan.load(options.image, None, registry)
             man = manifest.load_manifest(options.manifest).with_image(
                 repository=image_plan.image_ref.name,
                 tag=image_plan.image_tag,
                 digest=image_plan.image.digest,
             )
+            console.print(
+                f"image {image_plan.image_ref.name}:{image_plan.image_tag} "
+                f"{image_plan.image.digest}"
+            )
+        with progress.stage(STAGES[1]):
             if not options.skip_chart_build:
-                status.update("release: packaging the chart for this image")
                 packaged = package_chart(man, output_dir=options.chart_dir)
                 console.print(f"packaged the chart: {packaged.path} {packaged.digest}")
             plan = ReleasePlan.load(options.image, _newest_chart(options.chart_dir), registry)
-            status.update("release: SBOMs, provenance, signatures")
+        with progress.stage(STAGES[2]):
             inputs = ImageInputs(
                 runtime_lock=options.runtime_lock,
                 packages_lock=options.packages_lock,
@@ -196,8 +258,9 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 inputs.packages_lock = None
             run.finished_on = dt.datetime.now(dt.UTC)
             prepare(plan, release_dir, key, inputs, REPO_ROOT, run)
-        report = publish_plan(plan, release_dir, auth_path, console=console)
-        console.print(f"published: {report.summary()}")
+        with progress.stage(STAGES[3]):
+            report = publish_plan(plan, release_dir, auth_path, console=console)
+            console.print(f"published: {report.summary()}")
         source = SourceInfo.detect(REPO_ROOT).repository
         if source is None:
             console.print(
@@ -206,33 +269,36 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 "provenance names none and verification cannot check it"
             )
         policy = Policy(builder_id=run.builder_id, source_repository=source)
-        with (
-            client_for(plan.image_ref, auth_path) as client,
-            console.status("release: verifying what was published"),
-        ):
+        summary = ReleaseSummary(registry, development, manifest_out)
+        # Verified from the registry, by digest, with only the public key: what a user's
+        # `portcullis-release verify` does, so a release that passes here verifies there.
+        with progress.stage(STAGES[4]), client_for(plan.image_ref, auth_path) as client:
             verifier = Verifier(client, key.public_key(), policy)
             for role in plan.roles():
                 ref = plan.ref_for(role).with_tag(plan.tag_for(role))
-                pinned = f"{ref}@{plan.artifact_for(role).digest}"
-                verifier.verify(Reference.parse(pinned))
-                console.print(f"verified {pinned}")
-        final = manifest.parse_manifest(
-            {
-                **man.to_data(),
-                "development": development,
-                "chart": {
-                    "repository": plan.chart_ref.name,
-                    "version": plan.chart_version,
-                    "digest": plan.artifact_for("chart").digest,
+                digest = plan.artifact_for(role).digest
+                result = verifier.verify(Reference.parse(f"{ref}@{digest}"))
+                notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
+                summary.rows.append((role, str(ref), digest, _artifact_size(plan, role), notes))
+        with progress.stage(STAGES[5]):
+            final = manifest.parse_manifest(
+                {
+                    **man.to_data(),
+                    "development": development,
+                    "chart": {
+                        "repository": plan.chart_ref.name,
+                        "version": plan.chart_version,
+                        "digest": plan.artifact_for("chart").digest,
+                    },
                 },
-            },
-            source="release",
-        )
-        manifest.dump_manifest(final, manifest_out)
-        console.print(f"wrote {manifest_out}")
-        # The Flux files pin exactly the manifest's digests: regenerate them with the manifest.
-        for path in write_flux(final, flux_out, allow_development=final.development):
-            console.print(f"wrote {path}")
+                source="release",
+            )
+            manifest.dump_manifest(final, manifest_out)
+            console.print(f"wrote {manifest_out}")
+            # The Flux files pin exactly the manifest's digests: regenerate them with it.
+            for path in write_flux(final, flux_out, allow_development=final.development):
+                console.print(f"wrote {path}")
+        summary.render(console)
         if development:
             console.print(
                 f"development release: {options.manifest} and {options.flux_dir} are unchanged"

@@ -7,6 +7,7 @@ synthetic image and chart; the tracked files are stood in for by copies in a tem
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_development_release_leaves_tracked_files_alone(
         deb_dir=release_inputs.deb_dir,
         skip_chart_build=True,
     )
-    assert run_release(options, Console(file=None, quiet=True)) == 0
+    console = Console(record=True, width=400, file=io.StringIO())
+    assert run_release(options, console) == 0
     assert _snapshot(tracked) == before, "a development release rewrote tracked files"
     written = manifest.load_manifest(release_dir / "manifest.yaml")
     assert written.development
@@ -53,3 +55,18 @@ def test_development_release_leaves_tracked_files_alone(
     assert sorted(p.name for p in (release_dir / "flux").iterdir()) == sorted(
         p.name for p in (tracked / "flux").iterdir()
     )
+
+    # It reads like a release: every stage reported, then a summary of what was verified.
+    text = console.export_text()
+    for number in range(1, 7):
+        assert f"done [{number}/6]" in text
+    plan = release_inputs.plan(written.image.repository.rsplit("/", 1)[0])
+    for role, digest in (("image", written.image.digest), ("chart", written.chart.digest)):
+        row = next(line for line in text.splitlines() if f" {role} " in line and digest in line)
+        assert "MB" in row, row
+    assert plan.image.digest == written.image.digest
+    assert text.count("signature: verified") == 2
+    assert text.count("SBOM: CycloneDX") == 2
+    assert text.count("provenance: builder urn:portcullis:builder:local-make") == 2
+    assert f"registry {written.image.repository.rsplit('/', 1)[0]}" in text
+    assert "development (rehearsal: do not deploy)" in text
