@@ -26,7 +26,7 @@ from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
-from portcullis_release.distribute import chart, flux
+from portcullis_release.distribute import chart, flux, generated
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -241,6 +241,43 @@ def _cmd_flux(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.check:
+            problems = generated.check(manifest, index_dir=args.index)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1 if problems else 0
+        paths = generated.write_tracked(manifest)
+        if args.index is not None:
+            paths += generated.write_index(manifest, args.index)
+    except (ManifestError, ValueError, OSError) as exc:
+        print(f"portcullis-release generate: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _register_generate(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="regenerate every copy of the manifest's versions and digests (Chart.yaml, "
+        "deploy/flux/, docs, the published index)",
+    )
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        help="also write (or --check) the published index under this directory",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only report copies that differ (exit 1 if any)"
+    )
+    parser.set_defaults(handler=_cmd_generate)
 
 
 def _register_flux(sub: Subparsers) -> None:
@@ -513,6 +550,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_manifest,
     _register_chart,
     _register_flux,
+    _register_generate,
     _register_sbom,
     _register_provenance,
     _register_sign,

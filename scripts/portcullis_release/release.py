@@ -31,6 +31,7 @@ from portcullis_release.attest import cosign_keys, provenance, sbom, sign
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
+from portcullis_release.distribute import generated
 from portcullis_release.distribute.chart import package_chart
 from portcullis_release.distribute.flux import write_flux
 from portcullis_release.distribute.local_registry import LocalRegistry, start_registry
@@ -295,8 +296,14 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             )
             manifest.dump_manifest(final, manifest_out)
             console.print(f"wrote {manifest_out}")
-            # The Flux files pin exactly the manifest's digests: regenerate them with it.
-            for path in write_flux(final, flux_out, allow_development=final.development):
+            # Every copy of its versions and digests is regenerated with the manifest: the
+            # published index always (under the release directory), the tracked copies
+            # (Chart.yaml, deploy/flux/, docs) only for a real release.
+            written = write_flux(final, flux_out, allow_development=final.development)
+            if not development:
+                written += generated.write_tracked(final, REPO_ROOT)
+            written += generated.write_index(final, release_dir / "index")
+            for path in written:
                 console.print(f"wrote {path}")
         summary.render(console)
         if development:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from portcullis_release import REPO_ROOT, manifest
+from portcullis_release.distribute import generated
 from portcullis_release.release import ReleaseOptions, run_release
 from rich.console import Console
 
@@ -70,3 +71,8 @@ def test_development_release_leaves_tracked_files_alone(
     assert text.count("provenance: builder urn:portcullis:builder:local-make") == 2
     assert f"registry {written.image.repository.rsplit('/', 1)[0]}" in text
     assert "development (rehearsal: do not deploy)" in text
+    # The published index, in the seeds' layout, is written with the release under dist/.
+    index = release_dir / "index"
+    assert generated.render_index(written) == {
+        p.relative_to(index): p.read_text() for p in index.rglob("*") if p.is_file()
+    }
