@@ -164,6 +164,12 @@ test: release-test-deps
 release: test-venv image
 	$(VENV)/bin/portcullis-release release
 
+# Bump plan from upstream (PyPI, OSV, the Debian archive and security tracker, Dex releases):
+# dist/upstream/plan.{json,txt}. `make track-upstream APPLY=1` applies it (docs/releasing.md).
+.PHONY: track-upstream
+track-upstream: test-venv
+	$(VENV)/bin/portcullis-release track-upstream $(if $(APPLY),--apply)
+
 ## ---- postgres --------------------------------------------------------------------------
 
 # The storage tests run a real PostgreSQL 15 server of their own (tests/support/postgres.py:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import json
 import os
 import sys
 import time
@@ -26,6 +28,7 @@ from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
+from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.distribute import chart, flux, generated
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
@@ -40,6 +43,9 @@ from portcullis_release.manifest import (
 )
 from portcullis_release.oci import Reference
 from portcullis_release.plan import ReleasePlan
+from portcullis_release.upstream import apply as upstream_apply
+from portcullis_release.upstream import feeds as upstream_feeds
+from portcullis_release.upstream import track as upstream_track
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import VerificationError, Verifier
 
@@ -542,6 +548,111 @@ def _register_release(sub: Subparsers) -> None:
     parser.set_defaults(handler=_cmd_release)
 
 
+# ---- track-upstream -----------------------------------------------------------------------------
+
+
+def _cmd_track_upstream(args: argparse.Namespace) -> int:
+    import httpx  # only this command talks to the upstream feeds
+
+    console = Console(stderr=False, width=160)
+    repo = args.repo.resolve()
+    sources = upstream_feeds.Sources(
+        pypi=args.pypi_url,
+        osv=args.osv_url,
+        debian=args.debian_url,
+        debian_security=args.debian_security_url,
+        security_tracker=args.security_tracker_url,
+        dex_releases=args.dex_releases_url,
+    )
+    seen_path = repo / args.seen
+    try:
+        policy = upstream_track.Policy.load(repo / args.policy)
+        seen = json.loads(seen_path.read_text()) if seen_path.is_file() else {}
+        pins = [
+            (d.name, d.version)
+            for d in sbom.parse_requirements_lock((repo / args.runtime_lock).read_text())
+        ]
+        lock = load_lock(repo / args.packages_lock)
+        today = dt.date.fromisoformat(args.today) if args.today else dt.date.today()
+        with httpx.Client(timeout=60, follow_redirects=True) as client:
+            feeds = upstream_feeds.Feeds(sources, client)
+            plan = upstream_track.track(
+                feeds=feeds,
+                policy=policy,
+                python_pins=pins,
+                lock=lock,
+                today=today,
+                seen=seen,
+                vex=upstream_track.load_vex(repo / args.vex),
+            )
+            out = repo / args.output
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "plan.json").write_text(plan.to_json())
+            recorder = Console(record=True, width=160, file=io.StringIO())
+            plan.table(recorder)
+            (out / "plan.txt").write_text(recorder.export_text())
+            seen_path.parent.mkdir(parents=True, exist_ok=True)
+            seen_path.write_text(json.dumps(seen, indent=2, sort_keys=True) + "\n")
+            plan.table(console)
+            console.print(f"wrote {out / 'plan.json'} and {out / 'plan.txt'}")
+            if args.apply and plan.changes:
+                version = upstream_apply.apply_plan(repo, plan, feeds, pip_compile=args.pip_compile)
+                console.print(f"applied the plan: version {version}, CHANGELOG.md entry added")
+    except (
+        upstream_feeds.FeedError,
+        upstream_apply.ApplyError,
+        ManifestError,
+        ValueError,
+        OSError,
+    ) as exc:
+        print(f"portcullis-release track-upstream: {exc} (nothing applied)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _register_track_upstream(sub: Subparsers) -> None:
+    defaults = upstream_feeds.Sources()
+    parser = sub.add_parser(
+        "track-upstream",
+        help="bump plan from PyPI, OSV, the Debian archive and security tracker, and Dex",
+        description="Writes dist/upstream/plan.json and plan.txt: what changed upstream for "
+        "every pinned input, why, CVE ids with severity and their SLA deadline "
+        "(release/policy.yaml). --apply updates the locks, bumps the version, regenerates "
+        "the generated files and adds a CHANGELOG entry.",
+    )
+    parser.add_argument("--repo", type=Path, default=Path.cwd())
+    parser.add_argument("--policy", type=Path, default=Path("release/policy.yaml"))
+    parser.add_argument("--vex", type=Path, default=Path("release/vex.json"))
+    parser.add_argument(
+        "--seen",
+        type=Path,
+        default=Path("release/upstream-seen.json"),
+        help="ledger of the day each vulnerability was first seen (starts its SLA clock)",
+    )
+    parser.add_argument("--runtime-lock", type=Path, default=Path("requirements/runtime.txt"))
+    parser.add_argument(
+        "--packages-lock", type=Path, default=Path("images/portcullis/packages.lock")
+    )
+    parser.add_argument("--output", type=Path, default=Path("dist/upstream"))
+    parser.add_argument("--today", help="evaluate deadlines as of this date (YYYY-MM-DD)")
+    parser.add_argument("--apply", action="store_true", help="apply the plan to the tree")
+    parser.add_argument(
+        "--pip-compile",
+        default=os.environ.get("PIP_COMPILE", ".cache/lockenv/bin/pip-compile"),
+        help="pip-compile for --apply (default $PIP_COMPILE or make lock's)",
+    )
+    for name, default in (
+        ("pypi-url", defaults.pypi),
+        ("osv-url", defaults.osv),
+        ("debian-url", defaults.debian),
+        ("debian-security-url", defaults.debian_security),
+        ("security-tracker-url", defaults.security_tracker),
+        ("dex-releases-url", defaults.dex_releases),
+    ):
+        parser.add_argument(f"--{name}", default=default)
+    parser.set_defaults(handler=_cmd_track_upstream)
+
+
 # ---- the parser ---------------------------------------------------------------------------------
 
 # In the order `--help` lists them: the pipeline's order, then the whole release.
@@ -557,6 +668,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_publish,
     _register_verify,
     _register_release,
+    _register_track_upstream,
 )
 
 
