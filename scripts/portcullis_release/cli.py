@@ -459,6 +459,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         policy.builder_id = args.builder_id
     if args.source_repo:
         policy.source_repository = args.source_repo
+    if args.require_vex:
+        policy.require_vex = True
     try:
         with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
             result = Verifier(client, key, policy).verify(ref)
@@ -489,6 +491,11 @@ def _register_verify(sub: Subparsers) -> None:
     parser.add_argument("--policy", type=Path, help="VerificationPolicy YAML (provenance/)")
     parser.add_argument("--source-repo", help="required externalParameters.source.repository")
     parser.add_argument("--builder-id", help="required runDetails.builder.id")
+    parser.add_argument(
+        "--require-vex",
+        action="store_true",
+        help="also require an OpenVEX attestation whose statements name this digest",
+    )
     _add_registry_options(parser)
     parser.set_defaults(handler=_cmd_verify)
 

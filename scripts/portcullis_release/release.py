@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from portcullis_release import REPO_ROOT, manifest
-from portcullis_release.attest import cosign_keys, provenance, sbom, sign
+from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
@@ -57,6 +57,7 @@ class ReleaseOptions:
     runtime_lock: Path = REPO_ROOT / "requirements/runtime.txt"
     packages_lock: Path = REPO_ROOT / "images/portcullis/packages.lock"
     deb_dir: Path = Path(".cache/image/debs")
+    vex: Path = REPO_ROOT / "release/vex.json"
     skip_chart_build: bool = False
 
 
@@ -68,6 +69,11 @@ def statements(release_dir: Path, plan: ReleasePlan) -> dict[str, list[dict[str,
         statement = json.loads(prov_path.read_text())
         for role in plan.roles():
             out[role].append(statement)
+    vex_path = release_dir / vex.VEX_FILE
+    if vex_path.is_file():
+        out["image"].append(
+            vex.statement(json.loads(vex_path.read_text()), plan.image_ref.name, plan.image.digest)
+        )
     for role in plan.roles():
         path = release_dir / sbom.sbom_file(role)
         if path.is_file():
@@ -88,12 +94,17 @@ def prepare(
     source_dir: Path,
     run: BuildRun,
     source: SourceInfo | None = None,
+    vex_file: Path | None = None,
 ) -> None:
-    """SBOMs, provenance (signed) and the signed attachments, all written under ``release_dir``.
+    """SBOMs, VEX, provenance (signed) and the signed attachments, under ``release_dir``.
 
-    ``source`` is detected from git in ``source_dir`` when not given.
+    ``source`` is detected from git in ``source_dir`` when not given; ``vex_file`` (OpenVEX) is
+    bound to the image digest and attached to the image beside its SBOM.
     """
     sbom.write(release_dir, "image", sbom.image_bom(plan, inputs))
+    if vex_file is not None:
+        bound = vex.for_image(vex.load(vex_file), plan.image_ref.name, plan.image.digest)
+        (release_dir / vex.VEX_FILE).write_text(json.dumps(bound, indent=2, sort_keys=True))
     if plan.chart is not None:
         sbom.write(release_dir, "chart", sbom.chart_bom(plan))
     provenance.write(release_dir, provenance.build_statement(plan, source_dir, run, source), key)
@@ -258,7 +269,8 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             if not inputs.packages_lock or not inputs.packages_lock.is_file():
                 inputs.packages_lock = None
             run.finished_on = dt.datetime.now(dt.UTC)
-            prepare(plan, release_dir, key, inputs, REPO_ROOT, run)
+            vex_file = options.vex if options.vex.is_file() else None
+            prepare(plan, release_dir, key, inputs, REPO_ROOT, run, vex_file=vex_file)
         with progress.stage(STAGES[3]):
             report = publish_plan(plan, release_dir, auth_path, console=console)
             console.print(f"published: {report.summary()}")
@@ -274,8 +286,10 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         # Verified from the registry, by digest, with only the public key: what a user's
         # `portcullis-release verify` does, so a release that passes here verifies there.
         with progress.stage(STAGES[4]), client_for(plan.image_ref, auth_path) as client:
-            verifier = Verifier(client, key.public_key(), policy)
             for role in plan.roles():
+                # The VEX document describes the image (the chart has no vulnerable code).
+                with_vex = replace(policy, require_vex=role == "image" and vex_file is not None)
+                verifier = Verifier(client, key.public_key(), with_vex)
                 ref = plan.ref_for(role).with_tag(plan.tag_for(role))
                 digest = plan.artifact_for(role).digest
                 result = verifier.verify(Reference.parse(f"{ref}@{digest}"))

@@ -8,11 +8,13 @@ synthetic image and chart; the tracked files are stood in for by copies in a tem
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from portcullis_release import REPO_ROOT, manifest
+from portcullis_release.attest import vex
 from portcullis_release.distribute import generated
 from portcullis_release.release import ReleaseOptions, run_release
 from rich.console import Console
@@ -76,3 +78,57 @@ def test_development_release_leaves_tracked_files_alone(
     assert generated.render_index(written) == {
         p.relative_to(index): p.read_text() for p in index.rglob("*") if p.is_file()
     }
+
+
+def test_vex_is_attached_and_verified(
+    release_inputs: SyntheticRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """release/vex.json goes out bound to the image digest and `verify` checks it."""
+    for name in ("REGISTRY", "AUTH_FILE", "COSIGN_KEY", "COSIGN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    release_dir = tmp_path / "release"
+    options = ReleaseOptions(
+        image=release_inputs.image_dir,
+        chart_dir=release_inputs.chart.parent,
+        release_dir=release_dir,
+        manifest=REPO_ROOT / "release" / "manifest.yaml",
+        runtime_lock=release_inputs.runtime_lock,
+        packages_lock=release_inputs.packages_lock,
+        deb_dir=release_inputs.deb_dir,
+        skip_chart_build=True,
+    )
+    console = Console(record=True, width=400, file=io.StringIO())
+    assert run_release(options, console) == 0
+    text = console.export_text()
+    assert "VEX: OpenVEX, 2 statements (2 not_affected)" in text
+    bound = vex.load(release_dir / vex.VEX_FILE)
+    digest = release_inputs.plan("x/y").image.digest
+    assert all(f"@{digest}" in s["products"][0]["@id"] for s in bound["statements"])
+    assert vex.load(REPO_ROOT / "release" / "vex.json")["statements"][0]["justification"]
+
+
+def test_invalid_vex_names_the_statement(tmp_path: Path) -> None:
+    doc = json.loads((REPO_ROOT / "release" / "vex.json").read_text())
+    del doc["statements"][1]["justification"]
+    del doc["statements"][1]["impact_statement"]
+    path = tmp_path / "vex.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(vex.VexError, match=r"statements\[1\]: not_affected needs a justification"):
+        vex.load(path)
+
+
+def test_verifier_refuses_a_vex_for_another_digest() -> None:
+    from portcullis_release.verify.policy import Policy
+    from portcullis_release.verify.verifier import VerificationError, Verifier
+
+    doc = vex.load(REPO_ROOT / "release" / "vex.json")
+    mine, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    verifier = Verifier.__new__(Verifier)  # check_vex reads only the statements it is given
+    verifier.policy, verifier.fingerprint = Policy(require_vex=True), "SHA256:test"
+    good = vex.statement(vex.for_image(doc, "r.example/p/portcullis", mine), "r", mine)
+    assert verifier.check_vex([good], mine).startswith("VEX: OpenVEX, 2 statements")
+    replayed = vex.statement(vex.for_image(doc, "r.example/p/portcullis", other), "r", mine)
+    with pytest.raises(VerificationError, match=r"statements\[0\] \(CVE-2010-4756\) does not name"):
+        verifier.check_vex([replayed], mine)
+    with pytest.raises(VerificationError, match="missing VEX"):
+        verifier.check_vex([good], other)
