@@ -25,7 +25,7 @@ from typing import TypeAlias
 from rich.console import Console
 
 from portcullis_release import release
-from portcullis_release.attest import cosign_keys, provenance, sbom, sign
+from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
 from portcullis_release.build.packages_lock import load_lock
@@ -315,6 +315,13 @@ def _cmd_sbom(args: argparse.Namespace) -> int:
     print(f"sbom: {path}")
     if plan.chart is not None:
         print(f"sbom: {sbom.write(args.release_dir, 'chart', sbom.chart_bom(plan))}")
+    vex_file = release.ReleaseOptions().vex
+    if vex_file.is_file():
+        # The VEX document travels with the SBOM: `sign` attests both for the image.
+        bound = vex.for_image(vex.load(vex_file), plan.image_ref.name, plan.image.digest)
+        out = args.release_dir / vex.VEX_FILE
+        out.write_text(json.dumps(bound, indent=2, sort_keys=True))
+        print(f"vex: {out}")
     return 0
 
 
