@@ -521,6 +521,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         runtime_lock=args.runtime_lock,
         packages_lock=args.packages_lock,
         deb_dir=args.deb_dir,
+        tree=args.tree,
         skip_chart_build=args.skip_chart_build,
     )
     try:
@@ -554,6 +555,12 @@ def _register_release(sub: Subparsers) -> None:
     parser.add_argument("--runtime-lock", type=Path, default=defaults.runtime_lock)
     parser.add_argument("--packages-lock", type=Path, default=defaults.packages_lock)
     parser.add_argument("--deb-dir", type=Path, default=defaults.deb_dir)
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=defaults.tree,
+        help="repository whose generated copies (Chart.yaml, docs) a real release rewrites",
+    )
     parser.add_argument(
         "--skip-chart-build",
         action="store_true",

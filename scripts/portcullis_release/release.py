@@ -58,6 +58,8 @@ class ReleaseOptions:
     packages_lock: Path = REPO_ROOT / "images/portcullis/packages.lock"
     deb_dir: Path = Path(".cache/image/debs")
     vex: Path = REPO_ROOT / "release/vex.json"
+    # The tree whose generated copies (Chart.yaml, the docs block) a real release rewrites.
+    tree: Path = REPO_ROOT
     skip_chart_build: bool = False
 
 
@@ -315,7 +317,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             # (Chart.yaml, deploy/flux/, docs) only for a real release.
             written = write_flux(final, flux_out, allow_development=final.development)
             if not development:
-                written += generated.write_tracked(final, REPO_ROOT)
+                written += generated.write_tracked(final, options.tree, flux_files=False)
             written += generated.write_index(final, release_dir / "index")
             for path in written:
                 console.print(f"wrote {path}")

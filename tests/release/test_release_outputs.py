@@ -35,6 +35,9 @@ def test_development_release_leaves_tracked_files_alone(
     tracked.mkdir()
     shutil.copy(REPO_ROOT / "release" / "manifest.yaml", tracked / "manifest.yaml")
     shutil.copytree(REPO_ROOT / "deploy" / "flux", tracked / "flux")
+    for rel in (generated.CHART_YAML, generated.DOCS_PAGE):
+        (tracked / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / rel, tracked / rel)
     before = _snapshot(tracked)
     release_dir = tmp_path / "dist" / "release"
     options = ReleaseOptions(
@@ -46,6 +49,7 @@ def test_development_release_leaves_tracked_files_alone(
         runtime_lock=release_inputs.runtime_lock,
         packages_lock=release_inputs.packages_lock,
         deb_dir=release_inputs.deb_dir,
+        tree=tracked,
         skip_chart_build=True,
     )
     console = Console(record=True, width=400, file=io.StringIO())

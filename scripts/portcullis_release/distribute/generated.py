@@ -127,9 +127,15 @@ def _write(root: Path, files: dict[Path, str]) -> list[Path]:
     return written
 
 
-def write_tracked(manifest: ReleaseManifest, repo: Path = REPO_ROOT) -> list[Path]:
-    """Rewrite every tracked copy (a real release only: the caller decides)."""
-    return _write(repo, render_tracked(manifest, repo))
+def write_tracked(
+    manifest: ReleaseManifest, repo: Path = REPO_ROOT, *, flux_files: bool = True
+) -> list[Path]:
+    """Rewrite every tracked copy (a real release only: the caller decides); without
+    ``flux_files`` the Flux files are left to the caller (who may write them elsewhere)."""
+    files = render_tracked(manifest, repo)
+    if not flux_files:
+        files = {rel: text for rel, text in files.items() if rel.parent != FLUX_DIR}
+    return _write(repo, files)
 
 
 def write_index(manifest: ReleaseManifest, out_dir: Path) -> list[Path]:
