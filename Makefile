@@ -166,6 +166,12 @@ test: release-test-deps
 release: test-venv image
 	$(VENV)/bin/portcullis-release release
 
+# Bump plan from upstream (PyPI, OSV, the Debian archive and security tracker, Dex releases):
+# dist/upstream/plan.{json,txt}. `make track-upstream APPLY=1` applies it (docs/releasing.md).
+.PHONY: track-upstream
+track-upstream: test-venv
+	$(VENV)/bin/portcullis-release track-upstream $(if $(APPLY),--apply)
+
 ## ---- postgres --------------------------------------------------------------------------
 
 # The storage tests run a real PostgreSQL 15 server of their own (tests/support/postgres.py:
@@ -213,7 +219,7 @@ bench: test-venv test-system-deps bench/node/node_modules/.stamp
 # Re-lock every requirements file with hashes (needs network to PyPI).
 lock:
 	$(PYTHON) -m venv $(CACHE)/lockenv && $(CACHE)/lockenv/bin/pip install -q pip-tools
-	cd requirements && for f in build runtime test release; do \
+	cd requirements && for f in build runtime test release freeze; do \
 	  $(CACHE)/lockenv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
 	    --no-emit-index-url --no-emit-find-links -o $$f.txt $$f.in; done
 

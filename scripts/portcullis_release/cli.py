@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import json
 import os
 import sys
 import time
@@ -23,10 +25,11 @@ from typing import TypeAlias
 from rich.console import Console
 
 from portcullis_release import release
-from portcullis_release.attest import cosign_keys, provenance, sbom, sign
+from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
-from portcullis_release.distribute import chart, dex_values, flux
+from portcullis_release.build.packages_lock import load_lock
+from portcullis_release.distribute import chart, dex_values, flux, generated
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -40,6 +43,9 @@ from portcullis_release.manifest import (
 )
 from portcullis_release.oci import Reference
 from portcullis_release.plan import ReleasePlan
+from portcullis_release.upstream import apply as upstream_apply
+from portcullis_release.upstream import feeds as upstream_feeds
+from portcullis_release.upstream import track as upstream_track
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import VerificationError, Verifier
 
@@ -264,6 +270,43 @@ def _cmd_flux(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest(args.manifest)
+        if args.check:
+            problems = generated.check(manifest, index_dir=args.index)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1 if problems else 0
+        paths = generated.write_tracked(manifest)
+        if args.index is not None:
+            paths += generated.write_index(manifest, args.index)
+    except (ManifestError, ValueError, OSError) as exc:
+        print(f"portcullis-release generate: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _register_generate(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="regenerate every copy of the manifest's versions and digests (Chart.yaml, "
+        "deploy/flux/, docs, the published index)",
+    )
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        help="also write (or --check) the published index under this directory",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only report copies that differ (exit 1 if any)"
+    )
+    parser.set_defaults(handler=_cmd_generate)
+
+
 def _register_flux(sub: Subparsers) -> None:
     parser = sub.add_parser("flux", help="generate deploy/flux/ from release/manifest.yaml")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="release manifest")
@@ -293,6 +336,13 @@ def _cmd_sbom(args: argparse.Namespace) -> int:
     print(f"sbom: {path}")
     if plan.chart is not None:
         print(f"sbom: {sbom.write(args.release_dir, 'chart', sbom.chart_bom(plan))}")
+    vex_file = release.ReleaseOptions().vex
+    if vex_file.is_file():
+        # The VEX document travels with the SBOM: `sign` attests both for the image.
+        bound = vex.for_image(vex.load(vex_file), plan.image_ref.name, plan.image.digest)
+        out = args.release_dir / vex.VEX_FILE
+        out.write_text(json.dumps(bound, indent=2, sort_keys=True))
+        print(f"vex: {out}")
     return 0
 
 
@@ -437,6 +487,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         policy.builder_id = args.builder_id
     if args.source_repo:
         policy.source_repository = args.source_repo
+    if args.require_vex:
+        policy.require_vex = True
     try:
         with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
             result = Verifier(client, key, policy).verify(ref)
@@ -467,6 +519,11 @@ def _register_verify(sub: Subparsers) -> None:
     parser.add_argument("--policy", type=Path, help="VerificationPolicy YAML (provenance/)")
     parser.add_argument("--source-repo", help="required externalParameters.source.repository")
     parser.add_argument("--builder-id", help="required runDetails.builder.id")
+    parser.add_argument(
+        "--require-vex",
+        action="store_true",
+        help="also require an OpenVEX attestation whose statements name this digest",
+    )
     _add_registry_options(parser)
     parser.set_defaults(handler=_cmd_verify)
 
@@ -485,6 +542,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         runtime_lock=args.runtime_lock,
         packages_lock=args.packages_lock,
         deb_dir=args.deb_dir,
+        tree=args.tree,
         skip_chart_build=args.skip_chart_build,
     )
     try:
@@ -519,11 +577,122 @@ def _register_release(sub: Subparsers) -> None:
     parser.add_argument("--packages-lock", type=Path, default=defaults.packages_lock)
     parser.add_argument("--deb-dir", type=Path, default=defaults.deb_dir)
     parser.add_argument(
+        "--tree",
+        type=Path,
+        default=defaults.tree,
+        help="repository whose generated copies (Chart.yaml, docs) a real release rewrites",
+    )
+    parser.add_argument(
         "--skip-chart-build",
         action="store_true",
         help="use the newest chart in --chart-dir as it is",
     )
     parser.set_defaults(handler=_cmd_release)
+
+
+# ---- track-upstream -----------------------------------------------------------------------------
+
+
+def _cmd_track_upstream(args: argparse.Namespace) -> int:
+    import httpx  # only this command talks to the upstream feeds
+
+    console = Console(stderr=False, width=160)
+    repo = args.repo.resolve()
+    sources = upstream_feeds.Sources(
+        pypi=args.pypi_url,
+        osv=args.osv_url,
+        debian=args.debian_url,
+        debian_security=args.debian_security_url,
+        security_tracker=args.security_tracker_url,
+        dex_releases=args.dex_releases_url,
+    )
+    seen_path = repo / args.seen
+    try:
+        policy = upstream_track.Policy.load(repo / args.policy)
+        seen = json.loads(seen_path.read_text()) if seen_path.is_file() else {}
+        pins = [
+            (d.name, d.version)
+            for d in sbom.parse_requirements_lock((repo / args.runtime_lock).read_text())
+        ]
+        lock = load_lock(repo / args.packages_lock)
+        today = dt.date.fromisoformat(args.today) if args.today else dt.date.today()
+        with httpx.Client(timeout=60, follow_redirects=True) as client:
+            feeds = upstream_feeds.Feeds(sources, client)
+            plan = upstream_track.track(
+                feeds=feeds,
+                policy=policy,
+                python_pins=pins,
+                lock=lock,
+                today=today,
+                seen=seen,
+                vex=upstream_track.load_vex(repo / args.vex),
+            )
+            out = repo / args.output
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "plan.json").write_text(plan.to_json())
+            recorder = Console(record=True, width=160, file=io.StringIO())
+            plan.table(recorder)
+            (out / "plan.txt").write_text(recorder.export_text())
+            seen_path.parent.mkdir(parents=True, exist_ok=True)
+            seen_path.write_text(json.dumps(seen, indent=2, sort_keys=True) + "\n")
+            plan.table(console)
+            console.print(f"wrote {out / 'plan.json'} and {out / 'plan.txt'}")
+            if args.apply and plan.changes:
+                version = upstream_apply.apply_plan(repo, plan, feeds, pip_compile=args.pip_compile)
+                console.print(f"applied the plan: version {version}, CHANGELOG.md entry added")
+    except (
+        upstream_feeds.FeedError,
+        upstream_apply.ApplyError,
+        ManifestError,
+        ValueError,
+        OSError,
+    ) as exc:
+        print(f"portcullis-release track-upstream: {exc} (nothing applied)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _register_track_upstream(sub: Subparsers) -> None:
+    defaults = upstream_feeds.Sources()
+    parser = sub.add_parser(
+        "track-upstream",
+        help="bump plan from PyPI, OSV, the Debian archive and security tracker, and Dex",
+        description="Writes dist/upstream/plan.json and plan.txt: what changed upstream for "
+        "every pinned input, why, CVE ids with severity and their SLA deadline "
+        "(release/policy.yaml). --apply updates the locks, bumps the version, regenerates "
+        "the generated files and adds a CHANGELOG entry.",
+    )
+    parser.add_argument("--repo", type=Path, default=Path.cwd())
+    parser.add_argument("--policy", type=Path, default=Path("release/policy.yaml"))
+    parser.add_argument("--vex", type=Path, default=Path("release/vex.json"))
+    parser.add_argument(
+        "--seen",
+        type=Path,
+        default=Path("release/upstream-seen.json"),
+        help="ledger of the day each vulnerability was first seen (starts its SLA clock)",
+    )
+    parser.add_argument("--runtime-lock", type=Path, default=Path("requirements/runtime.txt"))
+    parser.add_argument(
+        "--packages-lock", type=Path, default=Path("images/portcullis/packages.lock")
+    )
+    parser.add_argument("--output", type=Path, default=Path("dist/upstream"))
+    parser.add_argument("--today", help="evaluate deadlines as of this date (YYYY-MM-DD)")
+    parser.add_argument("--apply", action="store_true", help="apply the plan to the tree")
+    parser.add_argument(
+        "--pip-compile",
+        default=os.environ.get("PIP_COMPILE", ".cache/lockenv/bin/pip-compile"),
+        help="pip-compile for --apply (default $PIP_COMPILE or make lock's)",
+    )
+    for name, default in (
+        ("pypi-url", defaults.pypi),
+        ("osv-url", defaults.osv),
+        ("debian-url", defaults.debian),
+        ("debian-security-url", defaults.debian_security),
+        ("security-tracker-url", defaults.security_tracker),
+        ("dex-releases-url", defaults.dex_releases),
+    ):
+        parser.add_argument(f"--{name}", default=default)
+    parser.set_defaults(handler=_cmd_track_upstream)
 
 
 # ---- the parser ---------------------------------------------------------------------------------
@@ -534,12 +703,14 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_manifest,
     _register_chart,
     _register_flux,
+    _register_generate,
     _register_sbom,
     _register_provenance,
     _register_sign,
     _register_publish,
     _register_verify,
     _register_release,
+    _register_track_upstream,
 )
 
 

@@ -27,6 +27,12 @@ Importable API (used by ``distribute.chart``, ``distribute.flux`` and ``release`
     manifest.image.reference  -> "repo:tag@sha256:..."
     manifest.chart.oci_url    -> "oci://repo"
 
+The source repository a release is built from has one home too (:func:`source_repository`):
+``SOURCE_REPOSITORY`` (CI knows best), else an optional ``source: {repository: <url>}`` section
+of the manifest, else ``git remote get-url origin``. Without any, callers say so and leave it
+out; nothing invents a URL (an image label or provenance pointing at someone else's repository
+misleads whoever audits the release).
+
 A development manifest may carry the all-zero placeholder digest; a release manifest may not
 (``ReleaseManifest.require_release()`` says which field is still a placeholder).
 
@@ -36,7 +42,9 @@ A shared model at the bottom of the package, beside ``plan``: it imports nothing
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,6 +64,7 @@ __all__ = [
     "load_manifest",
     "parse_manifest",
     "render_manifest",
+    "source_repository",
 ]
 
 DEFAULT_MANIFEST = REPO_ROOT / "release" / "manifest.yaml"
@@ -255,3 +264,40 @@ def dump_manifest(manifest: ReleaseManifest, path: Path = DEFAULT_MANIFEST) -> N
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_manifest(manifest), encoding="utf-8")
     tmp.replace(path)
+
+
+def _git_origin(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def source_repository(repo: Path = REPO_ROOT) -> str | None:
+    """The repository this tree is released from, or None when nothing says so.
+
+    Order: ``SOURCE_REPOSITORY``; the manifest's ``source.repository``; the git remote
+    ``origin``. A malformed ``source`` section is an error naming the field.
+    """
+    from_env = os.environ.get("SOURCE_REPOSITORY")
+    if from_env:
+        return from_env
+    path = repo / "release" / "manifest.yaml"
+    if path.is_file():
+        section = (load_manifest(path).model_extra or {}).get("source")
+        if section is not None:
+            value = section.get("repository") if isinstance(section, dict) else None
+            if not isinstance(value, str) or not value.startswith(("https://", "git@", "ssh://")):
+                raise ManifestError(
+                    f"invalid release manifest {path}:\n  source.repository: must be a "
+                    "repository URL (https://..., ssh://... or git@...)"
+                )
+            return value
+    return _git_origin(repo)

@@ -11,22 +11,27 @@ back, and the CLI (``cli.py``) only parses arguments and calls :func:`run_releas
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
+from rich.table import Table
 
 from portcullis_release import REPO_ROOT, manifest
-from portcullis_release.attest import cosign_keys, provenance, sbom, sign
+from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
+from portcullis_release.distribute import generated
 from portcullis_release.distribute.chart import package_chart
 from portcullis_release.distribute.flux import write_flux
 from portcullis_release.distribute.local_registry import LocalRegistry, start_registry
@@ -37,7 +42,7 @@ from portcullis_release.plan import ReleasePlan
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import Verifier
 
-__all__ = ["ReleaseOptions", "env", "prepare", "run_release", "statements"]
+__all__ = ["ReleaseOptions", "ReleaseSummary", "env", "prepare", "run_release", "statements"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class ReleaseOptions:
     runtime_lock: Path = REPO_ROOT / "requirements/runtime.txt"
     packages_lock: Path = REPO_ROOT / "images/portcullis/packages.lock"
     deb_dir: Path = Path(".cache/image/debs")
+    vex: Path = REPO_ROOT / "release/vex.json"
+    # The tree whose generated copies (Chart.yaml, the docs block) a real release rewrites.
+    tree: Path = REPO_ROOT
     skip_chart_build: bool = False
 
 
@@ -63,6 +71,11 @@ def statements(release_dir: Path, plan: ReleasePlan) -> dict[str, list[dict[str,
         statement = json.loads(prov_path.read_text())
         for role in plan.roles():
             out[role].append(statement)
+    vex_path = release_dir / vex.VEX_FILE
+    if vex_path.is_file():
+        out["image"].append(
+            vex.statement(json.loads(vex_path.read_text()), plan.image_ref.name, plan.image.digest)
+        )
     for role in plan.roles():
         path = release_dir / sbom.sbom_file(role)
         if path.is_file():
@@ -83,12 +96,17 @@ def prepare(
     source_dir: Path,
     run: BuildRun,
     source: SourceInfo | None = None,
+    vex_file: Path | None = None,
 ) -> None:
-    """SBOMs, provenance (signed) and the signed attachments, all written under ``release_dir``.
+    """SBOMs, VEX, provenance (signed) and the signed attachments, under ``release_dir``.
 
-    ``source`` is detected from git in ``source_dir`` when not given.
+    ``source`` is detected from git in ``source_dir`` when not given; ``vex_file`` (OpenVEX) is
+    bound to the image digest and attached to the image beside its SBOM.
     """
     sbom.write(release_dir, "image", sbom.image_bom(plan, inputs))
+    if vex_file is not None:
+        bound = vex.for_image(vex.load(vex_file), plan.image_ref.name, plan.image.digest)
+        (release_dir / vex.VEX_FILE).write_text(json.dumps(bound, indent=2, sort_keys=True))
     if plan.chart is not None:
         sbom.write(release_dir, "chart", sbom.chart_bom(plan))
     provenance.write(release_dir, provenance.build_statement(plan, source_dir, run, source), key)
@@ -143,6 +161,59 @@ def _signing_key(release_dir: Path, console: Console) -> tuple[ec.EllipticCurveP
     return cosign_keys.load_private_key(key_path, password.encode()), True
 
 
+STAGES = (
+    "image digest and manifest",
+    "chart",
+    "SBOMs, provenance, signatures",
+    "publish",
+    "verify what was published",
+    "manifest and Flux files",
+)
+
+
+class _Progress:
+    """One line per stage as it ends (with its time), a spinner while it runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.number = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.number += 1
+        label = f"[{self.number}/{len(STAGES)}] {name}"
+        started = time.monotonic()
+        with self.console.status(label):
+            yield
+        self.console.print(f"[green]done[/green] {label} ({time.monotonic() - started:.1f} s)")
+
+
+@dataclass
+class ReleaseSummary:
+    """What the final table shows: per artefact its reference, digest, size and what verified."""
+
+    registry: str
+    development: bool
+    manifest: Path
+    rows: list[tuple[str, str, str, int, list[str]]] = field(default_factory=list)
+
+    def render(self, console: Console) -> None:
+        table = Table(title="release summary", show_lines=True)
+        for column in ("artefact", "reference", "digest", "size", "verified"):
+            table.add_column(column)
+        for role, ref, digest, size, notes in self.rows:
+            table.add_row(role, ref, digest, f"{size / 1e6:.1f} MB", "\n".join(notes))
+        console.print(table)
+        kind = "development (rehearsal: do not deploy)" if self.development else "release"
+        console.print(f"registry {self.registry}; {kind}; manifest {self.manifest}")
+
+
+def _artifact_size(plan: ReleasePlan, role: str) -> int:
+    """Bytes a pull transfers: the manifest and every blob it references."""
+    artifact = plan.artifact_for(role)
+    return len(artifact.manifest) + sum(len(blob) for blob in artifact.blobs.values())
+
+
 def run_release(options: ReleaseOptions, console: Console) -> int:
     """`make release`: every step in order, verifying what was published before writing the
     release manifest (a manifest must never pin something that does not verify)."""
@@ -152,6 +223,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
     )
     release_dir = options.release_dir
     release_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(console)
     local = None
     auth_path: Path | None
     registry, auth_file = env("REGISTRY"), env("AUTH_FILE")
@@ -165,22 +237,32 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         key, throwaway = _signing_key(release_dir, console)
         (release_dir / "cosign.pub").write_bytes(cosign_keys.public_pem(key))
 
-        with console.status("release: image digest and manifest") as status:
+        # Signed by a throwaway key or pushed into a registry that stops with this command, the
+        # release is a rehearsal: its manifest and Flux files go under the release directory and
+        # the tracked release/manifest.yaml and deploy/flux/ stay as they are.
+        development = local is not None or throwaway
+        manifest_out, flux_out = (
+            (release_dir / "manifest.yaml", release_dir / "flux")
+            if development
+            else (options.manifest, options.flux_dir)
+        )
+        with progress.stage(STAGES[0]):
             image_plan = ReleasePlan.load(options.image, None, registry)
             man = manifest.load_manifest(options.manifest).with_image(
                 repository=image_plan.image_ref.name,
                 tag=image_plan.image_tag,
                 digest=image_plan.image.digest,
             )
-            manifest.dump_manifest(man, options.manifest)
+            console.print(
+                f"image {image_plan.image_ref.name}:{image_plan.image_tag} "
+                f"{image_plan.image.digest}"
+            )
+        with progress.stage(STAGES[1]):
             if not options.skip_chart_build:
-                status.update("release: packaging the chart for this image")
-                packaged = package_chart(
-                    manifest.load_manifest(options.manifest), output_dir=options.chart_dir
-                )
+                packaged = package_chart(man, output_dir=options.chart_dir)
                 console.print(f"packaged the chart: {packaged.path} {packaged.digest}")
             plan = ReleasePlan.load(options.image, _newest_chart(options.chart_dir), registry)
-            status.update("release: SBOMs, provenance, signatures")
+        with progress.stage(STAGES[2]):
             inputs = ImageInputs(
                 runtime_lock=options.runtime_lock,
                 packages_lock=options.packages_lock,
@@ -189,40 +271,61 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             if not inputs.packages_lock or not inputs.packages_lock.is_file():
                 inputs.packages_lock = None
             run.finished_on = dt.datetime.now(dt.UTC)
-            prepare(plan, release_dir, key, inputs, REPO_ROOT, run)
-        report = publish_plan(plan, release_dir, auth_path, console=console)
-        console.print(f"published: {report.summary()}")
+            vex_file = options.vex if options.vex.is_file() else None
+            prepare(plan, release_dir, key, inputs, REPO_ROOT, run, vex_file=vex_file)
+        with progress.stage(STAGES[3]):
+            report = publish_plan(plan, release_dir, auth_path, console=console)
+            console.print(f"published: {report.summary()}")
         source = SourceInfo.detect(REPO_ROOT).repository
+        if source is None:
+            console.print(
+                "[yellow]no source repository known[/yellow] (SOURCE_REPOSITORY, "
+                "source.repository in release/manifest.yaml, or a git remote 'origin'): the "
+                "provenance names none and verification cannot check it"
+            )
         policy = Policy(builder_id=run.builder_id, source_repository=source)
-        with (
-            client_for(plan.image_ref, auth_path) as client,
-            console.status("release: verifying what was published"),
-        ):
-            verifier = Verifier(client, key.public_key(), policy)
+        summary = ReleaseSummary(registry, development, manifest_out)
+        # Verified from the registry, by digest, with only the public key: what a user's
+        # `portcullis-release verify` does, so a release that passes here verifies there.
+        with progress.stage(STAGES[4]), client_for(plan.image_ref, auth_path) as client:
             for role in plan.roles():
+                # The VEX document describes the image (the chart has no vulnerable code).
+                with_vex = replace(policy, require_vex=role == "image" and vex_file is not None)
+                verifier = Verifier(client, key.public_key(), with_vex)
                 ref = plan.ref_for(role).with_tag(plan.tag_for(role))
-                pinned = f"{ref}@{plan.artifact_for(role).digest}"
-                verifier.verify(Reference.parse(pinned))
-                console.print(f"verified {pinned}")
-        final = manifest.parse_manifest(
-            {
-                **man.to_data(),
-                # Signed by a throwaway key into a registry that stops with this command, the
-                # release is a rehearsal, not something to deploy: keep it marked development.
-                "development": local is not None or throwaway,
-                "chart": {
-                    "repository": plan.chart_ref.name,
-                    "version": plan.chart_version,
-                    "digest": plan.artifact_for("chart").digest,
+                digest = plan.artifact_for(role).digest
+                result = verifier.verify(Reference.parse(f"{ref}@{digest}"))
+                notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
+                summary.rows.append((role, str(ref), digest, _artifact_size(plan, role), notes))
+        with progress.stage(STAGES[5]):
+            final = manifest.parse_manifest(
+                {
+                    **man.to_data(),
+                    "development": development,
+                    "chart": {
+                        "repository": plan.chart_ref.name,
+                        "version": plan.chart_version,
+                        "digest": plan.artifact_for("chart").digest,
+                    },
                 },
-            },
-            source="release",
-        )
-        manifest.dump_manifest(final, options.manifest)
-        console.print(f"wrote {options.manifest}")
-        # deploy/flux/ pins exactly the manifest's digests: regenerate it with the manifest.
-        for path in write_flux(final, options.flux_dir, allow_development=final.development):
-            console.print(f"wrote {path}")
+                source="release",
+            )
+            manifest.dump_manifest(final, manifest_out)
+            console.print(f"wrote {manifest_out}")
+            # Every copy of its versions and digests is regenerated with the manifest: the
+            # published index always (under the release directory), the tracked copies
+            # (Chart.yaml, deploy/flux/, docs) only for a real release.
+            written = write_flux(final, flux_out, allow_development=final.development)
+            if not development:
+                written += generated.write_tracked(final, options.tree, flux_files=False)
+            written += generated.write_index(final, release_dir / "index")
+            for path in written:
+                console.print(f"wrote {path}")
+        summary.render(console)
+        if development:
+            console.print(
+                f"development release: {options.manifest} and {options.flux_dir} are unchanged"
+            )
         return 0
     finally:
         if local is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.issuer import Issuer, StartIssuer, issuers_in
-from tests.support.plugin import Plugin
+from tests.support.plugin import KREW_HOMEPAGE, KREW_URI_TEMPLATE, Plugin
 
 # The plugin needs the refresh grant; the approval screen stays on so the test's browser walks
 # every page a person sees. Public client `kubectl` with a loopback redirect (any port).
@@ -55,4 +55,6 @@ def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         REPO_ROOT / ".cache" / "login",
         1_700_000_000,
         work=tmp_path_factory.mktemp("login-work"),
+        uri_template=KREW_URI_TEMPLATE,
+        homepage=KREW_HOMEPAGE,
     )

@@ -17,7 +17,14 @@ from kubectl_portcullis.jwt import decode_claims
 from portcullis_release.build import login_binary
 
 from tests.support.issuer import Issuer
-from tests.support.plugin import REPO_ROOT, Plugin, complete_login, exec_credential
+from tests.support.plugin import (
+    KREW_HOMEPAGE,
+    KREW_URI_TEMPLATE,
+    REPO_ROOT,
+    Plugin,
+    complete_login,
+    exec_credential,
+)
 
 SDE = 1_700_000_000
 
@@ -36,6 +43,8 @@ def test_frozen_plugin_is_byte_reproducible_and_logs_in(
         REPO_ROOT / ".cache" / "login",
         SDE,
         work=tmp_path_factory.mktemp("login-work-again"),
+        uri_template=KREW_URI_TEMPLATE,
+        homepage=KREW_HOMEPAGE,
     )
 
     for name in ("binary", "archive", "manifest", "sha256"):

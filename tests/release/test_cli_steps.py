@@ -10,6 +10,7 @@ from portcullis_release import cli
 from portcullis_release.attest import attachments, cosign_format
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
+from portcullis_release.distribute import generated
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import DockerAuth, RegistryClient, RegistryError
 from portcullis_release.release import prepare
@@ -221,7 +222,12 @@ def test_release_command_publishes_verifies_and_writes_the_manifest(
     monkeypatch.setenv("AUTH_FILE", str(registry.auth_file))
     monkeypatch.setenv("COSIGN_KEY", str(keypair.private))
     monkeypatch.setenv("COSIGN_PASSWORD", keypair.password)
-    flux = tmp_path / "flux"
+    # A stand-in for the repository: a real release rewrites its generated copies.
+    tree = tmp_path / "tree"
+    for rel in (generated.CHART_YAML, generated.DOCS_PAGE):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes((REPO_ROOT / rel).read_bytes())
+    flux = tree / generated.FLUX_DIR
     code = cli.main(
         [
             "release",
@@ -242,10 +248,13 @@ def test_release_command_publishes_verifies_and_writes_the_manifest(
             str(release_inputs.packages_lock),
             "--runtime-lock",
             str(release_inputs.runtime_lock),
+            "--tree",
+            str(tree),
         ]
     )
     assert code == 0
     written = load_manifest(manifest)
+    assert generated.check(written, tree) == []
     plan = release_inputs.plan(f"{registry.host}/rel")
     assert not written.development
     assert written.image.digest == plan.image.digest

@@ -119,7 +119,7 @@ def test_provenance_statement_is_slsa_v1_with_digests_and_dependencies(
         oci.digest_hex(plan.artifact_for("chart").digest),
     ]
     build = statement["predicate"]["buildDefinition"]
-    assert build["buildType"].endswith("provenance/buildtype.md#make-release-v1")
+    assert build["buildType"] == "urn:portcullis:buildtype:make-release:v1"
     assert build["externalParameters"]["source"] == {
         "repository": "https://example.test/src.git",
         "ref": "refs/heads/main",
@@ -148,7 +148,7 @@ def test_example_policy_loads_and_unknown_fields_are_rejected(tmp_path: Path) ->
     from portcullis_release.verify.policy import Policy
 
     policy = Policy.from_file(REPO_ROOT / "provenance" / "policy.example.yaml")
-    assert policy.source_repository == "https://github.com/portcullis-oidc/portcullis"
+    assert policy.source_repository == "https://forge.example/your-org/portcullis"
     assert policy.require_sbom
     bad = tmp_path / "p.yaml"
     bad.write_text(

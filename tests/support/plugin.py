@@ -27,6 +27,9 @@ import httpx
 from tests.support.issuer import Browser, Issuer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# What the krew manifest tests pass explicitly: this checkout may have no source repository.
+KREW_URI_TEMPLATE = "https://portcullis.example/releases/download/v{version}/{file}"
+KREW_HOMEPAGE = "https://portcullis.example"
 
 URL_LINE = re.compile(r"^(https?://\S+)$")
 TRACEBACK = "Traceback (most recent call last)"

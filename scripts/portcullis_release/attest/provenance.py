@@ -21,16 +21,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from portcullis_release import oci
+from portcullis_release import manifest, oci
 from portcullis_release.attest import dsse
 from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.plan import ReleasePlan
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-CANONICAL_SOURCE = "https://github.com/portcullis-oidc/portcullis"
-BUILD_TYPE = f"{CANONICAL_SOURCE}/blob/main/provenance/buildtype.md#make-release-v1"
-DEFAULT_BUILDER_ID = f"{CANONICAL_SOURCE}/blob/main/provenance/buildtype.md#local-make"
+# Names (URNs) for the build type and the local builder, both documented in
+# provenance/buildtype.md. They are identifiers, not links: a URL would have to point at a
+# repository this tree cannot know (the source repository is detected, never assumed).
+BUILD_TYPE = "urn:portcullis:buildtype:make-release:v1"
+DEFAULT_BUILDER_ID = "urn:portcullis:builder:local-make"
 STATEMENT_FILE = "provenance.json"
 ENVELOPE_FILE = "provenance.dsse.json"
 LOCK_FILES = (
@@ -59,19 +61,16 @@ def _utc(moment: dt.datetime) -> str:
 class SourceInfo:
     """Where the release was built from (externalParameters and the git dependency)."""
 
-    repository: str
+    repository: str | None  # None: no SOURCE_REPOSITORY, manifest source, or git remote
     ref: str
     commit: str | None
     dirty: bool
 
     @classmethod
     def detect(cls, repo: Path) -> SourceInfo:
-        """Environment first (CI knows best: SOURCE_REPOSITORY, SOURCE_REF), then git."""
-        repository = (
-            os.environ.get("SOURCE_REPOSITORY")
-            or _git(repo, "remote", "get-url", "origin")
-            or CANONICAL_SOURCE
-        )
+        """Environment first (CI knows best: SOURCE_REPOSITORY, SOURCE_REF), then the manifest
+        and git (:func:`manifest.source_repository`); an unknown repository stays None."""
+        repository = manifest.source_repository(repo)
         ref = os.environ.get("SOURCE_REF") or _git(repo, "symbolic-ref", "-q", "HEAD") or "HEAD"
         commit = _git(repo, "rev-parse", "HEAD")
         dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
@@ -93,7 +92,9 @@ def _file_digest(path: Path) -> str:
 def resolved_dependencies(repo: Path, source: SourceInfo) -> list[dict[str, Any]]:
     """Source commit, each lock file by sha256, every pinned .deb, and the OpenSSL source."""
     deps: list[dict[str, Any]] = []
-    git_dep: dict[str, Any] = {"uri": f"git+{source.repository}@{source.ref}"}
+    git_dep: dict[str, Any] = {"name": "source", "annotations": {"ref": source.ref}}
+    if source.repository is not None:
+        git_dep = {"uri": f"git+{source.repository}@{source.ref}"}
     if source.commit:
         git_dep["digest"] = {"gitCommit": source.commit}
     deps.append(git_dep)

@@ -4,15 +4,22 @@ Onedir, not onefile: it starts faster and needs no writable /tmp to unpack into.
 reproducible when ``SOURCE_DATE_EPOCH`` and ``PYTHONHASHSEED=0`` are set (without the former,
 ``base_library.zip`` carries build-time timestamps), so both are always set here.
 
+PyInstaller runs in a *freeze environment*, never in the development virtualenv: a venv under
+the cache holding exactly ``requirements/freeze.txt`` (the runtime lock plus PyInstaller,
+installed with ``--require-hashes``). PyInstaller collects whatever it can import, so freezing in
+the dev venv shipped test and release tools (rich, pygments, grpc_tools, ...) that the SBOM, which
+is written from the runtime lock, did not list. The environment is keyed by the lock's hash and
+the interpreter, so a changed lock gets a new environment and an unchanged one is reused.
+
 The result is cached under a key that hashes every input (server sources, spec, entry point,
-FIPS bundle, installed distributions, Python and SOURCE_DATE_EPOCH): an unchanged tree is not
+FIPS bundle, the freeze lock, Python and SOURCE_DATE_EPOCH): an unchanged tree is not
 frozen twice, and ``fresh=True`` forces a new build, which the reproducibility test uses.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +33,28 @@ ENTRYPOINT = Path("images/portcullis/entrypoint.py")
 APP_NAME = "portcullis"
 CONTENTS_DIR = "_internal"  # PyInstaller 6's default contents directory
 FIPS_DIRNAME = "portcullis_fips"  # portcullis.fips.BUNDLE_DIRNAME
+FREEZE_LOCK = Path("requirements/freeze.txt")
+_ENV_DONE = ".portcullis-freeze-env-complete"
+
+# Run inside the freeze environment: which distribution provides each top-level importable name,
+# and each distribution's version. ``packages_distributions`` infers names only from ``.py``
+# files and top_level.txt, so top-level extension modules and helper files listed in RECORD
+# (``_cffi_backend.*.so``, mypyc's ``<hash>__mypyc.*.so``) are added from the file lists.
+_DISTRIBUTIONS_SCRIPT = r"""
+import importlib.metadata as md, json, sys
+tops = {name: set(dists) for name, dists in md.packages_distributions().items()}
+versions = {}
+for dist in md.distributions():
+    name = dist.metadata["Name"]
+    versions[name] = dist.version
+    for f in dist.files or ():
+        head = f.parts[0]
+        if head.endswith((".dist-info", ".data")) or head == ".." or head.startswith("__"):
+            continue
+        top = head.split(".")[0] if len(f.parts) == 1 else head
+        tops.setdefault(top, set()).add(name)
+json.dump({"tops": {k: sorted(v) for k, v in tops.items()}, "versions": versions}, sys.stdout)
+"""
 
 
 class FreezeError(RuntimeError):
@@ -59,6 +88,65 @@ def _restore_fips_bundle(built: Path, fips_bundle: Path) -> None:
             raise FreezeError(f"frozen copy of {path.name} differs from the FIPS bundle")
 
 
+def _env_key(repo: Path) -> str:
+    lock = (repo / FREEZE_LOCK).read_bytes()
+    return hashlib.sha256(f"python={sys.version}\0".encode() + lock).hexdigest()[:24]
+
+
+def freeze_env(repo: Path, cache: Path, log: list[str]) -> Path:
+    """Return the Python of the freeze environment, creating it if this lock has none yet.
+
+    A half-built environment (interrupted install) has no completion marker and is rebuilt.
+    """
+    lock = repo / FREEZE_LOCK
+    if not lock.is_file():
+        raise FreezeError(f"{FREEZE_LOCK} is missing: run `make lock`")
+    key = _env_key(repo)
+    root = cache / "freeze-env"
+    env = root / key
+    python = env / "bin" / "python"
+    if (env / _ENV_DONE).is_file():
+        return python
+    shutil.rmtree(env, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [sys.executable, "-m", "venv", str(env)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            str(lock),
+        ],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
+            raise FreezeError(f"building the freeze environment failed ({cmd[2:4]}):\n{tail}")
+    (env / _ENV_DONE).write_text(lock.read_text(encoding="utf-8"), encoding="utf-8")
+    log.append(f"freeze environment built from {FREEZE_LOCK} ({key})")
+    return python
+
+
+def env_distributions(python: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """``(top-level name -> distributions, distribution -> version)`` of an environment."""
+    proc = subprocess.run(
+        [str(python), "-c", _DISTRIBUTIONS_SCRIPT], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise FreezeError(f"reading the freeze environment's metadata failed: {proc.stderr}")
+    loaded = json.loads(proc.stdout)
+    tops: dict[str, list[str]] = loaded["tops"]
+    versions: dict[str, str] = loaded["versions"]
+    return tops, versions
+
+
 def input_key(
     repo: Path, fips_bundle: Path, source_date_epoch: int, system_libs: Sequence[str]
 ) -> str:
@@ -66,8 +154,8 @@ def input_key(
     digest = hashlib.sha256()
     digest.update(f"python={sys.version}\0sde={source_date_epoch}\0".encode())
     digest.update(("libs=" + ",".join(sorted(system_libs)) + "\0").encode())
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
-    digest.update("\n".join(dists).encode())
+    # The freeze environment is exactly this lock, so its bytes stand for every distribution.
+    digest.update(b"freeze-lock\0" + (repo / FREEZE_LOCK).read_bytes())
     _hash_tree(digest, repo / "server" / "portcullis", "server")
     _hash_tree(digest, fips_bundle, "fips")
     for rel in (SPEC, ENTRYPOINT):
@@ -97,11 +185,17 @@ def freeze(
     if done.is_dir() and not fresh:
         log.append(f"frozen server reused from cache ({key})")
         return done
+    python = freeze_env(repo, cache, log)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="freeze-", dir=root) as tmp:
         work = Path(tmp)
+        # Nothing of the calling environment may reach the analysis: PYTHONPATH or a venv's
+        # variables would put the development tools back within PyInstaller's reach.
+        inherited = {
+            k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+        }
         env = dict(
-            os.environ,
+            inherited,
             SOURCE_DATE_EPOCH=str(source_date_epoch),
             PYTHONHASHSEED="0",
             PORTCULLIS_REPO=str(repo),
@@ -109,7 +203,7 @@ def freeze(
             PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
         )
         cmd = [
-            sys.executable,
+            str(python),
             "-m",
             "PyInstaller",
             "--noconfirm",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from portcullis_release import oci
+from portcullis_release import manifest, oci
 from portcullis_release.build import debs, fips_provider, freeze, oci_layout, rootfs
 from portcullis_release.build.packages_lock import FipsProviderPin, PackagesLock, load_lock
 
@@ -172,8 +172,17 @@ def build(
             "org.opencontainers.image.created": oci_layout.rfc3339(epoch),
         }
     )
+    # The source label names where this tree comes from (flag, SOURCE_REPOSITORY, the
+    # manifest's source.repository, or the git remote) and is left out when nothing says so.
+    source_url = source_url or manifest.source_repository(repo)
     if source_url:
         labels["org.opencontainers.image.source"] = source_url
+    else:
+        log.append(
+            "no source repository known (SOURCE_REPOSITORY, source.repository in "
+            "release/manifest.yaml, or a git remote 'origin'): the image has no "
+            "org.opencontainers.image.source label"
+        )
     settings = oci_layout.ImageSettings(
         user=recipe["user"],
         entrypoint=recipe["entrypoint"],

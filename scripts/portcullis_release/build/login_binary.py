@@ -42,6 +42,9 @@ from typing import Any
 
 import yaml
 
+from portcullis_release import manifest as manifest_module
+from portcullis_release.manifest import ManifestError
+
 PLUGIN_PACKAGE = "kubectl_portcullis"
 APP_NAME = "kubectl-portcullis"
 KREW_API_VERSION = "krew.googlecontainertools.github.com/v1alpha2"
@@ -56,9 +59,8 @@ FREEZE_DISTRIBUTIONS = (
 )
 # Standard-library parts the plugin never imports; excluded so a hook cannot drag them in.
 EXCLUDES = ("tkinter", "_tkinter", "test", "idlelib", "lib2to3", "ensurepip", "pydoc_data")
-DEFAULT_URI_TEMPLATE = (
-    "https://github.com/portcullis-oidc/portcullis/releases/download/v{version}/{file}"
-)
+# The archive's download URL below the source repository, as forges publish release assets.
+RELEASE_ASSET_PATH = "/releases/download/v{version}/{file}"
 
 
 class LoginBinaryError(RuntimeError):
@@ -299,15 +301,25 @@ def build(
     cache: Path,
     source_date_epoch: int,
     *,
-    uri_template: str = DEFAULT_URI_TEMPLATE,
-    homepage: str = "https://github.com/portcullis-oidc/portcullis",
+    uri_template: str | None = None,
+    homepage: str | None = None,
     work: Path | None = None,
+    log: list[str] | None = None,
 ) -> dict[str, Path]:
     """Freeze, checksum, archive and describe the plugin; the paths written.
 
     ``work`` (default ``<cache>/work``) holds the staged sources and PyInstaller's files; the
-    freezing venv is shared through ``cache``.
+    freezing venv is shared through ``cache``. The krew manifest needs a download URL and a
+    homepage: given, or derived from the source repository
+    (:func:`portcullis_release.manifest.source_repository`); with neither, it is not written
+    and ``log`` says why (a manifest pointing at an invented URL would send users elsewhere).
     """
+    log = log if log is not None else []
+    source = manifest_module.source_repository(repo)
+    if source is not None and source.startswith("https://"):
+        base = source.removesuffix(".git")
+        uri_template = uri_template or base + RELEASE_ASSET_PATH
+        homepage = homepage or base
     python = freeze_venv(repo, cache)
     work = work or cache / "work"
     entry = stage_sources(repo, work / "src", source_date_epoch)
@@ -324,14 +336,22 @@ def build(
     archive = output / f"{name}.tar.gz"
     archive.write_bytes(krew_archive(binary.read_bytes(), source_date_epoch))
     version = project_version(repo)
-    uri = uri_template.format(version=version, file=archive.name)
-    manifest = output / f"{KREW_NAME}.yaml"
-    manifest.write_text(
-        krew_manifest(version, [KrewPlatform(os_name, arch, uri, sha256_file(archive))], homepage)
-    )
-    for path in (binary, checksum, archive, manifest):
+    written = {"binary": binary, "sha256": checksum, "archive": archive}
+    if uri_template is None or homepage is None:
+        log.append(
+            "no krew manifest: no https source repository known (SOURCE_REPOSITORY, "
+            "source.repository in release/manifest.yaml, or a git remote 'origin') and no "
+            "--uri-template/--homepage given"
+        )
+    else:
+        uri = uri_template.format(version=version, file=archive.name)
+        manifest = output / f"{KREW_NAME}.yaml"
+        platform_entry = KrewPlatform(os_name, arch, uri, sha256_file(archive))
+        manifest.write_text(krew_manifest(version, [platform_entry], homepage))
+        written["manifest"] = manifest
+    for path in written.values():
         os.utime(path, (source_date_epoch, source_date_epoch))
-    return {"binary": binary, "sha256": checksum, "archive": archive, "manifest": manifest}
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,12 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path.cwd())
     parser.add_argument(
         "--uri-template",
-        default=os.environ.get("LOGIN_URI_TEMPLATE", DEFAULT_URI_TEMPLATE),
+        default=os.environ.get("LOGIN_URI_TEMPLATE"),
         help="download URL of the archive for the krew manifest; {version} and {file} are "
-        "replaced (default $LOGIN_URI_TEMPLATE or the project's release URL)",
+        "replaced (default $LOGIN_URI_TEMPLATE, else the source repository's release assets)",
+    )
+    parser.add_argument(
+        "--homepage",
+        default=os.environ.get("LOGIN_HOMEPAGE"),
+        help="krew manifest homepage (default $LOGIN_HOMEPAGE, else the source repository)",
     )
     args = parser.parse_args(argv)
     sde = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    log: list[str] = []
     try:
         written = build(
             args.repo.resolve(),
@@ -357,10 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.cache.resolve(),
             sde,
             uri_template=args.uri_template,
+            homepage=args.homepage,
+            log=log,
         )
-    except (LoginBinaryError, OSError) as exc:
+    except (LoginBinaryError, ManifestError, OSError) as exc:
         print(f"login-binary: {exc}", file=sys.stderr)
         return 1
+    for line in log:
+        print(f"login-binary: {line}")
     for path in written.values():
         print(path)
     print(f"sha256 {sha256_file(written['binary'])}  {written['binary'].name}")

@@ -23,6 +23,7 @@ class Policy:
     source_repository: str | None = None
     require_provenance: bool = True
     require_sbom: bool = True
+    require_vex: bool = False  # the image must carry an OpenVEX attestation naming its digest
 
     @classmethod
     def from_file(cls, path: Path) -> Policy:
@@ -34,7 +35,13 @@ class Policy:
         ):
             raise ValueError(f"{path}: not a portcullis.dev/v1 VerificationPolicy")
         spec = doc.get("spec") or {}
-        unknown = set(spec) - {"builderId", "sourceRepository", "requireProvenance", "requireSbom"}
+        unknown = set(spec) - {
+            "builderId",
+            "sourceRepository",
+            "requireProvenance",
+            "requireSbom",
+            "requireVex",
+        }
         if unknown:
             raise ValueError(f"{path}: unknown field spec.{sorted(unknown)[0]}")
         return cls(
@@ -42,4 +49,5 @@ class Policy:
             spec.get("sourceRepository"),
             bool(spec.get("requireProvenance", True)),
             bool(spec.get("requireSbom", True)),
+            bool(spec.get("requireVex", False)),
         )

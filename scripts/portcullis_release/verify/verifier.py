@@ -42,6 +42,7 @@ from portcullis_release.verify.policy import Policy
 
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
 CYCLONEDX_BOM = "https://cyclonedx.org/bom"
+OPENVEX = "https://openvex.dev/ns"  # cosign attest --type openvex
 STATEMENT_TYPES = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1")
 
 
@@ -293,7 +294,30 @@ class Verifier:
             result.notes.append(self.check_provenance(statements, digest))
         if self.policy.require_sbom:
             result.notes.append(self.check_sbom(statements, digest))
+        if self.policy.require_vex:
+            result.notes.append(self.check_vex(statements, digest))
         return result
+
+    def check_vex(self, statements: list[dict[str, Any]], digest: str) -> str:
+        """An OpenVEX attestation for this digest whose every statement names it as product."""
+        vexes = [s for s in statements if s.get("predicateType") == OPENVEX]
+        mine = [s for s in vexes if digest in self._subjects(s)]
+        if not mine:
+            raise VerificationError(
+                f"missing VEX: no OpenVEX attestation for {digest} verifies with key "
+                f"{self.fingerprint}"
+            )
+        doc = mine[0].get("predicate") or {}
+        items = doc.get("statements") or []
+        for i, item in enumerate(items):
+            products = [str(p.get("@id", "")) for p in item.get("products") or []]
+            if not any(f"@{digest}" in urllib.parse.unquote(p) for p in products):
+                raise VerificationError(
+                    f"VEX statements[{i}] ({(item.get('vulnerability') or {}).get('name')}) "
+                    f"does not name {digest} as its product"
+                )
+        cleared = sum(item.get("status") == "not_affected" for item in items)
+        return f"VEX: OpenVEX, {len(items)} statements ({cleared} not_affected)"
 
     def _signature_reason(
         self, digest: str, named: list[str], problems: list[str], statements: list[dict[str, Any]]
