@@ -272,6 +272,17 @@ class PostgresStorage(SQLStorage):
             yield conn
 
     # -- dialect hooks -----------------------------------------------------------------------
+    def _failure(self, exc: sa.exc.DBAPIError) -> StorageError:
+        if exc.connection_invalidated:
+            return self._unavailable(exc)
+        message = f"{self._target}: {_libpq_reason(exc)}"
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            message += (
+                f" ({_FIELD}.user must own the database, or hold CREATE on its schema, "
+                "so Portcullis can create and migrate its tables)"
+            )
+        return StorageError(self._scrub(message))
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sa.Connection]:
         with self._connection() as conn:
@@ -279,15 +290,23 @@ class PostgresStorage(SQLStorage):
                 with conn.begin():
                     yield conn
             except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise self._unavailable(exc) from None
-                message = f"{self._target}: {_libpq_reason(exc)}"
-                if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
-                    message += (
-                        f" ({_FIELD}.user must own the database, or hold CREATE on its schema, "
-                        "so Portcullis can create and migrate its tables)"
-                    )
-                raise StorageError(self._scrub(message)) from exc
+                failure = self._failure(exc)
+                if isinstance(failure, DatabaseUnavailableError):
+                    raise failure from None
+                raise failure from exc
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[sa.Connection]:
+        # Autocommit: the statement is its own transaction, one round trip instead of three
+        # (BEGIN, statement, COMMIT). The pool restores the isolation level on check-in.
+        with self._connection() as conn:
+            try:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            except sa.exc.DBAPIError as exc:
+                failure = self._failure(exc)
+                if isinstance(failure, DatabaseUnavailableError):
+                    raise failure from None
+                raise failure from exc
 
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction()

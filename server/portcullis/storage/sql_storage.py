@@ -12,6 +12,7 @@ holds the database write lock), so two workers never both consume a code or both
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -34,6 +35,7 @@ from portcullis.storage.models import (
     GCResult,
     Keys,
     Password,
+    RefreshRotation,
     RefreshToken,
 )
 
@@ -41,6 +43,61 @@ M = TypeVar("M")
 
 # Failed-login records older than this are useless to any sane throttle window (same as memory).
 LOGIN_ATTEMPT_RETENTION = 24 * 3600.0
+
+
+@functools.cache
+def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool) -> sa.Update:
+    """The refresh hot path as ONE ``UPDATE ... RETURNING`` (see RefreshRotation): the check
+    that the presented secret is the current one, the client, the connector and the expiry all
+    sit in its WHERE, so no separate read and no row lock are needed and a concurrent rotation
+    simply makes it match nothing. Built once per shape and reused, so SQLAlchemy compiles it
+    once (its compiled cache is keyed by the statement's structure). Digests are compared in
+    SQL, not in constant time: timing could at most reveal a SHA-256 digest, which gives no
+    secret."""
+    rt = t.refresh_tokens
+    now = sa.bindparam("p_now", type_=sa.Double)
+    absolute_deadline = rt.c.created_at + sa.bindparam("p_absolute", type_=sa.Double)
+    idle_deadline = sa.bindparam("p_idle_deadline", type_=sa.Double)
+    expires: sa.ColumnElement[Any]
+    if absolute and idle:
+        expires = sa.case(
+            (idle_deadline < absolute_deadline, idle_deadline), else_=absolute_deadline
+        )
+    elif absolute:
+        expires = absolute_deadline
+    else:
+        expires = idle_deadline  # 0 (never) when there is no idle limit either
+    values: dict[str, Any] = {"last_used": now, "expires_at": expires}
+    if rotating:
+        values.update(
+            token_hash=sa.bindparam("p_new_hash", type_=sa.Text),
+            obsolete_token_hash=rt.c.token_hash,
+            successor_sealed=sa.bindparam("p_sealed", type_=sa.Text),
+        )
+    return (
+        sa.update(rt)
+        .where(
+            rt.c.id == sa.bindparam("p_id", type_=sa.Text),
+            rt.c.token_hash == sa.bindparam("p_presented", type_=sa.Text),
+            rt.c.client_id == sa.bindparam("p_client", type_=sa.Text),
+            rt.c.connector_id.in_(sa.bindparam("p_connectors", expanding=True)),
+            sa.or_(rt.c.expires_at == 0, rt.c.expires_at >= now),
+        )
+        .values(**values)
+        .returning(*rt.c)
+    )
+
+
+# Consuming an authorization code, built once (compiled once): mark it used only if unused.
+_CONSUME_CODE = (
+    sa.update(t.auth_codes)
+    .where(
+        t.auth_codes.c.id == sa.bindparam("p_id", type_=sa.Text),
+        t.auth_codes.c.used_at == 0,
+    )
+    .values(used_at=sa.bindparam("p_now", type_=sa.Double))
+    .returning(*t.auth_codes.c)
+)
 
 
 class SQLStorage(Storage):
@@ -66,6 +123,12 @@ class SQLStorage(Storage):
     @abstractmethod
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
+
+    def _statement(self) -> AbstractContextManager[sa.Connection]:
+        """A connection for ONE atomic statement (an ``UPDATE ... RETURNING``): the write
+        transaction by default; PostgreSQL runs it in autocommit, saving the BEGIN and COMMIT
+        round trips (a single statement is atomic on its own)."""
+        return self._write()
 
     def _lock_name(self, conn: sa.Connection, name: str) -> None:
         """Serialise write transactions about one logical name that has no row to lock (e.g.
@@ -196,22 +259,18 @@ class SQLStorage(Storage):
         self._insert(t.auth_codes, rows.auth_code_row(code))
 
     def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
+        # One statement on the hot path: the guard on used_at makes it single-use whatever the
+        # dialect's locking; only a failed consume (unknown or replayed code) reads afterwards.
+        with self._statement() as conn:
+            row = conn.execute(_CONSUME_CODE, {"p_id": code_id, "p_now": now}).mappings().first()
+        if row is not None:
+            return rows.auth_code_from(row)
         codes = t.auth_codes
-        with self._write() as conn:
+        with self._read() as conn:
             code = rows.auth_code_from(
-                self._select_one(conn, codes, codes.c.id, code_id, lock=True)
+                self._select_one(conn, codes, codes.c.id, code_id, lock=False)
             )
-            if code.used_at:
-                raise CodeReplayedError(code)
-            # The guard on used_at keeps this single-use even if a dialect's lock were weaker.
-            marked = conn.execute(
-                sa.update(codes)
-                .where(codes.c.id == code_id, codes.c.used_at == 0)
-                .values(used_at=now)
-            ).rowcount
-            if marked != 1:
-                raise CodeReplayedError(code)
-            return dataclasses.replace(code, used_at=now)
+        raise CodeReplayedError(code)
 
     def delete_auth_code(self, code_id: str) -> None:
         self._delete(t.auth_codes, t.auth_codes.c.id, code_id)
@@ -234,6 +293,29 @@ class SQLStorage(Storage):
             rows.refresh_token_row,
             updater,
         )
+
+    def rotate_refresh_token(self, rotation: RefreshRotation) -> RefreshToken | None:
+        if not rotation.presented_hash or not rotation.connector_ids:
+            return None
+        stmt = _rotation_statement(
+            rotating=bool(rotation.new_token_hash),
+            absolute=rotation.absolute_lifetime > 0,
+            idle=rotation.idle_deadline > 0,
+        )
+        params = {
+            "p_id": rotation.family_id,
+            "p_presented": rotation.presented_hash,
+            "p_client": rotation.client_id,
+            "p_connectors": list(rotation.connector_ids),
+            "p_now": rotation.now,
+            "p_new_hash": rotation.new_token_hash,
+            "p_sealed": rotation.successor_sealed,
+            "p_absolute": rotation.absolute_lifetime,
+            "p_idle_deadline": rotation.idle_deadline,
+        }
+        with self._statement() as conn:
+            row = conn.execute(stmt, params).mappings().first()
+        return None if row is None else rows.refresh_token_from(row)
 
     def delete_refresh_token(self, token_id: str) -> None:
         self._delete(t.refresh_tokens, t.refresh_tokens.c.id, token_id)
