@@ -416,6 +416,17 @@ class RefreshStore:
         if parsed is None:
             raise MalformedRefreshTokenError()
         family_id, secret = parsed
+        return self._rotate_in_one_statement(family_id, secret, client, connector_ids, None)
+
+    def _rotate_in_one_statement(
+        self,
+        family_id: str,
+        secret: str,
+        client: Client,
+        connector_ids: tuple[str, ...],
+        identity: Identity | None,
+    ) -> tuple[RefreshToken, Rotated] | None:
+        """``rotate_family`` for a current secret, as ``Storage.rotate_refresh_token``."""
         now = self._clock.now()
         policy = self.policy
         if policy.disable_rotation:
@@ -439,6 +450,7 @@ class RefreshStore:
                 idle_deadline=(
                     now + policy.valid_if_not_used_for if policy.valid_if_not_used_for else 0.0
                 ),
+                identity=identity,
             )
         )
         return None if family is None else (family, Rotated(successor))
@@ -446,7 +458,18 @@ class RefreshStore:
     def rotate(self, client: Client, presented: Presented, identity: Identity) -> RotationOutcome:
         """Apply ``rotate_family`` atomically to the family as stored now (another worker or
         replica may have rotated it since the lookup). Raises UnknownRefreshTokenError when the
-        family was deleted meanwhile."""
+        family was deleted meanwhile.
+
+        A current secret is first tried as one compare-and-swap statement (the family still
+        has that secret: rotate it); only when it was overtaken meanwhile does the locked
+        read-decide-write below run, which tells a retry from a replay."""
+        family = presented.family
+        if presented.match is SecretMatch.CURRENT:
+            swapped = self._rotate_in_one_statement(
+                family.id, presented.secret, client, (family.connector_id,), identity
+            )
+            if swapped is not None:
+                return swapped[1]
         now = self._clock.now()
         outcome: list[RotationOutcome] = []
 

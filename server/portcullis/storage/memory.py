@@ -159,7 +159,10 @@ class MemoryStorage(Storage):
             ):
                 return None
             updated = dataclasses.replace(
-                family, last_used=rotation.now, expires_at=rotation.expiry(family.created_at)
+                family,
+                last_used=rotation.now,
+                expires_at=rotation.expiry(family.created_at),
+                identity=rotation.identity or family.identity,
             )
             if rotation.new_token_hash:
                 updated = dataclasses.replace(

@@ -191,7 +191,9 @@ class RefreshRotation:
     (when that is > 0) and ``idle_deadline`` (when > 0), 0 when neither; with a non-empty
     ``new_token_hash`` it also rotates: ``token_hash = new_token_hash``,
     ``obsolete_token_hash = presented_hash``, ``successor_sealed = successor_sealed``. An empty
-    ``new_token_hash`` means rotation is disabled and the secrets stay as they are.
+    ``new_token_hash`` means rotation is disabled and the secrets stay as they are. A non-None
+    ``identity`` replaces the stored one (the user as the connector's upstream refresh just
+    returned it).
     """
 
     family_id: str
@@ -203,6 +205,7 @@ class RefreshRotation:
     successor_sealed: str
     absolute_lifetime: float
     idle_deadline: float
+    identity: Identity | None = None
 
     def expiry(self, created_at: float) -> float:
         """The family's new ``expires_at`` (the rule above, for backends that compute it in

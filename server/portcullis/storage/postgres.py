@@ -24,8 +24,8 @@ import contextlib
 import re
 import select
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -37,6 +37,8 @@ from portcullis.storage import sql_schema as t
 from portcullis.storage.base import StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
 from portcullis.storage.sql_storage import SQLStorage
+
+M = TypeVar("M")
 
 # pg_advisory_xact_lock key for schema migrations: any constant unlikely to clash with another
 # application's advisory locks in the same database ("portcullis" in ASCII, truncated).
@@ -295,13 +297,18 @@ class PostgresStorage(SQLStorage):
                     raise failure from None
                 raise failure from exc
 
-    @contextlib.contextmanager
-    def _statement(self) -> Iterator[sa.Connection]:
-        # Autocommit: the statement is its own transaction, one round trip instead of three
-        # (BEGIN, statement, COMMIT). The pool restores the isolation level on check-in.
+    def _run_statement(self, run: Callable[[sa.Connection], M]) -> M:
+        return self._autocommit(run)
+
+    def _run_read(self, run: Callable[[sa.Connection], M]) -> M:
+        return self._autocommit(run)
+
+    def _autocommit(self, run: Callable[[sa.Connection], M]) -> M:
+        # The statement is its own transaction: one round trip instead of three (BEGIN,
+        # statement, COMMIT). The pool restores the isolation level on check-in.
         with self._connection() as conn:
             try:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                return run(conn.execution_options(isolation_level="AUTOCOMMIT"))
             except sa.exc.DBAPIError as exc:
                 failure = self._failure(exc)
                 if isinstance(failure, DatabaseUnavailableError):

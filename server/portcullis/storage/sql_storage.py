@@ -46,7 +46,7 @@ LOGIN_ATTEMPT_RETENTION = 24 * 3600.0
 
 
 @functools.cache
-def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool) -> sa.Update:
+def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity: bool) -> sa.Update:
     """The refresh hot path as ONE ``UPDATE ... RETURNING`` (see RefreshRotation): the check
     that the presented secret is the current one, the client, the connector and the expiry all
     sit in its WHERE, so no separate read and no row lock are needed and a concurrent rotation
@@ -68,6 +68,12 @@ def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool) -> sa.Upd
     else:
         expires = idle_deadline  # 0 (never) when there is no idle limit either
     values: dict[str, Any] = {"last_used": now, "expires_at": expires}
+    if identity:
+        values.update(
+            user_id=sa.bindparam("p_user_id", type_=sa.Text),
+            identity=sa.bindparam("p_identity", type_=rt.c.identity.type),
+            connector_data=sa.bindparam("p_connector_data", type_=sa.LargeBinary),
+        )
     if rotating:
         values.update(
             token_hash=sa.bindparam("p_new_hash", type_=sa.Text),
@@ -124,11 +130,20 @@ class SQLStorage(Storage):
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
 
-    def _statement(self) -> AbstractContextManager[sa.Connection]:
-        """A connection for ONE atomic statement (an ``UPDATE ... RETURNING``): the write
-        transaction by default; PostgreSQL runs it in autocommit, saving the BEGIN and COMMIT
-        round trips (a single statement is atomic on its own)."""
-        return self._write()
+    def _run_statement(self, run: Callable[[sa.Connection], M]) -> M:
+        """Run ``run`` (ONE atomic statement, an ``UPDATE ... RETURNING``, and reading its
+        rows) durably: in a write transaction of its own by default. PostgreSQL runs it in
+        autocommit, saving the BEGIN and COMMIT round trips; SQLite commits concurrent ones
+        together (group commit). ``run`` may therefore share a transaction with other such
+        statements and must not depend on anything but its own statement."""
+        with self._write() as conn:
+            return run(conn)
+
+    def _run_read(self, run: Callable[[sa.Connection], M]) -> M:
+        """Run ``run`` (ONE read-only statement): in a read transaction by default; PostgreSQL
+        runs it in autocommit (one round trip; one statement sees one snapshot anyway)."""
+        with self._read() as conn:
+            return run(conn)
 
     def _lock_name(self, conn: sa.Connection, name: str) -> None:
         """Serialise write transactions about one logical name that has no row to lock (e.g.
@@ -164,8 +179,9 @@ class SQLStorage(Storage):
         key: str,
         decode: Callable[[Mapping[Any, Any]], M],
     ) -> M:
-        with self._read() as conn:
-            return decode(self._select_one(conn, table, key_col, key, lock=False))
+        return self._run_read(
+            lambda conn: decode(self._select_one(conn, table, key_col, key, lock=False))
+        )
 
     def _list(
         self,
@@ -261,8 +277,10 @@ class SQLStorage(Storage):
     def consume_auth_code(self, code_id: str, now: float) -> AuthCode:
         # One statement on the hot path: the guard on used_at makes it single-use whatever the
         # dialect's locking; only a failed consume (unknown or replayed code) reads afterwards.
-        with self._statement() as conn:
-            row = conn.execute(_CONSUME_CODE, {"p_id": code_id, "p_now": now}).mappings().first()
+        params = {"p_id": code_id, "p_now": now}
+        row = self._run_statement(
+            lambda conn: conn.execute(_CONSUME_CODE, params).mappings().first()
+        )
         if row is not None:
             return rows.auth_code_from(row)
         codes = t.auth_codes
@@ -301,8 +319,9 @@ class SQLStorage(Storage):
             rotating=bool(rotation.new_token_hash),
             absolute=rotation.absolute_lifetime > 0,
             idle=rotation.idle_deadline > 0,
+            identity=rotation.identity is not None,
         )
-        params = {
+        params: dict[str, Any] = {
             "p_id": rotation.family_id,
             "p_presented": rotation.presented_hash,
             "p_client": rotation.client_id,
@@ -313,8 +332,11 @@ class SQLStorage(Storage):
             "p_absolute": rotation.absolute_lifetime,
             "p_idle_deadline": rotation.idle_deadline,
         }
-        with self._statement() as conn:
-            row = conn.execute(stmt, params).mappings().first()
+        if rotation.identity is not None:
+            params["p_user_id"] = rotation.identity.user_id
+            params["p_identity"] = rows.identity_json(rotation.identity)
+            params["p_connector_data"] = rotation.identity.connector_data
+        row = self._run_statement(lambda conn: conn.execute(stmt, params).mappings().first())
         return None if row is None else rows.refresh_token_from(row)
 
     def delete_refresh_token(self, token_id: str) -> None:

@@ -132,3 +132,16 @@ def test_a_secret_rotates_the_family_once_under_concurrency(
     stored = storage.get_refresh_token("rt-1")
     assert stored == winners[0]
     assert stored.obsolete_token_hash == CURRENT
+
+
+def test_rotation_can_store_the_refreshed_identity(
+    storage: Storage, family: RefreshToken, samples: Any
+) -> None:
+    refreshed = samples.identity(
+        "user-1", groups=("new-group",), email="new@example.com", connector_data=b"\x01new"
+    )
+    updated = storage.rotate_refresh_token(_rotation(identity=refreshed))
+    assert updated is not None
+    assert updated.identity == refreshed
+    assert storage.get_refresh_token("rt-1") == updated
+    assert storage.list_refresh_tokens("user-1", "local") == [updated]

@@ -59,19 +59,16 @@ class RefreshTokenGrant:
 
         Taken only when the request keeps the granted scopes (no ``scope`` parameter: checking
         a narrowing needs the family first, and the token must not rotate if it is refused) and
-        only for families whose connector needs no upstream refresh: the statement's WHERE
-        leaves every other case (retry, replay, expiry, another client's token, upstream
-        refresh, a removed connector) untouched for the general path.
+        only when no configured connector refreshes upstream (that needs the family's identity
+        before the rotation; the general path then rotates with one compare-and-swap). The
+        statement's WHERE leaves every other case (retry, replay, expiry, another client's
+        token, a removed connector) untouched for the general path.
         """
         value = request.form.get("refresh_token", "")
         if not value or request.form.get("scope", ""):
             return None
-        local = tuple(
-            name
-            for name, connector in self._connectors.items()
-            if not isinstance(connector, RefreshConnector)
-        )
-        if not local:
+        local = tuple(self._connectors)
+        if not local or any(isinstance(c, RefreshConnector) for c in self._connectors.values()):
             return None
         rotated = self._refresh.rotate_current(value, request.client, local)
         if rotated is None:
