@@ -7,6 +7,10 @@ supplies only what really differs: how a transaction is opened and locked (:meth
 Concurrency model: every read-modify-write runs in one :meth:`_write` transaction and selects the
 row ``FOR UPDATE`` (rendered on PostgreSQL, ignored by SQLite whose ``BEGIN IMMEDIATE`` already
 holds the database write lock), so two workers never both consume a code or both rotate keys.
+The two hottest writes, consuming a code and rotating a refresh family, are instead ONE
+conditional ``UPDATE ... RETURNING`` each (the condition in the ``WHERE``, so a concurrent
+writer makes it match nothing), run through :meth:`_run_statement`: autocommit on PostgreSQL,
+group commit on SQLite.
 """
 
 from __future__ import annotations
