@@ -299,7 +299,18 @@ class SQLStorage(Storage):
 
     # -- refresh tokens ----------------------------------------------------------------------
     def create_refresh_token(self, token: RefreshToken) -> None:
-        self._insert(t.refresh_tokens, rows.refresh_token_row(token))
+        # On the code-exchange hot path: one statement, so it can share a group commit.
+        row = rows.refresh_token_row(token)
+
+        def insert(conn: sa.Connection) -> None:
+            try:
+                conn.execute(t.refresh_tokens.insert().values(**row))
+            except sa.exc.IntegrityError as exc:
+                if self._is_duplicate_key(exc):
+                    raise AlreadyExistsError("refresh_tokens: record already exists") from None
+                raise
+
+        self._run_statement(insert)
 
     def get_refresh_token(self, token_id: str) -> RefreshToken:
         return self._get(t.refresh_tokens, t.refresh_tokens.c.id, token_id, rows.refresh_token_from)

@@ -170,8 +170,10 @@ class SQLiteStorage(SQLStorage):
         commit per refresh caps a server at a few hundred refreshes a second. Statements that
         arrive while another commit is in progress queue up; whichever thread takes the write
         lock next runs ALL queued statements in one transaction and one fsync, and each caller
-        returns only after that commit, so durability is that of FULL. When the transaction
-        fails, every statement of the group fails with it (no partial commit)."""
+        returns only after that commit, so durability is that of FULL. Each statement runs in
+        a savepoint of its own, so one that fails (a duplicate key) is rolled back alone and
+        its caller alone gets the error; when the commit itself fails, every statement of the
+        group fails with it (no partial commit)."""
         mine = _Pending(run)
         with self._pending_lock:
             self._pending.append(mine)
@@ -182,11 +184,17 @@ class SQLiteStorage(SQLStorage):
                 try:
                     with self._transaction("IMMEDIATE") as conn:
                         for pending in batch:
-                            pending.result = pending.run(conn)
+                            try:
+                                with conn.begin_nested():
+                                    pending.result = pending.run(conn)
+                            except sa.exc.DBAPIError as exc:  # this caller's, not the group's
+                                pending.error = StorageError(f"sqlite3 {self.path}: {exc.orig}")
+                                pending.error.__cause__ = exc
+                            except Exception as exc:
+                                pending.error = exc
                 except BaseException as exc:
                     for pending in batch:
                         pending.error = exc
-                    raise
                 finally:
                     for pending in batch:
                         pending.done = True
