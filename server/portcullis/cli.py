@@ -84,13 +84,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from portcullis import fips
     from portcullis.config.load import ConfigError, load_config
-    from portcullis.connectors.registry import CONNECTOR_TYPES
+    from portcullis.connectors.registry import CONNECTOR_MODELS
     from portcullis.issuer import check_connectors
 
     fips_mode = fips.fips_requested()
-    models = {name: kind.config_model for name, kind in CONNECTOR_TYPES.items()}
     try:
-        config = load_config(args.config, connector_models=models, fips_mode=fips_mode)
+        config = load_config(args.config, connector_models=CONNECTOR_MODELS, fips_mode=fips_mode)
         # Opened as serve would (no network), so what only opening finds is reported too.
         check_connectors(config, fips_mode=fips_mode)
     except ConfigError as exc:

@@ -30,7 +30,7 @@ from portcullis.config.load import Config, ConfigError
 from portcullis.config.model import LOCAL_CONNECTOR_ID
 from portcullis.connectors.base import Connector, ConnectorEnv
 from portcullis.connectors.local import LOCAL_CONNECTOR_TYPE, LocalConfig
-from portcullis.connectors.registry import CONNECTOR_TYPES, build_connector
+from portcullis.connectors.registry import CONNECTOR_MODELS, build_connector
 from portcullis.kube.page import page_routes, register_page_client
 from portcullis.kube.webhook import webhook_app
 from portcullis.oidc.provider import Provider
@@ -56,9 +56,10 @@ GC_INTERVAL = 300.0
 # -- config, as this build reads it ---------------------------------------------------------
 
 
-def connector_models() -> dict[str, type[BaseModel]]:
-    """Connector type name -> config model, for the config loader."""
-    return {name: kind.config_model for name, kind in CONNECTOR_TYPES.items()}
+def connector_models() -> Mapping[str, type[BaseModel]]:
+    """Connector type name -> config model, for the config loader; a connector's module is
+    imported only when the config names its type (see ``connectors.registry``)."""
+    return CONNECTOR_MODELS
 
 
 def parse_config(

@@ -50,7 +50,7 @@ from portcullis.oidc.dex_refresh import decode_dex_refresh_token
 from portcullis.oidc.settings import ProtocolSettings, RefreshPolicy
 from portcullis.oidc.tokens import derived_jti, new_id
 from portcullis.storage.base import NotFoundError, Storage
-from portcullis.storage.models import Client, Identity, RefreshToken
+from portcullis.storage.models import Client, Identity, RefreshRotation, RefreshToken
 
 log = logging.getLogger("portcullis.token")
 
@@ -411,10 +411,76 @@ class RefreshStore:
         self._storage.create_refresh_token(family)
         return family.id, format_refresh_token(family.id, secret)
 
+    def rotate_current(
+        self, value: str, client: Client, connector_ids: tuple[str, ...]
+    ) -> tuple[RefreshToken, Rotated] | None:
+        """The hot path: use ``value`` in ONE atomic storage statement when it carries the
+        current secret of a live family of ``client`` whose connector is one of
+        ``connector_ids`` (those that need no upstream refresh). Returns the family as stored
+        afterwards and the secret for the client, or None when any of that does not hold;
+        nothing changed then, and the caller takes the general path (``lookup_for_grant``,
+        then ``rotate``), which decides retry, reuse, expiry and upstream refresh exactly as
+        before. The successor is sealed before the statement, since the key derives from the
+        presented secret; the statement applies the same rules as ``rotate_family`` and
+        ``family_expiry`` for this case."""
+        parsed = parse_refresh_token(value)
+        if parsed is None:
+            raise MalformedRefreshTokenError()
+        family_id, secret = parsed
+        return self._rotate_in_one_statement(family_id, secret, client, connector_ids, None)
+
+    def _rotate_in_one_statement(
+        self,
+        family_id: str,
+        secret: str,
+        client: Client,
+        connector_ids: tuple[str, ...],
+        identity: Identity | None,
+    ) -> tuple[RefreshToken, Rotated] | None:
+        """``rotate_family`` for a current secret, as ``Storage.rotate_refresh_token``."""
+        now = self._clock.now()
+        policy = self.policy
+        if policy.disable_rotation:
+            successor, new_hash, sealed = secret, "", ""
+        else:
+            successor = new_secret()
+            new_hash = digest(successor)
+            sealed = seal_successor(secret, family_id, successor)
+        family = self._storage.rotate_refresh_token(
+            RefreshRotation(
+                family_id=family_id,
+                presented_hash=digest(secret),
+                client_id=client.id,
+                connector_ids=connector_ids,
+                now=now,
+                new_token_hash=new_hash,
+                successor_sealed=sealed,
+                absolute_lifetime=(
+                    client.refresh_token_absolute_lifetime or policy.absolute_lifetime or 0.0
+                ),
+                idle_deadline=(
+                    now + policy.valid_if_not_used_for if policy.valid_if_not_used_for else 0.0
+                ),
+                identity=identity,
+            )
+        )
+        return None if family is None else (family, Rotated(successor))
+
     def rotate(self, client: Client, presented: Presented, identity: Identity) -> RotationOutcome:
         """Apply ``rotate_family`` atomically to the family as stored now (another worker or
         replica may have rotated it since the lookup). Raises UnknownRefreshTokenError when the
-        family was deleted meanwhile."""
+        family was deleted meanwhile.
+
+        A current secret is first tried as one compare-and-swap statement (the family still
+        has that secret: rotate it); only when it was overtaken meanwhile does the locked
+        read-decide-write below run, which tells a retry from a replay."""
+        family = presented.family
+        if presented.match is SecretMatch.CURRENT:
+            swapped = self._rotate_in_one_statement(
+                family.id, presented.secret, client, (family.connector_id,), identity
+            )
+            if swapped is not None:
+                return swapped[1]
         now = self._clock.now()
         outcome: list[RotationOutcome] = []
 

@@ -22,6 +22,7 @@ from portcullis.storage.models import (
     ImportResult,
     Keys,
     Password,
+    RefreshRotation,
     RefreshToken,
 )
 from portcullis.storage.throttling import ThrottleRule
@@ -108,6 +109,14 @@ class Storage(ABC):
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
     ) -> RefreshToken: ...
+
+    @abstractmethod
+    def rotate_refresh_token(self, rotation: RefreshRotation) -> RefreshToken | None:
+        """Apply ``rotation`` (see RefreshRotation for exactly when and what) atomically, in
+        one storage round trip where the backend can: the refresh grant's hot path. Returns
+        the family as stored afterwards, or None when the conditions did not hold and nothing
+        changed; the caller then reads the family to find out why (unknown, another client's,
+        a retry or a replay, expired, a connector that refreshes upstream)."""
 
     @abstractmethod
     def delete_refresh_token(self, token_id: str) -> None: ...

@@ -24,6 +24,7 @@ from portcullis.storage.models import (
     ImportResult,
     Keys,
     Password,
+    RefreshRotation,
     RefreshToken,
 )
 from portcullis.storage.throttling import ThrottleRule, verdict
@@ -152,6 +153,34 @@ class MemoryStorage(Storage):
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
     ) -> RefreshToken:
         return self._update(self._refresh, token_id, updater, lambda t: t.id)
+
+    def rotate_refresh_token(self, rotation: RefreshRotation) -> RefreshToken | None:
+        with self._lock:
+            family = self._refresh.get(rotation.family_id)
+            if (
+                family is None
+                or not rotation.presented_hash
+                or family.token_hash != rotation.presented_hash
+                or family.client_id != rotation.client_id
+                or family.connector_id not in rotation.connector_ids
+                or (family.expires_at and rotation.now > family.expires_at)
+            ):
+                return None
+            updated = dataclasses.replace(
+                family,
+                last_used=rotation.now,
+                expires_at=rotation.expiry(family.created_at),
+                identity=rotation.identity or family.identity,
+            )
+            if rotation.new_token_hash:
+                updated = dataclasses.replace(
+                    updated,
+                    token_hash=rotation.new_token_hash,
+                    obsolete_token_hash=rotation.presented_hash,
+                    successor_sealed=rotation.successor_sealed,
+                )
+            self._refresh[family.id] = updated
+            return updated
 
     def delete_refresh_token(self, token_id: str) -> None:
         self._delete(self._refresh, token_id)

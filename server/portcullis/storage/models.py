@@ -255,3 +255,42 @@ class ImportResult:
     passwords: int = 0
     refresh_tokens: int = 0
     verification_keys: int = 0
+
+
+@dataclass(frozen=True)
+class RefreshRotation:
+    """One use of a refresh family's *current* secret, applied by
+    ``Storage.rotate_refresh_token`` as one atomic statement (the refresh hot path).
+
+    Applies only when the family ``family_id`` exists, its ``token_hash`` equals
+    ``presented_hash``, it belongs to ``client_id``, its connector is one of ``connector_ids``
+    and it is live at ``now`` (``expires_at`` is 0 or ``now <= expires_at``). Applying sets
+    ``last_used = now`` and ``expires_at`` to the earlier of ``created_at + absolute_lifetime``
+    (when that is > 0) and ``idle_deadline`` (when > 0), 0 when neither; with a non-empty
+    ``new_token_hash`` it also rotates: ``token_hash = new_token_hash``,
+    ``obsolete_token_hash = presented_hash``, ``successor_sealed = successor_sealed``. An empty
+    ``new_token_hash`` means rotation is disabled and the secrets stay as they are. A non-None
+    ``identity`` replaces the stored one (the user as the connector's upstream refresh just
+    returned it).
+    """
+
+    family_id: str
+    presented_hash: str
+    client_id: str
+    connector_ids: tuple[str, ...]
+    now: float
+    new_token_hash: str
+    successor_sealed: str
+    absolute_lifetime: float
+    idle_deadline: float
+    identity: Identity | None = None
+
+    def expiry(self, created_at: float) -> float:
+        """The family's new ``expires_at`` (the rule above, for backends that compute it in
+        Python; SQL backends express the same rule in the UPDATE)."""
+        limits = []
+        if self.absolute_lifetime > 0:
+            limits.append(created_at + self.absolute_lifetime)
+        if self.idle_deadline > 0:
+            limits.append(self.idle_deadline)
+        return min(limits) if limits else 0.0

@@ -24,8 +24,8 @@ import contextlib
 import re
 import select
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -37,6 +37,8 @@ from portcullis.storage import sql_schema as t
 from portcullis.storage.base import StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
 from portcullis.storage.sql_storage import SQLStorage
+
+M = TypeVar("M")
 
 # pg_advisory_xact_lock key for schema migrations: any constant unlikely to clash with another
 # application's advisory locks in the same database ("portcullis" in ASCII, truncated).
@@ -277,6 +279,17 @@ class PostgresStorage(SQLStorage):
             yield conn
 
     # -- dialect hooks -----------------------------------------------------------------------
+    def _failure(self, exc: sa.exc.DBAPIError) -> StorageError:
+        if exc.connection_invalidated:
+            return self._unavailable(exc)
+        message = f"{self._target}: {_libpq_reason(exc)}"
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            message += (
+                f" ({_FIELD}.user must own the database, or hold CREATE on its schema, "
+                "so Portcullis can create and migrate its tables)"
+            )
+        return StorageError(self._scrub(message))
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sa.Connection]:
         with self._connection() as conn:
@@ -284,15 +297,28 @@ class PostgresStorage(SQLStorage):
                 with conn.begin():
                     yield conn
             except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise self._unavailable(exc) from None
-                message = f"{self._target}: {_libpq_reason(exc)}"
-                if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
-                    message += (
-                        f" ({_FIELD}.user must own the database, or hold CREATE on its schema, "
-                        "so Portcullis can create and migrate its tables)"
-                    )
-                raise StorageError(self._scrub(message)) from exc
+                failure = self._failure(exc)
+                if isinstance(failure, DatabaseUnavailableError):
+                    raise failure from None
+                raise failure from exc
+
+    def _run_statement(self, run: Callable[[sa.Connection], M]) -> M:
+        return self._autocommit(run)
+
+    def _run_read(self, run: Callable[[sa.Connection], M]) -> M:
+        return self._autocommit(run)
+
+    def _autocommit(self, run: Callable[[sa.Connection], M]) -> M:
+        # The statement is its own transaction: one round trip instead of three (BEGIN,
+        # statement, COMMIT). The pool restores the isolation level on check-in.
+        with self._connection() as conn:
+            try:
+                return run(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            except sa.exc.DBAPIError as exc:
+                failure = self._failure(exc)
+                if isinstance(failure, DatabaseUnavailableError):
+                    raise failure from None
+                raise failure from exc
 
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction()

@@ -7,11 +7,16 @@ supplies only what really differs: how a transaction is opened and locked (:meth
 Concurrency model: every read-modify-write runs in one :meth:`_write` transaction and selects the
 row ``FOR UPDATE`` (rendered on PostgreSQL, ignored by SQLite whose ``BEGIN IMMEDIATE`` already
 holds the database write lock), so two workers never both consume a code or both rotate keys.
+The two hottest writes, consuming a code and rotating a refresh family, are instead ONE
+conditional ``UPDATE ... RETURNING`` each (the condition in the ``WHERE``, so a concurrent
+writer makes it match nothing), run through :meth:`_run_statement`: autocommit on PostgreSQL,
+group commit on SQLite.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -38,6 +43,7 @@ from portcullis.storage.models import (
     ImportResult,
     Keys,
     Password,
+    RefreshRotation,
     RefreshToken,
 )
 from portcullis.storage.throttling import ThrottleRule, verdict
@@ -46,6 +52,68 @@ M = TypeVar("M")
 
 # Failed-login records older than this are useless to any sane throttle window (same as memory).
 LOGIN_ATTEMPT_RETENTION = 24 * 3600.0
+
+
+@functools.cache
+def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity: bool) -> sa.Update:
+    """The refresh hot path as ONE ``UPDATE ... RETURNING`` (see RefreshRotation): the check
+    that the presented secret is the current one, the client, the connector and the expiry all
+    sit in its WHERE, so no separate read and no row lock are needed and a concurrent rotation
+    simply makes it match nothing. Built once per shape and reused, so SQLAlchemy compiles it
+    once (its compiled cache is keyed by the statement's structure). Digests are compared in
+    SQL, not in constant time: timing could at most reveal a SHA-256 digest, which gives no
+    secret."""
+    rt = t.refresh_tokens
+    now = sa.bindparam("p_now", type_=sa.Double)
+    absolute_deadline = rt.c.created_at + sa.bindparam("p_absolute", type_=sa.Double)
+    idle_deadline = sa.bindparam("p_idle_deadline", type_=sa.Double)
+    expires: sa.ColumnElement[Any]
+    if absolute and idle:
+        expires = sa.case(
+            (idle_deadline < absolute_deadline, idle_deadline), else_=absolute_deadline
+        )
+    elif absolute:
+        expires = absolute_deadline
+    else:
+        expires = idle_deadline  # 0 (never) when there is no idle limit either
+    values: dict[str, Any] = {"last_used": now, "expires_at": expires}
+    if identity:
+        values.update(
+            user_id=sa.bindparam("p_user_id", type_=sa.Text),
+            identity=sa.bindparam("p_identity", type_=rt.c.identity.type),
+            connector_data=sa.bindparam("p_connector_data", type_=sa.LargeBinary),
+        )
+    if rotating:
+        values.update(
+            token_hash=sa.bindparam("p_new_hash", type_=sa.Text),
+            obsolete_token_hash=rt.c.token_hash,
+            successor_sealed=sa.bindparam("p_sealed", type_=sa.Text),
+        )
+    return (
+        sa.update(rt)
+        .where(
+            rt.c.id == sa.bindparam("p_id", type_=sa.Text),
+            rt.c.token_hash == sa.bindparam("p_presented", type_=sa.Text),
+            rt.c.client_id == sa.bindparam("p_client", type_=sa.Text),
+            rt.c.connector_id.in_(sa.bindparam("p_connectors", expanding=True)),
+            sa.or_(rt.c.expires_at == 0, rt.c.expires_at >= now),
+        )
+        .values(**values)
+        .returning(*rt.c)
+    )
+
+
+# Consuming an authorization code, built once (compiled once): mark it used only if unused.
+_CONSUME_CODE = (
+    sa.update(t.auth_codes)
+    .where(
+        t.auth_codes.c.id == sa.bindparam("p_id", type_=sa.Text),
+        t.auth_codes.c.client_id == sa.bindparam("p_client", type_=sa.Text),
+        t.auth_codes.c.used_at == 0,
+    )
+    .values(used_at=sa.bindparam("p_now", type_=sa.Double))
+    .returning(*t.auth_codes.c)
+)
 
 
 class SQLStorage(Storage):
@@ -71,6 +139,21 @@ class SQLStorage(Storage):
     @abstractmethod
     def _upsert_revoked(self, jti: str, expiry: float) -> sa.Executable:
         """INSERT ... ON CONFLICT (jti) DO UPDATE keeping the later expiry."""
+
+    def _run_statement(self, run: Callable[[sa.Connection], M]) -> M:
+        """Run ``run`` (ONE atomic statement, an ``UPDATE ... RETURNING``, and reading its
+        rows) durably: in a write transaction of its own by default. PostgreSQL runs it in
+        autocommit, saving the BEGIN and COMMIT round trips; SQLite commits concurrent ones
+        together (group commit). ``run`` may therefore share a transaction with other such
+        statements and must not depend on anything but its own statement."""
+        with self._write() as conn:
+            return run(conn)
+
+    def _run_read(self, run: Callable[[sa.Connection], M]) -> M:
+        """Run ``run`` (ONE read-only statement): in a read transaction by default; PostgreSQL
+        runs it in autocommit (one round trip; one statement sees one snapshot anyway)."""
+        with self._read() as conn:
+            return run(conn)
 
     def _lock_name(self, conn: sa.Connection, name: str) -> None:
         """Serialise write transactions about one logical name that has no row to lock (e.g.
@@ -106,8 +189,9 @@ class SQLStorage(Storage):
         key: str,
         decode: Callable[[Mapping[Any, Any]], M],
     ) -> M:
-        with self._read() as conn:
-            return decode(self._select_one(conn, table, key_col, key, lock=False))
+        return self._run_read(
+            lambda conn: decode(self._select_one(conn, table, key_col, key, lock=False))
+        )
 
     def _list(
         self,
@@ -201,31 +285,42 @@ class SQLStorage(Storage):
         self._insert(t.auth_codes, rows.auth_code_row(code))
 
     def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
+        # One statement on the hot path: the guards on used_at and client_id make it single-use
+        # and bound to its client whatever the dialect's locking; only a failed consume (unknown,
+        # replayed or another client's code) reads afterwards to say which.
+        params = {"p_id": code_id, "p_now": now, "p_client": client_id}
+        row = self._run_statement(
+            lambda conn: conn.execute(_CONSUME_CODE, params).mappings().first()
+        )
+        if row is not None:
+            return rows.auth_code_from(row)
         codes = t.auth_codes
-        with self._write() as conn:
+        with self._read() as conn:
             code = rows.auth_code_from(
-                self._select_one(conn, codes, codes.c.id, code_id, lock=True)
+                self._select_one(conn, codes, codes.c.id, code_id, lock=False)
             )
-            if code.client_id != client_id:
-                raise CodeClientMismatchError()
-            if code.used_at:
-                raise CodeReplayedError(code)
-            # The guard on used_at keeps this single-use even if a dialect's lock were weaker.
-            marked = conn.execute(
-                sa.update(codes)
-                .where(codes.c.id == code_id, codes.c.used_at == 0)
-                .values(used_at=now)
-            ).rowcount
-            if marked != 1:
-                raise CodeReplayedError(code)
-            return dataclasses.replace(code, used_at=now)
+        if code.client_id != client_id:
+            # Left untouched: the right client can still redeem it.
+            raise CodeClientMismatchError()
+        raise CodeReplayedError(code)
 
     def delete_auth_code(self, code_id: str) -> None:
         self._delete(t.auth_codes, t.auth_codes.c.id, code_id)
 
     # -- refresh tokens ----------------------------------------------------------------------
     def create_refresh_token(self, token: RefreshToken) -> None:
-        self._insert(t.refresh_tokens, rows.refresh_token_row(token))
+        # On the code-exchange hot path: one statement, so it can share a group commit.
+        row = rows.refresh_token_row(token)
+
+        def insert(conn: sa.Connection) -> None:
+            try:
+                conn.execute(t.refresh_tokens.insert().values(**row))
+            except sa.exc.IntegrityError as exc:
+                if self._is_duplicate_key(exc):
+                    raise AlreadyExistsError("refresh_tokens: record already exists") from None
+                raise
+
+        self._run_statement(insert)
 
     def get_refresh_token(self, token_id: str) -> RefreshToken:
         return self._get(t.refresh_tokens, t.refresh_tokens.c.id, token_id, rows.refresh_token_from)
@@ -241,6 +336,33 @@ class SQLStorage(Storage):
             rows.refresh_token_row,
             updater,
         )
+
+    def rotate_refresh_token(self, rotation: RefreshRotation) -> RefreshToken | None:
+        if not rotation.presented_hash or not rotation.connector_ids:
+            return None
+        stmt = _rotation_statement(
+            rotating=bool(rotation.new_token_hash),
+            absolute=rotation.absolute_lifetime > 0,
+            idle=rotation.idle_deadline > 0,
+            identity=rotation.identity is not None,
+        )
+        params: dict[str, Any] = {
+            "p_id": rotation.family_id,
+            "p_presented": rotation.presented_hash,
+            "p_client": rotation.client_id,
+            "p_connectors": list(rotation.connector_ids),
+            "p_now": rotation.now,
+            "p_new_hash": rotation.new_token_hash,
+            "p_sealed": rotation.successor_sealed,
+            "p_absolute": rotation.absolute_lifetime,
+            "p_idle_deadline": rotation.idle_deadline,
+        }
+        if rotation.identity is not None:
+            params["p_user_id"] = rotation.identity.user_id
+            params["p_identity"] = rows.identity_json(rotation.identity)
+            params["p_connector_data"] = rotation.identity.connector_data
+        row = self._run_statement(lambda conn: conn.execute(stmt, params).mappings().first())
+        return None if row is None else rows.refresh_token_from(row)
 
     def delete_refresh_token(self, token_id: str) -> None:
         self._delete(t.refresh_tokens, t.refresh_tokens.c.id, token_id)

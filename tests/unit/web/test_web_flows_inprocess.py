@@ -446,7 +446,8 @@ async def test_slow_storage_does_not_stall_the_event_loop(clock: FrozenClock) ->
     issuer = _issuer(clock, PASSWORD_GRANT)
     storage = issuer.provider.storage
     release = threading.Event()
-    original = storage.update_refresh_token
+    # The refresh's rotation statement (the grant's hot path and its general path both use it).
+    original = storage.rotate_refresh_token
 
     def blocked_update(*args: Any, **kwargs: Any) -> Any:
         release.wait(10)
@@ -455,7 +456,7 @@ async def test_slow_storage_does_not_stall_the_event_loop(clock: FrozenClock) ->
     transport = httpx.ASGITransport(app=issuer.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5556") as c:
         tokens = await _password_grant(c)
-        storage.update_refresh_token = blocked_update  # type: ignore[method-assign]
+        storage.rotate_refresh_token = blocked_update  # type: ignore[method-assign]
         results: dict[str, float] = {}
 
         async def refresh() -> None:

@@ -1,0 +1,111 @@
+"""``RefreshStore.rotate_current``, the refresh grant's one-statement path: it rotates only a
+live family's current secret for its own client and an allowed connector, and whatever it
+leaves alone is decided by the general path exactly as before (a retry inside reuseInterval
+gets the same successor, a replay ends the family)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from portcullis.oidc.refresh import (
+    MalformedRefreshTokenError,
+    Rotated,
+    digest,
+    format_refresh_token,
+    parse_refresh_token,
+)
+from portcullis.storage.base import NotFoundError
+
+from tests.support.oidc_provider import World, make_world
+
+pytestmark = pytest.mark.anyio
+
+
+def _split(token: str) -> tuple[str, str]:
+    parsed = parse_refresh_token(token)
+    assert parsed is not None
+    return parsed
+
+
+async def test_current_secret_rotates_in_one_statement(world: World) -> None:
+    token = (await world.login())["refresh_token"]
+    family_id, secret = _split(token)
+    client = world.provider.clients.get("app")
+    assert client is not None
+    world.clock.advance(30)
+
+    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+
+    assert rotated is not None
+    family, outcome = rotated
+    assert family.id == family_id
+    assert outcome.secret != secret
+    stored = world.storage.get_refresh_token(family_id)
+    assert stored == family
+    assert stored.token_hash == digest(outcome.secret)
+    assert stored.obsolete_token_hash == digest(secret)
+    assert stored.last_used == world.clock.now()
+    # The successor works as a refresh token through the grant.
+    again = await world.refresh(format_refresh_token(family_id, outcome.secret))
+    assert _split(again["refresh_token"])[0] == family_id
+
+
+async def test_previous_secret_is_left_to_the_general_path(world: World) -> None:
+    token = (await world.login())["refresh_token"]
+    client = world.provider.clients.get("app")
+    assert client is not None
+    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+    assert rotated is not None
+    successor = rotated[1].secret
+
+    # Not the current secret any more: nothing happens here ...
+    assert world.provider.refresh.rotate_current(token, client, ("mock",)) is None
+    # ... and the grant treats it as the retry it is: the same successor inside the interval.
+    world.clock.advance(1)
+    retry = await world.refresh(token)
+    assert _split(retry["refresh_token"])[1] == successor
+    # After the interval it is a replay: the family ends.
+    world.clock.advance(10)
+    refused = await world.refuse(grant_type="refresh_token", refresh_token=token)
+    assert refused.error == "invalid_grant"
+    with pytest.raises(NotFoundError):
+        world.storage.get_refresh_token(_split(token)[0])
+
+
+async def test_other_client_connector_or_expired_family_is_not_touched(world: World) -> None:
+    token = (await world.login())["refresh_token"]
+    family_id, _ = _split(token)
+    before = world.storage.get_refresh_token(family_id)
+    store = world.provider.refresh
+    app = world.provider.clients.get("app")
+    assert app is not None
+
+    assert store.rotate_current(token, app, ("other-connector",)) is None
+    other = dataclasses.replace(app, id="someone-else")
+    assert store.rotate_current(token, other, ("mock",)) is None
+    assert world.storage.get_refresh_token(family_id) == before
+
+    expired = dataclasses.replace(before, expires_at=world.clock.now() - 1)
+    world.storage.update_refresh_token(family_id, lambda _: expired)
+    assert store.rotate_current(token, app, ("mock",)) is None
+    assert world.storage.get_refresh_token(family_id) == expired
+
+
+async def test_rotation_disabled_hands_back_the_same_secret() -> None:
+    world = make_world("reuseInterval: 3s, disableRotation: true")
+    token = (await world.login())["refresh_token"]
+    client = world.provider.clients.get("app")
+    assert client is not None
+    world.clock.advance(5)
+    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+    assert rotated is not None
+    assert rotated[1] == Rotated(_split(token)[1])
+    assert rotated[0].last_used == world.clock.now()
+
+
+def test_malformed_token_is_refused(world: World) -> None:
+    client = world.provider.clients.get("app")
+    assert client is not None
+    with pytest.raises(MalformedRefreshTokenError):
+        world.provider.refresh.rotate_current("not-a-token", client, ("mock",))
