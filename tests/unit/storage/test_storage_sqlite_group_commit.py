@@ -30,7 +30,7 @@ def test_concurrent_consumes_each_commit_before_returning(tmp_path: Path, sample
         def consume(code_id: str) -> tuple[str, float]:
             if code_id in ids[:16]:
                 start.wait()
-            used = storage.consume_auth_code(code_id, NOW + 1)
+            used = storage.consume_auth_code(code_id, NOW + 1, "example-app")
             # A separate connection (as another worker process would open) sees it used.
             with sqlite3.connect(path) as other:
                 (used_at,) = other.execute(
@@ -43,7 +43,7 @@ def test_concurrent_consumes_each_commit_before_returning(tmp_path: Path, sample
             results = list(pool.map(consume, ids))
         assert results == [(code_id, NOW + 1) for code_id in ids]
         with pytest.raises(CodeReplayedError):
-            storage.consume_auth_code(ids[0], NOW + 2)
+            storage.consume_auth_code(ids[0], NOW + 2, "example-app")
     finally:
         storage.close()
 
@@ -69,7 +69,7 @@ def test_a_failing_statement_fails_alone(tmp_path: Path, samples: Any) -> None:
                 outcomes["failing"] = exc
 
         def consuming() -> None:
-            outcomes["consumed"] = storage.consume_auth_code("c2", NOW)
+            outcomes["consumed"] = storage.consume_auth_code("c2", NOW, "example-app")
 
         with storage._write_lock:  # hold the writers so both statements queue
             threads = [threading.Thread(target=failing), threading.Thread(target=consuming)]
@@ -83,9 +83,9 @@ def test_a_failing_statement_fails_alone(tmp_path: Path, samples: Any) -> None:
             thread.join(10)
         assert str(outcomes["failing"]) == "statement failed"
         assert outcomes["consumed"].used_at == NOW
-        assert storage.consume_auth_code("c1", NOW + 1).used_at == NOW + 1  # boom rolled back
+        assert storage.consume_auth_code("c1", NOW + 1, "example-app").used_at == NOW + 1  # boom rolled back
         with pytest.raises(CodeReplayedError):
-            storage.consume_auth_code("c2", NOW + 2)
+            storage.consume_auth_code("c2", NOW + 2, "example-app")
     finally:
         storage.close()
 
