@@ -83,7 +83,8 @@ def test_a_failing_statement_fails_alone(tmp_path: Path, samples: Any) -> None:
             thread.join(10)
         assert str(outcomes["failing"]) == "statement failed"
         assert outcomes["consumed"].used_at == NOW
-        assert storage.consume_auth_code("c1", NOW + 1, "example-app").used_at == NOW + 1  # boom rolled back
+        # The failing statement was rolled back alone: c1 is still unused.
+        assert storage.consume_auth_code("c1", NOW + 1, "example-app").used_at == NOW + 1
         with pytest.raises(CodeReplayedError):
             storage.consume_auth_code("c2", NOW + 2, "example-app")
     finally:
