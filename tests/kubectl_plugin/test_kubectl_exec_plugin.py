@@ -164,14 +164,17 @@ def test_kubectl_gets_a_refreshed_token_after_expiry(
 
 
 def _password_token(issuer: Issuer) -> str:
+    """An ID token for `kubectl` minted without a browser: the confidential example-app, which
+    `kubectl` does not trust, cannot mint for its audience, so the stand-in below is asked for
+    example-app's audience instead (the password grant is for confidential clients only)."""
     response = issuer.token(
         {
             "grant_type": "password",
             "username": ADMIN_EMAIL,
             "password": ADMIN_PASSWORD,
             "scope": "openid email groups",
-            "client_id": "kubectl",
-        }
+        },
+        auth=issuer.app_auth(),
     )
     assert response.status_code == 200, response.text
     token: str = response.json()["id_token"]
@@ -182,7 +185,7 @@ def test_stand_in_rejects_foreign_and_tampered_tokens(
     serving_cert: ServingCert, issuer: Issuer, short_issuer: Issuer
 ) -> None:
     # The tests above prove real verification only if the stand-in can say no.
-    standin = ApiServerStandIn(serving_cert, issuer.issuer, "kubectl")
+    standin = ApiServerStandIn(serving_cert, issuer.issuer, "example-app")
     try:
         good = _password_token(issuer)
         assert standin.authenticate(f"Bearer {good}") is not None

@@ -289,9 +289,22 @@ def test_kubelogin_flags_without_a_meaning_here_are_refused_by_name(
     assert "--token-cache-storage is not supported" in stderr
 
 
+def _confidential(issuer: Issuer) -> list[str]:
+    """The password grant is for confidential clients only (RFC 9700 §2.4): a CI job's client
+    with its secret, never the public `kubectl` client."""
+    client_id, secret = issuer.app_auth()
+    issuer.remember(secret)
+    return [f"--client-id={client_id}", f"--client-secret={secret}"]
+
+
 def test_password_grant_where_the_issuer_allows_it(issuer: Issuer, plugin: Plugin) -> None:
     code, stdout, stderr = plugin.run(
-        [*_args(issuer), f"--username={ADMIN_EMAIL}", f"--password={ADMIN_PASSWORD}"]
+        [
+            *_args(issuer),
+            *_confidential(issuer),
+            f"--username={ADMIN_EMAIL}",
+            f"--password={ADMIN_PASSWORD}",
+        ]
     )
     assert code == 0, stderr
     token = exec_credential(stdout)["status"]["token"]
@@ -332,12 +345,30 @@ def test_wrong_password_in_the_password_grant_is_a_one_line_error(
     issuer: Issuer, plugin: Plugin
 ) -> None:
     code, stdout, stderr = plugin.run(
-        [*_args(issuer), f"--username={ADMIN_EMAIL}", "--password=not-the-password"]
+        [
+            *_args(issuer),
+            *_confidential(issuer),
+            f"--username={ADMIN_EMAIL}",
+            "--password=not-the-password",
+        ]
     )
     assert code == 1
     assert stdout == ""
     assert stderr.startswith("kubectl-portcullis: error: ")
     assert "invalid_grant" in stderr
+
+
+def test_password_grant_for_the_public_client_is_the_issuers_one_line_refusal(
+    issuer: Issuer, plugin: Plugin
+) -> None:
+    code, stdout, stderr = plugin.run(
+        [*_args(issuer), f"--username={ADMIN_EMAIL}", f"--password={ADMIN_PASSWORD}"]
+    )
+    assert code == 1
+    assert stdout == ""
+    assert stderr.startswith("kubectl-portcullis: error: ")
+    assert "unauthorized_client" in stderr
+    assert "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
 
 

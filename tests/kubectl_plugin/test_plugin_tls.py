@@ -31,10 +31,14 @@ def tls_issuer(
 
 
 def _password_args(issuer: Issuer) -> list[str]:
+    # The password grant needs a confidential client (RFC 9700 §2.4).
+    client_id, secret = issuer.app_auth()
+    issuer.remember(secret)
     return [
         "get-token",
         f"--issuer={issuer.issuer}",
-        "--client-id=kubectl",
+        f"--client-id={client_id}",
+        f"--client-secret={secret}",
         f"--username={ADMIN_EMAIL}",
         f"--password={ADMIN_PASSWORD}",
     ]
