@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
+from tests.support.github_api import github_api  # noqa: F401
 from tests.support.slapd import slapd_server  # noqa: F401
