@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from portcullis.connectors import authproxy, github, ldap, oauth, oidc, saml
+from portcullis.connectors import authproxy, github, gitlab, ldap, oauth, oidc, saml
 from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
@@ -31,6 +31,7 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "oauth": oauth.CONNECTOR_TYPE,
     "authproxy": authproxy.CONNECTOR_TYPE,
     "github": github.CONNECTOR_TYPE,
+    "gitlab": gitlab.CONNECTOR_TYPE,
 }
 
 
