@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from portcullis.connectors import authproxy, github, gitlab, ldap, oauth, oidc, saml
+from portcullis.connectors import authproxy, github, gitlab, ldap, microsoft, oauth, oidc, saml
 from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
@@ -32,6 +32,7 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "authproxy": authproxy.CONNECTOR_TYPE,
     "github": github.CONNECTOR_TYPE,
     "gitlab": gitlab.CONNECTOR_TYPE,
+    "microsoft": microsoft.CONNECTOR_TYPE,
 }
 
 
