@@ -72,8 +72,9 @@ _STRICT = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 SCOPE_EMAIL = "user:email"
 SCOPE_ORGS = "read:org"
-#: GitHub's REST media type and the API version whose documented behaviour we rely on.
-API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+#: GitHub's REST media type. No X-GitHub-Api-Version pin (Dex sends none): GitHub answers an
+#: unsupported pin with 400, and an Enterprise Server may not know a newer one.
+API_HEADERS = {"Accept": "application/vnd.github+json"}
 #: Largest page GitHub serves; fewer round trips for users in many orgs and teams.
 PER_PAGE = 100
 #: Pages followed per list before failing closed (100 x 100 items is far beyond real users).
