@@ -105,6 +105,7 @@ def test_registered_under_dex_name() -> None:
         ({"promptType": "always"}, "promptType must be one of"),
         ({"graphURL": "http://graph.example"}, "graphURL must be an https URL"),
         ({"apiURL": "ftp://login.example"}, "apiURL must be an https URL"),
+        ({"preferredUsernameField": "upn"}, "preferredUsernameField must be one of"),
     ],
 )
 def test_config_refusals_name_the_key(overrides: dict[str, Any], message: str) -> None:
@@ -323,3 +324,41 @@ async def test_graph_5xx_fails_the_login(
     with pytest.raises(ConnectorError, match=r"failed \(group memberships: HTTP 503\)"):
         await login(make(microsoft_api, env), user)
     assert "answered HTTP 503" in caplog.text
+
+
+async def test_preferred_username_field(microsoft_api: MicrosoftAPI, env: ConnectorEnv) -> None:
+    user = new_user(microsoft_api, "Lee Gu")
+    microsoft_api.users[user].on_premises_sam_account_name = "LEEG"
+    assert (await login(make(microsoft_api, env), user, Scopes())).preferred_username == ""
+    for field, expected in [
+        ("name", "Lee Gu"),
+        ("email", f"{user}@contoso.com"),
+        ("mailNickname", user),
+        ("onPremisesSamAccountName", "LEEG"),
+    ]:
+        connector = make(microsoft_api, env, preferredUsernameField=field, emailToLowercase=True)
+        identity = await login(connector, user, Scopes())
+        assert identity.preferred_username == expected, field
+
+
+async def test_client_assertion_replaces_the_secret(
+    microsoft_api: MicrosoftAPI, env: ConnectorEnv, tmp_path: Path
+) -> None:
+    """Workload identity federation: the assertion file is re-read for every request, so a
+    rotated assertion is used without a restart."""
+    assertion = tmp_path / "azure-identity-token"
+    first, second = f"eyJ.{secrets.token_hex(8)}.sig", f"eyJ.{secrets.token_hex(8)}.sig"
+    microsoft_api.assertions.add(first)
+    assertion.write_text(first + "\n")
+    connector = make(
+        microsoft_api, env, clientSecret="", clientAssertion=str(assertion), batchGroupLookups=True
+    )
+    user = new_user(microsoft_api)
+    identity = await login(connector, user)
+    microsoft_api.assertions.add(second)
+    assertion.write_text(second)
+    microsoft_api.assertions.discard(first)
+    assert (await connector.refresh(OFFLINE, identity)).user_id == identity.user_id
+    assertion.unlink()
+    with pytest.raises(ConnectorError, match="clientAssertion"):
+        await login(connector, user)

@@ -36,6 +36,7 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "00001111-aaaa-2222-bbbb-3333cccc4444"
 CLIENT_SECRET = "qWgdYAmab0YSkuL1qKv5bPX~Y2aTDvW5bp.uTcCP"
 CALLBACK = "http://127.0.0.1:5556/dex/callback"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass
@@ -45,6 +46,8 @@ class EntraUser:
     upn: str
     #: group ids the user is a transitive member of
     groups: list[str] = field(default_factory=list)
+    mail_nickname: str = ""
+    on_premises_sam_account_name: str | None = None
 
 
 @dataclass
@@ -81,6 +84,8 @@ class MicrosoftAPI:
     refresh_tokens: dict[str, _Grant] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
     authorize_queries: list[dict[str, str]] = field(default_factory=list)
+    #: Client assertions (federated credentials) the app accepts instead of its secret.
+    assertions: set[str] = field(default_factory=set)
     throttle_retry_after: int | None = None
     fail_next: tuple[str, int] | None = None
     requests: list[str] = field(default_factory=list)
@@ -88,7 +93,12 @@ class MicrosoftAPI:
 
     def add_user(self, login: str, display_name: str = "") -> EntraUser:
         with self.lock:
-            user = EntraUser(str(uuid.uuid4()), display_name or login, f"{login}@Contoso.com")
+            user = EntraUser(
+                str(uuid.uuid4()),
+                display_name or login,
+                f"{login}@Contoso.com",
+                mail_nickname=login,
+            )
             self.users[login] = user
             return user
 
@@ -216,7 +226,13 @@ def _handler(api: MicrosoftAPI) -> type[BaseHTTPRequestHandler]:
             if not parts.path.endswith("/oauth2/v2.0/token"):
                 self._send(404, _graph_error("BadRequest", "Unsupported segment."))
                 return
-            if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+            assertion_ok = (
+                form.get("client_assertion_type") == ASSERTION_TYPE
+                and form.get("client_assertion") in api.assertions
+                and "client_secret" not in form
+            )
+            secret_ok = form.get("client_secret") == CLIENT_SECRET
+            if form.get("client_id") != CLIENT_ID or not (secret_ok or assertion_ok):
                 self._send(
                     401,
                     _aad_error(
@@ -271,12 +287,18 @@ def _handler(api: MicrosoftAPI) -> type[BaseHTTPRequestHandler]:
                 return 401, _graph_error("InvalidAuthenticationToken", message), request_id
             user = api.users[grant.user]
             if path == "/v1.0/me":
-                body = {
-                    "@odata.context": f"{api.base_url}/v1.0/$metadata#users(id,displayName,"
-                    "userPrincipalName)/$entity",
+                properties = {
                     "id": user.id,
                     "displayName": user.display_name,
                     "userPrincipalName": user.upn,
+                    "mailNickname": user.mail_nickname,
+                    "onPremisesSamAccountName": user.on_premises_sam_account_name,
+                }
+                select = query.get("$select", "id,displayName,userPrincipalName").split(",")
+                body = {
+                    "@odata.context": f"{api.base_url}/v1.0/$metadata#users("
+                    f"{','.join(select)})/$entity",
+                    **{k: v for k, v in properties.items() if k in select},
                 }
                 return 200, body, request_id
             if path == "/v1.0/me/transitiveMemberOf/microsoft.graph.group":

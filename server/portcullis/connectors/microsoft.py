@@ -33,6 +33,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -88,6 +89,14 @@ PAGE_SIZE = 999
 #: Pages followed before failing closed (about 100,000 groups).
 MAX_PAGES = 100
 PROMPTS = ("login", "none", "consent", "select_account", "create")
+#: Dex's preferredUsernameField values and the Graph user property each one reads.
+PREFERRED_USERNAME_FIELDS = {
+    "name": "displayName",
+    "email": "userPrincipalName",
+    "mailNickname": "mailNickname",
+    "onPremisesSamAccountName": "onPremisesSamAccountName",
+}
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 
 
@@ -97,7 +106,10 @@ class MicrosoftConfig(BaseModel):
     model_config = _STRICT
 
     client_id: str = Field(alias="clientID", min_length=1)
-    client_secret: SecretStr = Field(alias="clientSecret")
+    client_secret: SecretStr = Field(SecretStr(""), alias="clientSecret")
+    #: Path of a file holding a client assertion JWT (workload identity federation), read on
+    #: every token request because the platform rotates it; replaces the client secret.
+    client_assertion: str = Field("", alias="clientAssertion")
     redirect_uri: str = Field(alias="redirectURI")
     tenant: str = "common"
     only_security_groups: bool = Field(False, alias="onlySecurityGroups")
@@ -105,6 +117,10 @@ class MicrosoftConfig(BaseModel):
     group_name_format: str = Field("name", alias="groupNameFormat")
     use_groups_as_whitelist: bool = Field(False, alias="useGroupsAsWhitelist")
     email_to_lowercase: bool = Field(False, alias="emailToLowercase")
+    #: Dex splits getByIds lookups into batches of 1000 with this; transitiveMemberOf paging
+    #: never hits that limit, so it is accepted and changes nothing.
+    batch_group_lookups: bool = Field(False, alias="batchGroupLookups")
+    preferred_username_field: str = Field("", alias="preferredUsernameField")
     api_url: str = Field("https://login.microsoftonline.com", alias="apiURL")
     graph_url: str = Field("https://graph.microsoft.com", alias="graphURL")
     prompt_type: str = Field("", alias="promptType")
@@ -143,6 +159,14 @@ class MicrosoftConfig(BaseModel):
             raise ValueError(f"{alias} must be an https URL (a Microsoft national cloud)")
         return http_url(value, alias).rstrip("/")
 
+    @field_validator("preferred_username_field")
+    @classmethod
+    def _preferred_username_field(cls, value: str) -> str:
+        if value and value not in PREFERRED_USERNAME_FIELDS:
+            choices = ", ".join(PREFERRED_USERNAME_FIELDS)
+            raise ValueError(f"preferredUsernameField must be one of {choices}, got {value!r}")
+        return value
+
     @field_validator("prompt_type")
     @classmethod
     def _prompt(cls, value: str) -> str:
@@ -180,8 +204,10 @@ class MicrosoftConnector(CallbackConnector, RefreshConnector):
         self._token_url = f"{self._endpoints.login}/{tenant}/oauth2/v2.0/token"
         self._http = UpstreamHTTP()
         # Microsoft's v2.0 endpoint documents client_secret as a form parameter.
-        self._credentials = ClientCredentials(
-            config.client_id, config.client_secret.get_secret_value(), True
+        self._credentials: ClientCredentials = (
+            AssertionCredentials(config.client_id, config.client_assertion)
+            if config.client_assertion
+            else ClientCredentials(config.client_id, config.client_secret.get_secret_value(), True)
         )
         self._flights = RefreshFlights(env.clock)
 
@@ -257,7 +283,10 @@ class MicrosoftConnector(CallbackConnector, RefreshConnector):
         self, scopes: Scopes, tokens: TokenResponse, previous: Identity | None, keep: bool
     ) -> Identity:
         token = tokens.access_token
-        url = f"{self._endpoints.graph}/v1.0/me?$select=id,displayName,userPrincipalName"
+        url = (
+            f"{self._endpoints.graph}/v1.0/me?$select=id,displayName,userPrincipalName,"
+            "mailNickname,onPremisesSamAccountName"
+        )
         response = await self._http.fetch(url, what="user", headers=_bearer(token))
         if response.status != 200:
             raise_for_api_status(response, "user", self._clock.now())
@@ -276,6 +305,11 @@ class MicrosoftConnector(CallbackConnector, RefreshConnector):
         if self._config.email_to_lowercase:
             email = str(email).lower()
         name = user.get("displayName") if isinstance(user.get("displayName"), str) else ""
+        preferred = ""
+        if self._config.preferred_username_field:
+            field = PREFERRED_USERNAME_FIELDS[self._config.preferred_username_field]
+            value = email if field == "userPrincipalName" else user.get(field)
+            preferred = value if isinstance(value, str) else ""
         groups: tuple[str, ...] = previous.groups if previous is not None else ()
         if self._groups_required(scopes):
             groups = tuple(await self._groups(token, user_id))
@@ -289,6 +323,7 @@ class MicrosoftConnector(CallbackConnector, RefreshConnector):
         return Identity(
             user_id=user_id,
             username=str(name),
+            preferred_username=preferred,
             email=str(email),
             email_verified=True,
             groups=groups,
@@ -340,6 +375,31 @@ class MicrosoftConnector(CallbackConnector, RefreshConnector):
                 raise ConnectorError("Microsoft Graph's group pagination link is not on Graph")
             url = next_url
         raise ConnectorError(f"Microsoft Graph's group list has more than {MAX_PAGES} pages")
+
+
+class AssertionCredentials(ClientCredentials):
+    """Client authentication with a federated client assertion (RFC 7523 §2.2) instead of a
+    secret: the JWT a workload identity platform writes to ``clientAssertion``, re-read for
+    every request because it is short-lived and rotated underneath us."""
+
+    def __init__(self, client_id: str, assertion_path: str) -> None:
+        super().__init__(client_id, "", True)
+        self._path = Path(assertion_path)
+
+    def styles(self) -> list[bool]:
+        return [True]
+
+    def apply(self, in_body: bool, body: dict[str, str], headers: dict[str, str]) -> None:
+        try:
+            assertion = self._path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            log.warning("microsoft: cannot read the client assertion file %s", self._path)
+            raise ConnectorError("the client assertion (clientAssertion) cannot be read") from None
+        if not assertion:
+            raise ConnectorError("the client assertion file (clientAssertion) is empty")
+        body["client_id"] = self.client_id
+        body["client_assertion_type"] = ASSERTION_TYPE
+        body["client_assertion"] = assertion
 
 
 def _bearer(token: str) -> dict[str, str]:
