@@ -138,8 +138,8 @@ async def test_login_url_scopes(gitlab_api: GitLabAPI, env: ConnectorEnv) -> Non
     assert query["scope"] == ["read_user"]
     assert query["state"] == ["st"]
     start = await connector.login_url(Scopes(groups=True), CALLBACK, "st")
-    assert parse_qs(urlsplit(start.url).query)["scope"] == ["read_user openid read_api"]
-    restricted = make(gitlab_api, env, groups=["g"])
+    assert parse_qs(urlsplit(start.url).query)["scope"] == ["read_user openid"]
+    restricted = make(gitlab_api, env, groups=["g"], inheritedGroups=True)
     start = await restricted.login_url(Scopes(), CALLBACK, "st")
     assert parse_qs(urlsplit(start.url).query)["scope"] == ["read_user openid read_api"]
     with pytest.raises(ConnectorError, match="redirectURI"):
@@ -178,16 +178,45 @@ async def test_login_groups_inherited_and_permissions(
     assert no_groups.connector_data == b""
 
 
-async def test_groups_across_three_pages(gitlab_api: GitLabAPI, env: ConnectorEnv) -> None:
+async def test_inherited_groups_across_three_pages(
+    gitlab_api: GitLabAPI, env: ConnectorEnv
+) -> None:
     user = new_user(gitlab_api)
     prefix = unique("many")
     groups = [gitlab_api.add_group(f"{prefix}-{i:03d}") for i in range(230)]
     for group in groups:
         gitlab_api.set_member(group, user, 10)
+    public = gitlab_api.add_group(unique("public"), public=True)
     gitlab_api.requests.clear()
-    identity = await login(make(gitlab_api, env), gitlab_api, user)
-    assert {g.full_path for g in groups} <= set(identity.groups)
-    assert gitlab_api.requests.count("/api/v4/groups") >= 3
+    identity = await login(make(gitlab_api, env, inheritedGroups=True), gitlab_api, user)
+    assert set(identity.groups) == {g.full_path for g in groups}
+    assert public.full_path not in identity.groups  # visible, but not the user's
+    assert gitlab_api.requests.count("/api/v4/groups") == 3  # 100 + 100 + 30, X-Next-Page
+
+
+async def test_inherited_groups_roles_from_members_api(
+    gitlab_api: GitLabAPI, env: ConnectorEnv
+) -> None:
+    user = new_user(gitlab_api)
+    top = gitlab_api.add_group(unique("top"))
+    sub = gitlab_api.add_group("child", parent=top)
+    docs = gitlab_api.add_group(unique("docs"))
+    gitlab_api.set_member(top, user, 40)
+    gitlab_api.set_member(docs, user, 20)
+    connector = make(gitlab_api, env, inheritedGroups=True, getGroupsPermission=True)
+    identity = await login(connector, gitlab_api, user)
+    assert set(identity.groups) == {
+        top.full_path,
+        f"{top.full_path}:maintainer",
+        sub.full_path,
+        f"{sub.full_path}:maintainer",  # a role on a group covers its subgroups
+        docs.full_path,
+        f"{docs.full_path}:reporter",  # not in userinfo: from members/all
+    }
+    # Without inheritedGroups, roles come from userinfo only (owner/maintainer/developer).
+    plain = await login(make(gitlab_api, env, getGroupsPermission=True), gitlab_api, user)
+    assert f"{docs.full_path}:reporter" not in plain.groups
+    assert f"{sub.full_path}:maintainer" in plain.groups
 
 
 async def test_required_groups_restrict_login_and_claims(
@@ -312,10 +341,17 @@ async def test_membership_5xx_fails_the_login(
 ) -> None:
     user = new_user(gitlab_api)
     group = gitlab_api.add_group(unique("g"))
-    gitlab_api.set_member(group, user, 30)
-    connector = make(gitlab_api, env)
+    gitlab_api.set_member(group, user, 20)
+    connector = make(gitlab_api, env, inheritedGroups=True, getGroupsPermission=True)
     gitlab_api.fail_next = (f"/groups/{group.id}/members", 503)
     caplog.set_level(logging.WARNING)
     with pytest.raises(ConnectorError, match=r"failed \(group membership: HTTP 503\)"):
         await login(connector, gitlab_api, user)
     assert "answered HTTP 503" in caplog.text
+
+
+async def test_userinfo_5xx_fails_the_login(gitlab_api: GitLabAPI, env: ConnectorEnv) -> None:
+    user = new_user(gitlab_api)
+    gitlab_api.fail_next = ("/oauth/userinfo", 502)
+    with pytest.raises(ConnectorError, match=r"failed \(userinfo: HTTP 502\)"):
+        await login(make(gitlab_api, env), gitlab_api, user)

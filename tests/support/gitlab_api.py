@@ -10,7 +10,11 @@ documents it (doc/api/oauth2.md, rest/index.md, users.md, groups.md, members.md)
   code and refresh grants; refresh tokens rotate (a used one is revoked); 400 ``invalid_grant``
   and 401 ``invalid_client`` as Doorkeeper answers them; 64-hex-character tokens, ``expires_in``
   7200;
-* ``/api/v4/user``, ``/api/v4/groups`` (visible groups: the user's and public ones, offset
+* ``GET /oauth/userinfo`` (``openid`` scope): ``groups`` (paths of the user's groups, through
+  ancestors too) and the ``https://gitlab.org/claims/groups/{owner,maintainer,developer}``
+  claims (groups where the user holds that role directly);
+* ``/api/v4/user``, ``/api/v4/groups`` (visible groups: the user's and public ones, only the
+  user's with ``all_available=false``; offset
   pagination with ``page``/``per_page`` (default 20, at most 100) and ``X-Page``,
   ``X-Per-Page``, ``X-Next-Page``, ``X-Prev-Page``, ``X-Total``, ``X-Total-Pages``, ``Link``),
   ``/api/v4/groups/:id/members/all/:user_id`` (inherited memberships, 404 when none);
@@ -180,6 +184,12 @@ def _handler(api: GitLabAPI) -> type[BaseHTTPRequestHandler]:
             if parts.path == "/oauth/authorize":
                 self._authorize(query)
                 return
+            if parts.path == "/oauth/userinfo":
+                with api.lock:
+                    api.requests.append(parts.path)
+                    status, body, headers, content_type = self._userinfo()
+                self._send(status, body, headers, content_type)
+                return
             if parts.path.startswith("/api/v4/"):
                 with api.lock:
                     api.requests.append(parts.path)
@@ -260,6 +270,50 @@ def _handler(api: GitLabAPI) -> type[BaseHTTPRequestHandler]:
                 return api._issue(grant)
             return {"error": "unsupported_grant_type", "error_description": "..."}
 
+        def _userinfo(self) -> tuple[int, Any, dict[str, str], str]:
+            if api.fail_next is not None and api.fail_next[0] == "/oauth/userinfo":
+                status = api.fail_next[1]
+                api.fail_next = None
+                return (
+                    status,
+                    {"message": f"{status} Internal Server Error"},
+                    {},
+                    "application/json",
+                )
+            authorization = self.headers.get("Authorization", "")
+            grant = api.access_tokens.get(authorization.removeprefix("Bearer "))
+            if grant is None or "openid" not in grant.scopes:
+                headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                body = {
+                    "error": "invalid_token",
+                    "error_description": "The access token is invalid",
+                }
+                return 401, body, headers, "application/json"
+            user = api.users[grant.user]
+            groups = sorted(g.full_path for g in api.groups.values() if api.level(g, user.id))
+
+            def direct(level: int) -> list[str]:
+                return sorted(
+                    g.full_path for g in api.groups.values() if g.members.get(user.id) == level
+                )
+
+            body = {
+                "sub": str(user.id),
+                "sub_legacy": secrets.token_hex(32),
+                "name": user.name,
+                "nickname": user.username,
+                "preferred_username": user.username,
+                "email": user.email,
+                "email_verified": True,
+                "profile": f"{api.base_url}/{user.username}",
+                "picture": f"{api.base_url}/uploads/{user.id}.png",
+                "groups": groups,
+                "https://gitlab.org/claims/groups/owner": direct(50),
+                "https://gitlab.org/claims/groups/maintainer": direct(40),
+                "https://gitlab.org/claims/groups/developer": direct(30),
+            }
+            return 200, body, {}, "application/json"
+
         def _api(self, path: str, query: dict[str, str]) -> tuple[int, Any, dict[str, str], str]:
             json_type = "application/json"
             if api.fail_next is not None and path.startswith(api.fail_next[0]):
@@ -328,7 +382,8 @@ def _handler(api: GitLabAPI) -> type[BaseHTTPRequestHandler]:
                 visible = [
                     g
                     for g in sorted(api.groups.values(), key=lambda g: g.full_path)
-                    if g.public or api.level(g, user.id) is not None
+                    if api.level(g, user.id) is not None
+                    or (g.public and query.get("all_available") != "false")
                 ]
                 return self._page(path, query, [self._group_json(g) for g in visible])
             segments = path.split("/")

@@ -1,29 +1,31 @@
 """GitLab.com and self-managed GitLab upstream (Dex's ``gitlab`` connector type).
 
 Dex's keys and behaviour (connector/gitlab/gitlab.go): the OAuth application asks for
-``read_user``, plus ``openid read_api`` when groups matter (``groups`` configured or the client
-asked for the ``groups`` scope). The user is ``GET /api/v4/user``: id (or the username with
-``useLoginAsID``), name (the email when empty), username, email (GitLab's confirmed primary
-address). Groups are the ``full_path`` of every group from ``GET /api/v4/groups`` in which
-``GET /api/v4/groups/:id/members/all/:user_id`` finds the user (inherited memberships count);
-``getGroupsPermission`` adds ``full_path:role`` (guest, planner, reporter, developer,
-maintainer, owner, admin by ``access_level``). With ``groups`` set, only members of one of them
-may log in and only those groups are kept.
+``read_user``, plus ``openid`` when groups matter (``groups`` configured or the client asked for
+the ``groups`` scope) and ``read_api`` with ``inheritedGroups``. The user is ``GET
+/api/v4/user``: id (or the username with ``useLoginAsID``), name (the email when empty),
+username, email (GitLab's confirmed primary address). Groups are, by default, the ``groups``
+claim of GitLab's OIDC userinfo; with ``inheritedGroups`` the ``full_path`` of every group ``GET
+/api/v4/groups?all_available=false`` lists (inherited memberships included).
+``getGroupsPermission`` adds ``path:role``: ``owner``/``maintainer``/``developer`` from the
+userinfo role claims (a role on a group covers its subgroups), and with ``inheritedGroups`` the
+effective access level from ``GET /api/v4/groups/:id/members/all/:user_id`` for the other
+groups. With ``groups`` set, only members of one of them may log in and only those are kept.
 
-Beyond Dex: ``/api/v4/groups`` is read page by page (``per_page=100`` and ``X-Next-Page``; Dex
-reads only the first 20, so users of larger instances lost groups), a membership answer other
-than 200/404 (rate limit, outage) fails the login instead of silently dropping the group, and
-rotating refresh tokens go through the single-flight shared with the oidc connector. A refresh
-re-runs the group checks and fails when the user lost access, the refresh token was revoked or
-the token now belongs to someone else. Connector data holds only what refresh needs: GitLab's
-refresh token (its access token only when no refresh token was issued), under Dex's key names.
+Beyond Dex: the groups list is followed through ``X-Next-Page`` (Dex stops at the first short
+page), a rate-limited or failing membership lookup fails the login instead of silently dropping
+a role, and rotating refresh tokens go through the single-flight shared with the oidc
+connector. A refresh re-runs the group checks and fails when the user lost access, the refresh
+token was revoked or the token now belongs to someone else. Connector data holds only what
+refresh needs: GitLab's refresh token (its access token only when no refresh token was issued),
+under Dex's key names.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,6 +55,7 @@ from portcullis.connectors.oauth2_common import (
     exchange_code,
     filter_allowed,
     http_url,
+    is_rate_limited,
     raise_for_api_status,
     refresh_grant,
 )
@@ -67,15 +70,19 @@ _STRICT = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 SCOPE_USER = "read_user"
 SCOPE_OPENID = "openid"
 SCOPE_READ_API = "read_api"
+#: Namespace of GitLab's role claims in userinfo (``.../owner``, ``.../maintainer``, ...).
+ROLE_CLAIM = "https://gitlab.org/claims/groups"
 #: Largest page GitLab serves.
 PER_PAGE = 100
 #: Pages of groups followed before failing closed (10,000 visible groups).
 MAX_PAGES = 100
 #: GitLab's access levels (doc/api/members.md) as Dex names them.
 ACCESS_LEVELS = {
+    5: "minimal_access",
     10: "guest",
     15: "planner",
     20: "reporter",
+    25: "security_manager",
     30: "developer",
     40: "maintainer",
     50: "owner",
@@ -95,6 +102,9 @@ class GitLabConfig(BaseModel):
     groups: list[str] = Field(default_factory=list)
     use_login_as_id: bool = Field(False, alias="useLoginAsID")
     get_groups_permission: bool = Field(False, alias="getGroupsPermission")
+    #: Read groups from the REST API (inherited memberships included, needs ``read_api``)
+    #: instead of the userinfo ``groups`` claim.
+    inherited_groups: bool = Field(False, alias="inheritedGroups")
     #: PEM of a CA for a self-managed instance; base64 of the PEM as Dex's JSON []byte reads it.
     root_ca_data: str = Field("", alias="rootCAData")
 
@@ -153,7 +163,9 @@ class GitLabConnector(CallbackConnector, RefreshConnector):
             )
         wanted = [SCOPE_USER]
         if self._groups_required(scopes):
-            wanted = [SCOPE_USER, SCOPE_OPENID, SCOPE_READ_API]
+            wanted.append(SCOPE_OPENID)
+            if self._config.inherited_groups:
+                wanted.append(SCOPE_READ_API)
         url = authorization_url(
             f"{self._config.base_url}/oauth/authorize",
             client_id=self._config.client_id,
@@ -241,18 +253,13 @@ class GitLabConnector(CallbackConnector, RefreshConnector):
         )
 
     async def _groups(self, scopes: Scopes, token: str, username: str, user_id: int) -> list[str]:
-        found: list[str] = []
-        async for group in self._visible_groups(token):
-            group_id, full_path = group.get("id"), group.get("full_path")
-            if not isinstance(group_id, int) or not isinstance(full_path, str):
-                continue
-            level = await self._access_level(token, group_id, user_id)
-            if level is None:
-                continue
-            found.append(full_path)
-            role = ACCESS_LEVELS.get(level)
-            if self._config.get_groups_permission and role:
-                found.append(f"{full_path}:{role}")
+        if self._config.inherited_groups:
+            found = await self._inherited_group_claims(token, user_id)
+        else:
+            info = await self._userinfo(token)
+            found = list(info.groups)
+            if self._config.get_groups_permission:
+                found += _permission_claims(info.groups, info)
         if self._config.groups:
             allowed = filter_allowed(found, self._config.groups)
             if not allowed:
@@ -261,12 +268,51 @@ class GitLabConnector(CallbackConnector, RefreshConnector):
             return allowed
         return found if scopes.groups else []
 
+    async def _userinfo(self, token: str) -> _UserInfo:
+        """GitLab's OIDC userinfo: ``groups`` (paths of the user's groups) and the
+        ``https://gitlab.org/claims/groups/{owner,maintainer,developer}`` role claims."""
+        body = await self._get(f"{self._config.base_url}/oauth/userinfo", token, "userinfo")
+        if not isinstance(body, dict):
+            raise ConnectorError("GitLab's userinfo response is not a JSON object")
+
+        def paths(key: str) -> tuple[str, ...]:
+            value = body.get(key)
+            if value is None:
+                return ()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConnectorError(f'GitLab sent a malformed "{key}" claim')
+            return tuple(value)
+
+        return _UserInfo(
+            groups=paths("groups"),
+            owner=paths(f"{ROLE_CLAIM}/owner"),
+            maintainer=paths(f"{ROLE_CLAIM}/maintainer"),
+            developer=paths(f"{ROLE_CLAIM}/developer"),
+        )
+
+    async def _inherited_group_claims(self, token: str, user_id: int) -> list[str]:
+        records = [g async for g in self._member_groups(token)]
+        paths = [p for p in (_group_path(g) for g in records) if p]
+        if not self._config.get_groups_permission:
+            return paths
+        info = await self._userinfo(token)
+        claims = paths + _permission_claims(paths, info)
+        for record in records:
+            path, group_id = _group_path(record), record.get("id")
+            if not path or _role_from_userinfo(path, info) or not isinstance(group_id, int):
+                continue
+            level = await self._access_level(token, group_id, user_id)
+            role = ACCESS_LEVELS.get(level) if level is not None else None
+            if role:
+                claims.append(f"{path}:{role}")
+        return claims
+
     async def _access_level(self, token: str, group_id: int, user_id: int) -> int | None:
-        """The user's (possibly inherited) access level in the group; None when not a member
-        (404). Any other refusal is an error, never a silently missing group."""
+        """The user's effective (possibly inherited) access level in the group; None when GitLab
+        does not show one (403/404, as Dex skips them). Any other refusal fails the login."""
         url = f"{self._api}/groups/{group_id}/members/all/{user_id}"
         response = await self._http.fetch(url, what="group membership", headers=_bearer(token))
-        if response.status == 404:
+        if response.status in (403, 404) and not is_rate_limited(response):
             return None
         if response.status != 200:
             raise_for_api_status(response, "group membership", self._clock.now())
@@ -274,15 +320,15 @@ class GitLabConnector(CallbackConnector, RefreshConnector):
         body = response.body
         level = body.get("access_level") if isinstance(body, dict) else None
         if isinstance(level, bool) or not isinstance(level, int):
-            return None  # Dex: a membership without access_level is no membership
+            return None
         return level
 
-    async def _visible_groups(self, token: str) -> AsyncIterator[dict[str, Any]]:
-        """Every page of ``GET /groups`` (offset pagination: ``page``/``per_page`` and the
-        ``X-Next-Page`` header, empty on the last page)."""
+    async def _member_groups(self, token: str) -> AsyncIterator[dict[str, Any]]:
+        """Every page of ``GET /groups?all_available=false`` (the user's groups, inherited
+        memberships included), by ``page``/``per_page`` and the ``X-Next-Page`` header."""
         page = "1"
         for _ in range(MAX_PAGES):
-            query = urlencode({"per_page": PER_PAGE, "page": page})
+            query = urlencode({"all_available": "false", "per_page": PER_PAGE, "page": page})
             url = f"{self._api}/groups?{query}"
             response = await self._http.fetch(url, what="groups", headers=_bearer(token))
             if response.status != 200:
@@ -310,6 +356,48 @@ class GitLabConnector(CallbackConnector, RefreshConnector):
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class _UserInfo:
+    groups: tuple[str, ...]
+    owner: tuple[str, ...]
+    maintainer: tuple[str, ...]
+    developer: tuple[str, ...]
+
+
+def _group_path(record: Mapping[str, Any]) -> str:
+    for key in ("full_path", "path"):
+        value = record.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _covers(path: str, granted: tuple[str, ...]) -> bool:
+    """A role on a group applies to the group and its subgroups (``a`` covers ``a/b``, not
+    ``ab``)."""
+    return any(path == g or path.startswith(g + "/") for g in granted)
+
+
+def _role_from_userinfo(path: str, info: _UserInfo) -> str:
+    for role, granted in (
+        ("owner", info.owner),
+        ("maintainer", info.maintainer),
+        ("developer", info.developer),
+    ):
+        if _covers(path, granted):
+            return role
+    return ""
+
+
+def _permission_claims(paths: Sequence[str], info: _UserInfo) -> list[str]:
+    claims = []
+    for path in paths:
+        role = _role_from_userinfo(path, info)
+        if role:
+            claims.append(f"{path}:{role}")
+    return claims
 
 
 def open_gitlab(
