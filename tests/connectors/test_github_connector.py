@@ -434,3 +434,53 @@ def test_opening_touches_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     check_connectors(config, fips_mode=False)
     assert attempts == []
     assert [c.type for c in config.connectors] == ["github"]
+
+
+async def test_github_app_tokens_expire_and_are_refreshed(
+    github_api: GitHubAPI, env: ConnectorEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GitHub App user tokens expire (8 h) and come with a rotating refresh token."""
+    org = name("acme")
+    user = new_user(github_api)
+    github_api.add_member(org, user)
+    github_api.add_team(org, "ops", "ops", user)
+    connector = make(github_api, env, orgs=[{"name": org}])
+    github_api.app_token_lifetime = 30  # inside the renewal margin: due at the first refresh
+    try:
+        identity = await login(connector, github_api, user)
+    finally:
+        github_api.app_token_lifetime = None
+    data = json.loads(identity.connector_data)
+    assert set(data) == {"accessToken", "refreshToken", "expiry"}
+    assert data["accessToken"].startswith("ghu_")
+    assert data["refreshToken"].startswith("ghr_")
+    github_api.expire(data["accessToken"])
+    github_api.app_token_lifetime = 28800
+    caplog.set_level(logging.DEBUG)
+    try:
+        refreshed = await connector.refresh(OFFLINE, identity)
+    finally:
+        github_api.app_token_lifetime = None
+    assert refreshed.groups == (f"{org}:ops",)
+    renewed = json.loads(refreshed.connector_data)
+    assert renewed["refreshToken"] != data["refreshToken"]  # rotated
+    # Not yet expired: the stored access token is used, nothing is redeemed.
+    assert (await connector.refresh(OFFLINE, refreshed)).connector_data == refreshed.connector_data
+    # The consumed refresh token: served from the short result cache on this replica, refused
+    # upstream (GitHub's HTTP 200 error body) on another one.
+    stale = replace_data(refreshed, {**data, "expiry": "2000-01-01T00:00:00Z"})
+    assert (await connector.refresh(OFFLINE, stale)).user_id == identity.user_id
+    other_replica = make(github_api, env, orgs=[{"name": org}])
+    with pytest.raises(UpstreamError, match="bad_refresh_token"):
+        await other_replica.refresh(OFFLINE, stale)
+    github_api.remove_member(org, user)
+    with pytest.raises(ConnectorError, match="not a member"):
+        await connector.refresh(OFFLINE, refreshed)
+    for secret in (data["refreshToken"], renewed["refreshToken"], renewed["accessToken"]):
+        assert secret not in caplog.text
+
+
+def replace_data(identity: Identity, data: dict[str, str]) -> Identity:
+    from dataclasses import replace
+
+    return replace(identity, connector_data=json.dumps(data).encode())

@@ -89,6 +89,10 @@ class GitHubAPI:
     #: (path prefix, status): the next API request under that prefix fails with it, once.
     fail_next: tuple[str, int] | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: GitHub App mode: user access tokens (``ghu_``) expire after this many seconds and come
+    #: with a rotating refresh token (``ghr_``); None: OAuth app tokens that never expire.
+    app_token_lifetime: int | None = None
+    refresh_tokens: dict[str, _Token] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: int = 1000
 
@@ -130,9 +134,33 @@ class GitHubAPI:
 
     def issue_token(self, login: str, scopes: tuple[str, ...]) -> str:
         alphabet = string.ascii_letters + string.digits
-        token = "gho_" + "".join(secrets.choice(alphabet) for _ in range(36))
+        prefix = "gho_" if self.app_token_lifetime is None else "ghu_"
+        token = prefix + "".join(secrets.choice(alphabet) for _ in range(36))
         self.tokens[token] = _Token(login, scopes)
         return token
+
+    def token_answer(self, login: str, scopes: tuple[str, ...]) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "access_token": self.issue_token(login, scopes),
+            "token_type": "bearer",
+            "scope": ",".join(scopes),
+        }
+        if self.app_token_lifetime is not None:
+            alphabet = string.ascii_letters + string.digits
+            refresh = "ghr_" + "".join(secrets.choice(alphabet) for _ in range(76))
+            self.refresh_tokens[refresh] = _Token(login, scopes)
+            answer.update(
+                expires_in=self.app_token_lifetime,
+                refresh_token=refresh,
+                refresh_token_expires_in=15897600,
+                scope="",
+            )
+        return answer
+
+    def expire(self, token: str) -> None:
+        """The access token reached its expiry (GitHub then answers 401)."""
+        with self.lock:
+            self.tokens.pop(token, None)
 
 
 def _team_json(api: GitHubAPI, team: GitHubTeam, index: int) -> dict[str, Any]:
@@ -253,13 +281,22 @@ def _handler(api: GitHubAPI) -> type[BaseHTTPRequestHandler]:
                     content_type="application/x-www-form-urlencoded; charset=utf-8",
                 )
 
-        def _exchange(self, form: dict[str, str]) -> dict[str, str]:
+        def _exchange(self, form: dict[str, str]) -> dict[str, Any]:
             if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
                 return {
                     "error": "incorrect_client_credentials",
                     "error_description": "The client_id and/or client_secret passed are incorrect.",
                     "error_uri": f"{DOCS}/oauth#incorrect-client-credentials",
                 }
+            if form.get("grant_type") == "refresh_token":
+                entry = api.refresh_tokens.pop(form.get("refresh_token", ""), None)
+                if entry is None:
+                    return {
+                        "error": "bad_refresh_token",
+                        "error_description": "The refresh token passed is incorrect or expired.",
+                        "error_uri": f"{DOCS}/apps/oauth#bad-refresh-token",
+                    }
+                return api.token_answer(entry.login, entry.scopes)
             grant = api.codes.pop(form.get("code", ""), None)
             if grant is None:
                 return {
@@ -274,8 +311,7 @@ def _handler(api: GitHubAPI) -> type[BaseHTTPRequestHandler]:
                     "error_description": "The redirect_uri MUST match the registered "
                     "callback URL for this application.",
                 }
-            token = api.issue_token(login, scopes)
-            return {"access_token": token, "token_type": "bearer", "scope": ",".join(scopes)}
+            return api.token_answer(login, scopes)
 
         # -- REST API -----------------------------------------------------------------------
 

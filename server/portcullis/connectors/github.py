@@ -22,8 +22,10 @@ configured API origin, so the token never goes elsewhere; a runaway list fails c
 being cut short), rate limits (403 with ``X-RateLimit-Remaining: 0``, 403/429 with
 ``Retry-After``) and a revoked token (401) are clear errors with the upstream status logged, and
 a refresh re-runs the org/team checks and fails when the user lost access or became someone
-else. GitHub OAuth app tokens do not expire and come without a refresh token, so the access
-token is the only connector data, kept only for ``offline_access`` sessions.
+else. Connector data (``offline_access`` sessions only) is Dex's: the access token (OAuth app
+tokens do not expire), plus, for GitHub App user tokens, the refresh token and expiry; an expired
+token is renewed with the refresh grant (GitHub rotates refresh tokens, so concurrent refreshes
+share one upstream call).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +52,8 @@ from portcullis.connectors.base import (
 )
 from portcullis.connectors.oauth2_common import (
     ClientCredentials,
+    RefreshFlights,
+    TokenResponse,
     UpstreamHTTP,
     authorization_url,
     callback_error,
@@ -60,6 +65,7 @@ from portcullis.connectors.oauth2_common import (
     http_url,
     next_link,
     raise_for_api_status,
+    refresh_grant,
     same_origin,
 )
 from portcullis.storage.models import Identity
@@ -79,6 +85,8 @@ API_HEADERS = {"Accept": "application/vnd.github+json"}
 PER_PAGE = 100
 #: Pages followed per list before failing closed (100 x 100 items is far beyond real users).
 MAX_PAGES = 100
+#: An expiring access token is refreshed this long before GitHub's stated expiry.
+EXPIRY_MARGIN_S = 60
 
 
 class GitHubOrg(BaseModel):
@@ -197,6 +205,7 @@ class GitHubConnector(CallbackConnector, RefreshConnector):
         self._credentials = ClientCredentials(
             config.client_id, config.client_secret.get_secret_value(), True
         )
+        self._flights = RefreshFlights(env.clock)
 
     def _groups_required(self, scopes: Scopes) -> bool:
         return bool(self._config.orgs) or bool(self._config.org) or scopes.groups
@@ -234,14 +243,46 @@ class GitHubConnector(CallbackConnector, RefreshConnector):
         )
         identity = await self._identity(scopes, tokens.access_token, previous=None)
         if scopes.offline_access:
-            identity = replace(
-                identity, connector_data=encode_state({"accessToken": tokens.access_token})
-            )
+            identity = replace(identity, connector_data=self._session_data(tokens))
         return identity
+
+    def _session_data(self, tokens: TokenResponse) -> bytes:
+        """Dex's connector data: the access token, plus, for GitHub App user tokens (which
+        expire), the refresh token and the access token's expiry (RFC 3339)."""
+        data = {"accessToken": tokens.access_token}
+        if tokens.refresh_token:
+            data["refreshToken"] = tokens.refresh_token
+            lifetime = tokens.raw.get("expires_in")
+            if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
+                expiry = datetime.fromtimestamp(self._clock.now() + lifetime, UTC)
+                data["expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return encode_state(data)
+
+    def _expired(self, data: Mapping[str, str]) -> bool:
+        expiry = data.get("expiry", "")
+        if not expiry:
+            return False
+        try:
+            moment = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        except ValueError:
+            return True  # unreadable: refresh rather than use a token of unknown age
+        return self._clock.now() >= moment.timestamp() - EXPIRY_MARGIN_S
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         data = decode_state(identity.connector_data, "session data")
-        token = data.get("accessToken", "")
+        token, refresh_token = data.get("accessToken", ""), data.get("refreshToken", "")
+        if refresh_token and (not token or self._expired(data)):
+
+            async def work() -> Identity:
+                tokens = await refresh_grant(
+                    self._http, self._token_url, self._credentials, refresh_token
+                )
+                fresh = await self._identity(scopes, tokens.access_token, previous=identity)
+                if not tokens.refresh_token:
+                    tokens = replace(tokens, refresh_token=refresh_token)
+                return replace(fresh, connector_data=self._session_data(tokens))
+
+            return await self._flights.run(refresh_token, work)
         if not token:
             raise ConnectorError("this session cannot be refreshed; please log in again")
         fresh = await self._identity(scopes, token, previous=identity)
