@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from portcullis.connectors import authproxy, github, gitlab, ldap, microsoft, oauth, oidc, saml
+from portcullis.connectors import (
+    authproxy,
+    gitea,
+    github,
+    gitlab,
+    ldap,
+    microsoft,
+    oauth,
+    oidc,
+    saml,
+)
 from portcullis.connectors.base import Connector, ConnectorEnv, ConnectorType
 from portcullis.connectors.mock import (
     MockCallbackConfig,
@@ -33,6 +43,7 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "github": github.CONNECTOR_TYPE,
     "gitlab": gitlab.CONNECTOR_TYPE,
     "microsoft": microsoft.CONNECTOR_TYPE,
+    "gitea": gitea.CONNECTOR_TYPE,
 }
 
 
