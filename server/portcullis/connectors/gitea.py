@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -41,12 +40,12 @@ from portcullis.connectors.base import (
 from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
-    TokenResponse,
     UpstreamHTTP,
     authorization_url,
     callback_error,
     decode_state,
-    encode_state,
+    dex_token_data,
+    dex_token_expired,
     exchange_code,
     http_url,
     next_link,
@@ -65,7 +64,6 @@ _STRICT = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 #: Gitea's default MAX_RESPONSE_ITEMS: the largest page it serves unless reconfigured.
 PAGE_LIMIT = 50
 MAX_PAGES = 100
-EXPIRY_MARGIN_S = 60
 
 
 class GiteaOrg(BaseModel):
@@ -159,13 +157,13 @@ class GiteaConnector(CallbackConnector, RefreshConnector):
         )
         identity = await self._identity(tokens.access_token, previous=None)
         if scopes.offline_access:
-            identity = replace(identity, connector_data=self._session_data(tokens))
+            identity = replace(identity, connector_data=dex_token_data(tokens, self._clock.now()))
         return identity
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         data = decode_state(identity.connector_data, "session data")
         token, refresh_token = data.get("accessToken", ""), data.get("refreshToken", "")
-        if refresh_token and (not token or self._expired(data)):
+        if refresh_token and (not token or dex_token_expired(data, self._clock.now())):
 
             async def work() -> Identity:
                 tokens = await refresh_grant(
@@ -174,33 +172,13 @@ class GiteaConnector(CallbackConnector, RefreshConnector):
                 fresh = await self._identity(tokens.access_token, previous=identity)
                 if not tokens.refresh_token:
                     tokens = replace(tokens, refresh_token=refresh_token)
-                return replace(fresh, connector_data=self._session_data(tokens))
+                return replace(fresh, connector_data=dex_token_data(tokens, self._clock.now()))
 
             return await self._flights.run(refresh_token, work)
         if not token:
             raise ConnectorError("this session cannot be refreshed; please log in again")
         fresh = await self._identity(token, previous=identity)
         return replace(fresh, connector_data=identity.connector_data)
-
-    def _session_data(self, tokens: TokenResponse) -> bytes:
-        data = {"accessToken": tokens.access_token}
-        if tokens.refresh_token:
-            data["refreshToken"] = tokens.refresh_token
-        lifetime = tokens.raw.get("expires_in")
-        if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
-            expiry = datetime.fromtimestamp(self._clock.now() + lifetime, UTC)
-            data["expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return encode_state(data)
-
-    def _expired(self, data: Mapping[str, str]) -> bool:
-        expiry = data.get("expiry", "")
-        if not expiry:
-            return False
-        try:
-            moment = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
-        except ValueError:
-            return True
-        return self._clock.now() >= moment.timestamp() - EXPIRY_MARGIN_S
 
     # -- Gitea API v1 ------------------------------------------------------------------------
 

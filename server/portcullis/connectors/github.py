@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -53,13 +52,13 @@ from portcullis.connectors.base import (
 from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
-    TokenResponse,
     UpstreamHTTP,
     authorization_url,
     callback_error,
     check_root_cas,
     decode_state,
-    encode_state,
+    dex_token_data,
+    dex_token_expired,
     exchange_code,
     filter_allowed,
     http_url,
@@ -85,8 +84,6 @@ API_HEADERS = {"Accept": "application/vnd.github+json"}
 PER_PAGE = 100
 #: Pages followed per list before failing closed (100 x 100 items is far beyond real users).
 MAX_PAGES = 100
-#: An expiring access token is refreshed this long before GitHub's stated expiry.
-EXPIRY_MARGIN_S = 60
 
 
 class GitHubOrg(BaseModel):
@@ -243,35 +240,13 @@ class GitHubConnector(CallbackConnector, RefreshConnector):
         )
         identity = await self._identity(scopes, tokens.access_token, previous=None)
         if scopes.offline_access:
-            identity = replace(identity, connector_data=self._session_data(tokens))
+            identity = replace(identity, connector_data=dex_token_data(tokens, self._clock.now()))
         return identity
-
-    def _session_data(self, tokens: TokenResponse) -> bytes:
-        """Dex's connector data: the access token, plus, for GitHub App user tokens (which
-        expire), the refresh token and the access token's expiry (RFC 3339)."""
-        data = {"accessToken": tokens.access_token}
-        if tokens.refresh_token:
-            data["refreshToken"] = tokens.refresh_token
-            lifetime = tokens.raw.get("expires_in")
-            if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
-                expiry = datetime.fromtimestamp(self._clock.now() + lifetime, UTC)
-                data["expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return encode_state(data)
-
-    def _expired(self, data: Mapping[str, str]) -> bool:
-        expiry = data.get("expiry", "")
-        if not expiry:
-            return False
-        try:
-            moment = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
-        except ValueError:
-            return True  # unreadable: refresh rather than use a token of unknown age
-        return self._clock.now() >= moment.timestamp() - EXPIRY_MARGIN_S
 
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
         data = decode_state(identity.connector_data, "session data")
         token, refresh_token = data.get("accessToken", ""), data.get("refreshToken", "")
-        if refresh_token and (not token or self._expired(data)):
+        if refresh_token and (not token or dex_token_expired(data, self._clock.now())):
 
             async def work() -> Identity:
                 tokens = await refresh_grant(
@@ -280,7 +255,7 @@ class GitHubConnector(CallbackConnector, RefreshConnector):
                 fresh = await self._identity(scopes, tokens.access_token, previous=identity)
                 if not tokens.refresh_token:
                     tokens = replace(tokens, refresh_token=refresh_token)
-                return replace(fresh, connector_data=self._session_data(tokens))
+                return replace(fresh, connector_data=dex_token_data(tokens, self._clock.now()))
 
             return await self._flights.run(refresh_token, work)
         if not token:

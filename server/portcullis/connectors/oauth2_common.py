@@ -28,6 +28,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -534,6 +535,39 @@ async def refresh_grant(
 ) -> TokenResponse:
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     return await token_request(http, token_url, credentials, form, what="refresh")
+
+
+#: An expiring upstream access token is renewed this long before its stated expiry.
+EXPIRY_MARGIN_S = 60
+
+
+def dex_token_data(tokens: TokenResponse, now: float) -> bytes:
+    """Connector data in the form Dex's github/gitea/bitbucket-cloud connectors store (so an
+    imported Dex session keeps working): ``accessToken``, and when the provider issued them,
+    ``refreshToken`` and the access token's ``expiry`` (RFC 3339, UTC)."""
+    data = {"accessToken": tokens.access_token}
+    if tokens.refresh_token:
+        data["refreshToken"] = tokens.refresh_token
+    lifetime = tokens.raw.get("expires_in")
+    if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
+        expiry = datetime.fromtimestamp(now + lifetime, UTC)
+        data["expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return encode_state(data)
+
+
+def dex_token_expired(data: Mapping[str, str], now: float) -> bool:
+    """True when the stored access token is past (or within a minute of) its ``expiry``; an
+    unreadable expiry counts as expired (renew rather than use a token of unknown age)."""
+    expiry = data.get("expiry", "")
+    if not expiry:
+        return False
+    try:
+        moment = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return now >= moment.timestamp() - EXPIRY_MARGIN_S
 
 
 def callback_error(params: Mapping[str, str]) -> ConnectorError | None:
