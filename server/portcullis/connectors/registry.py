@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from portcullis.connectors import (
     authproxy,
+    bitbucketcloud,
     gitea,
     github,
     gitlab,
@@ -44,6 +45,7 @@ CONNECTOR_TYPES: dict[str, ConnectorType] = {
     "gitlab": gitlab.CONNECTOR_TYPE,
     "microsoft": microsoft.CONNECTOR_TYPE,
     "gitea": gitea.CONNECTOR_TYPE,
+    "bitbucket-cloud": bitbucketcloud.CONNECTOR_TYPE,
 }
 
 
