@@ -28,6 +28,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -197,6 +198,50 @@ class UpstreamHTTP:
             raise ConnectorError(f"the identity provider's {what} response is not a JSON object")
         return status, document
 
+    async def fetch(
+        self, url: str, *, what: str, headers: Mapping[str, str] | None = None
+    ) -> ApiResponse:
+        """GET a REST API resource: status, headers and the JSON body (any JSON value: list
+        endpoints answer arrays). Transport failures, timeouts, oversize bodies and 5xx are a
+        ConnectorError naming ``what`` (the 5xx status logged); other statuses are returned
+        for the caller, which usually hands them to :func:`raise_for_api_status`."""
+        send_headers = {"Accept": "application/json", **(headers or {})}
+        try:
+            async with (
+                httpx.AsyncClient(
+                    verify=self._ssl, timeout=self._timeout, follow_redirects=False, trust_env=True
+                ) as client,
+                client.stream("GET", url, headers=send_headers) as response,
+            ):
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > self._max_bytes:
+                        raise ConnectorError(
+                            f"the identity provider's {what} response is too large"
+                        )
+                status = response.status_code
+                response_headers = httpx.Headers(response.headers)
+        except httpx.TimeoutException:
+            log.warning("upstream %s at %s timed out", what, _url_for_log(url))
+            raise ConnectorError(f"the identity provider did not answer in time ({what})") from None
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s at %s failed: %s", what, _url_for_log(url), type(exc).__name__)
+            reason = "TLS verification failed" if _is_tls_error(exc) else "unreachable"
+            raise ConnectorError(f"the identity provider is {reason} ({what})") from None
+        if status >= 500:
+            log.warning("upstream %s at %s answered HTTP %d", what, _url_for_log(url), status)
+            raise ConnectorError(f"the identity provider failed ({what}: HTTP {status})")
+        try:
+            document: Any = json.loads(bytes(body)) if body else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if 200 <= status < 300:
+                raise ConnectorError(
+                    f"the identity provider's {what} response is not JSON"
+                ) from None
+            document = None
+        return ApiResponse(status, response_headers, document, url)
+
     async def get_json(self, url: str, *, what: str, bearer: str = "") -> dict[str, Any]:
         """GET a JSON object; any non-200 answer is an error naming ``what``."""
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
@@ -206,6 +251,108 @@ class UpstreamHTTP:
                 f"the identity provider refused the {what} request (HTTP {status})"
             )
         return document
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """One REST API answer (see :meth:`UpstreamHTTP.fetch`)."""
+
+    status: int
+    headers: httpx.Headers
+    body: Any
+    url: str
+
+    def message(self) -> str:
+        """The provider's error text (GitHub/GitLab ``message``, Graph ``error.message``,
+        OAuth ``error_description``), printable and bounded; "" when there is none."""
+        body = self.body
+        if isinstance(body, dict):
+            inner = body.get("error")
+            if isinstance(inner, dict):
+                body = inner
+            for key in ("message", "error_description", "error"):
+                value = body.get(key)
+                if isinstance(value, str) and value:
+                    return _printable(value)
+        return ""
+
+
+def retry_after_seconds(headers: httpx.Headers, now: float) -> int | None:
+    """Seconds until a rate limit lifts: ``Retry-After`` (delta seconds; an HTTP date counts
+    as unknown) or GitHub/GitLab's ``X-RateLimit-Reset`` / ``RateLimit-Reset`` (epoch
+    seconds). None when the answer does not say."""
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return int(value)
+    for name in ("x-ratelimit-reset", "ratelimit-reset"):
+        reset = headers.get(name, "").strip()
+        if reset.isdigit():
+            return max(0, int(reset) - int(now))
+    return None
+
+
+def is_rate_limited(response: ApiResponse) -> bool:
+    """429 always; 403 when the provider marks it a rate limit (GitHub's primary limit sends
+    ``X-RateLimit-Remaining: 0``, its secondary limit ``Retry-After``)."""
+    if response.status == 429:
+        return True
+    if response.status != 403:
+        return False
+    headers = response.headers
+    return headers.get("x-ratelimit-remaining") == "0" or "retry-after" in headers
+
+
+def raise_for_api_status(response: ApiResponse, what: str, now: float) -> None:
+    """A user-safe ConnectorError for any non-2xx REST answer, with the upstream status and
+    message logged (never the token, never the query string). 401 means the upstream token is
+    no longer valid (revoked, expired), so the user has to log in again."""
+    status = response.status
+    if 200 <= status < 300:
+        return
+    where = _url_for_log(response.url)
+    upstream_message = response.message()
+    if is_rate_limited(response):
+        wait = retry_after_seconds(response.headers, now)
+        log.warning(
+            "upstream %s at %s rate limited: HTTP %d, retry after %s s (%s)",
+            what,
+            where,
+            status,
+            wait,
+            upstream_message,
+        )
+        hint = f"; try again in {wait} seconds" if wait is not None else "; try again later"
+        raise ConnectorError(f"the identity provider is rate limiting logins ({what}){hint}")
+    log.warning("upstream %s at %s answered HTTP %d (%s)", what, where, status, upstream_message)
+    if status == 401:
+        raise ConnectorError(
+            f"the identity provider no longer accepts this login ({what}: HTTP 401); "
+            "please log in again"
+        )
+    raise ConnectorError(f"the identity provider refused the {what} request (HTTP {status})")
+
+
+def next_link(headers: httpx.Headers) -> str:
+    """The ``rel="next"`` target of an RFC 8288 ``Link`` header (GitHub's and GitLab's
+    pagination), or "" on the last page."""
+    link = str(headers.get("link", ""))
+    for part in link.split(","):
+        section = part.strip()
+        if not section.startswith("<") or ">" not in section:
+            continue
+        target, _, params = section[1:].partition(">")
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "rel" and "next" in value.strip().strip('"').split():
+                return target
+    return ""
+
+
+def same_origin(url: str, base: str) -> bool:
+    """True when ``url`` has the scheme and host[:port] of ``base``: a pagination link is
+    followed (with the bearer token) only when it stays on the API we were configured with."""
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
 
 
 def _url_for_log(url: str) -> str:
@@ -332,6 +479,9 @@ async def token_request(
         status, document = await http.request_json(
             "POST", token_url, what=what, data=body, headers=headers
         )
+        # GitHub answers a refused code with HTTP 200 and an OAuth error body.
+        if status == 200 and "access_token" not in document and "error" in document:
+            status = 400
         if status == 200:
             if credentials.secret_in_body is None and len(styles) > 1:
                 credentials.secret_in_body = in_body  # remember what this provider accepts
@@ -385,6 +535,39 @@ async def refresh_grant(
 ) -> TokenResponse:
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     return await token_request(http, token_url, credentials, form, what="refresh")
+
+
+#: An expiring upstream access token is renewed this long before its stated expiry.
+EXPIRY_MARGIN_S = 60
+
+
+def dex_token_data(tokens: TokenResponse, now: float) -> bytes:
+    """Connector data in the form Dex's github/gitea/bitbucket-cloud connectors store (so an
+    imported Dex session keeps working): ``accessToken``, and when the provider issued them,
+    ``refreshToken`` and the access token's ``expiry`` (RFC 3339, UTC)."""
+    data = {"accessToken": tokens.access_token}
+    if tokens.refresh_token:
+        data["refreshToken"] = tokens.refresh_token
+    lifetime = tokens.raw.get("expires_in")
+    if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
+        expiry = datetime.fromtimestamp(now + lifetime, UTC)
+        data["expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return encode_state(data)
+
+
+def dex_token_expired(data: Mapping[str, str], now: float) -> bool:
+    """True when the stored access token is past (or within a minute of) its ``expiry``; an
+    unreadable expiry counts as expired (renew rather than use a token of unknown age)."""
+    expiry = data.get("expiry", "")
+    if not expiry:
+        return False
+    try:
+        moment = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return now >= moment.timestamp() - EXPIRY_MARGIN_S
 
 
 def callback_error(params: Mapping[str, str]) -> ConnectorError | None:

@@ -41,6 +41,11 @@ _TABLE: dict[str, ConnectorType | str] = {
     "oidc": "portcullis.connectors.oidc",
     "oauth": "portcullis.connectors.oauth",
     "authproxy": "portcullis.connectors.authproxy",
+    "github": "portcullis.connectors.github",
+    "gitlab": "portcullis.connectors.gitlab",
+    "microsoft": "portcullis.connectors.microsoft",
+    "gitea": "portcullis.connectors.gitea",
+    "bitbucket-cloud": "portcullis.connectors.bitbucketcloud",
 }
 
 
