@@ -1,4 +1,4 @@
-"""`portcullis` command line: serve, check-config, hash-password, import-dex, version.
+"""`portcullis` command line: serve, check-config, hash-password, import-dex, kube, version.
 
 Commands import what they use inside their handler: in FIPS mode the OpenSSL configuration and
 self-check (portcullis.fips) must run before anything loads ``_hashlib``, ``_ssl`` or
@@ -198,6 +198,59 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- kube apiserver-config ------------------------------------------------------------------
+
+
+def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
+    fips_mode, _ = _fips()
+
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+    from portcullis.kube.apiserver import (
+        ApiserverConfigError,
+        issuer_ca_from_tls_cert,
+        render,
+        settings_for,
+    )
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    ca = ""
+    web = config.raw.web
+    source = args.ca_file or (web.tls_cert if web.https else None)
+    if source:
+        try:
+            with open(source, "rb") as handle:
+                pem = handle.read()
+        except OSError as exc:
+            print(f"portcullis kube apiserver-config: {source}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        ca = pem.decode("ascii", "replace") if args.ca_file else issuer_ca_from_tls_cert(pem)
+        if args.ca_file and "-----BEGIN CERTIFICATE-----" not in ca:
+            print(
+                f"portcullis kube apiserver-config: --ca-file {source}: no PEM certificate",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    try:
+        settings = settings_for(config, args.cluster, ca)
+    except ApiserverConfigError as exc:
+        print(f"portcullis kube apiserver-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(render(settings, args.format, args.api_version, args.ca_path))
+    if args.format == "flags" and settings.certificate_authority:
+        print(
+            f"# {args.ca_path} on every API server host must hold the issuer CA "
+            "(shown with --format authentication-config, or the file passed as --ca-file)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 # -- version ---------------------------------------------------------------------------------
 
 
@@ -274,6 +327,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="write (one transaction); default: dry run"
     )
     importer.set_defaults(handler=cmd_import_dex)
+
+    kube = sub.add_parser("kube", help="Kubernetes integration helpers")
+    kube_sub = kube.add_subparsers(dest="kube_command", metavar="KUBE_COMMAND", required=True)
+    apiserver = kube_sub.add_parser(
+        "apiserver-config",
+        help="print the kube-apiserver settings that trust this issuer",
+        description="Print the kube-apiserver --oidc-* flags or an AuthenticationConfiguration "
+        "(--authentication-config) for one cluster of kubernetes.kubeconfigPage.clusters, with "
+        "the TokenReview webhook's claim mapping so RBAC names are the same either way.",
+    )
+    apiserver.add_argument("config", help="the Portcullis config")
+    apiserver.add_argument("--cluster", required=True, help="a kubeconfigPage cluster name")
+    apiserver.add_argument("--format", choices=["flags", "authentication-config"], default="flags")
+    apiserver.add_argument("--api-version", choices=["v1", "v1beta1"], default="v1")
+    apiserver.add_argument(
+        "--ca-file",
+        default=None,
+        help="PEM of the CA that verifies the issuer's certificate (default: the CA at the end "
+        "of web.tlsCert when the issuer serves https itself)",
+    )
+    apiserver.add_argument(
+        "--ca-path",
+        default="/etc/kubernetes/pki/portcullis-ca.crt",
+        help="where --oidc-ca-file points on the API server hosts",
+    )
+    apiserver.set_defaults(handler=cmd_kube_apiserver_config)
 
     version = sub.add_parser("version", help="print the version and FIPS state")
     version.add_argument("--json", action="store_true", help="machine-readable output")

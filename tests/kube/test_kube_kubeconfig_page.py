@@ -111,6 +111,12 @@ def test_signed_in_user_gets_commands_for_every_cluster(kube_issuer: tuple[Issue
         assert f"--oidc-issuer-url={issuer.issuer}" in user["args"]
         assert "--oidc-client-id=kubectl" in user["args"]
         assert "token" not in json.dumps(exec_config).replace("get-token", "")
+        # The API server settings these kubeconfigs rely on, from the apiserver-config generator:
+        # the same issuer and audience as the kubeconfig, the webhook's claim mapping.
+        flags = _pre(page, 1, 'data-format="apiserver-flags"').splitlines()
+        assert flags[:2] == [f"--oidc-issuer-url={issuer.issuer}", "--oidc-client-id=kubectl"]
+        assert "--oidc-username-prefix=oidc:" in flags
+        assert "--oidc-groups-prefix=oidc:" in flags
         # The second cluster's awkward URL is quoted for both shells.
         assert "'--server=https://10.0.0.1:6443/o'\"'\"'neil'" in _pre(
             page, 2, 'data-shell="posix"'

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from portcullis.config.load import ClientSpec, Config
 from portcullis.config.model import KubeconfigPageSection
+from portcullis.kube.apiserver import apiserver_flags, settings_for
 from portcullis.kube.kubeconfig import Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
 from portcullis.oidc.pkce import s256
@@ -107,6 +108,14 @@ class KubeconfigPage:
         secure_cookies: bool,
     ) -> None:
         self.provider = provider
+        # What each cluster's API server must be started with for these kubeconfigs to work:
+        # the same generator as `portcullis kube apiserver-config`, so the two never disagree.
+        self.apiserver_flags = {
+            cluster.name: "\n".join(
+                apiserver_flags(settings_for(provider.config, cluster.name, require_https=False))
+            )
+            for cluster in section.clusters
+        }
         self.pages = pages
         self.client_address = client_address
         self.section = section
@@ -218,6 +227,7 @@ class KubeconfigPage:
             client_id=self.client.id,
             expires_in=int(tokens.get("expires_in", 0)),
             clusters=cluster_setups(list(self.section.clusters), creds),
+            apiserver_flags=self.apiserver_flags,
         )
 
     def _finish(self, response: Response) -> Response:
