@@ -1,4 +1,5 @@
-"""`portcullis` command line: serve, check-config, hash-password, import-dex, kube, version.
+"""`portcullis` command line: serve, check-config, hash-password, import-dex, revoke, kube,
+version.
 
 Commands import what they use inside their handler: in FIPS mode the OpenSSL configuration and
 self-check (portcullis.fips) must run before anything loads ``_hashlib``, ``_ssl`` or
@@ -198,6 +199,73 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- revoke ----------------------------------------------------------------------------------
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    fips_mode, _ = _fips()
+
+    from portcullis.clock import SystemClock
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+    from portcullis.oidc.provider import Provider
+    from portcullis.oidc.revocation import RevocationError, Revoker
+    from portcullis.storage.base import StorageError
+    from portcullis.storage.factory import open_storage
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.raw.storage.type == "memory":
+        print(
+            "portcullis revoke: the config's storage is memory, which only the running server "
+            "holds; use the admin API of that server",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        storage = open_storage(config)
+    except StorageError as exc:
+        print(f"portcullis revoke: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        clock = SystemClock()
+        provider = Provider(config, storage, {}, clock, fips_mode=fips_mode)
+        horizon = provider.settings.max_token_lifetime(provider.clients.all())
+        revoker = Revoker(storage, provider.keys, clock, horizon)
+        if args.all:
+            revoker.revoke_all()
+            print(
+                "rotated the signing key and removed every retired key from /keys: every token "
+                "issued before now fails verification (API servers: at their next JWKS fetch)"
+            )
+            return EXIT_OK
+        if args.user is not None:
+            what, result = f"user {args.user}", revoker.revoke_user(args.user)
+        elif args.group is not None:
+            what, result = f"group {args.group}", revoker.revoke_group(args.group)
+        else:
+            what, result = f"client {args.client}", revoker.revoke_client(args.client)
+    except RevocationError as exc:
+        print(f"portcullis revoke: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as exc:
+        print(f"portcullis revoke: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+    print(
+        f"revoked {what}: ended {result.families} refresh token famil"
+        f"{'y' if result.families == 1 else 'ies'}; tokens issued until now are refused "
+        f"for {horizon:.0f}s (by this issuer and the TokenReview webhook; an API server "
+        "verifying tokens itself accepts them until they expire)"
+    )
+    return EXIT_OK
+
+
 # -- kube apiserver-config ------------------------------------------------------------------
 
 
@@ -327,6 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="write (one transaction); default: dry run"
     )
     importer.set_defaults(handler=cmd_import_dex)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="end the sessions of a user, group or client, or invalidate every token",
+        description="Against the storage of CONFIG (every replica sees it): --user/--group/"
+        "--client end the matching refresh tokens and refuse every token issued to them "
+        "before now (userinfo, introspection, the TokenReview webhook, the refresh grant) "
+        "until the longest token lifetime has passed; --all rotates the signing key and "
+        "removes every retired key from /keys. See docs/kubernetes.md for how long each "
+        "takes to reach a Kubernetes API server.",
+    )
+    revoke.add_argument("config", help="the Portcullis config whose storage is changed")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", metavar="SUB", help="a user, by the `sub` claim of its tokens")
+    target.add_argument("--group", metavar="NAME", help="every member of a group (upstream name)")
+    target.add_argument("--client", metavar="ID", help="every token of a client")
+    target.add_argument("--all", action="store_true", help="every token: new signing key")
+    revoke.set_defaults(handler=cmd_revoke)
 
     kube = sub.add_parser("kube", help="Kubernetes integration helpers")
     kube_sub = kube.add_subparsers(dest="kube_command", metavar="KUBE_COMMAND", required=True)
