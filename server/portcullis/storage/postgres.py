@@ -315,7 +315,8 @@ class PostgresStorage(SQLStorage):
     def _identity_has_group(self, group: str) -> sa.ColumnElement[bool]:
         # jsonb containment of a one-element array: uses the same comparison as equality.
         return sa.text(
-            "(refresh_tokens.identity -> 'groups') @> jsonb_build_array(CAST(:denied_group AS text))"
+            "(refresh_tokens.identity -> 'groups') "
+            "@> jsonb_build_array(CAST(:denied_group AS text))"
         ).bindparams(denied_group=group)  # type: ignore[return-value]
 
     def _lock_name(self, conn: sa.Connection, name: str) -> None:

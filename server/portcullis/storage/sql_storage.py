@@ -551,9 +551,7 @@ class SQLStorage(Storage):
             if not doomed:
                 return 0
             pairs = [(row[0], row[1]) for row in doomed]
-            result = conn.execute(
-                sa.delete(ds).where(sa.tuple_(ds.c.kind, ds.c.value).in_(pairs))
-            )
+            result = conn.execute(sa.delete(ds).where(sa.tuple_(ds.c.kind, ds.c.value).in_(pairs)))
             return int(result.rowcount)
 
     def _drop_expired_verification_keys(self, now: float) -> int:
