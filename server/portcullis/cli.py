@@ -289,7 +289,8 @@ def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     ca = ""
     web = config.raw.web
-    source = args.ca_file or (web.tls_cert if web.https else None)
+    page_ca = config.raw.kubernetes.kubeconfig_page.issuer_certificate_authority_data
+    source = args.ca_file or (web.tls_cert if web.https and not page_ca else None)
     if source:
         try:
             with open(source, "rb") as handle:
@@ -430,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     apiserver.add_argument(
         "--ca-file",
         default=None,
-        help="PEM of the CA that verifies the issuer's certificate (default: the CA at the end "
-        "of web.tlsCert when the issuer serves https itself)",
+        help="PEM of the CA that verifies the issuer's certificate (default: "
+        "kubernetes.kubeconfigPage.issuerCertificateAuthorityData, else the CA at the end of "
+        "web.tlsCert when the issuer serves https itself)",
     )
     apiserver.add_argument(
         "--ca-path",

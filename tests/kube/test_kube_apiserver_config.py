@@ -4,6 +4,7 @@ for this kind) and name users and groups exactly as the TokenReview webhook does
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 from portcullis.cli import main
+from portcullis.config.load import ConfigError
 from portcullis.issuer import parse_config
 from portcullis.kube.apiserver import (
     ApiserverConfigError,
@@ -187,3 +189,40 @@ def test_cli_prints_both_formats_with_the_issuer_ca(
     assert printed["jwt"][0]["issuer"]["certificateAuthority"] == cert.ca.read_text()
     assert main([*args[:3], "--cluster", "nope"]) == 2
     assert "not in kubernetes.kubeconfigPage.clusters (prod)" in capsys.readouterr().err
+
+
+def test_cluster_client_and_page_issuer_ca_are_used(tmp_path: Path) -> None:
+    ca = make_serving_cert(tmp_path / "ca").cert.read_text()
+    page = {
+        "enabled": True,
+        "clientID": "kubectl",
+        "clusters": [CLUSTER, {**CLUSTER, "name": "edge", "clientID": "edge-kubectl"}],
+        "issuerCertificateAuthorityData": base64.b64encode(ca.encode()).decode(),
+    }
+    document = _document()
+    document["kubernetes"]["kubeconfigPage"] = page
+    config = parse_config(yaml.safe_dump(document), environ={})
+    edge = settings_for(config, "edge")
+    assert edge.audiences == ("edge-kubectl",)
+    assert edge.certificate_authority == ca
+    assert settings_for(config, "prod").audiences == ("kubectl",)
+    # What the caller passes (--ca-file) wins over the page's CA.
+    assert settings_for(config, "prod", "PEM").certificate_authority == "PEM"
+
+
+def test_page_issuer_ca_and_download_url_are_checked() -> None:
+    document = _document()
+    page = document["kubernetes"]["kubeconfigPage"]
+    page["issuerCertificateAuthorityData"] = base64.b64encode(b"not a certificate").decode()
+    page["pluginDownloadURL"] = "http://downloads.example.com"
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(document), environ={})
+    problems = info.value.problems
+    assert any(
+        p.startswith("kubernetes.kubeconfigPage.issuerCertificateAuthorityData: must be base64")
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("kubernetes.kubeconfigPage.pluginDownloadURL: must be an https URL")
+        for p in problems
+    ), problems

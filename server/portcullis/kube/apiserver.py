@@ -11,12 +11,16 @@ a token outright. The ``AuthenticationConfiguration`` reproduces the webhook exa
 expression (kube-apiserver requires ``claims.email_verified`` to be consulted whenever
 ``claims.email`` is used, which the expression does).
 
-The audience is the client kubectl signs in with (``kubernetes.kubeconfigPage.clientID``): the
-ID token's ``aud``. Any other client's token must not authenticate to the cluster.
+The audience is the client kubectl signs in with for that cluster (its ``clientID`` in
+``kubernetes.kubeconfigPage.clusters``, else ``kubernetes.kubeconfigPage.clientID``): the ID
+token's ``aud`` (any other client's token must not authenticate to the cluster). The CA is, in
+order, what the caller passes, the page's ``issuerCertificateAuthorityData``, or (in the
+command) the root of ``web.tlsCert``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,9 +75,14 @@ def settings_for(
             f"issuer {config.issuer_id!r}: kube-apiserver only trusts https issuers"
         )
     review: TokenReviewSection = config.raw.kubernetes.token_review
+    entry = next(c for c in page.clusters if c.name == cluster)
+    if not certificate_authority and page.issuer_certificate_authority_data:
+        certificate_authority = base64.b64decode(page.issuer_certificate_authority_data).decode(
+            "ascii", "replace"
+        )
     return ApiserverSettings(
         issuer=config.issuer_id,
-        audiences=(page.client_id,),
+        audiences=(entry.client_id or page.client_id,),
         username_claim=review.username_claim,
         username_prefix=review.username_prefix,
         groups_claim=review.groups_claim,

@@ -40,6 +40,14 @@ COOKIE = "pc_kubeconfig"
 SCOPES = "openid email profile groups offline_access"
 COOKIE_TTL = 15 * 60
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SHOWN_CLAIMS = ("sub", "email", "email_verified", "name", "preferred_username")
+#: The platforms the release builds kubectl-portcullis for (docs/kubectl-plugin.md).
+PLUGIN_PLATFORMS = (
+    ("linux", "amd64"),
+    ("linux", "arm64"),
+    ("darwin", "amd64"),
+    ("darwin", "arm64"),
+)
 
 
 class PageRenderer(Protocol):
@@ -219,7 +227,9 @@ class KubeconfigPage:
             id_token=str(tokens["id_token"]),
             refresh_token=str(tokens.get("refresh_token", "")),
             username=label,
+            issuer_ca_data=self.section.issuer_certificate_authority_data,
         )
+        groups = claims.get("groups")
         return self.pages.render(
             "kubeconfig.html",
             user=label,
@@ -228,6 +238,18 @@ class KubeconfigPage:
             expires_in=int(tokens.get("expires_in", 0)),
             clusters=cluster_setups(list(self.section.clusters), creds),
             apiserver_flags=self.apiserver_flags,
+            # What the API server will see: the claims it maps (autoescaped in the template).
+            claims=[
+                (name, claims[name] if isinstance(claims[name], str) else repr(claims[name]))
+                for name in SHOWN_CLAIMS
+                if name in claims
+            ],
+            groups=[g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
+            downloads=[
+                (f"{os_name}/{arch}", f"{base}/kubectl-portcullis-{os_name}-{arch}")
+                for base in filter(None, [self.section.plugin_download_url])
+                for os_name, arch in PLUGIN_PLATFORMS
+            ],
         )
 
     def _finish(self, response: Response) -> Response:
