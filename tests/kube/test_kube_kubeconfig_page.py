@@ -5,6 +5,7 @@ configure kubectl (the machine's kubectl 1.32), and the token they carry passes 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
@@ -79,7 +80,7 @@ def _pre(page: str, cluster: int, attribute: str) -> str:
     section = re.search(rf'<section[^>]*id="cluster-{cluster}".*?</section>', page, re.S)
     assert section, page[:3000]
     block = re.search(
-        rf"<pre[^>]*{attribute}[^>]*><code>(.*?)</code></pre>", section.group(0), re.S
+        rf"<pre[^>]*{attribute}[^>]*><code[^>]*>(.*?)</code></pre>", section.group(0), re.S
     )
     assert block, section.group(0)
     return html.unescape(block.group(1))
@@ -110,7 +111,20 @@ def test_signed_in_user_gets_commands_for_every_cluster(kube_issuer: tuple[Issue
         page = response.text
         _remember_tokens(issuer, page)
         assert response.headers["cache-control"].startswith("no-store")
-        assert "default-src 'none'" in response.headers["content-security-policy"]
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        # The copy buttons' one inline script runs by its hash; no other script can.
+        (script,) = re.findall(r"<script>(.*?)</script>", page, re.S)
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"script-src 'sha256-{digest}';" in csp
+        assert "unsafe-inline" not in csp
+        # Hidden without JavaScript (the blocks are plain text then); each names its block.
+        buttons = re.findall(
+            r'<button type="button" class="pc-copy" data-copy="([^"]+)" hidden>', page
+        )
+        assert len(buttons) == 5 * 2 + 3  # 3 clusters; the legacy commands for 2 of them
+        for target in buttons:
+            assert f'<code id="{target}">' in page
         assert response.headers["x-frame-options"] == "DENY"
         assert DEV_EMAIL in page
         posix = _pre(page, 1, 'data-shell="posix"')

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import hmac
 import logging
 import secrets
@@ -40,6 +41,23 @@ COOKIE = "pc_kubeconfig"
 SCOPES = "openid email profile groups offline_access"
 COOKIE_TTL = 15 * 60
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Copy buttons: hidden until this script (allowed by its hash on this page only, as the SAML
+# POST binding does) shows and wires them; without JavaScript every block is plain text to
+# select and copy.
+COPY_SCRIPT = (
+    'document.querySelectorAll("button.pc-copy").forEach(function (b) {'
+    " b.hidden = false;"
+    ' b.addEventListener("click", function () {'
+    " var text = document.getElementById(b.dataset.copy).textContent;"
+    ' navigator.clipboard.writeText(text).then(function () { b.textContent = "Copied"; });'
+    " });"
+    " });"
+)
+_COPY_HASH = base64.b64encode(hashlib.sha256(COPY_SCRIPT.encode()).digest()).decode()
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    f"script-src 'sha256-{_COPY_HASH}'; frame-ancestors 'none'; base-uri 'none'"
+)
 SHOWN_CLAIMS = ("sub", "email", "email_verified", "name", "preferred_username")
 #: The platforms the release builds kubectl-portcullis for (docs/kubectl-plugin.md).
 PLUGIN_PLATFORMS = (
@@ -230,7 +248,7 @@ class KubeconfigPage:
             issuer_ca_data=self.section.issuer_certificate_authority_data,
         )
         groups = claims.get("groups")
-        return self.pages.render(
+        response = self.pages.render(
             "kubeconfig.html",
             user=label,
             issuer=self.issuer,
@@ -250,7 +268,10 @@ class KubeconfigPage:
                 for base in filter(None, [self.section.plugin_download_url])
                 for os_name, arch in PLUGIN_PLATFORMS
             ],
+            copy_script=COPY_SCRIPT,
         )
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        return response
 
     def _finish(self, response: Response) -> Response:
         response.delete_cookie(
