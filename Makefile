@@ -227,8 +227,9 @@ clean:
 	rm -rf dist build .cache .pytest_cache .mypy_cache .ruff_cache
 
 ## ---- admin API -----------------------------------------------------------------------
-# Dex-compatible gRPC admin API (server/portcullis/admin/). The Python modules generated from
-# api.proto are committed; regenerate them after editing the .proto with `make admin-proto`
+# Dex-compatible gRPC admin API (server/portcullis/admin/), and Portcullis's own services beside
+# it (revocation.proto). The Python modules generated from the .proto files are committed;
+# regenerate them after editing a .proto with `make admin-proto`
 # (tests/admin/test_proto_generated.py fails when they are stale). ADMIN_PROTO_OUT lets that
 # test generate into a temporary directory.
 ADMIN_PROTO_OUT ?= server
@@ -240,7 +241,7 @@ admin-proto: test-venv
 	  --plugin=protoc-gen-mypy_grpc=../$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=$(abspath $(ADMIN_PROTO_OUT)) --grpc_python_out=$(abspath $(ADMIN_PROTO_OUT)) \
 	  --mypy_out=$(abspath $(ADMIN_PROTO_OUT)) --mypy_grpc_out=$(abspath $(ADMIN_PROTO_OUT)) \
-	  portcullis/admin/api.proto
+	  portcullis/admin/api.proto portcullis/admin/revocation.proto
 
 .PHONY: admin-proto
 

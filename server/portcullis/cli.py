@@ -1,4 +1,5 @@
-"""`portcullis` command line: serve, check-config, hash-password, import-dex, version.
+"""`portcullis` command line: serve, check-config, hash-password, import-dex, revoke, kube,
+version.
 
 Commands import what they use inside their handler: in FIPS mode the OpenSSL configuration and
 self-check (portcullis.fips) must run before anything loads ``_hashlib``, ``_ssl`` or
@@ -197,6 +198,127 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- revoke ----------------------------------------------------------------------------------
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    fips_mode, _ = _fips()
+
+    from portcullis.clock import SystemClock
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+    from portcullis.oidc.provider import Provider
+    from portcullis.oidc.revocation import RevocationError, Revoker
+    from portcullis.storage.base import StorageError
+    from portcullis.storage.factory import open_storage
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.raw.storage.type == "memory":
+        print(
+            "portcullis revoke: the config's storage is memory, which only the running server "
+            "holds; use the admin API of that server",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        storage = open_storage(config)
+    except StorageError as exc:
+        print(f"portcullis revoke: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        clock = SystemClock()
+        provider = Provider(config, storage, {}, clock, fips_mode=fips_mode)
+        horizon = provider.settings.max_token_lifetime(provider.clients.all())
+        revoker = Revoker(storage, provider.keys, clock, horizon)
+        if args.all:
+            revoker.revoke_all()
+            print(
+                "rotated the signing key and removed every retired key from /keys: every token "
+                "issued before now fails verification (API servers: at their next JWKS fetch)"
+            )
+            return EXIT_OK
+        if args.user is not None:
+            what, result = f"user {args.user}", revoker.revoke_user(args.user)
+        elif args.group is not None:
+            what, result = f"group {args.group}", revoker.revoke_group(args.group)
+        else:
+            what, result = f"client {args.client}", revoker.revoke_client(args.client)
+    except RevocationError as exc:
+        print(f"portcullis revoke: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as exc:
+        print(f"portcullis revoke: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+    print(
+        f"revoked {what}: ended {result.families} refresh token famil"
+        f"{'y' if result.families == 1 else 'ies'}; tokens issued until now are refused "
+        f"for {horizon:.0f}s (by this issuer and the TokenReview webhook; an API server "
+        "verifying tokens itself accepts them until they expire)"
+    )
+    return EXIT_OK
+
+
+# -- kube apiserver-config ------------------------------------------------------------------
+
+
+def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
+    fips_mode, _ = _fips()
+
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+    from portcullis.kube.apiserver import (
+        ApiserverConfigError,
+        issuer_ca_from_tls_cert,
+        render,
+        settings_for,
+    )
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    ca = ""
+    web = config.raw.web
+    page_ca = config.raw.kubernetes.kubeconfig_page.issuer_certificate_authority_data
+    source = args.ca_file or (web.tls_cert if web.https and not page_ca else None)
+    if source:
+        try:
+            with open(source, "rb") as handle:
+                pem = handle.read()
+        except OSError as exc:
+            print(f"portcullis kube apiserver-config: {source}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        ca = pem.decode("ascii", "replace") if args.ca_file else issuer_ca_from_tls_cert(pem)
+        if args.ca_file and "-----BEGIN CERTIFICATE-----" not in ca:
+            print(
+                f"portcullis kube apiserver-config: --ca-file {source}: no PEM certificate",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    try:
+        settings = settings_for(config, args.cluster, ca)
+    except ApiserverConfigError as exc:
+        print(f"portcullis kube apiserver-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(render(settings, args.format, args.api_version, args.ca_path))
+    if args.format == "flags" and settings.certificate_authority:
+        print(
+            f"# {args.ca_path} on every API server host must hold the issuer CA "
+            "(shown with --format authentication-config, or the file passed as --ca-file)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 # -- version ---------------------------------------------------------------------------------
 
 
@@ -273,6 +395,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="write (one transaction); default: dry run"
     )
     importer.set_defaults(handler=cmd_import_dex)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="end the sessions of a user, group or client, or invalidate every token",
+        description="Against the storage of CONFIG (every replica sees it): --user/--group/"
+        "--client end the matching refresh tokens and refuse every token issued to them "
+        "before now (userinfo, introspection, the TokenReview webhook, the refresh grant) "
+        "until the longest token lifetime has passed; --all rotates the signing key and "
+        "removes every retired key from /keys. See docs/kubernetes.md for how long each "
+        "takes to reach a Kubernetes API server.",
+    )
+    revoke.add_argument("config", help="the Portcullis config whose storage is changed")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", metavar="SUB", help="a user, by the `sub` claim of its tokens")
+    target.add_argument("--group", metavar="NAME", help="every member of a group (upstream name)")
+    target.add_argument("--client", metavar="ID", help="every token of a client")
+    target.add_argument("--all", action="store_true", help="every token: new signing key")
+    revoke.set_defaults(handler=cmd_revoke)
+
+    kube = sub.add_parser("kube", help="Kubernetes integration helpers")
+    kube_sub = kube.add_subparsers(dest="kube_command", metavar="KUBE_COMMAND", required=True)
+    apiserver = kube_sub.add_parser(
+        "apiserver-config",
+        help="print the kube-apiserver settings that trust this issuer",
+        description="Print the kube-apiserver --oidc-* flags or an AuthenticationConfiguration "
+        "(--authentication-config) for one cluster of kubernetes.kubeconfigPage.clusters, with "
+        "the TokenReview webhook's claim mapping so RBAC names are the same either way.",
+    )
+    apiserver.add_argument("config", help="the Portcullis config")
+    apiserver.add_argument("--cluster", required=True, help="a kubeconfigPage cluster name")
+    apiserver.add_argument("--format", choices=["flags", "authentication-config"], default="flags")
+    apiserver.add_argument("--api-version", choices=["v1", "v1beta1"], default="v1")
+    apiserver.add_argument(
+        "--ca-file",
+        default=None,
+        help="PEM of the CA that verifies the issuer's certificate (default: "
+        "kubernetes.kubeconfigPage.issuerCertificateAuthorityData, else the CA at the end of "
+        "web.tlsCert when the issuer serves https itself)",
+    )
+    apiserver.add_argument(
+        "--ca-path",
+        default="/etc/kubernetes/pki/portcullis-ca.crt",
+        help="where --oidc-ca-file points on the API server hosts",
+    )
+    apiserver.set_defaults(handler=cmd_kube_apiserver_config)
 
     version = sub.add_parser("version", help="print the version and FIPS state")
     version.add_argument("--json", action="store_true", help="machine-readable output")

@@ -5,6 +5,7 @@ configure kubectl (the machine's kubectl 1.32), and the token they carry passes 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
@@ -35,7 +36,18 @@ CLUSTERS = [
         "certificateAuthorityData": CA_DATA,
     },
     {"name": "lab", "server": "https://10.0.0.1:6443/o'neil"},
+    # Its own (confidential) client: the page's tokens are not for it.
+    {
+        "name": "edge",
+        "server": "https://edge.example.com:6443",
+        "clientID": "example-app",
+        "clientSecret": "edge-secret-0123456789",
+    },
 ]
+ISSUER_CA = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+).decode()
+DOWNLOADS = "https://downloads.example.com/portcullis"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +56,13 @@ def kube_issuer(module_issuers: StartIssuer, serving_cert: ServingCert) -> tuple
     issuer = module_issuers(
         {
             "kubernetes": {
-                "kubeconfigPage": {"enabled": True, "clientID": "kubectl", "clusters": CLUSTERS},
+                "kubeconfigPage": {
+                    "enabled": True,
+                    "clientID": "kubectl",
+                    "clusters": CLUSTERS,
+                    "issuerCertificateAuthorityData": ISSUER_CA,
+                    "pluginDownloadURL": DOWNLOADS + "/",
+                },
                 "tokenReview": {
                     "enabled": True,
                     "addr": f"127.0.0.1:{port}",
@@ -62,7 +80,7 @@ def _pre(page: str, cluster: int, attribute: str) -> str:
     section = re.search(rf'<section[^>]*id="cluster-{cluster}".*?</section>', page, re.S)
     assert section, page[:3000]
     block = re.search(
-        rf"<pre[^>]*{attribute}[^>]*><code>(.*?)</code></pre>", section.group(0), re.S
+        rf"<pre[^>]*{attribute}[^>]*><code[^>]*>(.*?)</code></pre>", section.group(0), re.S
     )
     assert block, section.group(0)
     return html.unescape(block.group(1))
@@ -93,7 +111,20 @@ def test_signed_in_user_gets_commands_for_every_cluster(kube_issuer: tuple[Issue
         page = response.text
         _remember_tokens(issuer, page)
         assert response.headers["cache-control"].startswith("no-store")
-        assert "default-src 'none'" in response.headers["content-security-policy"]
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        # The copy buttons' one inline script runs by its hash; no other script can.
+        (script,) = re.findall(r"<script>(.*?)</script>", page, re.S)
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"script-src 'sha256-{digest}';" in csp
+        assert "unsafe-inline" not in csp
+        # Hidden without JavaScript (the blocks are plain text then); each names its block.
+        buttons = re.findall(
+            r'<button type="button" class="pc-copy" data-copy="([^"]+)" hidden>', page
+        )
+        assert len(buttons) == 5 * 2 + 3  # 3 clusters; the legacy commands for 2 of them
+        for target in buttons:
+            assert f'<code id="{target}">' in page
         assert response.headers["x-frame-options"] == "DENY"
         assert DEV_EMAIL in page
         posix = _pre(page, 1, 'data-shell="posix"')
@@ -111,6 +142,41 @@ def test_signed_in_user_gets_commands_for_every_cluster(kube_issuer: tuple[Issue
         assert f"--oidc-issuer-url={issuer.issuer}" in user["args"]
         assert "--oidc-client-id=kubectl" in user["args"]
         assert "token" not in json.dumps(exec_config).replace("get-token", "")
+        # The API server settings these kubeconfigs rely on, from the apiserver-config generator:
+        # the same issuer and audience as the kubeconfig, the webhook's claim mapping.
+        flags = _pre(page, 1, 'data-format="apiserver-flags"').splitlines()
+        assert flags[:2] == [f"--oidc-issuer-url={issuer.issuer}", "--oidc-client-id=kubectl"]
+        assert "--oidc-username-prefix=oidc:" in flags
+        assert "--oidc-groups-prefix=oidc:" in flags
+        # The recommended form: our own plugin, with the issuer's CA embedded everywhere.
+        plugin = yaml.safe_load(_pre(page, 1, 'data-format="plugin-kubeconfig"'))
+        assert plugin["users"][0]["user"]["exec"]["command"] == "kubectl"
+        assert plugin["users"][0]["user"]["exec"]["args"] == [
+            "portcullis",
+            "get-token",
+            f"--issuer={issuer.issuer}",
+            "--client-id=kubectl",
+            f"--certificate-authority-data={ISSUER_CA}",
+        ]
+        assert plugin["clusters"][0]["cluster"]["certificate-authority-data"] == CA_DATA
+        assert page.index('data-format="plugin-kubeconfig"') < page.index('data-shell="posix"')
+        assert f"--certificate-authority-data={ISSUER_CA}" in user["args"]
+        assert f"idp-certificate-authority-data={ISSUER_CA}" in posix
+        # A cluster with its own client: kubeconfigs and flags name it, no legacy commands.
+        edge = yaml.safe_load(_pre(page, 3, 'data-format="plugin-kubeconfig"'))
+        edge_args = edge["users"][0]["user"]["exec"]["args"]
+        assert "--client-id=example-app" in edge_args
+        assert "--client-secret=edge-secret-0123456789" in edge_args
+        edge_section = page[page.index('id="cluster-3"') :]
+        assert 'data-shell="posix"' not in edge_section
+        edge_flags = _pre(page, 3, 'data-format="apiserver-flags"').splitlines()
+        assert edge_flags[1] == "--oidc-client-id=example-app"
+        # The signed-in user's claims and groups, and where to get the plugin.
+        identity = page[page.index('id="kube-identity"') : page.index("</details>")]
+        assert DEV_EMAIL in identity
+        assert '<code class="pc-group">developers</code>' in identity
+        assert f'href="{DOWNLOADS}/kubectl-portcullis-linux-amd64"' in page
+        assert f'href="{DOWNLOADS}/kubectl-portcullis-darwin-arm64"' in page
         # The second cluster's awkward URL is quoted for both shells.
         assert "'--server=https://10.0.0.1:6443/o'\"'\"'neil'" in _pre(
             page, 2, 'data-shell="posix"'

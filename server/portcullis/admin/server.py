@@ -23,6 +23,9 @@ import grpc
 
 from portcullis.admin import api_pb2 as pb
 from portcullis.admin import api_pb2_grpc as pb_grpc
+from portcullis.admin import revocation_pb2 as revocation_pb
+from portcullis.admin import revocation_pb2_grpc as revocation_grpc
+from portcullis.admin.revocation_service import RevocationService
 from portcullis.admin.service import DexAdminService
 from portcullis.config.model import GRPCSection
 from portcullis.oidc.provider import Provider
@@ -78,11 +81,15 @@ def start_admin_server(section: GRPCSection, provider: Provider, *, fips_mode: b
         options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_DexServicer_to_server(DexAdminService(provider, fips_mode=fips_mode), server)
+    revocation_grpc.add_RevocationServicer_to_server(RevocationService(provider), server)
     if section.reflection:
         from grpc_reflection.v1alpha import reflection
 
         service_name = pb.DESCRIPTOR.services_by_name["Dex"].full_name
-        reflection.enable_server_reflection((service_name, reflection.SERVICE_NAME), server)
+        revocation_name = revocation_pb.DESCRIPTOR.services_by_name["Revocation"].full_name
+        reflection.enable_server_reflection(
+            (service_name, revocation_name, reflection.SERVICE_NAME), server
+        )
     address = grpc_address(section.addr)
     try:
         if section.tls_cert:

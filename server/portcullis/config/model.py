@@ -692,10 +692,28 @@ class TokenReviewSection(Section):
         return self
 
 
+def _check_pem_base64(value: str) -> str:
+    if not value:
+        return value
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)") from None
+    if b"-----BEGIN CERTIFICATE-----" not in decoded:
+        raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)")
+    return value
+
+
 class KubeCluster(Section):
     name: str
     server: HttpURL
     certificate_authority_data: str = ""
+    # The client kubectl signs in with for this cluster (the ID token's aud, the API server's
+    # --oidc-client-id); "" means kubernetes.kubeconfigPage.clientID.
+    client_id: str = Field("", alias="clientID")
+    # Only for a confidential client: written into the exec kubeconfigs (kubelogin and
+    # kubectl-portcullis need it to redeem codes), so every user of the page sees it.
+    client_secret: str = ""
 
     @field_validator("name")
     @classmethod
@@ -708,15 +726,7 @@ class KubeCluster(Section):
     @field_validator("certificate_authority_data")
     @classmethod
     def _pem_base64(cls, value: str) -> str:
-        if not value:
-            return value
-        try:
-            decoded = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)") from None
-        if b"-----BEGIN CERTIFICATE-----" not in decoded:
-            raise ValueError("must be base64 of a PEM certificate (as in a kubeconfig)")
-        return value
+        return _check_pem_base64(value)
 
 
 class KubeconfigPageSection(Section):
@@ -725,6 +735,27 @@ class KubeconfigPageSection(Section):
     enabled: bool = False
     client_id: str = Field("kubernetes", min_length=1, alias="clientID")
     clusters: list[KubeCluster] = Field(default_factory=list)
+    # Base64 PEM of the CA that verifies the issuer's HTTPS certificate (a private CA or the
+    # chart's self-signed one): embedded in the kubeconfigs handed out, and the default CA of
+    # `portcullis kube apiserver-config`. "" when a public CA signed it.
+    issuer_certificate_authority_data: str = ""
+    # Where kubectl-portcullis binaries are published (links to
+    # <base>/kubectl-portcullis-<os>-<arch>); "" shows no download links.
+    plugin_download_url: str = Field("", alias="pluginDownloadURL")
+
+    @field_validator("issuer_certificate_authority_data")
+    @classmethod
+    def _issuer_ca(cls, value: str) -> str:
+        return _check_pem_base64(value)
+
+    @field_validator("plugin_download_url")
+    @classmethod
+    def _download_url(cls, value: str) -> str:
+        if value and not value.startswith("https://"):
+            raise ValueError(
+                "must be an https URL (binaries fetched over plain HTTP can be swapped)"
+            )
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _check_clusters(self) -> KubeconfigPageSection:

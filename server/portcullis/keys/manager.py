@@ -144,6 +144,22 @@ class KeyManager:
         self.reload()
         return True
 
+    def rotate_dropping_retired(self) -> None:
+        """Revoke every outstanding token: a new signing key now and no verification key for
+        anything signed before (``portcullis revoke --all``). Other replicas pick the new set
+        up within ``refresh_interval``; a relying party when it next fetches ``/keys``."""
+        now = self._clock.now()
+
+        def updater(keys: Keys) -> Keys:
+            return Keys(
+                signing_key=SigningKey(jwk=generate_signing_key(self._algorithm)),
+                verification_keys=(),
+                next_rotation=now + self._rotation_period,
+            )
+
+        self._storage.update_keys(updater)
+        self.reload()
+
     # -- cached state ------------------------------------------------------------------------
     def reload(self) -> KeyState:
         keys = self._storage.get_keys()

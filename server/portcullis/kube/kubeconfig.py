@@ -1,11 +1,18 @@
 """What the kubeconfig page shows, as plain data: kubectl commands per shell and an exec-plugin
 kubeconfig for each configured cluster. No HTTP here.
 
-Two ways to use the issuer from kubectl are offered, because both are in use:
-- commands that store the tokens just issued in kubectl's built-in ``oidc`` auth provider
-  (kubectl refreshes them with the refresh token; nothing else to install), and
-- a kubeconfig whose user runs the kubelogin exec plugin (``kubectl oidc-login get-token``),
-  which signs in through the browser by itself and keeps tokens out of the kubeconfig.
+Three ways to use the issuer from kubectl are offered, the first recommended:
+- a kubeconfig whose user runs our own exec plugin (``kubectl portcullis get-token``), which
+  signs in through the browser (or the device flow) by itself and keeps tokens out of the
+  kubeconfig;
+- the same with the kubelogin exec plugin (``kubectl oidc-login get-token``), for machines that
+  already have it;
+- commands that store the tokens just issued in kubectl's legacy ``oidc`` auth provider
+  (deprecated by Kubernetes, but nothing to install). Those tokens were issued to the page's
+  client, so this is offered only for clusters that use that client.
+Each cluster may name its own client (``clientID``/``clientSecret``); the issuer's CA, when
+configured, is embedded in each form (``--certificate-authority-data``,
+``idp-certificate-authority-data``) so a private CA needs no file on the user's machine.
 Every value is quoted for the shell it is pasted into, so a cluster name or URL can never
 become a command.
 """
@@ -41,15 +48,18 @@ class Credentials:
     id_token: str
     refresh_token: str
     username: str  # the kubeconfig user name (a label, not the Kubernetes username)
+    issuer_ca_data: str = ""  # base64 PEM of the issuer's CA, "" for the system roots
 
 
 @dataclass(frozen=True)
 class ClusterSetup:
     name: str
     server: str
-    posix: str  # bash/zsh (Linux, macOS)
-    powershell: str  # Windows
-    exec_kubeconfig: str  # YAML
+    client_id: str
+    plugin_kubeconfig: str  # YAML, kubectl-portcullis exec plugin
+    exec_kubeconfig: str  # YAML, kubelogin exec plugin
+    posix: str  # bash/zsh (Linux, macOS); "" when the cluster uses another client
+    powershell: str  # Windows; "" likewise
 
 
 def _commands(cluster: KubeCluster, creds: Credentials) -> list[list[str]]:
@@ -70,6 +80,8 @@ def _commands(cluster: KubeCluster, creds: Credentials) -> list[list[str]]:
         f"client-id={creds.client_id}",
         f"id-token={creds.id_token}",
     ]
+    if creds.issuer_ca_data:
+        provider_args.append(f"idp-certificate-authority-data={creds.issuer_ca_data}")
     if creds.refresh_token:
         provider_args.append(f"refresh-token={creds.refresh_token}")
     commands.append(
@@ -96,8 +108,7 @@ def _commands(cluster: KubeCluster, creds: Credentials) -> list[list[str]]:
     return commands
 
 
-def exec_kubeconfig(cluster: KubeCluster, issuer: str, client_id: str, user: str) -> str:
-    """A complete kubeconfig for one cluster whose user runs the kubelogin exec plugin."""
+def _kubeconfig(cluster: KubeCluster, user: str, exec_entry: dict[str, Any]) -> str:
     cluster_entry: dict[str, Any] = {"server": cluster.server}
     if cluster.certificate_authority_data:
         cluster_entry["certificate-authority-data"] = cluster.certificate_authority_data
@@ -106,48 +117,79 @@ def exec_kubeconfig(cluster: KubeCluster, issuer: str, client_id: str, user: str
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": cluster.name, "cluster": cluster_entry}],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "exec": {
-                        "apiVersion": EXEC_API_VERSION,
-                        "command": "kubectl",
-                        "args": [
-                            "oidc-login",
-                            "get-token",
-                            f"--oidc-issuer-url={issuer}",
-                            f"--oidc-client-id={client_id}",
-                            "--oidc-extra-scope=email",
-                            "--oidc-extra-scope=groups",
-                            "--oidc-extra-scope=offline_access",
-                        ],
-                        "interactiveMode": "IfAvailable",
-                        "provideClusterInfo": False,
-                    }
-                },
-            }
-        ],
+        "users": [{"name": user, "user": {"exec": exec_entry}}],
         "contexts": [{"name": context, "context": {"cluster": cluster.name, "user": user}}],
         "current-context": context,
     }
     return yaml.safe_dump(document, sort_keys=False)
 
 
+def _exec(args: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": EXEC_API_VERSION,
+        "command": "kubectl",
+        "args": args,
+        "interactiveMode": "IfAvailable",
+        "provideClusterInfo": False,
+    }
+
+
+def plugin_kubeconfig(
+    cluster: KubeCluster, issuer: str, client_id: str, user: str, issuer_ca_data: str = ""
+) -> str:
+    """A complete kubeconfig for one cluster whose user runs ``kubectl portcullis get-token``."""
+    args = ["portcullis", "get-token", f"--issuer={issuer}", f"--client-id={client_id}"]
+    if cluster.client_secret:
+        args.append(f"--client-secret={cluster.client_secret}")
+    if issuer_ca_data:
+        args.append(f"--certificate-authority-data={issuer_ca_data}")
+    return _kubeconfig(cluster, user, _exec(args))
+
+
+def exec_kubeconfig(
+    cluster: KubeCluster, issuer: str, client_id: str, user: str, issuer_ca_data: str = ""
+) -> str:
+    """A complete kubeconfig for one cluster whose user runs the kubelogin exec plugin."""
+    args = [
+        "oidc-login",
+        "get-token",
+        f"--oidc-issuer-url={issuer}",
+        f"--oidc-client-id={client_id}",
+    ]
+    if cluster.client_secret:
+        args.append(f"--oidc-client-secret={cluster.client_secret}")
+    args += [
+        "--oidc-extra-scope=email",
+        "--oidc-extra-scope=groups",
+        "--oidc-extra-scope=offline_access",
+    ]
+    if issuer_ca_data:
+        args.append(f"--certificate-authority-data={issuer_ca_data}")
+    return _kubeconfig(cluster, user, _exec(args))
+
+
 def cluster_setups(clusters: list[KubeCluster], creds: Credentials) -> list[ClusterSetup]:
     setups = []
     for cluster in clusters:
-        commands = _commands(cluster, creds)
+        client_id = cluster.client_id or creds.client_id
+        # The page's tokens were issued to its own client: a cluster expecting another
+        # audience would refuse them, so the legacy commands are offered only where they work.
+        commands = _commands(cluster, creds) if client_id == creds.client_id else []
+        ca = creds.issuer_ca_data
         setups.append(
             ClusterSetup(
                 name=cluster.name,
                 server=cluster.server,
+                client_id=client_id,
+                plugin_kubeconfig=plugin_kubeconfig(
+                    cluster, creds.issuer, client_id, creds.username, ca
+                ),
+                exec_kubeconfig=exec_kubeconfig(
+                    cluster, creds.issuer, client_id, creds.username, ca
+                ),
                 posix="\n".join(shlex.join(c) for c in commands),
                 powershell="\n".join(
                     " ".join(c[:3] + [powershell_quote(a) for a in c[3:]]) for c in commands
-                ),
-                exec_kubeconfig=exec_kubeconfig(
-                    cluster, creds.issuer, creds.client_id, creds.username
                 ),
             )
         )

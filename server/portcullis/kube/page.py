@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import hmac
 import logging
 import secrets
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from portcullis.config.load import ClientSpec, Config
 from portcullis.config.model import KubeconfigPageSection
+from portcullis.kube.apiserver import apiserver_flags, settings_for
 from portcullis.kube.kubeconfig import Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
 from portcullis.oidc.pkce import s256
@@ -39,6 +41,31 @@ COOKIE = "pc_kubeconfig"
 SCOPES = "openid email profile groups offline_access"
 COOKIE_TTL = 15 * 60
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Copy buttons: hidden until this script (allowed by its hash on this page only, as the SAML
+# POST binding does) shows and wires them; without JavaScript every block is plain text to
+# select and copy.
+COPY_SCRIPT = (
+    'document.querySelectorAll("button.pc-copy").forEach(function (b) {'
+    " b.hidden = false;"
+    ' b.addEventListener("click", function () {'
+    " var text = document.getElementById(b.dataset.copy).textContent;"
+    ' navigator.clipboard.writeText(text).then(function () { b.textContent = "Copied"; });'
+    " });"
+    " });"
+)
+_COPY_HASH = base64.b64encode(hashlib.sha256(COPY_SCRIPT.encode()).digest()).decode()
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    f"script-src 'sha256-{_COPY_HASH}'; frame-ancestors 'none'; base-uri 'none'"
+)
+SHOWN_CLAIMS = ("sub", "email", "email_verified", "name", "preferred_username")
+#: The platforms the release builds kubectl-portcullis for (docs/kubectl-plugin.md).
+PLUGIN_PLATFORMS = (
+    ("linux", "amd64"),
+    ("linux", "arm64"),
+    ("darwin", "amd64"),
+    ("darwin", "arm64"),
+)
 
 
 class PageRenderer(Protocol):
@@ -107,6 +134,14 @@ class KubeconfigPage:
         secure_cookies: bool,
     ) -> None:
         self.provider = provider
+        # What each cluster's API server must be started with for these kubeconfigs to work:
+        # the same generator as `portcullis kube apiserver-config`, so the two never disagree.
+        self.apiserver_flags = {
+            cluster.name: "\n".join(
+                apiserver_flags(settings_for(provider.config, cluster.name, require_https=False))
+            )
+            for cluster in section.clusters
+        }
         self.pages = pages
         self.client_address = client_address
         self.section = section
@@ -210,15 +245,33 @@ class KubeconfigPage:
             id_token=str(tokens["id_token"]),
             refresh_token=str(tokens.get("refresh_token", "")),
             username=label,
+            issuer_ca_data=self.section.issuer_certificate_authority_data,
         )
-        return self.pages.render(
+        groups = claims.get("groups")
+        response = self.pages.render(
             "kubeconfig.html",
             user=label,
             issuer=self.issuer,
             client_id=self.client.id,
             expires_in=int(tokens.get("expires_in", 0)),
             clusters=cluster_setups(list(self.section.clusters), creds),
+            apiserver_flags=self.apiserver_flags,
+            # What the API server will see: the claims it maps (autoescaped in the template).
+            claims=[
+                (name, claims[name] if isinstance(claims[name], str) else repr(claims[name]))
+                for name in SHOWN_CLAIMS
+                if name in claims
+            ],
+            groups=[g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
+            downloads=[
+                (f"{os_name}/{arch}", f"{base}/kubectl-portcullis-{os_name}-{arch}")
+                for base in filter(None, [self.section.plugin_download_url])
+                for os_name, arch in PLUGIN_PLATFORMS
+            ],
+            copy_script=COPY_SCRIPT,
         )
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        return response
 
     def _finish(self, response: Response) -> Response:
         response.delete_cookie(

@@ -13,6 +13,7 @@ from typing import Any
 from joserfc.errors import JoseError
 
 from portcullis.clock import Clock
+from portcullis.oidc.denials import issued_before_denial
 from portcullis.oidc.errors import invalid_request
 from portcullis.oidc.refresh import SID_PREFIX, RefreshStore
 from portcullis.oidc.tokens import TokenMinter
@@ -76,6 +77,9 @@ class TokenReader:
             return None
         sid = claims.get("sid")
         if isinstance(sid, str) and self._storage.is_token_revoked(SID_PREFIX + sid):
+            return None
+        # `portcullis revoke --user/--group/--client`: issued before its subject was denied.
+        if issued_before_denial(self._storage, claims, self._clock.now()):
             return None
         return claims
 

@@ -45,7 +45,9 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from portcullis.clock import Clock
+from portcullis.oidc.claims import encode_subject
 from portcullis.oidc.clients import ClientRegistry
+from portcullis.oidc.denials import family_denied
 from portcullis.oidc.dex_refresh import decode_dex_refresh_token
 from portcullis.oidc.settings import ProtocolSettings, RefreshPolicy
 from portcullis.oidc.tokens import derived_jti, new_id
@@ -264,6 +266,11 @@ class RefreshTokenReusedError(RefreshTokenError):
         super().__init__("the refresh token was already used; the session has been revoked")
 
 
+class RefreshTokenDeniedError(RefreshTokenError):
+    def __init__(self) -> None:
+        super().__init__("the refresh token has been revoked")
+
+
 class RefreshTokenExpiredError(RefreshTokenError):
     """The family was ended because it outlived its absolute or idle lifetime."""
 
@@ -351,6 +358,18 @@ class RefreshStore:
         if self._expired(family):
             self.end_family(family.id)
             raise RefreshTokenExpiredError()
+        if family_denied(
+            self._storage,
+            sub=encode_subject(family.identity.user_id, family.connector_id),
+            client_id=family.client_id,
+            groups=family.identity.groups,
+            created_at=family.created_at,
+            now=self._clock.now(),
+        ):
+            # `portcullis revoke` deletes such families; this catches one created in the
+            # instant before the denial was written.
+            self.end_family(family.id)
+            raise RefreshTokenDeniedError()
         return presented
 
     def active(self, value: str) -> RefreshToken | None:

@@ -188,6 +188,23 @@ class Storage(ABC):
     @abstractmethod
     def is_token_revoked(self, jti: str) -> bool: ...
 
+    @abstractmethod
+    def delete_refresh_tokens_matching(
+        self, *, user_id: str = "", connector_id: str = "", client_id: str = "", group: str = ""
+    ) -> list[str]:
+        """Delete every refresh family matching all the given filters (at least one; ``group``
+        matches families whose identity has that group) and return their ids, in one query
+        rather than by loading every family."""
+
+    @abstractmethod
+    def deny_subject(self, kind: str, value: str, revoked_at: float, expiry: float) -> None:
+        """Refuse JWTs issued to (kind, value) at or before revoked_at until expiry; a later
+        call keeps the later of each (idempotent)."""
+
+    @abstractmethod
+    def subjects_revoked_at(self, subjects: Sequence[tuple[str, str]], now: float) -> float:
+        """The latest revoked_at of the unexpired denials among subjects, 0.0 when none."""
+
     # -- single-use values -------------------------------------------------------------------
     @abstractmethod
     def claim_once(self, key: str, expiry: float) -> bool:

@@ -45,6 +45,7 @@ class MemoryStorage(Storage):
         self._passwords: dict[str, Password] = {}
         self._keys = Keys(signing_key=None, verification_keys=(), next_rotation=0.0)
         self._revoked: dict[str, float] = {}
+        self._denied: dict[tuple[str, str], tuple[float, float]] = {}
         self._single_use: dict[str, float] = {}
         self._login_failures: dict[str, list[float]] = {}
         self._device: dict[str, DeviceRequest] = {}
@@ -291,6 +292,34 @@ class MemoryStorage(Storage):
         with self._lock:
             return jti in self._revoked
 
+    def delete_refresh_tokens_matching(
+        self, *, user_id: str = "", connector_id: str = "", client_id: str = "", group: str = ""
+    ) -> list[str]:
+        if not (user_id or connector_id or client_id or group):
+            raise ValueError("at least one filter is required")
+        with self._lock:
+            doomed = [
+                t.id
+                for t in self._refresh.values()
+                if (not user_id or t.identity.user_id == user_id)
+                and (not connector_id or t.connector_id == connector_id)
+                and (not client_id or t.client_id == client_id)
+                and (not group or group in t.identity.groups)
+            ]
+            for family_id in doomed:
+                del self._refresh[family_id]
+        return sorted(doomed)
+
+    def deny_subject(self, kind: str, value: str, revoked_at: float, expiry: float) -> None:
+        with self._lock:
+            old_at, old_expiry = self._denied.get((kind, value), (revoked_at, expiry))
+            self._denied[(kind, value)] = (max(old_at, revoked_at), max(old_expiry, expiry))
+
+    def subjects_revoked_at(self, subjects: Sequence[tuple[str, str]], now: float) -> float:
+        with self._lock:
+            found = [self._denied.get((kind, value)) for kind, value in subjects]
+        return max((at for at, expiry in filter(None, found) if expiry >= now), default=0.0)
+
     # -- single-use values -------------------------------------------------------------------
     def claim_once(self, key: str, expiry: float) -> bool:
         with self._lock:
@@ -350,6 +379,9 @@ class MemoryStorage(Storage):
             revoked_keys = [j for j, exp in self._revoked.items() if exp < now][:batch_size]
             for j in revoked_keys:
                 del self._revoked[j]
+            denied = [k for k, (_, exp) in self._denied.items() if exp < now][:batch_size]
+            for d in denied:
+                del self._denied[d]
             used_keys = [k for k, exp in self._single_use.items() if exp < now][:batch_size]
             for k in used_keys:
                 del self._single_use[k]
@@ -382,4 +414,5 @@ class MemoryStorage(Storage):
                 login_attempts=attempts,
                 single_use_keys=len(used_keys),
                 device_requests=device,
+                denied_subjects=len(denied),
             )

@@ -216,6 +216,7 @@ class GCResult:
     login_attempts: int = 0
     single_use_keys: int = 0
     device_requests: int = 0
+    denied_subjects: int = 0
 
     @property
     def total(self) -> int:
@@ -228,6 +229,7 @@ class GCResult:
             + self.login_attempts
             + self.single_use_keys
             + self.device_requests
+            + self.denied_subjects
         )
 
 

@@ -338,6 +338,13 @@ class PostgresStorage(SQLStorage):
         later = sa.func.greatest(rv.c.expiry, stmt.excluded.expiry)
         return stmt.on_conflict_do_update(index_elements=[rv.c.jti], set_={"expiry": later})
 
+    def _identity_has_group(self, group: str) -> sa.ColumnElement[bool]:
+        # jsonb containment of a one-element array: uses the same comparison as equality.
+        return sa.text(
+            "(refresh_tokens.identity -> 'groups') "
+            "@> jsonb_build_array(CAST(:denied_group AS text))"
+        ).bindparams(denied_group=group)  # type: ignore[return-value]
+
     def _lock_name(self, conn: sa.Connection, name: str) -> None:
         # hashtextextended gives a 64-bit key; a rare collision only serialises two names.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))))

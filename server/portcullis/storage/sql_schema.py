@@ -140,6 +140,16 @@ signing_keys = sa.Table(
 )
 KEYS_ROW_ID = 1
 
+denied_subjects = sa.Table(
+    "denied_subjects",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, primary_key=True),
+    sa.Column("revoked_at", sa.Double, nullable=False),
+    sa.Column("expiry", sa.Double, nullable=False),
+    sa.Index("ix_denied_subjects_expiry", "expiry"),
+)
+
 revoked_tokens = sa.Table(
     "revoked_tokens",
     metadata,

@@ -155,6 +155,10 @@ class SQLStorage(Storage):
         with self._read() as conn:
             return run(conn)
 
+    @abstractmethod
+    def _identity_has_group(self, group: str) -> sa.ColumnElement[bool]:
+        """refresh_tokens.identity's groups contain group (JSON is dialect-specific)."""
+
     def _lock_name(self, conn: sa.Connection, name: str) -> None:
         """Serialise write transactions about one logical name that has no row to lock (e.g.
         counting failed logins for a throttle key). A no-op where a write transaction already
@@ -505,6 +509,56 @@ class SQLStorage(Storage):
         with self._read() as conn:
             return conn.execute(sa.select(rv.c.jti).where(rv.c.jti == jti)).first() is not None
 
+    def delete_refresh_tokens_matching(
+        self, *, user_id: str = "", connector_id: str = "", client_id: str = "", group: str = ""
+    ) -> list[str]:
+        rt = t.refresh_tokens
+        conditions: list[sa.ColumnElement[bool]] = []
+        if user_id:
+            conditions.append(rt.c.user_id == user_id)
+        if connector_id:
+            conditions.append(rt.c.connector_id == connector_id)
+        if client_id:
+            conditions.append(rt.c.client_id == client_id)
+        if group:
+            conditions.append(self._identity_has_group(group))
+        if not conditions:
+            raise ValueError("at least one filter is required")
+        with self._write() as conn:
+            deleted = conn.execute(sa.delete(rt).where(*conditions).returning(rt.c.id))
+            return sorted(row[0] for row in deleted)
+
+    def deny_subject(self, kind: str, value: str, revoked_at: float, expiry: float) -> None:
+        ds = t.denied_subjects
+        key = sa.and_(ds.c.kind == kind, ds.c.value == value)
+        with self._write() as conn:
+            # Serialises concurrent denials of one subject on PostgreSQL (SQLite's write
+            # transaction already holds the database lock), so the insert cannot race.
+            self._lock_name(conn, f"denied-subject:{kind}:{value}")
+            row = conn.execute(sa.select(ds.c.revoked_at, ds.c.expiry).where(key)).first()
+            if row is None:
+                conn.execute(
+                    ds.insert().values(kind=kind, value=value, revoked_at=revoked_at, expiry=expiry)
+                )
+            else:
+                conn.execute(
+                    sa.update(ds)
+                    .where(key)
+                    .values(revoked_at=max(row[0], revoked_at), expiry=max(row[1], expiry))
+                )
+
+    def subjects_revoked_at(self, subjects: Sequence[tuple[str, str]], now: float) -> float:
+        if not subjects:
+            return 0.0
+        ds = t.denied_subjects
+        query = sa.select(sa.func.max(ds.c.revoked_at)).where(
+            sa.tuple_(ds.c.kind, ds.c.value).in_([tuple(s) for s in subjects]),
+            ds.c.expiry >= now,
+        )
+        with self._read() as conn:
+            latest = conn.execute(query).scalar()
+        return float(latest) if latest is not None else 0.0
+
     # -- single-use values -------------------------------------------------------------------
     def claim_once(self, key: str, expiry: float) -> bool:
         su = t.single_use_keys
@@ -586,6 +640,7 @@ class SQLStorage(Storage):
             rt, rt.c.id, sa.and_(rt.c.expires_at > 0, rt.c.expires_at < now), batch_size
         )
         revoked = self._delete_batch(rv, rv.c.jti, rv.c.expiry < now, batch_size)
+        denied = self._delete_expired_denials(now, batch_size)
         su = t.single_use_keys
         used = self._delete_batch(su, su.c.key, su.c.expiry < now, batch_size)
         dr = t.device_requests
@@ -602,7 +657,24 @@ class SQLStorage(Storage):
             login_attempts=attempts,
             single_use_keys=used,
             device_requests=device,
+            denied_subjects=denied,
         )
+
+    def _delete_expired_denials(self, now: float, n: int) -> int:
+        """Like _delete_batch for the two-column key of denied_subjects."""
+        ds = t.denied_subjects
+        with self._write() as conn:
+            doomed = conn.execute(
+                sa.select(ds.c.kind, ds.c.value)
+                .where(ds.c.expiry < now)
+                .limit(n)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not doomed:
+                return 0
+            pairs = [(row[0], row[1]) for row in doomed]
+            result = conn.execute(sa.delete(ds).where(sa.tuple_(ds.c.kind, ds.c.value).in_(pairs)))
+            return int(result.rowcount)
 
     def _drop_expired_verification_keys(self, now: float) -> int:
         # Cheap unlocked look first: almost every GC pass has nothing to drop.

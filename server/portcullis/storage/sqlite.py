@@ -217,6 +217,12 @@ class SQLiteStorage(SQLStorage):
         )
         return stmt.on_conflict_do_update(index_elements=[rv.c.jti], set_={"expiry": later})
 
+    def _identity_has_group(self, group: str) -> sa.ColumnElement[bool]:
+        return sa.text(
+            "EXISTS (SELECT 1 FROM json_each(refresh_tokens.identity, '$.groups') AS g "
+            "WHERE g.value = :denied_group)"
+        ).bindparams(denied_group=group)  # type: ignore[return-value]
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         self._engine.dispose()
