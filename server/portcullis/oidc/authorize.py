@@ -157,6 +157,11 @@ class AuthorizationFlow:
         self._connectors = connectors
         self._password_login = password_login
 
+    @property
+    def issuer(self) -> str:
+        """The issuer identifier every authorization response carries as ``iss`` (RFC 9207)."""
+        return self._settings.token_issuer
+
     # -- step 1: validate -------------------------------------------------------------------
     def parse(
         self,
@@ -482,6 +487,7 @@ class AuthorizationFlow:
             {"error": "access_denied", "error_description": "the user denied the request"},
             request.state,
             fragment=request.uses_fragment,
+            issuer=self.issuer,
         )
 
     def finish(self, request: AuthRequest) -> str:
@@ -540,6 +546,7 @@ class AuthorizationFlow:
             values,
             request.state,
             fragment=request.uses_fragment,
+            issuer=self.issuer,
         )
 
     def _delete(self, request_id: str) -> None:
@@ -551,9 +558,13 @@ class AuthorizationFlow:
             ) from None
 
 
-def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool) -> str:
+def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool, issuer: str) -> str:
+    """The client redirect. Every authorization response, success or error, query or fragment,
+    carries ``iss`` (RFC 9207): a client talking to several authorization servers can then
+    tell which one answered and refuse a mixed-up response (RFC 9700 §4.4)."""
     if state:
         values = {**values, "state": state}
+    values = {**values, "iss": issuer}
     query = urlencode(values)
     if fragment:
         return f"{uri}#{query}"
@@ -561,11 +572,13 @@ def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool) -
     return f"{uri}{separator}{query}"
 
 
-def error_redirect(error: AuthorizeError) -> str:
-    """The redirect carrying an authorization error back to a verified redirect URI."""
+def error_redirect(error: AuthorizeError, issuer: str) -> str:
+    """The redirect carrying an authorization error back to a verified redirect URI, with the
+    issuer's ``iss`` (RFC 9207)."""
     return _redirect(
         error.redirect_uri,
         {"error": error.error, "error_description": error.description},
         error.state,
         fragment=error.use_fragment,
+        issuer=issuer,
     )

@@ -138,7 +138,7 @@ class LoginRoutes:
 
     def _authorize_error(self, error: AuthorizeError) -> Response:
         if error.redirect_uri:
-            return _redirect(error_redirect(error))
+            return _redirect(error_redirect(error, self.flow.issuer))
         return self.pages.error(400, "Invalid login request", error.description)
 
     def _connector_url(self, connector_id: str, auth_request: AuthRequest) -> str:
