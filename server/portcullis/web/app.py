@@ -179,7 +179,7 @@ def web_app(
     def route_of(scope: Scope) -> str:
         route = scope.get("route")
         if route is root_metadata:
-            return root_metadata.path
+            return str(root_metadata.path)
         path = getattr(route, "path", None)
         return f"{base}{path}" if isinstance(path, str) else "unmatched"
 
