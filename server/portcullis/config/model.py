@@ -129,7 +129,20 @@ def _cidr(value: str) -> str:
     return value
 
 
+def _resource_uri(value: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment (the access token's ``aud``)."""
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be an absolute URI without spaces")
+    parts = urlsplit(value)
+    if not parts.scheme or not (parts.netloc or parts.path):
+        raise ValueError("must be an absolute URI (e.g. https://mcp.example.com)")
+    if "#" in value:
+        raise ValueError("must not contain a fragment")
+    return value
+
+
 HttpURL = Annotated[str, AfterValidator(_http_url)]
+ResourceURI = Annotated[str, AfterValidator(_resource_uri)]
 RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 CIDR = Annotated[str, AfterValidator(_cidr)]
@@ -575,6 +588,10 @@ class StaticClient(Section):
     # Portcullis-only: may introspect (RFC 7662) access tokens issued to other clients, e.g. an
     # API gateway; every other client sees only tokens it is an audience of.
     introspect_any_token: bool = False
+    # Portcullis-only: the RFC 8707 resources (the access token's ``aud``) this client may ask
+    # for with ``resource``; empty = none, so no client can mint tokens for a resource server
+    # unless the operator says so.
+    allowed_resources: list[ResourceURI] = Field(default_factory=list)
     # Back-channel logout (Dex after 2.45): recognised so a newer Dex config gets a precise
     # refusal from config.load instead of "unknown key".
     backchannel_logout_uri: str = Field("", alias="backchannelLogoutURI")

@@ -35,10 +35,10 @@ from portcullis.connectors.base import (
     LoginRedirect,
     PasswordConnector,
 )
-from portcullis.oidc import pkce, scopes
+from portcullis.oidc import pkce, resources, scopes
 from portcullis.oidc.clients import ClientRegistry, UntrustedAudienceError
 from portcullis.oidc.device import DEVICE_CALLBACK_PATH
-from portcullis.oidc.errors import AuthorizeError
+from portcullis.oidc.errors import AuthorizeError, OAuthError
 from portcullis.oidc.input_limits import check_auth_parameter_lengths
 from portcullis.oidc.redirect import redirect_uri_allowed
 from portcullis.oidc.settings import ProtocolSettings
@@ -256,6 +256,13 @@ class AuthorizationFlow:
         if response_types != ("code",) and "implicit" not in grants:
             raise fail("unauthorized_client", "this client may not use the implicit/hybrid flow")
 
+        try:
+            requested_resources = resources.check_allowed(
+                resources.parse(params.get(resources.PARAMETER, "")), client.allowed_resources
+            )
+        except OAuthError as exc:
+            raise fail(exc.error, exc.description) from None
+
         nonce = params.get("nonce", "")
         if "id_token" in response_types and not nonce:
             raise fail("invalid_request", "nonce is required when an ID token is returned directly")
@@ -319,6 +326,7 @@ class AuthorizationFlow:
             pkce=PKCE(code_challenge=challenge, code_challenge_method=method if challenge else ""),
             browser_binding=browser_binding,
             response_mode=response_mode,
+            resources=requested_resources,
         )
         self._storage.create_auth_request(request)
         return request
@@ -515,6 +523,7 @@ class AuthorizationFlow:
                     nonce=request.nonce,
                     pkce=request.pkce,
                     auth_time=request.auth_time,
+                    resources=request.resources,
                 )
             )
             values["code"] = code_id
@@ -532,6 +541,7 @@ class AuthorizationFlow:
                 nonce=request.nonce,
                 auth_time=request.auth_time,
                 code=code_id,
+                resources=request.resources,
             )
             if "token" in request.response_types:
                 values.update(

@@ -58,6 +58,7 @@ def static_clients(config: Config) -> list[Client]:
             id_token_ttl=spec.id_token_ttl,
             refresh_token_absolute_lifetime=spec.refresh_token_lifetime,
             post_logout_redirect_uris=spec.post_logout_redirect_uris,
+            allowed_resources=spec.allowed_resources,
         )
         for spec in config.clients
     ]
