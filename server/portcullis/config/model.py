@@ -760,6 +760,43 @@ class KubernetesSection(Section):
     kubeconfig_page: KubeconfigPageSection = Field(default_factory=lambda: KubeconfigPageSection())
 
 
+def _registration_prefix(value: str) -> str:
+    """An https redirect-URI prefix for registered clients. It must end in "/" after a path:
+    "https://app.example" would also match "https://app.example.evil.com/"."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https URL prefix (e.g. https://app.example.com/callback/)")
+    if not parts.path.endswith("/") or parts.query or parts.fragment:
+        raise ValueError("must end with '/' and carry no query or fragment")
+    return value
+
+
+class RegistrationSection(Section):
+    """Portcullis-only: RFC 7591 dynamic client registration (for MCP clients and other
+    software that registers itself). Off by default: anyone who can reach the issuer could
+    otherwise create clients."""
+
+    enabled: bool = False
+    # Redirect URIs a registered client may use: loopback (http://127.0.0.1, [::1] or
+    # localhost, any port; what native apps and MCP clients on a workstation use, RFC 8252)
+    # and any https URL under one of ``redirectURIPrefixes``.
+    allow_loopback_redirect_uris: bool = Field(True, alias="allowLoopbackRedirectURIs")
+    redirect_uri_prefixes: list[Annotated[str, AfterValidator(_registration_prefix)]] = Field(
+        default_factory=list, alias="redirectURIPrefixes"
+    )
+    # RFC 8707 resources every registered client may name (its ``allowedResources``).
+    allowed_resources: list[ResourceURI] = Field(default_factory=list)
+    # Whether a client may register with a secret (client_secret_basic/post). Registered
+    # clients are public by default: software on a user's machine cannot keep a secret.
+    allow_confidential_clients: bool = False
+    # Registrations per client address inside ``rateLimitWindow`` (counted in storage, so
+    # shared by every worker and replica).
+    rate_limit: int = Field(10, ge=1)
+    rate_limit_window: Duration = Field(3600.0, gt=0, le=86400.0)
+    # A registered client not used for this long is deleted (its every use extends it).
+    unused_client_expiry: Duration = Field(30 * 86400.0, gt=0)
+
+
 class RawConfig(Section):
     """The document as written (after ${ENV} expansion), before cross-field resolution."""
 
@@ -778,6 +815,7 @@ class RawConfig(Section):
     frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
     logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
     kubernetes: KubernetesSection = Field(default_factory=lambda: KubernetesSection())
+    registration: RegistrationSection = Field(default_factory=lambda: RegistrationSection())
     # Dex after 2.45 (behind DEX_SESSIONS_ENABLED): browser sessions. Recognised, refused in
     # config.load with the reason (no browser-session store here).
     sessions: dict[str, Any] | None = None

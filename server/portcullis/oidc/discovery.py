@@ -36,7 +36,9 @@ CLAIMS_SUPPORTED = (
 )
 
 
-def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]) -> dict[str, Any]:
+def discovery_document(
+    settings: ProtocolSettings, signing_algorithms: list[str], *, registration_endpoint: str = ""
+) -> dict[str, Any]:
     issuer = settings.issuer
     response_types = ["code"]
     if "token" in settings.response_types or "id_token" in settings.response_types:
@@ -88,6 +90,9 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
     if DEVICE_CODE_GRANT in settings.grant_types:
         # Only when the grant is on: a client that sees the endpoint may rely on it.
         document["device_authorization_endpoint"] = f"{issuer}/device/code"
+    if registration_endpoint:
+        # RFC 7591 (RFC 8414 §2): only when dynamic registration is enabled.
+        document["registration_endpoint"] = registration_endpoint
     return document
 
 

@@ -6,7 +6,8 @@ token endpoint and its grant table), ``reader`` (introspection, revocation, user
 verification), ``refresh`` (refresh-token families), ``token_issuer`` (the token response every
 user grant shares), ``password_login`` (the throttled password check), ``throttle``,
 ``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``, ``device``
-(the device flow's verification side), ``logout`` (RP-initiated logout).
+(the device flow's verification side), ``logout`` (RP-initiated logout), ``registration``
+(RFC 7591 dynamic client registration, when enabled).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from portcullis.oidc.introspection import TokenReader
 from portcullis.oidc.issue import TokenIssuer
 from portcullis.oidc.logout import RPLogout
 from portcullis.oidc.refresh import RefreshStore
+from portcullis.oidc.registration import ClientRegistration, RegistrationPolicy
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle, ThrottlePolicy
 from portcullis.oidc.tokens import TokenMinter
@@ -79,7 +81,13 @@ class Provider:
         self.clock = clock
         self.connectors = dict(connectors)
         self.settings = ProtocolSettings.from_config(config, fips_mode=fips_mode)
-        self.clients = ClientRegistry(storage, static_clients(config))
+        self.registration_policy = RegistrationPolicy.from_config(config)
+        self.clients = ClientRegistry(
+            storage,
+            static_clients(config),
+            clock=clock,
+            registered_ttl=self.registration_policy.unused_expiry,
+        )
         signer = config.raw.signer.config
         self.keys = KeyManager(
             storage,
@@ -143,6 +151,9 @@ class Provider:
             self.refresh,
             introspectors=self.settings.introspectors,
         )
+        self.registration = ClientRegistration(
+            self.registration_policy, f"{self.settings.issuer}/register", storage, clock
+        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 
@@ -153,7 +164,15 @@ class Provider:
         algorithms = sorted(
             {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
         )
-        self._discovery = render(discovery_document(self.settings, algorithms))
+        self._discovery = render(
+            discovery_document(
+                self.settings,
+                algorithms,
+                registration_endpoint=(
+                    self.registration.endpoint if self.registration.enabled else ""
+                ),
+            )
+        )
         self.discovery_etag = '"' + hashlib.sha256(self._discovery).hexdigest()[:32] + '"'
 
     @property

@@ -29,7 +29,7 @@ def _describe(result: GCResult) -> str:
         f"auth_requests={result.auth_requests} auth_codes={result.auth_codes} "
         f"refresh_tokens={result.refresh_tokens} revoked_tokens={result.revoked_tokens} "
         f"verification_keys={result.verification_keys} login_attempts={result.login_attempts} "
-        f"device_requests={result.device_requests}"
+        f"device_requests={result.device_requests} clients={result.clients}"
     )
 
 
@@ -43,6 +43,7 @@ def _backlog(result: GCResult, batch_size: int) -> bool:
             result.revoked_tokens,
             result.login_attempts,
             result.device_requests,
+            result.clients,
         )
         >= batch_size
     )
@@ -77,6 +78,7 @@ async def collect_once(
             login_attempts=total.login_attempts + result.login_attempts,
             single_use_keys=total.single_use_keys + result.single_use_keys,
             device_requests=total.device_requests + result.device_requests,
+            clients=total.clients + result.clients,
         )
         if not _backlog(result, batch_size):
             break

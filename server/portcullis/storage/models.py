@@ -53,6 +53,12 @@ class Client:
     post_logout_redirect_uris: tuple[str, ...] = ()
     # RFC 8707 resources this client may name with ``resource`` (see oidc.resources).
     allowed_resources: tuple[str, ...] = ()
+    # RFC 7591 dynamic registration (oidc.registration): the SHA-256 of the registration
+    # access token ("" = not a registered client), when it registered, and when it is deleted
+    # unless used before (0 = never; every use pushes it forward).
+    registration_token_hash: str = ""
+    registered_at: float = 0.0
+    expires_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,11 +230,14 @@ class GCResult:
     login_attempts: int = 0
     single_use_keys: int = 0
     device_requests: int = 0
+    # Dynamically registered clients past their unused expiry (RFC 7591, oidc.registration).
+    clients: int = 0
 
     @property
     def total(self) -> int:
         return (
-            self.auth_requests
+            self.clients
+            + self.auth_requests
             + self.auth_codes
             + self.refresh_tokens
             + self.revoked_tokens

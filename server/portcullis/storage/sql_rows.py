@@ -76,6 +76,9 @@ def client_row(client: Client) -> Row:
         "refresh_token_absolute_lifetime": client.refresh_token_absolute_lifetime,
         "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
         "allowed_resources": list(client.allowed_resources),
+        "registration_token_hash": client.registration_token_hash,
+        "registered_at": client.registered_at,
+        "expires_at": client.expires_at,
     }
 
 
@@ -95,6 +98,9 @@ def client_from(row: Mapping[Any, Any]) -> Client:
         refresh_token_absolute_lifetime=_float_or_none(row["refresh_token_absolute_lifetime"]),
         post_logout_redirect_uris=_tuple(row["post_logout_redirect_uris"]),
         allowed_resources=_tuple(row["allowed_resources"]),
+        registration_token_hash=row["registration_token_hash"],
+        registered_at=float(row["registered_at"]),
+        expires_at=float(row["expires_at"]),
     )
 
 

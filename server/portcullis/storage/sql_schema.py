@@ -43,6 +43,10 @@ clients = sa.Table(
     sa.Column("refresh_token_absolute_lifetime", sa.Double, nullable=True),
     sa.Column("post_logout_redirect_uris", sa.JSON, nullable=False),
     sa.Column("allowed_resources", sa.JSON, nullable=False),
+    sa.Column("registration_token_hash", sa.Text, nullable=False),
+    sa.Column("registered_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index("ix_clients_expires_at", "expires_at"),
 )
 
 auth_requests = sa.Table(

@@ -468,6 +468,10 @@ class SQLStorage(Storage):
         used = self._delete_batch(su, su.c.key, su.c.expiry < now, batch_size)
         dr = t.device_requests
         device = self._delete_batch(dr, dr.c.id, dr.c.expiry < now, batch_size)
+        cl = t.clients
+        clients = self._delete_batch(
+            cl, cl.c.id, sa.and_(cl.c.expires_at > 0, cl.c.expires_at < now), batch_size
+        )
         attempts = self._delete_batch(
             la, la.c.id, la.c.at <= now - LOGIN_ATTEMPT_RETENTION, batch_size
         )
@@ -480,6 +484,7 @@ class SQLStorage(Storage):
             login_attempts=attempts,
             single_use_keys=used,
             device_requests=device,
+            clients=clients,
         )
 
     def _drop_expired_verification_keys(self, now: float) -> int:

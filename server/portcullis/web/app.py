@@ -37,6 +37,7 @@ from portcullis.web.device import DeviceRoutes
 from portcullis.web.login import LoginRoutes
 from portcullis.web.logout import LogoutRoutes
 from portcullis.web.pages import Pages, static_dirs
+from portcullis.web.registration import RegistrationRoutes
 
 log = logging.getLogger("portcullis")
 
@@ -175,6 +176,18 @@ def web_app(
     root_metadata = Route(
         AS_METADATA_PATH + base, cors.wrap(api.discovery), methods=["GET", "OPTIONS"]
     )
+
+    if provider.registration.enabled:
+        # RFC 7591/7592. Absent (404) unless enabled, like its metadata key.
+        registration = RegistrationRoutes(provider.registration, ip_resolver)
+        routes += [
+            Route("/register", cors.wrap(registration.register), methods=["POST", "OPTIONS"]),
+            Route(
+                "/register/{client_id}",
+                cors.wrap(registration.configuration),
+                methods=["GET", "DELETE", "OPTIONS"],
+            ),
+        ]
 
     def route_of(scope: Scope) -> str:
         route = scope.get("route")

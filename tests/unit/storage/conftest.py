@@ -96,6 +96,9 @@ class Samples:
             "refresh_token_absolute_lifetime": None,
             "post_logout_redirect_uris": ("https://app.example/bye", "http://127.0.0.1:5555/"),
             "allowed_resources": ("https://flux-mcp.example.com", "urn:example:api"),
+            "registration_token_hash": "9f" * 32,
+            "registered_at": 1_700_000_000.25,
+            "expires_at": 1_702_592_000.5,
         }
         fields.update(changes)
         return Client(**fields)

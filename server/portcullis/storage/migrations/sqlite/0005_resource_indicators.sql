@@ -1,8 +1,0 @@
--- RFC 8707 resource indicators (issue 16): the resources a client may name, and the resources
--- an authorization request asked for, its code carries and its refresh family keeps (a refresh
--- may narrow them, never widen).
-
-ALTER TABLE clients ADD COLUMN allowed_resources TEXT NOT NULL DEFAULT '[]';
-ALTER TABLE auth_requests ADD COLUMN resources TEXT NOT NULL DEFAULT '[]';
-ALTER TABLE auth_codes ADD COLUMN resources TEXT NOT NULL DEFAULT '[]';
-ALTER TABLE refresh_tokens ADD COLUMN resources TEXT NOT NULL DEFAULT '[]';
