@@ -99,7 +99,7 @@ def _portcullis_values(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def test_committed_examples_are_exactly_what_the_manifest_generates() -> None:
     manifest = load_manifest()
     problems = diff_flux_web(manifest, DEFAULT_OUT, allow_development=manifest.development)
-    assert not problems, f"regenerate with `portcullis-release flux --allow-development`: {problems}"
+    assert not problems, f"regenerate: `portcullis-release flux --allow-development`: {problems}"
 
 
 def test_flux_kinds_validate_against_the_flux_crd_schemas() -> None:
@@ -137,7 +137,9 @@ def test_bindings_name_a_user_and_a_group_the_web_ui_impersonates() -> None:
     settings = FluxWebSettings()
     user = docs["clusterrolebinding-user.yaml"]["subjects"]
     group = docs["clusterrolebinding-group.yaml"]["subjects"]
-    assert user == [{"kind": "User", "name": settings.user, "apiGroup": "rbac.authorization.k8s.io"}]
+    assert user == [
+        {"kind": "User", "name": settings.user, "apiGroup": "rbac.authorization.k8s.io"}
+    ]
     assert group[0]["kind"] == "Group"
     assert group[0]["name"] == settings.group
     role = docs["clusterrole.yaml"]["metadata"]["name"]
@@ -170,7 +172,7 @@ def test_portcullis_values_keep_the_secret_after_flux_merges_them() -> None:
     the secret set by targetPath would be gone. The merged values must still carry it, pass
     the chart's schema, and render a config Portcullis loads."""
     docs = _docs()
-    assert VALUES_CONFIGMAP == docs["portcullis-flux-web-values.yaml"]["metadata"]["name"]
+    assert docs["portcullis-flux-web-values.yaml"]["metadata"]["name"] == VALUES_CONFIGMAP
     values = _portcullis_values(docs)
     (client,) = values["config"]["staticClients"]
     settings = FluxWebSettings()

@@ -249,7 +249,8 @@ def write_flux(
     allow_development: bool = False,
 ) -> list[Path]:
     """Write the files (and nothing else) into ``out_dir``; returns the written paths."""
-    return write_files(render_flux(manifest, settings, allow_development=allow_development), out_dir)
+    files = render_flux(manifest, settings, allow_development=allow_development)
+    return write_files(files, out_dir)
 
 
 def write_files(files: dict[str, str], out_dir: Path) -> list[Path]:

@@ -59,7 +59,7 @@ class FluxWebSettings:
 
     domain: str = "example.com"
     client_id: str = "flux-web"
-    client_secret_name: str = "flux-web-client"
+    client_secret_name: str = "flux-web-client"  # noqa: S105 - a Secret's name
     flux_namespace: str = "flux-system"
     flux_operator_chart: str = "oci://ghcr.io/controlplaneio-fluxcd/charts/flux-operator"
     flux_operator_semver: str = ">=0.30.0"
@@ -109,9 +109,7 @@ def web_config(settings: FluxWebSettings) -> dict[str, Any]:
 
 def _portcullis_values(settings: FluxWebSettings) -> dict[str, Any]:
     """The chart values that add the client, as a ConfigMap (no secret in it)."""
-    values = {
-        "config": {"issuer": settings.issuer, "staticClients": [flux_web_client(settings)]}
-    }
+    values = {"config": {"issuer": settings.issuer, "staticClients": [flux_web_client(settings)]}}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
