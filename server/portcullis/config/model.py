@@ -771,6 +771,20 @@ def _registration_prefix(value: str) -> str:
     return value
 
 
+class ClientIDMetadataDocuments(Section):
+    """OAuth Client ID Metadata Documents: a client id that is an https URL whose JSON
+    document the issuer fetches (oidc.client_metadata). Off by default."""
+
+    enabled: bool = False
+    timeout: Duration = Field(5.0, gt=0, le=30.0)
+    max_bytes: int = Field(16384, ge=256, le=262144)
+    max_cache_age: Duration = Field(86400.0, ge=0)
+    # TEST ONLY: trust this CA file and allow loopback addresses, so tests can serve a
+    # document from a loopback HTTPS server. Never set it in production: it lets client ids
+    # point at services on the issuer's own host.
+    test_only_loopback_ca: str = Field("", alias="testOnlyLoopbackCA")
+
+
 class RegistrationSection(Section):
     """Portcullis-only: RFC 7591 dynamic client registration (for MCP clients and other
     software that registers itself). Off by default: anyone who can reach the issuer could
@@ -795,6 +809,10 @@ class RegistrationSection(Section):
     rate_limit_window: Duration = Field(3600.0, gt=0, le=86400.0)
     # A registered client not used for this long is deleted (its every use extends it).
     unused_client_expiry: Duration = Field(30 * 86400.0, gt=0)
+    # Client ID Metadata Documents, governed by the same redirect-URI and resource policy.
+    client_id_metadata_documents: ClientIDMetadataDocuments = Field(
+        default_factory=lambda: ClientIDMetadataDocuments(), alias="clientIDMetadataDocuments"
+    )
 
 
 class RawConfig(Section):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from urllib.parse import unquote_plus
 
@@ -35,6 +35,7 @@ class ClientRegistry:
         *,
         clock: Clock | None = None,
         registered_ttl: float = 0.0,
+        documents: Callable[[str], Client | None] | None = None,
     ) -> None:
         """``registered_ttl`` is how long a dynamically registered client lives unused
         (``registration.unusedClientExpiry``); ``clock`` tells when it is used."""
@@ -42,6 +43,8 @@ class ClientRegistry:
         self._static = {c.id: c for c in static_clients}
         self._clock = clock
         self._registered_ttl = registered_ttl
+        # Client ID Metadata Documents (oidc.client_metadata): URL client ids, fetched.
+        self._documents = documents
 
     def get(self, client_id: str) -> Client | None:
         """The client, or None. A registered client past its unused expiry is gone (garbage
@@ -54,6 +57,10 @@ class ClientRegistry:
         try:
             client = self._storage.get_client(client_id)
         except NotFoundError:
+            if self._documents is not None and client_id.startswith("https://"):
+                # A URL client id (Client ID Metadata Document); a stored client of that id,
+                # which only an administrator can create, would have won above.
+                return self._documents(client_id)
             return None
         if client.expires_at and self._clock is not None:
             now = self._clock.now()

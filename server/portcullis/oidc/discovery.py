@@ -37,7 +37,11 @@ CLAIMS_SUPPORTED = (
 
 
 def discovery_document(
-    settings: ProtocolSettings, signing_algorithms: list[str], *, registration_endpoint: str = ""
+    settings: ProtocolSettings,
+    signing_algorithms: list[str],
+    *,
+    registration_endpoint: str = "",
+    metadata_documents: bool = False,
 ) -> dict[str, Any]:
     issuer = settings.issuer
     response_types = ["code"]
@@ -93,6 +97,9 @@ def discovery_document(
     if registration_endpoint:
         # RFC 7591 (RFC 8414 §2): only when dynamic registration is enabled.
         document["registration_endpoint"] = registration_endpoint
+    if metadata_documents:
+        # OAuth Client ID Metadata Documents: https URL client ids are fetched.
+        document["client_id_metadata_document_supported"] = True
     return document
 
 

@@ -7,7 +7,7 @@ verification), ``refresh`` (refresh-token families), ``token_issuer`` (the token
 user grant shares), ``password_login`` (the throttled password check), ``throttle``,
 ``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``, ``device``
 (the device flow's verification side), ``logout`` (RP-initiated logout), ``registration``
-(RFC 7591 dynamic client registration, when enabled).
+(RFC 7591 dynamic client registration, when enabled), ``metadata_documents`` (URL client ids).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from portcullis.config.load import Config
 from portcullis.connectors.base import Connector
 from portcullis.keys.manager import KeyManager
 from portcullis.oidc.authorize import AuthorizationFlow, PasswordLogin
+from portcullis.oidc.client_metadata import MetadataDocumentClients, MetadataDocumentPolicy
 from portcullis.oidc.clients import ClientRegistry, hash_client_secret
 from portcullis.oidc.device import DeviceFlow
 from portcullis.oidc.discovery import discovery_document, render
@@ -82,11 +83,27 @@ class Provider:
         self.connectors = dict(connectors)
         self.settings = ProtocolSettings.from_config(config, fips_mode=fips_mode)
         self.registration_policy = RegistrationPolicy.from_config(config)
+        self.registration = ClientRegistration(
+            self.registration_policy, f"{self.settings.issuer}/register", storage, clock
+        )
+        documents = config.raw.registration.client_id_metadata_documents
+        self.metadata_documents = MetadataDocumentClients(
+            MetadataDocumentPolicy(
+                enabled=documents.enabled,
+                timeout=documents.timeout,
+                max_bytes=documents.max_bytes,
+                max_cache_age=documents.max_cache_age,
+                test_loopback_ca=documents.test_only_loopback_ca,
+            ),
+            self.registration.client_from_document,
+            clock,
+        )
         self.clients = ClientRegistry(
             storage,
             static_clients(config),
             clock=clock,
             registered_ttl=self.registration_policy.unused_expiry,
+            documents=self.metadata_documents.get if documents.enabled else None,
         )
         signer = config.raw.signer.config
         self.keys = KeyManager(
@@ -151,9 +168,6 @@ class Provider:
             self.refresh,
             introspectors=self.settings.introspectors,
         )
-        self.registration = ClientRegistration(
-            self.registration_policy, f"{self.settings.issuer}/register", storage, clock
-        )
         self._discovery: bytes | None = None
         self.discovery_etag = ""
 
@@ -171,6 +185,7 @@ class Provider:
                 registration_endpoint=(
                     self.registration.endpoint if self.registration.enabled else ""
                 ),
+                metadata_documents=self.metadata_documents.policy.enabled,
             )
         )
         self.discovery_etag = '"' + hashlib.sha256(self._discovery).hexdigest()[:32] + '"'

@@ -126,6 +126,15 @@ def _string(metadata: Mapping[str, Any], name: str, limit: int) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class _Checked:
+    redirect_uris: tuple[str, ...]
+    grants: tuple[str, ...]
+    method: str
+    name: str
+    logo: str
+
+
 class ClientRegistration:
     def __init__(
         self, policy: RegistrationPolicy, endpoint: str, storage: Storage, clock: Clock
@@ -153,8 +162,8 @@ class ClientRegistration:
             return False
         return any(uri.startswith(prefix) for prefix in self.policy.redirect_uri_prefixes)
 
-    def _client_from(self, metadata: Mapping[str, Any]) -> tuple[Client, str]:
-        """The client to store and its secret ("" for a public client), or raise
+    def _check(self, metadata: Mapping[str, Any]) -> _Checked:
+        """The metadata fields a client may have under the policy, or raise
         RegistrationError."""
         redirect_uris = _strings(metadata, "redirect_uris") or []
         if not redirect_uris:
@@ -204,23 +213,51 @@ class ClientRegistration:
         logo = _string(metadata, "logo_uri", MAX_URI_LENGTH)
         if logo and urlsplit(logo).scheme != "https":
             raise RegistrationError("invalid_client_metadata", "logo_uri must be an https URL")
+        return _Checked(tuple(redirect_uris), tuple(dict.fromkeys(grants)), method, name, logo)
+
+    def _client_from(self, metadata: Mapping[str, Any]) -> tuple[Client, str]:
+        """The client to store and its secret ("" for a public client), or raise
+        RegistrationError."""
+        checked = self._check(metadata)
+        method, name, logo = checked.method, checked.name, checked.logo
         secret = "" if method == "none" else secrets.token_urlsafe(32)
         client_id = CLIENT_ID_PREFIX + new_id()
         now = self._clock.now()
         client = Client(
             id=client_id,
             secret_hash=hash_client_secret(secret) if secret else "",
-            redirect_uris=tuple(redirect_uris),
+            redirect_uris=checked.redirect_uris,
             public=not secret,
             name=name or client_id,
             logo_url=logo,
-            grant_types=tuple(dict.fromkeys(grants)),
+            grant_types=checked.grants,
             response_types=("code",),
             allowed_resources=self.policy.allowed_resources,
             registered_at=now,
             expires_at=now + self.policy.unused_expiry,
         )
         return client, secret
+
+    def client_from_document(self, url: str, document: Mapping[str, Any]) -> Client:
+        """The client a Client ID Metadata Document describes (``oidc.client_metadata``), under
+        the same policy as a registered one, but always public: Portcullis never learns a
+        secret for it. Raises ValueError saying what is refused."""
+        if document.get("token_endpoint_auth_method", "none") != "none":
+            raise ValueError("token_endpoint_auth_method must be none")
+        try:
+            checked = self._check(document)
+        except RegistrationError as exc:
+            raise ValueError(exc.description) from None
+        return Client(
+            id=url,
+            redirect_uris=checked.redirect_uris,
+            public=True,
+            name=checked.name or url,
+            logo_url=checked.logo,
+            grant_types=checked.grants,
+            response_types=("code",),
+            allowed_resources=self.policy.allowed_resources,
+        )
 
     # -- RFC 7591 §3 ----------------------------------------------------------------------
     def register(self, metadata: Mapping[str, Any], client_ip: str) -> dict[str, Any]:
