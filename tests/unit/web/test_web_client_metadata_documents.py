@@ -23,6 +23,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from portcullis.clock import FrozenClock
 from portcullis.issuer import Issuer, create_issuer, parse_config
+from portcullis.oidc.client_metadata import MetadataDocumentError
 from portcullis.storage.memory import MemoryStorage
 
 from tests.support.admin import make_tls_files
@@ -286,7 +287,7 @@ async def test_private_addresses_and_odd_urls_are_refused_without_a_request(
     _, challenge = pkce_pair()
     r = await c.get("/dex/auth", params=_auth_params(client_id, challenge))
     assert r.status_code == 400
-    with pytest.raises(Exception, match="private or reserved|credentials|path|query"):
+    with pytest.raises(MetadataDocumentError, match=r"private or reserved|credentials|path|query"):
         issuer.provider.metadata_documents.fetch(client_id)
 
 
