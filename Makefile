@@ -81,7 +81,8 @@ chart: test-venv
 	$(VENV)/bin/portcullis-release chart --chart-dir $(CHART_DIR) --output dist/chart
 
 # npm test peers (Flux CRD validators; node-oidc-provider, the upstream of the oidc/oauth
-# connector tests, run by tests/node/oidc-peer.mjs); `npm ci` keeps them at the locked versions.
+# connector tests, run by tests/node/oidc-peer.mjs; the MCP SDK and jose, the MCP interop peer
+# tests/node/mcp-peer.mjs); `npm ci` keeps them at the locked versions.
 # npm comes with NodeSource's nodejs but is a separate package in Debian's.
 tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json | test-system-deps
 	@command -v npm >/dev/null || { echo "installing Debian package: npm"; \

@@ -29,7 +29,7 @@ from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import debs, fips_provider, freeze, image
 from portcullis_release.build.packages_lock import load_lock
-from portcullis_release.distribute import chart, dex_values, flux, generated
+from portcullis_release.distribute import chart, dex_values, flux, flux_web, generated
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -258,10 +258,23 @@ def _cmd_flux(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         if args.check:
             problems = flux.diff_flux(manifest, args.output, allow_development=manifest.development)
+            problems += [
+                f"{flux.EXAMPLES_DIR}/{problem}"
+                for problem in flux_web.diff_flux_web(
+                    manifest,
+                    args.output / flux.EXAMPLES_DIR,
+                    allow_development=manifest.development,
+                )
+            ]
             for problem in problems:
                 print(f"{args.output}/{problem}", file=sys.stderr)
             return 1 if problems else 0
         paths = flux.write_flux(manifest, args.output, allow_development=args.allow_development)
+        paths += flux_web.write_flux_web(
+            manifest,
+            args.output / flux.EXAMPLES_DIR,
+            allow_development=args.allow_development,
+        )
     except ManifestError as exc:
         print(f"portcullis-release flux: {exc}", file=sys.stderr)
         return 2

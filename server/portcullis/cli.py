@@ -198,6 +198,67 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- clients ---------------------------------------------------------------------------------
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    """List or delete the clients in the config's storage (created through the admin API or by
+    dynamic registration): the same records the admin gRPC API's ListClients/DeleteClient
+    see, for an operator with the config and no gRPC client at hand. Static clients live in
+    the config file and are not listed."""
+    fips_mode, _ = _fips()
+
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+    from portcullis.storage.base import NotFoundError, StorageError
+    from portcullis.storage.factory import open_storage
+
+    try:
+        config = load_config(args.config, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        storage = open_storage(config)
+    except StorageError as exc:
+        print(f"portcullis clients: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.action == "delete":
+            try:
+                storage.delete_client(args.client_id)
+            except NotFoundError:
+                print(f"portcullis clients: no stored client {args.client_id!r}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"deleted client {args.client_id}")
+            return EXIT_OK
+        rows = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "public": c.public,
+                "registered": bool(c.registration_token_hash),
+                "expires_at": c.expires_at or None,
+                "redirect_uris": list(c.redirect_uris),
+            }
+            for c in sorted(storage.list_clients(), key=lambda c: c.id)
+        ]
+    except StorageError as exc:
+        print(f"portcullis clients: storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            kind = "registered" if row["registered"] else "admin API"
+            access = "public" if row["public"] else "confidential"
+            print(f"{row['id']}\t{row['name']}\t{access}\t{kind}")
+    return EXIT_OK
+
+
 # -- revoke ----------------------------------------------------------------------------------
 
 
@@ -395,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="write (one transaction); default: dry run"
     )
     importer.set_defaults(handler=cmd_import_dex)
+
+    clients = sub.add_parser(
+        "clients",
+        help="list or delete the clients in the config's storage (admin API, registered)",
+    )
+    clients_sub = clients.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = clients_sub.add_parser("list", help="list stored clients")
+    listing.add_argument("config")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    deleting = clients_sub.add_parser("delete", help="delete a stored client")
+    deleting.add_argument("config")
+    deleting.add_argument("client_id")
+    clients.set_defaults(handler=cmd_clients)
 
     revoke = sub.add_parser(
         "revoke",

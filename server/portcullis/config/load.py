@@ -64,6 +64,7 @@ class ClientSpec:
     refresh_token_lifetime: float | None
     introspect_any_token: bool = False
     post_logout_redirect_uris: tuple[str, ...] = ()
+    allowed_resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -601,6 +602,7 @@ def _resolve_clients(
                 refresh_token_lifetime=client.refresh_token_lifetime,
                 introspect_any_token=client.introspect_any_token,
                 post_logout_redirect_uris=tuple(client.post_logout_redirect_uris),
+                allowed_resources=tuple(client.allowed_resources),
             )
         )
     known = {c.id for c in specs}

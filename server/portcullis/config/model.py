@@ -129,7 +129,20 @@ def _cidr(value: str) -> str:
     return value
 
 
+def _resource_uri(value: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment (the access token's ``aud``)."""
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be an absolute URI without spaces")
+    parts = urlsplit(value)
+    if not parts.scheme or not (parts.netloc or parts.path):
+        raise ValueError("must be an absolute URI (e.g. https://mcp.example.com)")
+    if "#" in value:
+        raise ValueError("must not contain a fragment")
+    return value
+
+
 HttpURL = Annotated[str, AfterValidator(_http_url)]
+ResourceURI = Annotated[str, AfterValidator(_resource_uri)]
 RedirectURI = Annotated[str, AfterValidator(_redirect_uri)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 CIDR = Annotated[str, AfterValidator(_cidr)]
@@ -575,6 +588,10 @@ class StaticClient(Section):
     # Portcullis-only: may introspect (RFC 7662) access tokens issued to other clients, e.g. an
     # API gateway; every other client sees only tokens it is an audience of.
     introspect_any_token: bool = False
+    # Portcullis-only: the RFC 8707 resources (the access token's ``aud``) this client may ask
+    # for with ``resource``; empty = none, so no client can mint tokens for a resource server
+    # unless the operator says so.
+    allowed_resources: list[ResourceURI] = Field(default_factory=list)
     # Back-channel logout (Dex after 2.45): recognised so a newer Dex config gets a precise
     # refusal from config.load instead of "unknown key".
     backchannel_logout_uri: str = Field("", alias="backchannelLogoutURI")
@@ -774,6 +791,61 @@ class KubernetesSection(Section):
     kubeconfig_page: KubeconfigPageSection = Field(default_factory=lambda: KubeconfigPageSection())
 
 
+def _registration_prefix(value: str) -> str:
+    """An https redirect-URI prefix for registered clients. It must end in "/" after a path:
+    "https://app.example" would also match "https://app.example.evil.com/"."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https URL prefix (e.g. https://app.example.com/callback/)")
+    if not parts.path.endswith("/") or parts.query or parts.fragment:
+        raise ValueError("must end with '/' and carry no query or fragment")
+    return value
+
+
+class ClientIDMetadataDocuments(Section):
+    """OAuth Client ID Metadata Documents: a client id that is an https URL whose JSON
+    document the issuer fetches (oidc.client_metadata). Off by default."""
+
+    enabled: bool = False
+    timeout: Duration = Field(5.0, gt=0, le=30.0)
+    max_bytes: int = Field(16384, ge=256, le=262144)
+    max_cache_age: Duration = Field(86400.0, ge=0)
+    # TEST ONLY: trust this CA file and allow loopback addresses, so tests can serve a
+    # document from a loopback HTTPS server. Never set it in production: it lets client ids
+    # point at services on the issuer's own host.
+    test_only_loopback_ca: str = Field("", alias="testOnlyLoopbackCA")
+
+
+class RegistrationSection(Section):
+    """Portcullis-only: RFC 7591 dynamic client registration (for MCP clients and other
+    software that registers itself). Off by default: anyone who can reach the issuer could
+    otherwise create clients."""
+
+    enabled: bool = False
+    # Redirect URIs a registered client may use: loopback (http://127.0.0.1, [::1] or
+    # localhost, any port; what native apps and MCP clients on a workstation use, RFC 8252)
+    # and any https URL under one of ``redirectURIPrefixes``.
+    allow_loopback_redirect_uris: bool = Field(True, alias="allowLoopbackRedirectURIs")
+    redirect_uri_prefixes: list[Annotated[str, AfterValidator(_registration_prefix)]] = Field(
+        default_factory=list, alias="redirectURIPrefixes"
+    )
+    # RFC 8707 resources every registered client may name (its ``allowedResources``).
+    allowed_resources: list[ResourceURI] = Field(default_factory=list)
+    # Whether a client may register with a secret (client_secret_basic/post). Registered
+    # clients are public by default: software on a user's machine cannot keep a secret.
+    allow_confidential_clients: bool = False
+    # Registrations per client address inside ``rateLimitWindow`` (counted in storage, so
+    # shared by every worker and replica).
+    rate_limit: int = Field(10, ge=1)
+    rate_limit_window: Duration = Field(3600.0, gt=0, le=86400.0)
+    # A registered client not used for this long is deleted (its every use extends it).
+    unused_client_expiry: Duration = Field(30 * 86400.0, gt=0)
+    # Client ID Metadata Documents, governed by the same redirect-URI and resource policy.
+    client_id_metadata_documents: ClientIDMetadataDocuments = Field(
+        default_factory=lambda: ClientIDMetadataDocuments(), alias="clientIDMetadataDocuments"
+    )
+
+
 class RawConfig(Section):
     """The document as written (after ${ENV} expansion), before cross-field resolution."""
 
@@ -792,6 +864,7 @@ class RawConfig(Section):
     frontend: FrontendSection = Field(default_factory=lambda: FrontendSection())
     logger: LoggerSection = Field(default_factory=lambda: LoggerSection())
     kubernetes: KubernetesSection = Field(default_factory=lambda: KubernetesSection())
+    registration: RegistrationSection = Field(default_factory=lambda: RegistrationSection())
     # Dex after 2.45 (behind DEX_SESSIONS_ENABLED): browser sessions. Recognised, refused in
     # config.load with the reason (no browser-session store here).
     sessions: dict[str, Any] | None = None

@@ -35,10 +35,10 @@ from portcullis.connectors.base import (
     LoginRedirect,
     PasswordConnector,
 )
-from portcullis.oidc import pkce, scopes
+from portcullis.oidc import pkce, resources, scopes
 from portcullis.oidc.clients import ClientRegistry, UntrustedAudienceError
 from portcullis.oidc.device import DEVICE_CALLBACK_PATH
-from portcullis.oidc.errors import AuthorizeError
+from portcullis.oidc.errors import AuthorizeError, OAuthError
 from portcullis.oidc.input_limits import check_auth_parameter_lengths
 from portcullis.oidc.redirect import redirect_uri_allowed
 from portcullis.oidc.settings import ProtocolSettings
@@ -157,6 +157,11 @@ class AuthorizationFlow:
         self._connectors = connectors
         self._password_login = password_login
 
+    @property
+    def issuer(self) -> str:
+        """The issuer identifier every authorization response carries as ``iss`` (RFC 9207)."""
+        return self._settings.token_issuer
+
     # -- step 1: validate -------------------------------------------------------------------
     def parse(
         self,
@@ -251,6 +256,13 @@ class AuthorizationFlow:
         if response_types != ("code",) and "implicit" not in grants:
             raise fail("unauthorized_client", "this client may not use the implicit/hybrid flow")
 
+        try:
+            requested_resources = resources.check_allowed(
+                resources.parse(params.get(resources.PARAMETER, "")), client.allowed_resources
+            )
+        except OAuthError as exc:
+            raise fail(exc.error, exc.description) from None
+
         nonce = params.get("nonce", "")
         if "id_token" in response_types and not nonce:
             raise fail("invalid_request", "nonce is required when an ID token is returned directly")
@@ -314,6 +326,7 @@ class AuthorizationFlow:
             pkce=PKCE(code_challenge=challenge, code_challenge_method=method if challenge else ""),
             browser_binding=browser_binding,
             response_mode=response_mode,
+            resources=requested_resources,
         )
         self._storage.create_auth_request(request)
         return request
@@ -482,6 +495,7 @@ class AuthorizationFlow:
             {"error": "access_denied", "error_description": "the user denied the request"},
             request.state,
             fragment=request.uses_fragment,
+            issuer=self.issuer,
         )
 
     def finish(self, request: AuthRequest) -> str:
@@ -509,6 +523,7 @@ class AuthorizationFlow:
                     nonce=request.nonce,
                     pkce=request.pkce,
                     auth_time=request.auth_time,
+                    resources=request.resources,
                 )
             )
             values["code"] = code_id
@@ -526,6 +541,7 @@ class AuthorizationFlow:
                 nonce=request.nonce,
                 auth_time=request.auth_time,
                 code=code_id,
+                resources=request.resources,
             )
             if "token" in request.response_types:
                 values.update(
@@ -540,6 +556,7 @@ class AuthorizationFlow:
             values,
             request.state,
             fragment=request.uses_fragment,
+            issuer=self.issuer,
         )
 
     def _delete(self, request_id: str) -> None:
@@ -551,9 +568,13 @@ class AuthorizationFlow:
             ) from None
 
 
-def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool) -> str:
+def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool, issuer: str) -> str:
+    """The client redirect. Every authorization response, success or error, query or fragment,
+    carries ``iss`` (RFC 9207): a client talking to several authorization servers can then
+    tell which one answered and refuse a mixed-up response (RFC 9700 §4.4)."""
     if state:
         values = {**values, "state": state}
+    values = {**values, "iss": issuer}
     query = urlencode(values)
     if fragment:
         return f"{uri}#{query}"
@@ -561,11 +582,13 @@ def _redirect(uri: str, values: dict[str, str], state: str, *, fragment: bool) -
     return f"{uri}{separator}{query}"
 
 
-def error_redirect(error: AuthorizeError) -> str:
-    """The redirect carrying an authorization error back to a verified redirect URI."""
+def error_redirect(error: AuthorizeError, issuer: str) -> str:
+    """The redirect carrying an authorization error back to a verified redirect URI, with the
+    issuer's ``iss`` (RFC 9207)."""
     return _redirect(
         error.redirect_uri,
         {"error": error.error, "error_description": error.description},
         error.state,
         fragment=error.use_fragment,
+        issuer=issuer,
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from urllib.parse import unquote_plus
 
+from portcullis.clock import Clock
 from portcullis.oidc.errors import OAuthError, invalid_client, invalid_request
 from portcullis.storage.base import NotFoundError, Storage
 from portcullis.storage.models import Client
@@ -26,18 +28,53 @@ class UntrustedAudienceError(ValueError):
 
 
 class ClientRegistry:
-    def __init__(self, storage: Storage, static_clients: Iterable[Client]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        static_clients: Iterable[Client],
+        *,
+        clock: Clock | None = None,
+        registered_ttl: float = 0.0,
+        documents: Callable[[str], Client | None] | None = None,
+    ) -> None:
+        """``registered_ttl`` is how long a dynamically registered client lives unused
+        (``registration.unusedClientExpiry``); ``clock`` tells when it is used."""
         self._storage = storage
         self._static = {c.id: c for c in static_clients}
+        self._clock = clock
+        self._registered_ttl = registered_ttl
+        # Client ID Metadata Documents (oidc.client_metadata): URL client ids, fetched.
+        self._documents = documents
 
     def get(self, client_id: str) -> Client | None:
+        """The client, or None. A registered client past its unused expiry is gone (garbage
+        collection deletes it later); one that is used gets its expiry pushed forward, written
+        only once half of its lifetime has passed so that a busy client costs no write per
+        request."""
         client = self._static.get(client_id)
         if client is not None:
             return client
         try:
-            return self._storage.get_client(client_id)
+            client = self._storage.get_client(client_id)
         except NotFoundError:
+            if self._documents is not None and client_id.startswith("https://"):
+                # A URL client id (Client ID Metadata Document); a stored client of that id,
+                # which only an administrator can create, would have won above.
+                return self._documents(client_id)
             return None
+        if client.expires_at and self._clock is not None:
+            now = self._clock.now()
+            if client.expires_at < now:
+                return None
+            if self._registered_ttl and client.expires_at - now < self._registered_ttl / 2:
+                new_expiry = now + self._registered_ttl
+                try:
+                    client = self._storage.update_client(
+                        client_id, lambda c: replace(c, expires_at=max(c.expires_at, new_expiry))
+                    )
+                except NotFoundError:
+                    return None
+        return client
 
     def check_audiences(self, client: Client, audiences: tuple[str, ...]) -> None:
         """Raise UntrustedAudienceError unless every audience is the client itself or a client

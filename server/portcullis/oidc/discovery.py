@@ -1,4 +1,11 @@
-"""The OpenID Provider metadata document (OIDC Discovery 1.0, RFC 8414), built once."""
+"""The OpenID Provider metadata document (OIDC Discovery 1.0), built once.
+
+The same document is served as the RFC 8414 authorization server metadata: RFC 8414 §3 and
+OIDC Discovery share their field names, and a client that discovers the issuer one way must
+see the same issuer and endpoints as one that discovers it the other way (an MCP client reads
+RFC 8414, ``kubectl`` reads OIDC discovery). Only the locations differ, and those belong to the
+web adapter.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +36,13 @@ CLAIMS_SUPPORTED = (
 )
 
 
-def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]) -> dict[str, Any]:
+def discovery_document(
+    settings: ProtocolSettings,
+    signing_algorithms: list[str],
+    *,
+    registration_endpoint: str = "",
+    metadata_documents: bool = False,
+) -> dict[str, Any]:
     issuer = settings.issuer
     response_types = ["code"]
     if "token" in settings.response_types or "id_token" in settings.response_types:
@@ -75,10 +88,18 @@ def discovery_document(settings: ProtocolSettings, signing_algorithms: list[str]
         "request_uri_parameter_supported": False,
         # RP-initiated logout (Dex's path).
         "end_session_endpoint": f"{issuer}/logout",
+        # RFC 9207: every authorization response (success or error) carries ``iss``.
+        "authorization_response_iss_parameter_supported": True,
     }
     if DEVICE_CODE_GRANT in settings.grant_types:
         # Only when the grant is on: a client that sees the endpoint may rely on it.
         document["device_authorization_endpoint"] = f"{issuer}/device/code"
+    if registration_endpoint:
+        # RFC 7591 (RFC 8414 §2): only when dynamic registration is enabled.
+        document["registration_endpoint"] = registration_endpoint
+    if metadata_documents:
+        # OAuth Client ID Metadata Documents: https URL client ids are fetched.
+        document["client_id_metadata_document_supported"] = True
     return document
 
 

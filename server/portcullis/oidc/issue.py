@@ -43,9 +43,13 @@ class TokenIssuer:
         auth_time: float,
         jti_seed: str,
         issued_by_code: str,
+        granted_resources: tuple[str, ...] = (),
+        resources: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Tokens for a fresh login (code exchange or password): starts a refresh family
-        when the client asked for offline access and may refresh."""
+        when the client asked for offline access and may refresh. The family keeps
+        ``granted_resources`` (RFC 8707, what later refreshes may narrow); this access token
+        is for ``resources``."""
         refresh_token = ""
         family_id = ""
         if scopes.OFFLINE_ACCESS in granted and "refresh_token" in self._settings.client_grants(
@@ -59,6 +63,7 @@ class TokenIssuer:
                 nonce=nonce,
                 auth_time=auth_time,
                 issued_by_code=issued_by_code,
+                resources=granted_resources,
             )
         return self.response(
             client,
@@ -70,6 +75,7 @@ class TokenIssuer:
             jti_seed=jti_seed,
             family_id=family_id,
             refresh_token=refresh_token,
+            resources=resources,
         )
 
     def response(
@@ -84,6 +90,7 @@ class TokenIssuer:
         jti_seed: str,
         family_id: str,
         refresh_token: str,
+        resources: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Mint the JWTs and build the response. JWTs of a refresh family carry its ``sid``,
         so ending the family (logout, reuse, code replay) revokes them all at once."""
@@ -100,6 +107,7 @@ class TokenIssuer:
             auth_time=auth_time,
             jti_seed=jti_seed,
             session=session_id(family_id) if family_id else "",
+            resources=resources,
         )
         response: dict[str, Any] = {
             "access_token": minted.access_token,

@@ -6,7 +6,8 @@ token endpoint and its grant table), ``reader`` (introspection, revocation, user
 verification), ``refresh`` (refresh-token families), ``token_issuer`` (the token response every
 user grant shares), ``password_login`` (the throttled password check), ``throttle``,
 ``settings``, ``storage``, ``connectors``, ``keys``, ``clients``, ``minter``, ``device``
-(the device flow's verification side), ``logout`` (RP-initiated logout).
+(the device flow's verification side), ``logout`` (RP-initiated logout), ``registration``
+(RFC 7591 dynamic client registration, when enabled), ``metadata_documents`` (URL client ids).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from portcullis.config.load import Config
 from portcullis.connectors.base import Connector
 from portcullis.keys.manager import KeyManager
 from portcullis.oidc.authorize import AuthorizationFlow, PasswordLogin
+from portcullis.oidc.client_metadata import MetadataDocumentClients, MetadataDocumentPolicy
 from portcullis.oidc.clients import ClientRegistry, hash_client_secret
 from portcullis.oidc.device import DeviceFlow
 from portcullis.oidc.discovery import discovery_document, render
@@ -35,6 +37,7 @@ from portcullis.oidc.introspection import TokenReader
 from portcullis.oidc.issue import TokenIssuer
 from portcullis.oidc.logout import RPLogout
 from portcullis.oidc.refresh import RefreshStore
+from portcullis.oidc.registration import ClientRegistration, RegistrationPolicy
 from portcullis.oidc.settings import ProtocolSettings
 from portcullis.oidc.throttle import LoginThrottle, ThrottlePolicy
 from portcullis.oidc.tokens import TokenMinter
@@ -58,6 +61,7 @@ def static_clients(config: Config) -> list[Client]:
             id_token_ttl=spec.id_token_ttl,
             refresh_token_absolute_lifetime=spec.refresh_token_lifetime,
             post_logout_redirect_uris=spec.post_logout_redirect_uris,
+            allowed_resources=spec.allowed_resources,
         )
         for spec in config.clients
     ]
@@ -78,7 +82,29 @@ class Provider:
         self.clock = clock
         self.connectors = dict(connectors)
         self.settings = ProtocolSettings.from_config(config, fips_mode=fips_mode)
-        self.clients = ClientRegistry(storage, static_clients(config))
+        self.registration_policy = RegistrationPolicy.from_config(config)
+        self.registration = ClientRegistration(
+            self.registration_policy, f"{self.settings.issuer}/register", storage, clock
+        )
+        documents = config.raw.registration.client_id_metadata_documents
+        self.metadata_documents = MetadataDocumentClients(
+            MetadataDocumentPolicy(
+                enabled=documents.enabled,
+                timeout=documents.timeout,
+                max_bytes=documents.max_bytes,
+                max_cache_age=documents.max_cache_age,
+                test_loopback_ca=documents.test_only_loopback_ca,
+            ),
+            self.registration.client_from_document,
+            clock,
+        )
+        self.clients = ClientRegistry(
+            storage,
+            static_clients(config),
+            clock=clock,
+            registered_ttl=self.registration_policy.unused_expiry,
+            documents=self.metadata_documents.get if documents.enabled else None,
+        )
         signer = config.raw.signer.config
         self.keys = KeyManager(
             storage,
@@ -152,7 +178,16 @@ class Provider:
         algorithms = sorted(
             {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
         )
-        self._discovery = render(discovery_document(self.settings, algorithms))
+        self._discovery = render(
+            discovery_document(
+                self.settings,
+                algorithms,
+                registration_endpoint=(
+                    self.registration.endpoint if self.registration.enabled else ""
+                ),
+                metadata_documents=self.metadata_documents.policy.enabled,
+            )
+        )
         self.discovery_etag = '"' + hashlib.sha256(self._discovery).hexdigest()[:32] + '"'
 
     @property

@@ -48,3 +48,10 @@ def redirect_uri_allowed(requested: str, registered: tuple[str, ...], *, public:
         # A public client with no registered URIs accepts any loopback redirect (kubelogin).
         return True
     return any(_loopback_parts(r) == wanted for r in registered)
+
+
+def is_canonical_loopback(uri: str) -> bool:
+    """Whether ``uri`` is a canonical http loopback redirect URI (see the module docstring):
+    what dynamic registration accepts by default (RFC 8252 §7.3; ``localhost`` is not
+    accepted, RFC 8252 §8.3: it may resolve elsewhere)."""
+    return _loopback_parts(uri) is not None

@@ -409,6 +409,7 @@ class RefreshStore:
         nonce: str,
         auth_time: float,
         issued_by_code: str,
+        resources: tuple[str, ...] = (),
     ) -> tuple[str, str]:
         """Start a family; returns (family id, refresh token string)."""
         now = self._clock.now()
@@ -426,6 +427,7 @@ class RefreshStore:
             auth_time=auth_time,
             issued_by_code=issued_by_code,
             expires_at=family_expiry(self.policy, client, now, now),
+            resources=resources,
         )
         self._storage.create_refresh_token(family)
         return family.id, format_refresh_token(family.id, secret)

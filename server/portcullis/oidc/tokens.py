@@ -66,11 +66,14 @@ class TokenMinter:
         subject: str = "",
         include_id_token: bool = True,
         session: str = "",
+        resources: tuple[str, ...] = (),
     ) -> MintedTokens:
         """Mint an access token and (optionally) an ID token for one grant.
 
         ``audiences`` are cross-client audiences: when present, aud is exactly those clients
         (the requester only if it asked for itself, as in Dex) and azp names the requester.
+        ``resources`` (RFC 8707) replace the access token's aud, never the ID token's: the
+        resource server checks its own URL there, while the ID token stays for the client.
         """
         iat = int(now)
         exp = int(now + ttl)
@@ -95,6 +98,9 @@ class TokenMinter:
             "scope": " ".join(scopes),
             "client_id": client_id,
         }
+        if resources:
+            access_claims["aud"] = resources[0] if len(resources) == 1 else list(resources)
+            access_claims["azp"] = client_id
         access_token = self._keys.sign(access_claims)
         id_token = ""
         id_jti = ""

@@ -29,7 +29,8 @@ def _describe(result: GCResult) -> str:
         f"auth_requests={result.auth_requests} auth_codes={result.auth_codes} "
         f"refresh_tokens={result.refresh_tokens} revoked_tokens={result.revoked_tokens} "
         f"verification_keys={result.verification_keys} login_attempts={result.login_attempts} "
-        f"device_requests={result.device_requests} denied_subjects={result.denied_subjects}"
+        f"single_use_keys={result.single_use_keys} device_requests={result.device_requests} "
+        f"denied_subjects={result.denied_subjects} clients={result.clients}"
     )
 
 
@@ -42,8 +43,10 @@ def _backlog(result: GCResult, batch_size: int) -> bool:
             result.refresh_tokens,
             result.revoked_tokens,
             result.login_attempts,
+            result.single_use_keys,
             result.device_requests,
             result.denied_subjects,
+            result.clients,
         )
         >= batch_size
     )
@@ -79,6 +82,7 @@ async def collect_once(
             single_use_keys=total.single_use_keys + result.single_use_keys,
             device_requests=total.device_requests + result.device_requests,
             denied_subjects=total.denied_subjects + result.denied_subjects,
+            clients=total.clients + result.clients,
         )
         if not _backlog(result, batch_size):
             break

@@ -376,6 +376,7 @@ class MemoryStorage(Storage):
             codes = sweep(self._auth_codes, lambda c: c.expiry < now)
             device = sweep(self._device, lambda r: r.expiry < now)
             refresh = sweep(self._refresh, lambda t: 0 < t.expires_at < now)
+            clients = sweep(self._clients, lambda c: 0 < c.expires_at < now)
             revoked_keys = [j for j, exp in self._revoked.items() if exp < now][:batch_size]
             for j in revoked_keys:
                 del self._revoked[j]
@@ -415,4 +416,5 @@ class MemoryStorage(Storage):
                 single_use_keys=len(used_keys),
                 device_requests=device,
                 denied_subjects=len(denied),
+                clients=clients,
             )

@@ -51,6 +51,14 @@ class Client:
     # Where RP-initiated logout may send the browser afterwards (exact match, like Dex's
     # ``postLogoutRedirectURIs``).
     post_logout_redirect_uris: tuple[str, ...] = ()
+    # RFC 8707 resources this client may name with ``resource`` (see oidc.resources).
+    allowed_resources: tuple[str, ...] = ()
+    # RFC 7591 dynamic registration (oidc.registration): the SHA-256 of the registration
+    # access token ("" = not a registered client), when it registered, and when it is deleted
+    # unless used before (0 = never; every use pushes it forward).
+    registration_token_hash: str = ""
+    registered_at: float = 0.0
+    expires_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class AuthRequest:
     # "fragment" or "query" when the client asked (OAuth 2.0 Multiple Response Types);
     # "" means the response type's default. See ``AuthRequest.uses_fragment``.
     response_mode: str = ""
+    # RFC 8707 resources asked for at /auth (the access token's audience).
+    resources: tuple[str, ...] = ()
 
     @property
     def uses_fragment(self) -> bool:
@@ -103,6 +113,8 @@ class AuthCode:
     pkce: PKCE = field(default_factory=PKCE)
     auth_time: float = 0.0
     used_at: float = 0.0
+    # RFC 8707 resources granted at /auth; the exchange may narrow them.
+    resources: tuple[str, ...] = ()
 
 
 #: Device request states (RFC 8628): waiting for the user, decided by the user, or redeemed.
@@ -168,6 +180,8 @@ class RefreshToken:
     # When the family dies: min(created + absoluteLifetime, last_used + validIfNotUsedFor),
     # recomputed on every use by the protocol core; 0 means never. GC deletes past it.
     expires_at: float = 0.0
+    # RFC 8707 resources granted to this family; a refresh may narrow them, never widen.
+    resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,11 +231,14 @@ class GCResult:
     single_use_keys: int = 0
     device_requests: int = 0
     denied_subjects: int = 0
+    # Dynamically registered clients past their unused expiry (RFC 7591, oidc.registration).
+    clients: int = 0
 
     @property
     def total(self) -> int:
         return (
-            self.auth_requests
+            self.clients
+            + self.auth_requests
             + self.auth_codes
             + self.refresh_tokens
             + self.revoked_tokens

@@ -75,6 +75,10 @@ def client_row(client: Client) -> Row:
         "id_token_ttl": client.id_token_ttl,
         "refresh_token_absolute_lifetime": client.refresh_token_absolute_lifetime,
         "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        "allowed_resources": list(client.allowed_resources),
+        "registration_token_hash": client.registration_token_hash,
+        "registered_at": client.registered_at,
+        "expires_at": client.expires_at,
     }
 
 
@@ -93,6 +97,10 @@ def client_from(row: Mapping[Any, Any]) -> Client:
         id_token_ttl=_float_or_none(row["id_token_ttl"]),
         refresh_token_absolute_lifetime=_float_or_none(row["refresh_token_absolute_lifetime"]),
         post_logout_redirect_uris=_tuple(row["post_logout_redirect_uris"]),
+        allowed_resources=_tuple(row["allowed_resources"]),
+        registration_token_hash=row["registration_token_hash"],
+        registered_at=float(row["registered_at"]),
+        expires_at=float(row["expires_at"]),
     )
 
 
@@ -119,6 +127,7 @@ def auth_request_row(request: AuthRequest) -> Row:
         "browser_binding": request.browser_binding,
         "connector_state": request.connector_state,
         "response_mode": request.response_mode,
+        "resources": list(request.resources),
     }
 
 
@@ -144,6 +153,7 @@ def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
         browser_binding=row["browser_binding"],
         connector_state=bytes(row["connector_state"]),
         response_mode=row["response_mode"],
+        resources=_tuple(row["resources"]),
     )
 
 
@@ -163,6 +173,7 @@ def auth_code_row(code: AuthCode) -> Row:
         "code_challenge_method": code.pkce.code_challenge_method,
         "auth_time": code.auth_time,
         "used_at": code.used_at,
+        "resources": list(code.resources),
     }
 
 
@@ -179,6 +190,7 @@ def auth_code_from(row: Mapping[Any, Any]) -> AuthCode:
         pkce=PKCE(row["code_challenge"], row["code_challenge_method"]),
         auth_time=float(row["auth_time"]),
         used_at=float(row["used_at"]),
+        resources=_tuple(row["resources"]),
     )
 
 
@@ -201,6 +213,7 @@ def refresh_token_row(token: RefreshToken) -> Row:
         "last_used": token.last_used,
         "issued_by_code": token.issued_by_code,
         "expires_at": token.expires_at,
+        "resources": list(token.resources),
     }
 
 
@@ -220,6 +233,7 @@ def refresh_token_from(row: Mapping[Any, Any]) -> RefreshToken:
         auth_time=float(row["auth_time"]),
         issued_by_code=row["issued_by_code"],
         expires_at=float(row["expires_at"]),
+        resources=_tuple(row["resources"]),
     )
 
 

@@ -42,6 +42,11 @@ clients = sa.Table(
     sa.Column("id_token_ttl", sa.Double, nullable=True),
     sa.Column("refresh_token_absolute_lifetime", sa.Double, nullable=True),
     sa.Column("post_logout_redirect_uris", sa.JSON, nullable=False),
+    sa.Column("allowed_resources", sa.JSON, nullable=False),
+    sa.Column("registration_token_hash", sa.Text, nullable=False),
+    sa.Column("registered_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index("ix_clients_expires_at", "expires_at"),
 )
 
 auth_requests = sa.Table(
@@ -66,6 +71,7 @@ auth_requests = sa.Table(
     sa.Column("browser_binding", sa.Text, nullable=False),
     sa.Column("connector_state", sa.LargeBinary, nullable=False),
     sa.Column("response_mode", sa.Text, nullable=False),
+    sa.Column("resources", sa.JSON, nullable=False),
     sa.Index("ix_auth_requests_expiry", "expiry"),
 )
 
@@ -85,6 +91,7 @@ auth_codes = sa.Table(
     sa.Column("code_challenge_method", sa.Text, nullable=False),
     sa.Column("auth_time", sa.Double, nullable=False),
     sa.Column("used_at", sa.Double, nullable=False),
+    sa.Column("resources", sa.JSON, nullable=False),
     sa.Index("ix_auth_codes_expiry", "expiry"),
 )
 
@@ -108,6 +115,7 @@ refresh_tokens = sa.Table(
     sa.Column("last_used", sa.Double, nullable=False),
     sa.Column("issued_by_code", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("resources", sa.JSON, nullable=False),
     sa.Index("ix_refresh_tokens_user", "user_id", "connector_id"),
     sa.Index("ix_refresh_tokens_issued_by_code", "issued_by_code"),
     sa.Index("ix_refresh_tokens_expires_at", "expires_at"),

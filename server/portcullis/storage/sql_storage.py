@@ -645,6 +645,10 @@ class SQLStorage(Storage):
         used = self._delete_batch(su, su.c.key, su.c.expiry < now, batch_size)
         dr = t.device_requests
         device = self._delete_batch(dr, dr.c.id, dr.c.expiry < now, batch_size)
+        cl = t.clients
+        clients = self._delete_batch(
+            cl, cl.c.id, sa.and_(cl.c.expires_at > 0, cl.c.expires_at < now), batch_size
+        )
         attempts = self._delete_batch(
             la, la.c.id, la.c.at <= now - LOGIN_ATTEMPT_RETENTION, batch_size
         )
@@ -658,6 +662,7 @@ class SQLStorage(Storage):
             single_use_keys=used,
             device_requests=device,
             denied_subjects=denied,
+            clients=clients,
         )
 
     def _delete_expired_denials(self, now: float, n: int) -> int:

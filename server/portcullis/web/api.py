@@ -11,6 +11,7 @@ from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from portcullis.oidc import resources
 from portcullis.oidc.errors import OAuthError, invalid_request
 from portcullis.oidc.provider import Provider
 from portcullis.web.security import ClientIPResolver
@@ -79,6 +80,10 @@ async def _form(request: Request) -> dict[str, str]:
     values: dict[str, str] = {}
     for key in form:
         items = form.getlist(key)
+        if key == resources.PARAMETER:
+            # RFC 8707: the one parameter that may repeat (joined; see oidc.resources).
+            values[key] = resources.join([str(item) for item in items])
+            continue
         if len(items) > 1:
             # RFC 6749 §3.1: parameters must not be repeated.
             raise invalid_request(f"the {key} parameter is repeated")

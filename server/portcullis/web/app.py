@@ -38,8 +38,12 @@ from portcullis.web.device import DeviceRoutes
 from portcullis.web.login import LoginRoutes
 from portcullis.web.logout import LogoutRoutes
 from portcullis.web.pages import Pages, static_dirs
+from portcullis.web.registration import RegistrationRoutes
 
 log = logging.getLogger("portcullis")
+
+#: RFC 8414's well-known suffix for OAuth 2.0 authorization server metadata.
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
 def secure_cookies(config: Config) -> bool:
@@ -162,6 +166,10 @@ def web_app(
             cors.wrap(api.discovery),
             methods=["GET", "OPTIONS"],
         ),
+        # RFC 8414 metadata at the issuer-relative location (some clients append the suffix
+        # to the issuer, as they do for OIDC discovery). The RFC's own location, with the
+        # issuer path inserted after the host, is mounted at the root below.
+        Route(AS_METADATA_PATH, cors.wrap(api.discovery), methods=["GET", "OPTIONS"]),
         Route("/keys", cors.wrap(api.keys), methods=["GET", "OPTIONS"]),
         Route("/token", cors.wrap(api.token), methods=["POST", "OPTIONS"]),
         Route("/userinfo", cors.wrap(api.userinfo), methods=["GET", "POST", "OPTIONS"]),
@@ -189,14 +197,35 @@ def web_app(
             Route("/device/callback", device.callback, methods=["GET"]),
         ]
 
+    # RFC 8414 §3.1: for issuer https://host/dex the metadata is at
+    # https://host/.well-known/oauth-authorization-server/dex, outside the issuer's path. With
+    # no issuer path the two locations coincide and the inner route serves both.
+    root_metadata = Route(
+        AS_METADATA_PATH + base, cors.wrap(api.discovery), methods=["GET", "OPTIONS"]
+    )
+
+    if provider.registration.enabled:
+        # RFC 7591/7592. Absent (404) unless enabled, like its metadata key.
+        registration = RegistrationRoutes(provider.registration, ip_resolver)
+        routes += [
+            Route("/register", cors.wrap(registration.register), methods=["POST", "OPTIONS"]),
+            Route(
+                "/register/{client_id}",
+                cors.wrap(registration.configuration),
+                methods=["GET", "DELETE", "OPTIONS"],
+            ),
+        ]
+
     def route_of(scope: Scope) -> str:
         route = scope.get("route")
+        if route is root_metadata:
+            return str(root_metadata.path)
         path = getattr(route, "path", None)
         return f"{base}{path}" if isinstance(path, str) else "unmatched"
 
     inner = Starlette(routes=routes)
     app = Starlette(
-        routes=[Mount(base or "/", app=inner)] if base else routes,
+        routes=[root_metadata, Mount(base or "/", app=inner)] if base else routes,
         middleware=[
             Middleware(AccessLogMiddleware, metrics=metrics, route_of=route_of),
             Middleware(security.SecurityHeadersMiddleware, headers=headers),

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from portcullis.connectors.base import Connector, ConnectorError
+from portcullis.oidc import resources
 from portcullis.oidc.authorize import (
     InvalidCredentialsError,
     NoLoginWaitingError,
@@ -138,7 +139,7 @@ class LoginRoutes:
 
     def _authorize_error(self, error: AuthorizeError) -> Response:
         if error.redirect_uri:
-            return _redirect(error_redirect(error))
+            return _redirect(error_redirect(error, self.flow.issuer))
         return self.pages.error(400, "Invalid login request", error.description)
 
     def _connector_url(self, connector_id: str, auth_request: AuthRequest) -> str:
@@ -176,10 +177,17 @@ class LoginRoutes:
             items += [(k, str(v)) for k, v in (await http.form()).multi_items()]
         params: dict[str, str] = {}
         repeated: set[str] = set()
+        resource_values: list[str] = []
         for key, value in items:
+            if key == resources.PARAMETER:
+                # RFC 8707: the one parameter that may repeat.
+                resource_values.append(value)
+                continue
             if key in params:
                 repeated.add(key)
             params.setdefault(key, value)
+        if resource_values:
+            params[resources.PARAMETER] = resources.join(resource_values)
         connector_from_path = http.path_params.get("connector", "")
         if connector_from_path:
             params.setdefault("connector_id", connector_from_path)

@@ -95,6 +95,10 @@ class Samples:
             "id_token_ttl": 600.5,
             "refresh_token_absolute_lifetime": None,
             "post_logout_redirect_uris": ("https://app.example/bye", "http://127.0.0.1:5555/"),
+            "allowed_resources": ("https://flux-mcp.example.com", "urn:example:api"),
+            "registration_token_hash": "9f" * 32,
+            "registered_at": 1_700_000_000.25,
+            "expires_at": 1_702_592_000.5,
         }
         fields.update(changes)
         return Client(**fields)
@@ -118,6 +122,7 @@ class Samples:
             "browser_binding": "csrf-binding",
             "connector_state": b"\x00upstream-verifier\xff",
             "response_mode": "fragment",
+            "resources": ("https://flux-mcp.example.com", "https://api.example/v1"),
         }
         fields.update(changes)
         return AuthRequest(**fields)
@@ -134,6 +139,7 @@ class Samples:
             "nonce": "nonce",
             "pkce": PKCE("challenge", "plain"),
             "auth_time": 1_700_000_000.5,
+            "resources": ("https://flux-mcp.example.com",),
         }
         fields.update(changes)
         return AuthCode(**fields)
@@ -154,6 +160,7 @@ class Samples:
             "auth_time": 1_700_000_000.5,
             "issued_by_code": "code-1",
             "expires_at": 1_700_086_400.0,
+            "resources": ("https://flux-mcp.example.com", "urn:example:api"),
         }
         fields.update(changes)
         return RefreshToken(**fields)

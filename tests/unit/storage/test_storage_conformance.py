@@ -492,6 +492,16 @@ def test_gc_never_collects_refresh_tokens_without_expiry(storage: Storage, sampl
     assert storage.get_refresh_token("forever").id == "forever"
 
 
+def test_gc_deletes_registered_clients_past_their_unused_expiry(
+    storage: Storage, samples: Any
+) -> None:
+    storage.create_client(samples.client("stale", expires_at=NOW - 1))
+    storage.create_client(samples.client("fresh", expires_at=NOW + 3600))
+    storage.create_client(samples.client("admin-made", expires_at=0.0))
+    assert storage.garbage_collect(NOW).clients == 1
+    assert sorted(c.id for c in storage.list_clients()) == ["admin-made", "fresh"]
+
+
 def test_gc_is_bounded_by_batch_size(storage: Storage, samples: Any) -> None:
     for i in range(7):
         storage.create_auth_request(samples.auth_request(f"r{i}", expiry=NOW - 1))

@@ -13,7 +13,7 @@ from typing import Any
 from anyio import to_thread
 
 from portcullis.clock import Clock
-from portcullis.oidc import pkce
+from portcullis.oidc import pkce, resources
 from portcullis.oidc.errors import invalid_grant, invalid_request
 from portcullis.oidc.grants.base import TokenRequest
 from portcullis.oidc.issue import TokenIssuer
@@ -28,7 +28,7 @@ from portcullis.storage.base import (
 
 class AuthorizationCodeGrant:
     grant_type = "authorization_code"
-    parameters = ("code", "redirect_uri", "code_verifier")
+    parameters = ("code", "redirect_uri", "code_verifier", resources.PARAMETER)
     allow_public = True
 
     def __init__(
@@ -74,6 +74,16 @@ class AuthorizationCodeGrant:
                 raise invalid_grant("code_verifier does not match the code_challenge")
         elif verifier:
             raise invalid_grant("code_verifier sent but no code_challenge was registered")
+        # RFC 8707: the exchange may narrow what /auth granted. A code granted no resource
+        # may still name allowed ones here (the client may not have sent them at /auth); the
+        # family then keeps those, so a refresh cannot go beyond them.
+        requested = resources.parse(form.get(resources.PARAMETER, ""))
+        if code.resources:
+            granted_resources = code.resources
+            token_resources = resources.narrow(requested, code.resources)
+        else:
+            granted_resources = resources.check_allowed(requested, client.allowed_resources)
+            token_resources = granted_resources
         return self._issuer.issue(
             client,
             identity=code.identity,
@@ -84,4 +94,6 @@ class AuthorizationCodeGrant:
             # JWT ids derived from the code let a replay revoke them without a lookup table.
             jti_seed=code.id,
             issued_by_code=code.id,
+            granted_resources=granted_resources,
+            resources=token_resources,
         )

@@ -16,7 +16,7 @@ from typing import Any
 from anyio import to_thread
 
 from portcullis.connectors.base import Connector, ConnectorError, RefreshConnector
-from portcullis.oidc import scopes
+from portcullis.oidc import resources, scopes
 from portcullis.oidc.errors import invalid_grant, invalid_request, invalid_scope
 from portcullis.oidc.grants.base import TokenRequest
 from portcullis.oidc.issue import TokenIssuer
@@ -33,7 +33,7 @@ from portcullis.storage.models import Client, Identity
 
 class RefreshTokenGrant:
     grant_type = "refresh_token"
-    parameters = ("refresh_token", "scope")
+    parameters = ("refresh_token", "scope", resources.PARAMETER)
     allow_public = True
 
     def __init__(
@@ -49,9 +49,16 @@ class RefreshTokenGrant:
             if fast is not None:
                 return fast
             presented, granted = await to_thread.run_sync(self._lookup, request)
+            # RFC 8707 §2.2: a refresh may narrow the family's resources, never widen them.
+            # Checked before the upstream re-check and the rotation: a refused request must
+            # not spend the refresh token.
+            token_resources = resources.narrow(
+                resources.parse(request.form.get(resources.PARAMETER, "")),
+                presented.family.resources,
+            )
             identity = await self._current_identity(presented, granted)
             return await to_thread.run_sync(
-                self._rotate, request.client, presented, granted, identity
+                self._rotate, request.client, presented, granted, identity, token_resources
             )
         except RefreshTokenError as exc:
             raise invalid_grant(exc.description) from None
@@ -130,6 +137,7 @@ class RefreshTokenGrant:
         presented: Presented,
         granted: tuple[str, ...],
         identity: Identity,
+        token_resources: tuple[str, ...],
     ) -> dict[str, Any]:
         outcome = self._refresh.rotate(client, presented, identity)
         if not isinstance(outcome, Rotated):
@@ -147,4 +155,5 @@ class RefreshTokenGrant:
             jti_seed="",
             family_id=family.id,
             refresh_token=format_refresh_token(family.id, outcome.secret),
+            resources=token_resources,
         )
