@@ -54,6 +54,7 @@ def _document() -> dict[str, Any]:
 # schema, so there is nothing for the negative mode to generate.
 UNCONSTRAINED = {
     ("/.well-known/openid-configuration", "GET"),
+    ("/.well-known/oauth-authorization-server", "GET"),
     ("/keys", "GET"),
     ("/userinfo", "GET"),
     ("/token/introspect", "POST"),
@@ -92,9 +93,10 @@ def test_openapi_document_describes_every_route_the_issuer_serves() -> None:
     config = parse_config(
         "issuer: http://127.0.0.1:5556/dex\nstorage: {type: memory}\n"
         "web: {http: 127.0.0.1:5556}\nenablePasswordDB: true\n"
-        # The device grant adds its routes; every optional route must be served here.
+        # The device grant and registration add routes; every optional route is served here.
         "oauth2: {grantTypes: [authorization_code, refresh_token, "
         "'urn:ietf:params:oauth:grant-type:device_code']}\n"
+        "registration: {enabled: true, allowLoopbackRedirectURIs: true}\n"
     )
     issuer = create_issuer(config, storage=MemoryStorage())
     mount = next(r for r in issuer.app.routes if isinstance(r, Mount))
@@ -124,12 +126,13 @@ def test_endpoints_doc_links_the_openapi_description() -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
-    def with_device_grant(config: dict[str, Any]) -> None:
-        # Every documented route is served, the device endpoints included.
+    def with_optional_routes(config: dict[str, Any]) -> None:
+        # Every documented route is served: the device and registration endpoints included.
         config["oauth2"]["grantTypes"].append("urn:ietf:params:oauth:grant-type:device_code")
+        config["registration"] = {"enabled": True, "allowLoopbackRedirectURIs": True}
 
     with issuers_in(tmp_path_factory.mktemp("openapi")) as start:
-        yield start(edit=with_device_grant)
+        yield start(edit=with_optional_routes)
 
 
 @pytest.fixture(scope="module")
