@@ -21,8 +21,8 @@ and each refresh re-reads the user and re-checks the workspaces. Connector data 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -30,13 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from portcullis.clock import Clock
 from portcullis.connectors.base import (
-    CallbackConnector,
     Connector,
     ConnectorEnv,
     ConnectorError,
     ConnectorType,
     LoginRedirect,
-    RefreshConnector,
     Scopes,
 )
 from portcullis.connectors.oauth2_common import (
@@ -44,18 +42,13 @@ from portcullis.connectors.oauth2_common import (
     RefreshFlights,
     UpstreamHTTP,
     authorization_url,
-    callback_error,
-    decode_state,
-    dex_token_data,
-    dex_token_expired,
-    exchange_code,
     filter_allowed,
     http_url,
     is_rate_limited,
     raise_for_api_status,
-    refresh_grant,
     same_origin,
 )
+from portcullis.connectors.oauth2_user_api import UserAPIConnector
 from portcullis.storage.models import Identity
 
 __all__ = [
@@ -102,8 +95,10 @@ class BitbucketEndpoints:
     api: str = "https://api.bitbucket.org/2.0"
 
 
-class BitbucketCloudConnector(CallbackConnector, RefreshConnector):
+class BitbucketCloudConnector(UserAPIConnector):
     """Logs users in with Bitbucket Cloud and maps workspaces to groups."""
+
+    provider = "Bitbucket"
 
     def __init__(
         self,
@@ -131,6 +126,7 @@ class BitbucketCloudConnector(CallbackConnector, RefreshConnector):
             config.client_id, config.client_secret.get_secret_value(), None
         )
         self._flights = RefreshFlights(env.clock)
+        self._redirect_uri = config.redirect_uri
 
     def _groups_required(self, scopes: Scopes) -> bool:
         return bool(self._config.teams) or scopes.groups
@@ -148,47 +144,6 @@ class BitbucketCloudConnector(CallbackConnector, RefreshConnector):
             state=state,
         )
         return LoginRedirect(url)
-
-    async def handle_callback(
-        self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
-    ) -> Identity:
-        error = callback_error(params)
-        if error is not None:
-            raise error
-        code = params.get("code", "")
-        if not code:
-            raise ConnectorError("Bitbucket sent no authorization code")
-        tokens = await exchange_code(
-            self._http,
-            self._token_url,
-            self._credentials,
-            code=code,
-            redirect_uri=self._config.redirect_uri,
-        )
-        identity = await self._identity(scopes, tokens.access_token, previous=None)
-        if scopes.offline_access:
-            identity = replace(identity, connector_data=dex_token_data(tokens, self._clock.now()))
-        return identity
-
-    async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
-        data = decode_state(identity.connector_data, "session data")
-        token, refresh_token = data.get("accessToken", ""), data.get("refreshToken", "")
-        if refresh_token and (not token or dex_token_expired(data, self._clock.now())):
-
-            async def work() -> Identity:
-                tokens = await refresh_grant(
-                    self._http, self._token_url, self._credentials, refresh_token
-                )
-                fresh = await self._identity(scopes, tokens.access_token, previous=identity)
-                if not tokens.refresh_token:
-                    tokens = replace(tokens, refresh_token=refresh_token)
-                return replace(fresh, connector_data=dex_token_data(tokens, self._clock.now()))
-
-            return await self._flights.run(refresh_token, work)
-        if not token:
-            raise ConnectorError("this session cannot be refreshed; please log in again")
-        fresh = await self._identity(scopes, token, previous=identity)
-        return replace(fresh, connector_data=identity.connector_data)
 
     # -- Bitbucket API 2.0 -------------------------------------------------------------------
 

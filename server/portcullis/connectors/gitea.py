@@ -20,21 +20,18 @@ the grant was revoked or the token names someone else. Connector data is Dex's:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from portcullis.clock import Clock
 from portcullis.connectors.base import (
-    CallbackConnector,
     Connector,
     ConnectorEnv,
     ConnectorError,
     ConnectorType,
     LoginRedirect,
-    RefreshConnector,
     Scopes,
 )
 from portcullis.connectors.oauth2_common import (
@@ -42,17 +39,12 @@ from portcullis.connectors.oauth2_common import (
     RefreshFlights,
     UpstreamHTTP,
     authorization_url,
-    callback_error,
-    decode_state,
-    dex_token_data,
-    dex_token_expired,
-    exchange_code,
     http_url,
     next_link,
     raise_for_api_status,
-    refresh_grant,
     same_origin,
 )
+from portcullis.connectors.oauth2_user_api import UserAPIConnector
 from portcullis.storage.models import Identity
 
 __all__ = ["CONNECTOR_TYPE", "GiteaConfig", "GiteaConnector", "GiteaOrg", "open_gitea"]
@@ -99,8 +91,10 @@ class GiteaConfig(BaseModel):
         return http_url(value, "redirectURI")
 
 
-class GiteaConnector(CallbackConnector, RefreshConnector):
+class GiteaConnector(UserAPIConnector):
     """Logs users in with Gitea and maps orgs/teams to groups."""
+
+    provider = "Gitea"
 
     def __init__(
         self,
@@ -121,6 +115,7 @@ class GiteaConnector(CallbackConnector, RefreshConnector):
             config.client_id, config.client_secret.get_secret_value(), None
         )
         self._flights = RefreshFlights(env.clock)
+        self._redirect_uri = config.redirect_uri
 
     def _groups_required(self) -> bool:
         return bool(self._config.orgs) or self._config.load_all_groups
@@ -139,50 +134,9 @@ class GiteaConnector(CallbackConnector, RefreshConnector):
         )
         return LoginRedirect(url)
 
-    async def handle_callback(
-        self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
-    ) -> Identity:
-        error = callback_error(params)
-        if error is not None:
-            raise error
-        code = params.get("code", "")
-        if not code:
-            raise ConnectorError("Gitea sent no authorization code")
-        tokens = await exchange_code(
-            self._http,
-            self._token_url,
-            self._credentials,
-            code=code,
-            redirect_uri=self._config.redirect_uri,
-        )
-        identity = await self._identity(tokens.access_token, previous=None)
-        if scopes.offline_access:
-            identity = replace(identity, connector_data=dex_token_data(tokens, self._clock.now()))
-        return identity
-
-    async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:
-        data = decode_state(identity.connector_data, "session data")
-        token, refresh_token = data.get("accessToken", ""), data.get("refreshToken", "")
-        if refresh_token and (not token or dex_token_expired(data, self._clock.now())):
-
-            async def work() -> Identity:
-                tokens = await refresh_grant(
-                    self._http, self._token_url, self._credentials, refresh_token
-                )
-                fresh = await self._identity(tokens.access_token, previous=identity)
-                if not tokens.refresh_token:
-                    tokens = replace(tokens, refresh_token=refresh_token)
-                return replace(fresh, connector_data=dex_token_data(tokens, self._clock.now()))
-
-            return await self._flights.run(refresh_token, work)
-        if not token:
-            raise ConnectorError("this session cannot be refreshed; please log in again")
-        fresh = await self._identity(token, previous=identity)
-        return replace(fresh, connector_data=identity.connector_data)
-
     # -- Gitea API v1 ------------------------------------------------------------------------
 
-    async def _identity(self, token: str, previous: Identity | None) -> Identity:
+    async def _identity(self, scopes: Scopes, token: str, previous: Identity | None) -> Identity:
         response = await self._http.fetch(f"{self._api}/user", what="user", headers=_auth(token))
         if response.status != 200:
             raise_for_api_status(response, "user", self._clock.now())
