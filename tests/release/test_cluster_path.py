@@ -1,0 +1,373 @@
+"""The path a cluster takes, replayed: from a published release to a login against its image.
+
+One test follows what Flux does with the files a release generates, step by step, with the real
+components: `portcullis-release release` publishes the built image (dist/image) and the chart
+into an htpasswd-protected docker-registry; then, as source-controller would, the test decodes
+the dockerconfigjson pull Secret, fetches the OCIRepository's ``ref.digest`` with those
+credentials (anonymous is refused), picks the layer its ``layerSelector`` names and verifies
+the signature with the real cosign and the key in the verify Secret; as helm-controller would,
+it renders that chart with the HelmRelease's values (the values Secret, then ``spec.values`` on
+top) through the Helm engine and validates every manifest; as the kubelet would, it pulls the
+exact image reference the Deployment names, runs it under runc with the rendered config Secret
+and arguments, and completes a password-grant login with a confidential client.
+
+What cannot run here is replaced, and said so: there is no API server (Secrets are built as
+`kubectl create secret` writes them and validated), and the pod's network is the host loopback,
+so the rendered listeners are moved to free 127.0.0.1 ports and the issuer URL to match.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import httpx
+import pytest
+import yaml
+from portcullis_release import REPO_ROOT, oci
+from portcullis_release.build import oci_layout
+from portcullis_release.distribute.registry import (
+    AuthenticationError,
+    DockerAuth,
+    RegistryClient,
+)
+from portcullis_release.release import ReleaseOptions, run_release
+from rich.console import Console
+
+from tests.support.chart import (
+    KUBE_VERSIONS,
+    documents,
+    find,
+    is_crd_kind,
+    validate_builtin,
+    validate_crds,
+)
+from tests.support.image import (
+    LAYOUT,
+    ImageConfig,
+    free_port,
+    pbkdf2_hash,
+    start_container,
+    wait_ready,
+)
+from tests.support.issuer import deep_merge
+from tests.support.registry import Registry, start_registry
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+COSIGN = REPO_ROOT / ".cache" / "cosign" / "usr" / "bin" / "cosign"
+CLUSTER_USER, CLUSTER_PASSWORD = "cluster", "cluster-pull-password"
+CLIENT_ID, CLIENT_SECRET = "cluster-app", "cluster-app-secret-value"
+EMAIL, PASSWORD = "admin@example.com", "a long admin password"
+
+
+@pytest.fixture
+def cluster_registry(tmp_path: Path) -> Iterator[Registry]:
+    """Two users: the releaser pushes, the cluster only ever uses its own pull credentials."""
+    reg = start_registry(
+        tmp_path, {"releaser": "releaser-password", CLUSTER_USER: CLUSTER_PASSWORD}
+    )
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _secret(name: str, namespace: str, kind: str, data: dict[str, bytes]) -> dict[str, Any]:
+    """A Secret as `kubectl create secret ... --dry-run=client -o yaml` writes it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": kind,
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+    }
+
+
+def _decoded(secret: dict[str, Any], key: str) -> bytes:
+    return base64.b64decode(secret["data"][key])
+
+
+def _repository_of(url: str, host: str) -> str:
+    assert url.startswith(f"oci://{host}/"), url
+    return url.removeprefix(f"oci://{host}/")
+
+
+def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
+    cluster_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (LAYOUT / "index.json").is_file(), f"{LAYOUT} is missing: run `make image` first"
+    assert COSIGN.is_file(), f"{COSIGN} missing: run `make release-test-deps`"
+
+    # ---- publish: the release command, into our registry, with a throwaway key ----
+    monkeypatch.setenv("REGISTRY", f"{cluster_registry.host}/portcullis")
+    monkeypatch.setenv("AUTH_FILE", str(cluster_registry.auth_file))
+    for name in ("COSIGN_KEY", "COSIGN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    release_dir = tmp_path / "dist" / "release"
+    options = ReleaseOptions(
+        image=LAYOUT,
+        chart_dir=tmp_path / "dist" / "chart",
+        release_dir=release_dir,
+        manifest=REPO_ROOT / "release" / "manifest.yaml",
+        flux_dir=tmp_path / "untouched-flux",
+        deb_dir=REPO_ROOT / ".cache" / "image" / "debs",
+        tree=tmp_path / "untouched-tree",
+    )
+    console = Console(record=True, width=400, file=io.StringIO())
+    assert run_release(options, console) == 0, console.export_text()
+    flux = release_dir / "flux"
+    ocirepo = yaml.safe_load((flux / "ocirepository.yaml").read_text())
+    helmrelease = yaml.safe_load((flux / "helmrelease.yaml").read_text())
+    namespace = ocirepo["metadata"]["namespace"]
+    spec = ocirepo["spec"]
+
+    # ---- the Secrets the generated README tells the operator to create ----
+    pull_secret = _secret(
+        spec["secretRef"]["name"],
+        namespace,
+        "kubernetes.io/dockerconfigjson",
+        {".dockerconfigjson": json.dumps(cluster_registry.docker_config(CLUSTER_USER)).encode()},
+    )
+    verify_secret = _secret(
+        spec["verify"]["secretRef"]["name"],
+        namespace,
+        "Opaque",
+        {"cosign.pub": (release_dir / "cosign.pub").read_bytes()},
+    )
+    user_values = {
+        "config": {
+            "issuer": "https://portcullis.example.com/dex",
+            "oauth2": {"passwordConnector": "local", "skipApprovalScreen": True},
+            "staticClients": [
+                {
+                    "id": CLIENT_ID,
+                    "name": "Cluster App",
+                    "secret": CLIENT_SECRET,
+                    "redirectURIs": ["https://app.example.com/callback"],
+                }
+            ],
+            "staticPasswords": [
+                {
+                    "email": EMAIL,
+                    "hash": pbkdf2_hash(PASSWORD),
+                    "username": "admin",
+                    "userID": "08a8684b-db88-4b73-90a9-3cd1661f5466",
+                }
+            ],
+        },
+        "storage": {"sqlite3": {"persistence": {"enabled": False}}},
+    }
+    (values_ref,) = helmrelease["spec"]["valuesFrom"]
+    values_secret = _secret(
+        values_ref["name"],
+        namespace,
+        "Opaque",
+        {values_ref["valuesKey"]: yaml.safe_dump(user_values).encode()},
+    )
+    for secret in (pull_secret, verify_secret, values_secret):
+        validate_builtin(secret, KUBE_VERSIONS[-1])
+    assert [r["errors"] for r in validate_crds([ocirepo, helmrelease])] == [[], []]
+
+    # ---- source-controller: pull ref.digest with the decoded pull secret ----
+    docker_config = json.loads(_decoded(pull_secret, ".dockerconfigjson"))
+    auth = DockerAuth.from_config(docker_config, "pull secret")
+    chart_repo = _repository_of(spec["url"], cluster_registry.host)
+    chart_digest = spec["ref"]["digest"]
+    with (
+        RegistryClient(cluster_registry.host, DockerAuth()) as anonymous,
+        pytest.raises(AuthenticationError),
+    ):
+        anonymous.get_manifest(chart_repo, chart_digest)
+    with RegistryClient(cluster_registry.host, auth) as client:
+        raw, _media_type = client.get_manifest(chart_repo, chart_digest)
+        assert oci.sha256_digest(raw) == chart_digest
+        selected = [
+            layer
+            for layer in json.loads(raw)["layers"]
+            if layer["mediaType"] == spec["layerSelector"]["mediaType"]
+        ]
+        assert len(selected) == 1, selected
+        chart_tgz = client.get_blob(chart_repo, selected[0]["digest"])
+    assert oci.sha256_digest(chart_tgz) == selected[0]["digest"]
+    # Helm's own OCI client (the Go SDK) agrees: the same bytes by digest with the secret's
+    # credentials, and nothing without them.
+    pull_config = tmp_path / "pull-secret.json"
+    pull_config.write_bytes(_decoded(pull_secret, ".dockerconfigjson"))
+    pulled_dir = tmp_path / "helm-pull"
+    pulled_dir.mkdir()
+    chart_at_digest = f"{spec['url']}@{chart_digest}"
+    helm = helm_python.RegistryClient(plain_http=True, credentials_file=str(pull_config))
+    try:
+        helm.pull(chart_at_digest, destination=pulled_dir)
+    finally:
+        helm.close()
+    (pulled,) = pulled_dir.iterdir()
+    assert pulled.read_bytes() == chart_tgz
+    pulled.unlink()
+    empty_config = tmp_path / "no-credentials.json"
+    empty_config.write_text('{"auths": {}}')
+    helm = helm_python.RegistryClient(plain_http=True, credentials_file=str(empty_config))
+    try:
+        with pytest.raises(helm_python.HelmError):
+            helm.pull(chart_at_digest, destination=pulled_dir)
+    finally:
+        helm.close()
+    assert not list(pulled_dir.iterdir())
+
+    # ---- the cosign check (provider: cosign) with only the verify Secret's key ----
+    home = tmp_path / "cosign-home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_bytes(_decoded(pull_secret, ".dockerconfigjson"))
+    pub = tmp_path / "cosign.pub"
+    pub.write_bytes(_decoded(verify_secret, "cosign.pub"))
+    cosign_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "DOCKER_CONFIG": str(home / ".docker"),
+        "SIGSTORE_NO_CACHE": "1",
+        "TUF_ROOT": str(home / "tuf"),
+    }
+    cosign = subprocess.run(
+        [
+            str(COSIGN),
+            "verify",
+            "--key",
+            str(pub),
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            f"{spec['url'].removeprefix('oci://')}@{chart_digest}",
+        ],
+        env=cosign_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cosign.returncode == 0, cosign.stderr[-2000:]
+    (payload,) = json.loads(cosign.stdout)
+    assert payload["critical"]["image"]["docker-manifest-digest"] == chart_digest
+
+    # ---- helm-controller: valuesFrom, then spec.values on top, through the Helm engine ----
+    chart_dir = tmp_path / "chart"
+    with tarfile.open(fileobj=io.BytesIO(chart_tgz), mode="r:gz") as archive:
+        archive.extractall(chart_dir, filter="data")
+    values = deep_merge(
+        yaml.safe_load(_decoded(values_secret, values_ref["valuesKey"])),
+        helmrelease["spec"]["values"],
+    )
+    loaded = helm_python.Chart.load(chart_dir / "portcullis")
+    loaded.validate_schema(values)
+    release_name = helmrelease["spec"].get("releaseName") or helmrelease["metadata"]["name"]
+    rendered = loaded.render(
+        values,
+        name=release_name,
+        namespace=helmrelease["spec"].get("targetNamespace") or namespace,
+        is_install=True,
+    )
+    docs = documents(rendered)
+    builtin = [d for d in docs if not is_crd_kind(d)]
+    for doc in builtin:
+        validate_builtin(doc, KUBE_VERSIONS[-1])
+    crd_results = validate_crds([d for d in docs if is_crd_kind(d)])
+    assert all(not r["errors"] for r in crd_results), crd_results
+
+    # ---- the kubelet: pull the exact image reference with the pod's imagePullSecret ----
+    deployment = find(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": pull_secret["metadata"]["name"]}]
+    (container_spec,) = pod["containers"]
+    image_ref = oci.Reference.parse(container_spec["image"])
+    assert image_ref.digest is not None
+    assert image_ref.digest == helmrelease["spec"]["values"]["image"]["digest"]
+    assert image_ref.host == cluster_registry.host
+    with RegistryClient(cluster_registry.host, auth) as client:
+        raw, _media_type = client.get_manifest(image_ref.repository, image_ref.digest)
+        assert oci.sha256_digest(raw) == image_ref.digest
+        image_manifest = json.loads(raw)
+        config_blob = client.get_blob(image_ref.repository, image_manifest["config"]["digest"])
+        layers = [
+            (layer["mediaType"], client.get_blob(image_ref.repository, layer["digest"]))
+            for layer in image_manifest["layers"]
+        ]
+    for (_, blob), layer in zip(layers, image_manifest["layers"], strict=True):
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
+    rootfs = tmp_path / "rootfs"
+    oci_layout.unpack_layers(layers, rootfs)
+    image_config = ImageConfig.from_layout_config(json.loads(config_blob))
+
+    # The config Secret the chart rendered, mounted where the pod mounts it; the listeners move
+    # from the pod's own network to free loopback ports (host networking under runc).
+    (config_volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    config_secret = find(docs, "Secret", config_volume["secret"]["secretName"])
+    issuer_config = yaml.safe_load(_decoded(config_secret, "config.yaml"))
+    assert issuer_config["web"] == {"http": "0.0.0.0:5556"}, issuer_config["web"]
+    web, telemetry = free_port(), free_port()
+    issuer_url = f"http://127.0.0.1:{web}/dex"
+    issuer_config["issuer"] = issuer_url
+    issuer_config["web"] = {"http": f"127.0.0.1:{web}"}
+    issuer_config["telemetry"] = {
+        **issuer_config.get("telemetry", {}),
+        "http": f"127.0.0.1:{telemetry}",
+    }
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(issuer_config))
+    config_file.chmod(0o644)
+    (mount,) = [m for m in container_spec["volumeMounts"] if m["name"] == "config"]
+    args = [
+        *(container_spec.get("command") or image_config.entrypoint),
+        *container_spec.get("args", image_config.cmd),
+    ]
+    container = start_container(
+        tmp_path,
+        rootfs,
+        image_config,
+        args=args,
+        extra_binds={f"{mount['mountPath']}/config.yaml": config_file},
+    )
+    try:
+        wait_ready(container, f"{issuer_url}/.well-known/openid-configuration", timeout=30)
+        # ---- a login: the password grant with the confidential client ----
+        response = httpx.post(
+            f"{issuer_url}/token",
+            data={
+                "grant_type": "password",
+                "username": EMAIL,
+                "password": PASSWORD,
+                "scope": "openid email",
+            },
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        tokens = response.json()
+        claims = json.loads(
+            base64.urlsafe_b64decode(tokens["id_token"].split(".")[1] + "==").decode()
+        )
+        assert claims["iss"] == issuer_url
+        assert claims["aud"] == CLIENT_ID
+        assert claims["email"] == EMAIL
+        refused = httpx.post(
+            f"{issuer_url}/token",
+            data={
+                "grant_type": "password",
+                "username": EMAIL,
+                "password": "wrong",
+                "scope": "openid",
+            },
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=10,
+        )
+        assert refused.status_code in (400, 401), refused.text
+    finally:
+        container.stop(timeout=10)
