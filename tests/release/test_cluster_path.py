@@ -216,9 +216,10 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
     pulled.unlink()
     empty_config = tmp_path / "no-credentials.json"
     empty_config.write_text('{"auths": {}}')
+    # The registry answers 401 with a Basic challenge; Helm has no credential to answer it.
     helm = helm_python.RegistryClient(plain_http=True, credentials_file=str(empty_config))
     try:
-        with pytest.raises(helm_python.HelmError):
+        with pytest.raises(helm_python.HelmError, match="basic credential not found"):
             helm.pull(chart_at_digest, destination=pulled_dir)
     finally:
         helm.close()
