@@ -11,8 +11,9 @@ top) through the Helm engine and validates every manifest; as the kubelet would,
 exact image reference the Deployment names, runs it under runc with the rendered config Secret
 and arguments, and completes a password-grant login with a confidential client.
 
-What cannot run here is replaced, and said so: there is no API server (Secrets are built as
-`kubectl create secret` writes them and validated), and the pod's network is the host loopback,
+What cannot run here is replaced, and said so: there is no API server, so the Secrets come from
+replaying the `kubectl create secret` commands of the generated README (the Secret each would
+create, validated against the Kubernetes schema), and the pod's network is the host loopback,
 so the rendered listeners are moved to free 127.0.0.1 ports and the issuer URL to match.
 """
 
@@ -23,6 +24,8 @@ import hashlib
 import io
 import json
 import os
+import shlex
+import string
 import subprocess
 import tarfile
 import warnings
@@ -103,6 +106,75 @@ def _secret(name: str, namespace: str, kind: str, data: dict[str, bytes]) -> dic
     }
 
 
+_OPERATOR_ENV = {"REGISTRY_USER": CLUSTER_USER, "REGISTRY_PASSWORD": CLUSTER_PASSWORD}
+
+
+def _operator_values() -> dict[str, Any]:
+    """The operator's values.yaml: a local password user and a confidential client."""
+    return {
+        "config": {
+            "issuer": "https://portcullis.example.com/dex",
+            "oauth2": {"passwordConnector": "local", "skipApprovalScreen": True},
+            "staticClients": [
+                {
+                    "id": CLIENT_ID,
+                    "name": "Cluster App",
+                    "secret": CLIENT_SECRET,
+                    "redirectURIs": ["https://app.example.com/callback"],
+                }
+            ],
+            "staticPasswords": [
+                {
+                    "email": EMAIL,
+                    "hash": pbkdf2_hash(PASSWORD),
+                    "username": "admin",
+                    "userID": "08a8684b-db88-4b73-90a9-3cd1661f5466",
+                }
+            ],
+        },
+        "storage": {"sqlite3": {"persistence": {"enabled": False}}},
+    }
+
+
+def _readme_secret_commands(readme: str) -> list[list[str]]:
+    """Every `kubectl ... create secret ...` command of the README (continuations joined)."""
+    joined = readme.replace("\\\n", " ")
+    commands = [
+        shlex.split(line)
+        for line in joined.splitlines()
+        if line.startswith("kubectl ") and " create secret " in line
+    ]
+    assert len(commands) == 3, commands
+    return commands
+
+
+def _create_secret(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What `kubectl -n NS create secret {docker-registry|generic} NAME ...` creates, for the
+    flags the README uses (no API server here; kubectl is not a test dependency)."""
+    argv = [string.Template(arg).substitute(env) for arg in argv]
+    assert argv[:2] == ["kubectl", "-n"], argv
+    assert argv[3:5] == ["create", "secret"], argv
+    namespace, kind, name = argv[2], argv[5], argv[6]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in argv[7:])
+    if kind == "docker-registry":
+        user, password = flags.pop("docker-username"), flags.pop("docker-password")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        entry = {"username": user, "password": password, "auth": token}
+        config = {"auths": {flags.pop("docker-server"): entry}}
+        secret = _secret(
+            name,
+            namespace,
+            "kubernetes.io/dockerconfigjson",
+            {".dockerconfigjson": json.dumps(config).encode()},
+        )
+    else:
+        assert kind == "generic", argv
+        key, path = flags.pop("from-file").split("=", 1)
+        secret = _secret(name, namespace, "Opaque", {key: (cwd / path).read_bytes()})
+    assert not flags, f"flags the replay does not know: {flags}"
+    return secret
+
+
 def _decoded(secret: dict[str, Any], key: str) -> bytes:
     return base64.b64decode(secret["data"][key])
 
@@ -153,49 +225,24 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
     namespace = ocirepo["metadata"]["namespace"]
     spec = ocirepo["spec"]
 
-    # ---- the Secrets the generated README tells the operator to create ----
-    pull_secret = _secret(
-        spec["secretRef"]["name"],
-        namespace,
-        "kubernetes.io/dockerconfigjson",
-        {".dockerconfigjson": json.dumps(cluster_registry.docker_config(CLUSTER_USER)).encode()},
-    )
-    verify_secret = _secret(
-        spec["verify"]["secretRef"]["name"],
-        namespace,
-        "Opaque",
-        {"cosign.pub": (release_dir / "cosign.pub").read_bytes()},
-    )
-    user_values = {
-        "config": {
-            "issuer": "https://portcullis.example.com/dex",
-            "oauth2": {"passwordConnector": "local", "skipApprovalScreen": True},
-            "staticClients": [
-                {
-                    "id": CLIENT_ID,
-                    "name": "Cluster App",
-                    "secret": CLIENT_SECRET,
-                    "redirectURIs": ["https://app.example.com/callback"],
-                }
-            ],
-            "staticPasswords": [
-                {
-                    "email": EMAIL,
-                    "hash": pbkdf2_hash(PASSWORD),
-                    "username": "admin",
-                    "userID": "08a8684b-db88-4b73-90a9-3cd1661f5466",
-                }
-            ],
-        },
-        "storage": {"sqlite3": {"persistence": {"enabled": False}}},
+    # ---- the Secrets, created by replaying the generated README's `kubectl create secret` ----
+    operator_dir = tmp_path / "operator"
+    operator_dir.mkdir()
+    (operator_dir / "cosign.pub").write_bytes((release_dir / "cosign.pub").read_bytes())
+    (operator_dir / "values.yaml").write_text(yaml.safe_dump(_operator_values()))
+    secrets = {
+        s["metadata"]["name"]: s
+        for s in (
+            _create_secret(argv, operator_dir, _OPERATOR_ENV)
+            for argv in _readme_secret_commands((flux / "README.md").read_text())
+        )
     }
+    assert {s["metadata"]["namespace"] for s in secrets.values()} == {namespace}
+    pull_secret = secrets[spec["secretRef"]["name"]]
+    assert pull_secret["type"] == "kubernetes.io/dockerconfigjson"
+    verify_secret = secrets[spec["verify"]["secretRef"]["name"]]
     (values_ref,) = helmrelease["spec"]["valuesFrom"]
-    values_secret = _secret(
-        values_ref["name"],
-        namespace,
-        "Opaque",
-        {values_ref["valuesKey"]: yaml.safe_dump(user_values).encode()},
-    )
+    values_secret = secrets[values_ref["name"]]
     for secret in (pull_secret, verify_secret, values_secret):
         validate_builtin(secret, KUBE_VERSIONS[-1])
     assert [r["errors"] for r in validate_crds([ocirepo, helmrelease])] == [[], []]
