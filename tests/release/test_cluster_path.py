@@ -20,6 +20,7 @@ so the rendered listeners are moved to free 127.0.0.1 ports and the issuer URL t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -374,7 +375,16 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
     rootfs = tmp_path / "rootfs"
     oci_layout.unpack_layers(layers, rootfs)
-    image_config = ImageConfig.from_layout_config(json.loads(config_blob))
+    # The pod's security context, as runc applies it: its user, and the read-only root, no
+    # capabilities and no privilege escalation that the runc harness always enforces.
+    security = container_spec["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    image_config = dataclasses.replace(
+        ImageConfig.from_layout_config(json.loads(config_blob)),
+        user=f"{security['runAsUser']}:{security['runAsGroup']}",
+    )
 
     # The config Secret the chart rendered, mounted where the pod mounts it; the listeners move
     # from the pod's own network to free loopback ports (host networking under runc).
