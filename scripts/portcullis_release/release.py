@@ -33,7 +33,8 @@ from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
 from portcullis_release.distribute import generated
 from portcullis_release.distribute.chart import package_chart
-from portcullis_release.distribute.flux import write_flux
+from portcullis_release.distribute.flux import EXAMPLES_DIR, write_flux
+from portcullis_release.distribute.flux_web import write_flux_web
 from portcullis_release.distribute.local_registry import LocalRegistry, start_registry
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import client_for
@@ -316,6 +317,10 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             # published index always (under the release directory), the tracked copies
             # (Chart.yaml, deploy/flux/, docs) only for a real release.
             written = write_flux(final, flux_out, allow_development=final.development)
+            # The Flux Web UI examples pin the same digests: deploy/flux/ is written whole.
+            written += write_flux_web(
+                final, flux_out / EXAMPLES_DIR, allow_development=final.development
+            )
             if not development:
                 written += generated.write_tracked(final, options.tree, flux_files=False)
             written += generated.write_index(final, release_dir / "index")
