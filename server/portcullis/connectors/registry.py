@@ -46,6 +46,7 @@ _TABLE: dict[str, ConnectorType | str] = {
     "microsoft": "portcullis.connectors.microsoft",
     "gitea": "portcullis.connectors.gitea",
     "bitbucket-cloud": "portcullis.connectors.bitbucketcloud",
+    "keystone": "portcullis.connectors.keystone",
 }
 
 
