@@ -251,3 +251,22 @@ async def test_unreachable_keystone_is_a_clear_error(env: ConnectorEnv) -> None:
     assert isinstance(connector, KeystoneConnector)
     with pytest.raises(ConnectorError, match=r"unreachable \(login\)"):
         await connector.login(GROUPS, "ada", "pw")
+
+
+async def test_tokens_never_logged_even_at_debug(
+    keystone_api: KeystoneAPI, env: ConnectorEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `logger.level: debug` makes the root logger DEBUG; the HTTP transport's own traces
+    # (httpcore logs every response header) must not carry Keystone's X-Subject-Token.
+    user, password = new_user(keystone_api)
+    keystone_api.add_to_group("ops", user)
+    connector = make(keystone_api, env)
+    caplog.set_level(logging.DEBUG)
+    before = set(keystone_api.tokens)
+    identity = await connector.login(GROUPS, user.name, password)
+    assert identity is not None
+    await connector.refresh(GROUPS, identity)
+    issued = set(keystone_api.tokens) - before
+    assert len(issued) == 2  # the user's token at login, the admin token at refresh
+    for secret in (*issued, password, ADMIN_PASSWORD):
+        assert secret not in caplog.text
