@@ -41,6 +41,13 @@ from portcullis.storage.models import Identity
 
 log = logging.getLogger(__name__)
 
+# The transport's own loggers never go below WARNING, whatever level the server runs at:
+# httpcore's DEBUG trace prints every response header (Keystone's X-Subject-Token, Set-Cookie)
+# and httpx's INFO line prints full request URLs with their query strings. Our own log lines
+# say what was called (scheme, host, path) and how it answered, without those.
+for _transport_logger in ("httpcore", "httpx"):
+    logging.getLogger(_transport_logger).setLevel(logging.WARNING)
+
 #: Seconds to connect and to wait for each read. Short: a login page must not hang a worker.
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
