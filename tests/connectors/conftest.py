@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.support.bitbucket_api import bitbucket_api  # noqa: F401
+from tests.support.crowd_api import crowd_api  # noqa: F401
 from tests.support.gitea_api import gitea_api  # noqa: F401
 from tests.support.github_api import github_api  # noqa: F401
 from tests.support.gitlab_api import gitlab_api  # noqa: F401

@@ -47,6 +47,7 @@ _TABLE: dict[str, ConnectorType | str] = {
     "gitea": "portcullis.connectors.gitea",
     "bitbucket-cloud": "portcullis.connectors.bitbucketcloud",
     "keystone": "portcullis.connectors.keystone",
+    "atlassian-crowd": "portcullis.connectors.atlassiancrowd",
 }
 
 
