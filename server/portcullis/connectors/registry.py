@@ -48,6 +48,7 @@ _TABLE: dict[str, ConnectorType | str] = {
     "bitbucket-cloud": "portcullis.connectors.bitbucketcloud",
     "keystone": "portcullis.connectors.keystone",
     "atlassian-crowd": "portcullis.connectors.atlassiancrowd",
+    "openshift": "portcullis.connectors.openshift",
 }
 
 
