@@ -41,6 +41,13 @@ from portcullis.storage.models import Identity
 
 log = logging.getLogger(__name__)
 
+# The transport's own loggers never go below WARNING, whatever level the server runs at:
+# httpcore's DEBUG trace prints every response header (Keystone's X-Subject-Token, Set-Cookie)
+# and httpx's INFO line prints full request URLs with their query strings. Our own log lines
+# say what was called (scheme, host, path) and how it answered, without those.
+for _transport_logger in ("httpcore", "httpx"):
+    logging.getLogger(_transport_logger).setLevel(logging.WARNING)
+
 #: Seconds to connect and to wait for each read. Short: a login page must not hang a worker.
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
@@ -199,19 +206,28 @@ class UpstreamHTTP:
         return status, document
 
     async def fetch(
-        self, url: str, *, what: str, headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+        json_body: Any = None,
     ) -> ApiResponse:
         """GET a REST API resource: status, headers and the JSON body (any JSON value: list
         endpoints answer arrays). Transport failures, timeouts, oversize bodies and 5xx are a
         ConnectorError naming ``what`` (the 5xx status logged); other statuses are returned
-        for the caller, which usually hands them to :func:`raise_for_api_status`."""
+        for the caller, which usually hands them to :func:`raise_for_api_status`.
+
+        ``method``/``json_body`` serve REST APIs whose login is itself a JSON POST (Keystone's
+        ``/v3/auth/tokens``, Crowd's ``authentication``): same limits, same error mapping."""
         send_headers = {"Accept": "application/json", **(headers or {})}
         try:
             async with (
                 httpx.AsyncClient(
                     verify=self._ssl, timeout=self._timeout, follow_redirects=False, trust_env=True
                 ) as client,
-                client.stream("GET", url, headers=send_headers) as response,
+                client.stream(method, url, headers=send_headers, json=json_body) as response,
             ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():

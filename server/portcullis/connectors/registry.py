@@ -46,6 +46,9 @@ _TABLE: dict[str, ConnectorType | str] = {
     "microsoft": "portcullis.connectors.microsoft",
     "gitea": "portcullis.connectors.gitea",
     "bitbucket-cloud": "portcullis.connectors.bitbucketcloud",
+    "keystone": "portcullis.connectors.keystone",
+    "atlassian-crowd": "portcullis.connectors.atlassiancrowd",
+    "openshift": "portcullis.connectors.openshift",
 }
 
 
