@@ -43,6 +43,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,25 +282,25 @@ def run_wrk(
 # -- the peers --------------------------------------------------------------------------------
 
 
-class Peer:
+class Peer(ABC):
     """A running server the bench can load: a base URL, its process tree, pool minting."""
 
     name = ""
 
-    def base(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def base(self) -> str: ...
 
-    def pids(self) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def pids(self) -> list[int]: ...
 
     def db_pids(self) -> list[int]:
         return []
 
-    def load(self, endpoint: str, size: int) -> Load:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, endpoint: str, size: int) -> Load: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
