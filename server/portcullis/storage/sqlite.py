@@ -19,6 +19,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -65,6 +66,27 @@ def _create_private_file(path: str) -> None:
 def _on_begin(conn: sa.Connection) -> None:
     mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def enable_wal(cursor: sqlite3.Cursor, timeout: float) -> str:
+    """Switch a new database file to WAL and return the journal mode.
+
+    WAL is persistent: once one process switched, later connections only read the mode. The
+    switch needs an exclusive lock, and when several worker processes open a brand-new file at
+    once, two of them can each hold a shared lock while wanting the exclusive one; SQLite
+    then answers one of them "database is locked" at once instead of running the busy handler
+    (it would deadlock otherwise). So the switch is retried until ``timeout`` has passed."""
+    mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0])
+    deadline = time.monotonic() + timeout
+    while mode.lower() != "wal":
+        try:
+            mode = str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0])
+    return mode
 
 
 class SQLiteStorage(SQLStorage):
@@ -127,7 +149,7 @@ class SQLiteStorage(SQLStorage):
         try:
             cursor.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             if not self._in_memory:
-                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = enable_wal(cursor, self._busy_timeout_ms / 1000)
                 if str(mode).lower() != "wal":
                     raise StorageError(
                         f"sqlite3 file {self.path!r}: cannot enable WAL journal (got {mode!r}); "
