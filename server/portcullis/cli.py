@@ -15,9 +15,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portcullis import __version__
+
+if TYPE_CHECKING:
+    from portcullis.config.load import Config
+    from portcullis.storage.base import Storage
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -35,6 +39,40 @@ def _fips() -> tuple[bool, dict[str, Any]]:
     return True, fips.status()
 
 
+def _load_config(path: str, fips_mode: bool) -> Config | None:
+    """The config the offline commands work on, or None once every problem is printed."""
+    from portcullis.config.load import ConfigError
+    from portcullis.issuer import load_config
+
+    try:
+        return load_config(path, fips_mode=fips_mode)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+
+
+def _refuses_memory(command: str, config: Config, why: str) -> bool:
+    """True (reason printed) when ``config`` keeps its state in memory, which an offline command
+    cannot reach: a fresh memory store would be empty, so its answer would be wrong."""
+    if config.raw.storage.type != "memory":
+        return False
+    print(f"portcullis {command}: the config's storage is memory, {why}", file=sys.stderr)
+    return True
+
+
+def _open_storage(command: str, config: Config) -> Storage | None:
+    """The config's storage for ``portcullis <command>``, or None once the reason is printed."""
+    from portcullis.storage.base import StorageError
+    from portcullis.storage.factory import open_storage
+
+    try:
+        return open_storage(config)
+    except StorageError as exc:
+        print(f"portcullis {command}: storage: {exc}", file=sys.stderr)
+        return None
+
+
 # -- serve -----------------------------------------------------------------------------------
 
 
@@ -43,15 +81,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fips_mode, fips_status = _fips()
 
     from portcullis.config.load import ConfigError
-    from portcullis.issuer import check_connectors, load_config
+    from portcullis.issuer import check_connectors
     from portcullis.serve import serve
     from portcullis.telemetry import configure_logging
 
-    try:
-        config = load_config(args.config, fips_mode=fips_mode)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    config = _load_config(args.config, fips_mode)
+    if config is None:
         return EXIT_USAGE
     raw = config.raw
     configure_logging(raw.logger.level, raw.logger.format, raw.logger.exclude_fields)
@@ -148,35 +183,24 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
     fips_mode, _ = _fips()
 
     from portcullis.clock import SystemClock
-    from portcullis.config.load import ConfigError
     from portcullis.dexmigrate.plan import apply_plan, build_plan
     from portcullis.dexmigrate.source import DexSourceError, read_source
-    from portcullis.issuer import load_config
     from portcullis.storage.base import StorageError
-    from portcullis.storage.factory import open_storage
 
-    try:
-        config = load_config(args.config, fips_mode=fips_mode)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    config = _load_config(args.config, fips_mode)
+    if config is None:
         return EXIT_USAGE
-    if config.raw.storage.type == "memory":
-        print(
-            "portcullis import-dex: the config's storage is memory, which nothing outlives; "
-            "import into sqlite3 or postgres storage",
-            file=sys.stderr,
-        )
+    if _refuses_memory(
+        "import-dex", config, "which nothing outlives; import into sqlite3 or postgres storage"
+    ):
         return EXIT_USAGE
     try:
         state = read_source(args.source)
     except DexSourceError as exc:
         print(f"portcullis import-dex: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        storage = open_storage(config)
-    except StorageError as exc:
-        print(f"portcullis import-dex: target storage: {exc}", file=sys.stderr)
+    storage = _open_storage("import-dex", config)
+    if storage is None:
         return EXIT_USAGE
     try:
         plan = build_plan(state, config, storage, SystemClock().now())
@@ -187,7 +211,7 @@ def cmd_import_dex(args: argparse.Namespace) -> int:
             return EXIT_OK
         result = apply_plan(plan, storage)
     except StorageError as exc:
-        print(f"portcullis import-dex: target storage: {exc}", file=sys.stderr)
+        print(f"portcullis import-dex: storage: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         storage.close()
@@ -208,21 +232,13 @@ def cmd_clients(args: argparse.Namespace) -> int:
     the config file and are not listed."""
     fips_mode, _ = _fips()
 
-    from portcullis.config.load import ConfigError
-    from portcullis.issuer import load_config
     from portcullis.storage.base import NotFoundError, StorageError
-    from portcullis.storage.factory import open_storage
 
-    try:
-        config = load_config(args.config, fips_mode=fips_mode)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    config = _load_config(args.config, fips_mode)
+    if config is None:
         return EXIT_USAGE
-    try:
-        storage = open_storage(config)
-    except StorageError as exc:
-        print(f"portcullis clients: storage: {exc}", file=sys.stderr)
+    storage = _open_storage("clients", config)
+    if storage is None:
         return EXIT_USAGE
     try:
         if args.action == "delete":
@@ -266,30 +282,19 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     fips_mode, _ = _fips()
 
     from portcullis.clock import SystemClock
-    from portcullis.config.load import ConfigError
-    from portcullis.issuer import load_config
     from portcullis.oidc.provider import Provider
     from portcullis.oidc.revocation import RevocationError, Revoker
     from portcullis.storage.base import StorageError
-    from portcullis.storage.factory import open_storage
 
-    try:
-        config = load_config(args.config, fips_mode=fips_mode)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    config = _load_config(args.config, fips_mode)
+    if config is None:
         return EXIT_USAGE
-    if config.raw.storage.type == "memory":
-        print(
-            "portcullis revoke: the config's storage is memory, which only the running server "
-            "holds; use the admin API of that server",
-            file=sys.stderr,
-        )
+    if _refuses_memory(
+        "revoke", config, "which only the running server holds; use the admin API of that server"
+    ):
         return EXIT_USAGE
-    try:
-        storage = open_storage(config)
-    except StorageError as exc:
-        print(f"portcullis revoke: storage: {exc}", file=sys.stderr)
+    storage = _open_storage("revoke", config)
+    if storage is None:
         return EXIT_USAGE
     try:
         clock = SystemClock()
@@ -332,8 +337,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
     fips_mode, _ = _fips()
 
-    from portcullis.config.load import ConfigError
-    from portcullis.issuer import load_config
     from portcullis.kube.apiserver import (
         ApiserverConfigError,
         issuer_ca_from_tls_cert,
@@ -341,11 +344,8 @@ def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
         settings_for,
     )
 
-    try:
-        config = load_config(args.config, fips_mode=fips_mode)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    config = _load_config(args.config, fips_mode)
+    if config is None:
         return EXIT_USAGE
     ca = ""
     web = config.raw.web
