@@ -161,12 +161,6 @@ def build_connectors(config: Config, env: ConnectorEnv) -> dict[str, Connector]:
         except ValueError as exc:
             problems.append(f"connectors[{index}].config: {exc} (connector {spec.id!r})")
             continue
-        if connector.dev_only:
-            log.warning(
-                "connector %r (%s) is for development only: anyone can log in through it",
-                spec.id,
-                spec.type,
-            )
         connectors[spec.id] = connector
     if config.raw.enable_password_db:
         static = tuple(
@@ -192,9 +186,18 @@ def build_connectors(config: Config, env: ConnectorEnv) -> dict[str, Connector]:
 
 def check_connectors(config: Config, *, fips_mode: bool) -> None:
     """Open every connector against throwaway memory storage, as ``serve`` would (no network:
-    opening does none); raises ConfigError listing each one that cannot be opened."""
+    opening does none); raises ConfigError listing each one that cannot be opened.
+
+    The development-only warning is logged here, once per process that checks (``serve``
+    before it forks, ``check-config``), not by every worker that opens the connectors."""
     env = connector_env(config, MemoryStorage(), SystemClock(), fips_mode)
-    build_connectors(config, env)
+    for connector_id, connector in build_connectors(config, env).items():
+        if connector.dev_only:
+            log.warning(
+                "connector %r (%s) is for development only: anyone can log in through it",
+                connector_id,
+                connector.type,
+            )
 
 
 def create_issuer(

@@ -150,3 +150,22 @@ def test_the_kubeconfig_page_registers_its_callback_on_its_client_once() -> None
         assert client.redirect_uris == (callback,)
     finally:
         issuer.close()
+
+
+def test_a_development_connector_is_warned_about_once_per_check_not_per_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``serve`` checks the connectors once before it forks; each worker then opens them again
+    in ``create_issuer``. The warning belongs to the check, or a 2-worker server says it three
+    times and operators learn to ignore it."""
+    from portcullis.issuer import check_connectors
+
+    text = BASE + "connectors: [{type: mockCallback, id: mock, name: Mock}]"
+    config = parse_config(text, environ={})
+    with caplog.at_level("WARNING", logger="portcullis"):
+        check_connectors(config, fips_mode=False)
+        create_issuer(config, storage=MemoryStorage(), clock=FrozenClock(1_700_000_000))
+    warnings = [r.getMessage() for r in caplog.records if "development only" in r.getMessage()]
+    assert warnings == [
+        "connector 'mock' (mockCallback) is for development only: anyone can log in through it"
+    ]
