@@ -18,18 +18,19 @@ workspaces, rate limits):
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "Qx7bG2kR9sVwN4pLmT"
 CLIENT_SECRET = "h3Kp9Wq2Xz7Vn4Bm8Rt6Yc1Ld5Fg0Js"
@@ -105,23 +106,7 @@ def _error(message: str) -> dict[str, Any]:
 
 
 def _handler(api: BitbucketAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
+    class Handler(StandInHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -278,16 +263,9 @@ def _handler(api: BitbucketAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def bitbucket_api() -> Iterator[BitbucketAPI]:
     api = BitbucketAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="bitbucket-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "bitbucket-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def bitbucket_browser(url: str, username: str) -> dict[str, str]:

@@ -29,11 +29,13 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 APP_NAME = "portcullis"
 APP_PASSWORD = "crowd-App-p4ss"
@@ -96,24 +98,9 @@ class CrowdAPI:
 
 
 def _handler(api: CrowdAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            if isinstance(body, str):
-                raw, kind = body.encode(), "text/plain;charset=UTF-8"
-            else:
-                raw, kind = json.dumps(body).encode(), "application/json"
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    class Handler(StandInHandler):
+        json_content_type = "application/json"
+        text_content_type = "text/plain;charset=UTF-8"
 
         def _gate(self, method: str) -> tuple[str, dict[str, str]] | None:
             """Path under the API and query, or None when an answer was already sent."""
@@ -251,13 +238,6 @@ def _handler(api: CrowdAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def crowd_api() -> Iterator[CrowdAPI]:
     api = CrowdAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}/crowd"
-    thread = threading.Thread(target=server.serve_forever, name="crowd-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "crowd-standin") as server:
+        api.base_url = server_url(server) + "/crowd"
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -17,18 +17,19 @@ it (docs.gitea.com development/oauth2-provider and api/1.x swagger):
 from __future__ import annotations
 
 import base64
-import json
 import math
 import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "6d0b8f5e-4a2c-4f6e-9d3b-1c2a3b4c5d6e"
 CLIENT_SECRET = "gto_4bc6y2xvqk3jr5lm7n8p9q0rstuvwxyz1234567890abcd"
@@ -106,22 +107,8 @@ class GiteaAPI:
 
 
 def _handler(api: GiteaAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", "application/json;charset=utf-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    class Handler(StandInHandler):
+        json_content_type = "application/json;charset=utf-8"
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
@@ -257,16 +244,9 @@ def _handler(api: GiteaAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def gitea_api() -> Iterator[GiteaAPI]:
     api = GiteaAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="gitea-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "gitea-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def gitea_browser(url: str, login: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ documents it (docs.github.com/rest, /apps/oauth-apps/building-oauth-apps/authori
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import ssl
@@ -37,6 +36,7 @@ import httpx
 import pytest
 
 from tests.support.oidc_peer import make_tls_files
+from tests.support.standin_http import StandInHandler
 
 CLIENT_ID = "Iv1.8a61f9b3a7aba766"
 CLIENT_SECRET = "1f2e3d4c5b6a79880716a5b4c3d2e1f0a9b8c7d6"
@@ -192,33 +192,7 @@ def _team_json(api: GitHubAPI, team: GitHubTeam, index: int) -> dict[str, Any]:
 
 
 def _handler(api: GitHubAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(
-            self,
-            status: int,
-            body: Any,
-            headers: dict[str, str] | None = None,
-            content_type: str = "application/json; charset=utf-8",
-        ) -> None:
-            raw = (
-                b""
-                if body is None
-                else (body if isinstance(body, bytes) else json.dumps(body).encode())
-            )
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
+    class Handler(StandInHandler):
         # -- OAuth web flow -----------------------------------------------------------------
 
         def do_GET(self) -> None:

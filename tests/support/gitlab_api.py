@@ -25,19 +25,20 @@ documents it (doc/api/oauth2.md, rest/index.md, users.md, groups.md, members.md)
 from __future__ import annotations
 
 import base64
-import json
 import math
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "4f8e1c2b9d0a7e6f5c3b2a1908f7e6d5c4b3a2918f7e6d5c4b3a291807f6e5d4"
 CLIENT_SECRET = "gloas-3b2a1908f7e6d5c4b3a2918f7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4"
@@ -151,32 +152,8 @@ class GitLabAPI:
 
 
 def _handler(api: GitLabAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(
-            self,
-            status: int,
-            body: Any,
-            headers: dict[str, str] | None = None,
-            content_type: str = "application/json",
-        ) -> None:
-            raw = (
-                b""
-                if body is None
-                else (body if isinstance(body, bytes) else json.dumps(body).encode())
-            )
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    class Handler(StandInHandler):
+        json_content_type = "application/json"
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
@@ -461,16 +438,9 @@ def _handler(api: GitLabAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def gitlab_api() -> Iterator[GitLabAPI]:
     api = GitLabAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="gitlab-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "gitlab-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def gitlab_browser(api: GitLabAPI, url: str, username: str) -> dict[str, str]:

@@ -25,11 +25,13 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 DOMAIN = "default"
 ADMIN = "admin"
@@ -99,23 +101,18 @@ _UNAUTHORIZED = _error(401, "Unauthorized", "The request you have made requires 
 
 
 def _handler(api: KeystoneAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(StandInHandler):
+        json_content_type = "application/json"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Vary", "X-Auth-Token")
-            if raw:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+        def _send(
+            self,
+            status: int,
+            body: Any,
+            headers: dict[str, str] | None = None,
+            content_type: str | None = None,
+        ) -> None:
+            # Keystone varies every answer on the token it was asked with.
+            super()._send(status, body, {"Vary": "X-Auth-Token", **(headers or {})}, content_type)
 
         def _injected(self, path: str) -> bool:
             if api.fail_next is not None and path.startswith(api.fail_next[0]):
@@ -245,14 +242,7 @@ def _handler(api: KeystoneAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def keystone_api() -> Iterator[KeystoneAPI]:
     api = KeystoneAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    api.add_user(ADMIN, ADMIN_PASSWORD, admin=True)
-    thread = threading.Thread(target=server.serve_forever, name="keystone-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "keystone-standin") as server:
+        api.base_url = server_url(server)
+        api.add_user(ADMIN, ADMIN_PASSWORD, admin=True)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -25,12 +25,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "00001111-aaaa-2222-bbbb-3333cccc4444"
@@ -161,23 +163,7 @@ def _graph_error(code: str, message: str) -> dict[str, Any]:
 
 
 def _handler(api: MicrosoftAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
+    class Handler(StandInHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -340,16 +326,9 @@ def _handler(api: MicrosoftAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def microsoft_api() -> Iterator[MicrosoftAPI]:
     api = MicrosoftAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="microsoft-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "microsoft-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def microsoft_browser(url: str, login: str) -> dict[str, str]:

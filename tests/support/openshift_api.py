@@ -22,18 +22,19 @@ OpenShift documents it (Authentication and authorization: "Understanding the OAu
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "portcullis"
 CLIENT_SECRET = "os-client-secret-7Hq2"
@@ -95,22 +96,8 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 
 def _handler(api: OpenShiftAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    class Handler(StandInHandler):
+        json_content_type = "application/json"
 
         def _injected(self, path: str) -> bool:
             with api.lock:
@@ -258,16 +245,9 @@ def _handler(api: OpenShiftAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def openshift_api() -> Iterator[OpenShiftAPI]:
     api = OpenShiftAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="openshift-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "openshift-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def openshift_browser(url: str, name: str) -> dict[str, str]:
