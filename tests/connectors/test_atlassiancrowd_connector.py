@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from portcullis.clock import SystemClock
 from portcullis.config.load import parse_config
 from portcullis.connectors.atlassiancrowd import CONNECTOR_TYPE, CrowdConnector
 from portcullis.connectors.base import ConnectorEnv, ConnectorError, Scopes
 from portcullis.connectors.registry import CONNECTOR_TYPES
 from portcullis.issuer import check_connectors, connector_models
-from portcullis.storage.memory import MemoryStorage
 from pydantic import ValidationError
 
 from tests.support.crowd_api import APP_NAME, APP_PASSWORD, CrowdAPI
@@ -28,21 +26,6 @@ pytestmark = pytest.mark.anyio
 
 GROUPS = Scopes(offline_access=True, groups=True)
 CORPUS = Path(__file__).parents[1] / "unit" / "config" / "fixtures" / "dex"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env() -> ConnectorEnv:
-    return ConnectorEnv(
-        storage=MemoryStorage(),
-        clock=SystemClock(),
-        issuer="http://127.0.0.1:5556/dex",
-        fips_mode=False,
-    )
 
 
 def make(api: CrowdAPI, env: ConnectorEnv, **overrides: Any) -> CrowdConnector:

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from portcullis.clock import SystemClock
 from portcullis.config.load import parse_config
 from portcullis.connectors.base import ConnectorEnv, ConnectorError, Scopes
 from portcullis.connectors.keystone import CONNECTOR_TYPE, KeystoneConnector
 from portcullis.connectors.registry import CONNECTOR_TYPES
 from portcullis.issuer import check_connectors, connector_models
-from portcullis.storage.memory import MemoryStorage
 from pydantic import ValidationError
 
 from tests.support.keystone_api import ADMIN, ADMIN_PASSWORD, DOMAIN, KeystoneAPI, KeystoneUser
@@ -25,21 +23,6 @@ pytestmark = pytest.mark.anyio
 
 GROUPS = Scopes(offline_access=True, groups=True)
 CORPUS = Path(__file__).parents[1] / "unit" / "config" / "fixtures" / "dex"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env() -> ConnectorEnv:
-    return ConnectorEnv(
-        storage=MemoryStorage(),
-        clock=SystemClock(),
-        issuer="http://127.0.0.1:5556/dex",
-        fips_mode=False,
-    )
 
 
 def make(api: KeystoneAPI, env: ConnectorEnv, **overrides: Any) -> KeystoneConnector:

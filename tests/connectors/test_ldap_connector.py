@@ -45,11 +45,6 @@ GROUPS = Scopes(groups=True, offline_access=True)
 NO_GROUPS = Scopes(groups=False, offline_access=True)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def connector(config: dict[str, Any], **kwargs: Any) -> LDAPConnector:
     return LDAPConnector(
         "ldap", "Corporate LDAP", "ldap", LDAPConfig.model_validate(config), **kwargs

@@ -39,11 +39,6 @@ OFFLINE = Scopes(offline_access=True, groups=True)
 CORPUS = Path(__file__).parents[1] / "unit" / "config" / "fixtures" / "dex"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def env(fips_mode: bool = False) -> ConnectorEnv:
     return ConnectorEnv(
         storage=MemoryStorage(),

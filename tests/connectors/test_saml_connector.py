@@ -54,11 +54,6 @@ GROUPS = Scopes(groups=True)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock(time.time())
 
