@@ -30,6 +30,7 @@ from portcullis.connectors.saml import (
     text_content,
 )
 from portcullis.storage.memory import MemoryStorage
+from portcullis.storage.models import Identity
 from portcullis.storage.sqlite import SQLiteStorage
 from pydantic import ValidationError
 
@@ -37,6 +38,7 @@ from tests.support.saml_idp import (
     OTHER_SP_ENTITY_ID,
     SP_ACS_URL,
     SP_ENTITY_ID,
+    SamlIdp,
     SamlIdpHarness,
     b64,
     form_fields,
@@ -104,6 +106,22 @@ def connector(make_connector: Factory) -> SAMLConnector:
 
 async def start(connector: SAMLConnector, state: str = "auth-request-1") -> LoginRedirect:
     return await connector.login_url(GROUPS, SP_ACS_URL, state)
+
+
+def saml_request(redirect: LoginRedirect) -> str:
+    """The SAMLRequest the browser would POST to the IdP."""
+    assert redirect.post_form is not None
+    return redirect.post_form["SAMLRequest"]
+
+
+async def sign_in(
+    connector: SAMLConnector, idp: SamlIdp, scopes: Scopes = GROUPS, **respond: Any
+) -> Identity:
+    """A whole login: the IdP answers this connector's request, the callback brings it back."""
+    redirect = await start(connector)
+    xml = idp.respond(saml_request(redirect), **respond)
+    form = callback(redirect, xml)
+    return await connector.handle_callback(scopes, form, redirect.connector_state)
 
 
 def request_id(redirect: LoginRedirect) -> str:
@@ -189,9 +207,8 @@ async def test_either_signature_placement_is_accepted(
     sign_assertion: bool,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
     xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         sign_response=sign_response,
         sign_assertion=sign_assertion,
     )
@@ -205,12 +222,7 @@ async def test_groups_need_the_groups_scope(
     connector: SAMLConnector,
     saml_idp: SamlIdpHarness,  # noqa: F811
 ) -> None:
-    redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
-    identity = await connector.handle_callback(
-        Scopes(), callback(redirect, xml), redirect.connector_state
-    )
+    identity = await sign_in(connector, saml_idp.idp, Scopes())
     assert identity.groups == ()
 
 
@@ -219,12 +231,7 @@ async def test_groups_delimiter_splits_one_value(
     saml_idp: SamlIdpHarness,  # noqa: F811
 ) -> None:
     connector = make_connector(groupsAttr="groupList", groupsDelim=";")
-    redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
-    identity = await connector.handle_callback(
-        GROUPS, callback(redirect, xml), redirect.connector_state
-    )
+    identity = await sign_in(connector, saml_idp.idp, GROUPS)
     assert identity.groups == ("admins", "developers", "everyone")
 
 
@@ -234,17 +241,11 @@ async def test_allowed_groups_with_filter_keeps_only_the_allowed_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     connector = make_connector(allowedGroups=["admins", "auditors"], filterGroups=True)
-    redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
-    identity = await connector.handle_callback(
-        GROUPS, callback(redirect, xml), redirect.connector_state
-    )
+    identity = await sign_in(connector, saml_idp.idp, GROUPS)
     assert identity.groups == ("admins",)
 
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    bob = saml_idp.idp.respond(redirect.post_form["SAMLRequest"], user="bob")
+    bob = saml_idp.idp.respond(saml_request(redirect), user="bob")
     await refused(connector, redirect, callback(redirect, bob), caplog, "groups", "bob-0002")
 
 
@@ -253,12 +254,7 @@ async def test_allowed_groups_without_filter_keeps_every_group(
     saml_idp: SamlIdpHarness,  # noqa: F811
 ) -> None:
     connector = make_connector(allowedGroups=["developers"])
-    redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
-    identity = await connector.handle_callback(
-        GROUPS, callback(redirect, xml), redirect.connector_state
-    )
+    identity = await sign_in(connector, saml_idp.idp, GROUPS)
     assert identity.groups == ("admins", "developers", "everyone")
 
 
@@ -269,8 +265,7 @@ async def test_missing_username_attribute_is_refused(
 ) -> None:
     connector = make_connector(usernameAttr="uid")
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     await refused(connector, redirect, callback(redirect, xml), caplog, "attribute", "'uid'")
 
 
@@ -426,9 +421,8 @@ async def test_signature_wrapping_is_refused(
     code: str,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
     genuine = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         sign_response=sign_response,
         sign_assertion=not sign_response,
     )
@@ -474,9 +468,8 @@ async def test_signature_wrapping_fails_even_without_the_structural_guards(
     ):
         monkeypatch.setattr(SAMLConnector, guard, staticmethod(lambda *_: None))
     redirect = await start(connector)
-    assert redirect.post_form is not None
     genuine = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         sign_response=sign_response,
         sign_assertion=not sign_response,
     )
@@ -495,8 +488,7 @@ async def test_tampered_signed_assertion_fails_the_digest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    root = parse(saml_idp.idp.respond(redirect.post_form["SAMLRequest"], sign_response=False))
+    root = parse(saml_idp.idp.respond(saml_request(redirect), sign_response=False))
     root.find("saml:Assertion/saml:Subject/saml:NameID", NS).text = "admin-0000"
     await refused(
         connector, redirect, callback(redirect, serialize(root)), caplog, "signature", "Digest"
@@ -511,10 +503,7 @@ async def test_nameid_comment_injection_is_refused(
     # The attacker owns "admin@example.com.evil.com" at the IdP and gets it signed; a comment
     # is outside exclusive c14n, so the signature still verifies after it is inserted.
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    genuine = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"], name_id="admin@example.com.evil.com"
-    )
+    genuine = saml_idp.idp.respond(saml_request(redirect), name_id="admin@example.com.evil.com")
     root = parse(genuine)
     name_id = root.find("saml:Assertion/saml:Subject/saml:NameID", NS)
     name_id.text = "admin@example.com"
@@ -559,8 +548,7 @@ async def test_external_entity_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = _with_prolog(saml_idp.idp.respond(redirect.post_form["SAMLRequest"]), XXE, "xxe")
+    xml = _with_prolog(saml_idp.idp.respond(saml_request(redirect)), XXE, "xxe")
     await refused(connector, redirect, callback(redirect, xml), caplog, "doctype")
 
 
@@ -572,8 +560,7 @@ async def test_external_entity_hidden_from_a_byte_search_is_refused_by_the_parse
     # UTF-16 hides "<!DOCTYPE" from the byte pre-check; the parser settings and the docinfo
     # check must catch it, and /etc/passwd must never be read into the tree.
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = _with_prolog(saml_idp.idp.respond(redirect.post_form["SAMLRequest"]), XXE, "xxe")
+    xml = _with_prolog(saml_idp.idp.respond(saml_request(redirect)), XXE, "xxe")
     utf16 = xml.replace(b'<?xml version="1.0"?>', b'<?xml version="1.0" encoding="UTF-16"?>')
     encoded = utf16.decode().encode("utf-16")
     assert b"<!DOCTYPE" not in encoded
@@ -586,10 +573,7 @@ async def test_billion_laughs_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = _with_prolog(
-        saml_idp.idp.respond(redirect.post_form["SAMLRequest"]), BILLION_LAUGHS, "lol9"
-    )
+    xml = _with_prolog(saml_idp.idp.respond(saml_request(redirect)), BILLION_LAUGHS, "lol9")
     await refused(connector, redirect, callback(redirect, xml), caplog, "doctype")
 
 
@@ -599,8 +583,7 @@ async def test_plain_doctype_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     doc = xml.replace(b"<ns0:Response", b"<!DOCTYPE Response>\n<ns0:Response", 1)
     await refused(connector, redirect, callback(redirect, doc), caplog, "doctype")
 
@@ -624,9 +607,8 @@ async def test_unsigned_assertion_in_a_signed_response_for_another_audience_is_r
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
     xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         sp_entity_id=OTHER_SP_ENTITY_ID,
         sign_response=True,
         sign_assertion=False,
@@ -642,10 +624,7 @@ async def test_unsigned_response_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"], sign_response=False, sign_assertion=False
-    )
+    xml = saml_idp.idp.respond(saml_request(redirect), sign_response=False, sign_assertion=False)
     await refused(connector, redirect, callback(redirect, xml), caplog, "unsigned")
 
 
@@ -655,8 +634,7 @@ async def test_response_signed_by_another_certificate_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.rogue.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.rogue.respond(saml_request(redirect))
     await refused(connector, redirect, callback(redirect, xml), caplog, "untrusted-cert")
 
 
@@ -666,8 +644,7 @@ async def test_signing_certificate_issued_by_the_configured_ca_is_accepted(
 ) -> None:
     connector = make_connector(caData=base64.b64encode(saml_idp.ca.pem).decode())
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.issued.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.issued.respond(saml_request(redirect))
     identity = await connector.handle_callback(
         GROUPS, callback(redirect, xml), redirect.connector_state
     )
@@ -682,8 +659,7 @@ async def test_signing_certificate_from_another_ca_is_refused(
     bundle = saml_idp.other_ca.pem + saml_idp.idp.cert_pem
     connector = make_connector(caData=base64.b64encode(bundle).decode())
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.issued.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.issued.respond(saml_request(redirect))
     await refused(connector, redirect, callback(redirect, xml), caplog, "untrusted-cert")
 
 
@@ -694,8 +670,7 @@ async def test_response_signed_by_another_key_without_keyinfo_is_refused(
 ) -> None:
     # Without a certificate to compare, the configured one is tried and the math must fail.
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    root = parse(saml_idp.rogue.respond(redirect.post_form["SAMLRequest"], sign_assertion=False))
+    root = parse(saml_idp.rogue.respond(saml_request(redirect), sign_assertion=False))
     sig = root.find("ds:Signature", NS)
     sig.remove(sig.find("ds:KeyInfo", NS))
     await refused(
@@ -715,8 +690,7 @@ async def test_expired_assertion_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     clock.advance(5 * 60 + 31)  # the IdP's 5-minute lifetime plus the 30 s skew
     await refused(connector, redirect, callback(redirect, xml), caplog, "expired")
 
@@ -727,8 +701,7 @@ async def test_assertion_within_the_clock_skew_is_accepted(
     clock: FrozenClock,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     clock.advance(5 * 60 + 20)
     identity = await connector.handle_callback(
         GROUPS, callback(redirect, xml), redirect.connector_state
@@ -743,8 +716,7 @@ async def test_assertion_from_the_future_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     clock.advance(-120)
     await refused(connector, redirect, callback(redirect, xml), caplog, "not-yet-valid")
 
@@ -755,8 +727,7 @@ async def test_wrong_audience_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"], sp_entity_id=OTHER_SP_ENTITY_ID)
+    xml = saml_idp.idp.respond(saml_request(redirect), sp_entity_id=OTHER_SP_ENTITY_ID)
     await refused(connector, redirect, callback(redirect, xml), caplog, "audience")
 
 
@@ -766,10 +737,7 @@ async def test_wrong_destination_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"], destination="https://evil.example/acs"
-    )
+    xml = saml_idp.idp.respond(saml_request(redirect), destination="https://evil.example/acs")
     await refused(
         connector, redirect, callback(redirect, xml), caplog, "destination", "evil.example"
     )
@@ -782,9 +750,8 @@ async def test_wrong_recipient_is_refused(
 ) -> None:
     # Only the assertion signed: the envelope's Destination is not read, the Recipient is.
     redirect = await start(connector)
-    assert redirect.post_form is not None
     xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         destination="https://evil.example/acs",
         sign_response=False,
     )
@@ -799,9 +766,8 @@ async def test_wrong_in_response_to_is_refused(
     sign_response: bool,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
     xml = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"],
+        saml_request(redirect),
         in_response_to="_someone-elses-request",
         sign_response=sign_response,
     )
@@ -818,8 +784,7 @@ async def test_response_to_another_login_is_refused(
     # A genuine response to login A presented with login B's state: InResponseTo binds it.
     first = await start(connector, state="login-a")
     second = await start(connector, state="login-b")
-    assert first.post_form is not None
-    xml = saml_idp.idp.respond(first.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(first))
     await refused(connector, second, callback(second, xml), caplog, "in-response-to")
 
 
@@ -829,8 +794,7 @@ async def test_relay_state_must_match_the_login(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector, state="login-a")
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     params = {"SAMLResponse": b64(xml), "RelayState": "login-b"}
     await refused(connector, redirect, params, caplog, "relay-state")
 
@@ -849,10 +813,7 @@ async def test_idp_error_status_is_refused_with_its_status_logged(
     detail: str,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.error_response(
-        redirect.post_form["SAMLRequest"], "account locked", sign=sign
-    )
+    xml = saml_idp.idp.error_response(saml_request(redirect), "account locked", sign=sign)
     await refused(connector, redirect, callback(redirect, xml), caplog, code, detail)
 
 
@@ -862,8 +823,7 @@ async def test_replayed_assertion_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+    xml = saml_idp.idp.respond(saml_request(redirect))
     await connector.handle_callback(GROUPS, callback(redirect, xml), redirect.connector_state)
     await refused(connector, redirect, callback(redirect, xml), caplog, "replay")
 
@@ -880,8 +840,7 @@ async def test_replay_is_refused_by_another_replica_sharing_the_database(
         replica_a = make_connector(storage_=storage_a)
         replica_b = make_connector(storage_=storage_b)
         redirect = await start(replica_a)
-        assert redirect.post_form is not None
-        xml = saml_idp.idp.respond(redirect.post_form["SAMLRequest"])
+        xml = saml_idp.idp.respond(saml_request(redirect))
         await replica_a.handle_callback(GROUPS, callback(redirect, xml), redirect.connector_state)
         await refused(replica_b, redirect, callback(redirect, xml), caplog, "replay")
     finally:
@@ -983,9 +942,8 @@ async def test_skip_signature_validation_outside_fips_is_logged_loudly_and_still
         r.levelno == logging.CRITICAL and "NOT verified" in r.getMessage() for r in caplog.records
     )
     redirect = await start(connector)
-    assert redirect.post_form is not None
     unsigned = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"], sign_response=False, sign_assertion=False
+        saml_request(redirect), sign_response=False, sign_assertion=False
     )
     identity = await connector.handle_callback(
         GROUPS, callback(redirect, unsigned), redirect.connector_state
@@ -993,9 +951,8 @@ async def test_skip_signature_validation_outside_fips_is_logged_loudly_and_still
     assert identity.user_id == "alice-0001"
     # The hardened parsing and the assertion checks still apply.
     redirect = await start(connector)
-    assert redirect.post_form is not None
     other = saml_idp.idp.respond(
-        redirect.post_form["SAMLRequest"], sp_entity_id=OTHER_SP_ENTITY_ID, sign_response=False
+        saml_request(redirect), sp_entity_id=OTHER_SP_ENTITY_ID, sign_response=False
     )
     await refused(connector, redirect, callback(redirect, other), caplog, "audience")
 
@@ -1005,8 +962,7 @@ async def test_authn_request_is_not_injectable_through_config(
 ) -> None:
     connector = make_connector(entityIssuer='urn:x"><evil/>&amp;')
     redirect = await start(connector)
-    assert redirect.post_form is not None
-    request = base64.b64decode(redirect.post_form["SAMLRequest"])
+    request = base64.b64decode(saml_request(redirect))
     root = etree.fromstring(request)
     assert root.find("saml:Issuer", NS).text == 'urn:x"><evil/>&amp;'
     assert root.find(".//evil") is None
