@@ -50,6 +50,7 @@ _TABLE: dict[str, ConnectorType | str] = {
     "atlassian-crowd": "portcullis.connectors.atlassiancrowd",
     "openshift": "portcullis.connectors.openshift",
     "linkedin": "portcullis.connectors.linkedin",
+    "google": "portcullis.connectors.google",
 }
 
 
