@@ -12,7 +12,9 @@ from tests.support.crowd_api import crowd_api  # noqa: F401
 from tests.support.gitea_api import gitea_api  # noqa: F401
 from tests.support.github_api import github_api  # noqa: F401
 from tests.support.gitlab_api import gitlab_api  # noqa: F401
+from tests.support.google_api import google_api  # noqa: F401
 from tests.support.keystone_api import keystone_api  # noqa: F401
+from tests.support.linkedin_api import linkedin_api  # noqa: F401
 from tests.support.microsoft_api import microsoft_api  # noqa: F401
 from tests.support.openshift_api import openshift_api  # noqa: F401
 from tests.support.slapd import slapd_server  # noqa: F401

@@ -42,6 +42,18 @@ def test_rate_limit_detection() -> None:
     assert not is_rate_limited(response(404, {"Retry-After": "60"}))
 
 
+def test_google_rate_limit_reasons_mark_a_403() -> None:
+    def google(reason: str) -> dict[str, object]:
+        entry = {"message": "Rate Limit Exceeded", "domain": "usageLimits", "reason": reason}
+        return {"error": {"code": 403, "message": "Rate Limit Exceeded", "errors": [entry]}}
+
+    assert is_rate_limited(response(403, body=google("rateLimitExceeded")))
+    assert is_rate_limited(response(403, body=google("userRateLimitExceeded")))
+    assert not is_rate_limited(response(403, body=google("forbidden")))
+    assert not is_rate_limited(response(403, body={"error": "rateLimitExceeded"}))
+    assert not is_rate_limited(response(404, body=google("rateLimitExceeded")))
+
+
 def test_retry_after_seconds() -> None:
     assert retry_after_seconds(httpx.Headers({"Retry-After": "30"}), 0) == 30
     assert retry_after_seconds(httpx.Headers({"X-RateLimit-Reset": "1100"}), 1000) == 100

@@ -307,15 +307,37 @@ def retry_after_seconds(headers: httpx.Headers, now: float) -> int | None:
     return None
 
 
+#: The ``error.errors[].reason`` values with which Google APIs mark a 403 as a rate limit or an
+#: exhausted quota (developers.google.com/workspace/admin/directory/v1/limits).
+GOOGLE_RATE_LIMIT_REASONS = frozenset(
+    {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+)
+
+
 def is_rate_limited(response: ApiResponse) -> bool:
     """429 always; 403 when the provider marks it a rate limit (GitHub's primary limit sends
-    ``X-RateLimit-Remaining: 0``, its secondary limit ``Retry-After``)."""
+    ``X-RateLimit-Remaining: 0``, its secondary limit ``Retry-After``; Google APIs name the
+    reason in the error body)."""
     if response.status == 429:
         return True
     if response.status != 403:
         return False
     headers = response.headers
-    return headers.get("x-ratelimit-remaining") == "0" or "retry-after" in headers
+    if headers.get("x-ratelimit-remaining") == "0" or "retry-after" in headers:
+        return True
+    return bool(_google_error_reasons(response.body) & GOOGLE_RATE_LIMIT_REASONS)
+
+
+def _google_error_reasons(body: Any) -> set[str]:
+    """The ``reason`` of each entry of a Google API error body
+    (``{"error": {"code", "message", "errors": [{"reason", ...}]}}``)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    entries = error.get("errors") if isinstance(error, dict) else None
+    if not isinstance(entries, list):
+        return set()
+    return {
+        e["reason"] for e in entries if isinstance(e, dict) and isinstance(e.get("reason"), str)
+    }
 
 
 def raise_for_api_status(response: ApiResponse, what: str, now: float) -> None:

@@ -49,6 +49,8 @@ _TABLE: dict[str, ConnectorType | str] = {
     "keystone": "portcullis.connectors.keystone",
     "atlassian-crowd": "portcullis.connectors.atlassiancrowd",
     "openshift": "portcullis.connectors.openshift",
+    "linkedin": "portcullis.connectors.linkedin",
+    "google": "portcullis.connectors.google",
 }
 
 

@@ -64,8 +64,8 @@ enablePasswordDB: true
         ("signer: {type: vault}", "signer: signer type 'vault' is not available"),
         ("sessions: {cookieName: x}", "sessions: Dex's browser sessions (after 2.45"),
         (
-            "connectors: [{type: linkedin, id: k, name: K}]",
-            "connectors[0].type: connector type 'linkedin'",
+            "connectors: [{type: myspace, id: k, name: K}]",
+            "connectors[0].type: connector type 'myspace'",
         ),
         ("connectors: [{type: ldap, id: l, name: L}]", "connectors[0].config.host: required"),
         (
