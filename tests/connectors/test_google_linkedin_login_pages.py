@@ -42,11 +42,6 @@ pytestmark = pytest.mark.anyio
 APP_REDIRECT = "http://127.0.0.1:8000/callback"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _config(connector: str, key_file: Path, admin: str) -> str:
     if connector == "google":
         settings = f"""

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from portcullis.clock import SystemClock
 from portcullis.config.load import parse_config
 from portcullis.connectors.base import ConnectorEnv, ConnectorError, Scopes
 from portcullis.connectors.linkedin import (
@@ -30,7 +29,6 @@ from portcullis.connectors.linkedin import (
 from portcullis.connectors.oauth2_common import UpstreamError
 from portcullis.connectors.registry import CONNECTOR_TYPES
 from portcullis.issuer import check_connectors, connector_models
-from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
@@ -47,21 +45,6 @@ pytestmark = pytest.mark.anyio
 
 OFFLINE = Scopes(offline_access=True, groups=True)
 CORPUS = Path(__file__).parents[1] / "unit" / "config" / "fixtures" / "dex"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env() -> ConnectorEnv:
-    return ConnectorEnv(
-        storage=MemoryStorage(),
-        clock=SystemClock(),
-        issuer="http://127.0.0.1:5556/dex",
-        fips_mode=False,
-    )
 
 
 @pytest.fixture

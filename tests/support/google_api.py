@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -56,6 +56,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "407408718192-6v1u3sf5kq3mt8ndbdr6p8jo9ahb0vna.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-" + "Jq3dF0sW2xZ9vB7nM1kL5pR8tY4u"
@@ -273,33 +275,8 @@ def _google_error(code: int, message: str, reason: str, status: str = "") -> dic
 
 
 def _handler(api: GoogleAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(
-            self,
-            status: int,
-            body: Any,
-            headers: dict[str, str] | None = None,
-            content_type: str = "application/json; charset=UTF-8",
-        ) -> None:
-            if body is None:
-                raw = b""
-            elif isinstance(body, bytes):
-                raw = body
-            else:
-                raw = json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    class Handler(StandInHandler):
+        json_content_type = "application/json; charset=UTF-8"
 
         def _bearer(self) -> str:
             authorization = self.headers.get("Authorization", "")
@@ -501,7 +478,7 @@ def _handler(api: GoogleAPI) -> type[BaseHTTPRequestHandler]:
             leaf = path[len(prefix) :]
             if leaf == "email":
                 if query.get("alt") == "json":
-                    self._send(200, account, headers)
+                    self._send(200, json.dumps(account).encode(), headers, "application/json")
                 else:
                     self._send(200, account.encode(), headers, "application/text")
             elif leaf == "token":
@@ -674,16 +651,9 @@ def _handler(api: GoogleAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def google_api() -> Iterator[GoogleAPI]:
     api = GoogleAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="google-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "google-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def google_browser(url: str, email: str) -> dict[str, str]:

@@ -23,17 +23,18 @@ tokens, lite profile, primary contact API, error handling, rate limits):
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+
+from tests.support.standin_http import StandInHandler, server_url, serving
 
 CLIENT_ID = "86q2xy0wlizhxp"
 CLIENT_SECRET = "WPL_AP1.Xk2p9Qw3Rt7Yu1Io.4rFvBg=="
@@ -110,22 +111,20 @@ def _service_error(status: int, code: int, message: str) -> dict[str, Any]:
 
 
 def _handler(api: LinkedInAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(StandInHandler):
+        json_content_type = "application/json"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            raw = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in {"X-Li-Fabric": "prod-lva1", **(headers or {})}.items():
-                self.send_header(name, value)
-            if raw:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+        def _send(
+            self,
+            status: int,
+            body: Any,
+            headers: dict[str, str] | None = None,
+            content_type: str | None = None,
+        ) -> None:
+            # LinkedIn names the serving fabric on every answer.
+            super()._send(
+                status, body, {"X-Li-Fabric": "prod-lva1", **(headers or {})}, content_type
+            )
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
@@ -271,16 +270,9 @@ def _handler(api: LinkedInAPI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def linkedin_api() -> Iterator[LinkedInAPI]:
     api = LinkedInAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="linkedin-standin", daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(api), "linkedin-standin") as server:
+        api.base_url = server_url(server)
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def linkedin_browser(url: str, login: str) -> dict[str, str]:
