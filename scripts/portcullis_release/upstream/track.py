@@ -115,8 +115,11 @@ class Plan:
 
     def table(self, console: Console) -> None:
         table = Table(title=f"upstream bump plan ({self.generated_on})", show_lines=True)
-        for column in ("input", "current", "proposed", "why", "CVEs (severity, deadline)"):
+        for column in ("input", "current", "proposed", "why"):
             table.add_column(column)
+        # One vulnerability per line, never wrapped: a "PAST DUE" split over two lines is
+        # easy to miss and impossible to grep for.
+        table.add_column("CVEs (severity, deadline)", no_wrap=True)
         for change in self.changes:
             cves = []
             for v in change.vulnerabilities:
