@@ -307,9 +307,13 @@ def _track_debian(feeds: Feeds, clock: _Clock, lock: PackagesLock, changes: list
             change.proposed = best[0]
             kind = "security update" if best[1].endswith("-security") else "new version"
             change.reasons.append(f"{kind} {best[0]} in {best[1]}")
+        # The source package names the tracker's entries. Prefer the pinned version's paragraph;
+        # a pin that vanished from the mirror takes it from any version still listed (a binary
+        # package keeps its source across versions), or its vulnerabilities would go unseen
+        # exactly when the pin is oldest. No Source field: the source has the binary's name.
         source = pin.name
-        for p in entries:
-            if p["Version"] == pin.version and p.get("Source"):
+        for p in sorted(entries, key=lambda p: p["Version"] == pin.version):
+            if p.get("Source"):
                 source = p["Source"].split()[0]
         change.vulnerabilities = _debian_vulnerabilities(
             clock, tracker, source, lock.suite, pin.version
