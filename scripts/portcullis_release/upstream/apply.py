@@ -34,6 +34,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
+from portcullis_release.attest import sbom
 from portcullis_release.build.packages_lock import DebPin, load_lock
 from portcullis_release.distribute import generated
 from portcullis_release.manifest import load_manifest, render_manifest
@@ -120,6 +121,36 @@ def _pinned(lock_text: str) -> set[str]:
     }
 
 
+def _published(feeds: Feeds, name: str, version: str) -> set[str]:
+    """The sha256 digests PyPI's JSON API lists for the files of ``name`` ``version``."""
+    project = feeds.pypi_project(name)
+    files = (project or {}).get("releases", {}).get(version)
+    if not files:
+        raise ApplyError(f"PyPI lists no files for {name} {version}: nothing to lock")
+    return {str(f.get("digests", {}).get("sha256", "")) for f in files} - {""}
+
+
+def _check_hashes(
+    rel: Path, text: str, upgrades: list[tuple[str, str]], published: dict[str, set[str]]
+) -> None:
+    """Every upgraded pin in the new lock is at the planned version, with hashes that are all
+    digests PyPI publishes for that release. pip-compile hashes whatever bytes a listed URL
+    returns (a mirror's error page included), so its output is checked, not trusted."""
+    locked = {_normalise(d.name): d for d in sbom.parse_requirements_lock(text)}
+    for name, version in upgrades:
+        dist = locked.get(_normalise(name))
+        if dist is None:
+            continue  # this lock does not pin it
+        if dist.version != version:
+            raise ApplyError(f"{rel}: pip-compile locked {name} {dist.version}, not {version}")
+        unknown = sorted(set(dist.hashes) - published[_normalise(name)])
+        if not dist.hashes or unknown:
+            raise ApplyError(
+                f"{rel}: {name} {version}: hash(es) {', '.join(unknown) or '(none)'} are not "
+                "digests PyPI publishes for that release"
+            )
+
+
 def _stage_python(
     repo: Path,
     plan: Plan,
@@ -132,6 +163,7 @@ def _stage_python(
     if not upgrades:
         return
     index_url = feeds.sources.pypi.rstrip("/") + "/simple/"
+    published = {_normalise(n): _published(feeds, n, v) for n, v in upgrades}
     with tempfile.TemporaryDirectory(prefix="track-upstream-") as tmp:
         work = Path(tmp) / "requirements"
         # A copy: pip-compile rewrites its output file in place, and a later lock failing must
@@ -179,6 +211,7 @@ def _stage_python(
             if proc.returncode != 0:
                 raise ApplyError(f"pip-compile {name}.in failed: {proc.stderr.strip()[-2000:]}")
             text = lock.read_text(encoding="utf-8")
+            _check_hashes(REQUIREMENTS / f"{name}.txt", text, upgrades, published)
             staged[REQUIREMENTS / f"{name}.txt"] = text
             log.append(f"requirements/{name}.txt: " + ", ".join(relevant))
 
