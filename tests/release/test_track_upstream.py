@@ -8,6 +8,7 @@ applied). The pins and what the recordings say about them: tests/support/upstrea
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,27 +124,55 @@ def test_the_sla_clock_is_kept_between_runs(repo: Path, feeds: FeedServer) -> No
     assert vulns["CVE-2026-63072"]["past_due"] is True
 
 
-def test_the_release_vex_document_takes_its_cves_out_of_the_deadlines(
+def _libc6_vulnerabilities(repo: Path) -> dict[str, dict[str, object]]:
+    change = plan_by_input(repo)["deb:libc6"]
+    return {v["id"]: v for v in change["vulnerabilities"]}  # type: ignore[attr-defined]
+
+
+def _pin_libc6(repo: Path, version: str) -> None:
+    path = repo / "images/portcullis/packages.lock"
+    lock = json.loads(path.read_text())
+    for deb in lock["debs"]:
+        if deb["name"] == "libc6":
+            deb["version"] = version
+    path.write_text(json.dumps(lock))
+
+
+def test_the_release_vex_document_clears_its_cves_for_the_build_it_names(
     repo: Path, feeds: FeedServer
 ) -> None:
-    assert main(track_args(feeds, repo)) == 0
-    (glob_cve,) = [
-        v
-        for v in plan_by_input(repo)["deb:libc6"]["vulnerabilities"]  # type: ignore[attr-defined]
-        if v["id"] == "CVE-2010-4756"
-    ]
-    assert glob_cve["vex"] is None
-    assert glob_cve["deadline"] == "2027-02-28"  # unimportant counts as low: 90 days
-
+    """release/vex.json's statements are about libc6 2.36-9+deb12u14 (their subcomponent): they
+    clear CVE-2010-4756 for that pin, and nothing for the vanished +deb12u13."""
     shutil.copy(REPO_ROOT / "release/vex.json", repo / "release/vex.json")
     assert main(track_args(feeds, repo)) == 0
-    vulns = {v["id"]: v for v in plan_by_input(repo)["deb:libc6"]["vulnerabilities"]}  # type: ignore[attr-defined]
-    assert vulns["CVE-2010-4756"]["vex"] == "not_affected: vulnerable_code_not_in_execute_path"
+    vulns = _libc6_vulnerabilities(repo)
+    assert vulns["CVE-2010-4756"]["vex"] is None  # a statement about another build
+    assert vulns["CVE-2010-4756"]["deadline"] == "2027-02-28"  # unimportant = low: 90 days
+    assert vulns["CVE-2026-4437"]["vex"] is None  # "fixed" in +deb12u14, not in +deb12u13
+
+    _pin_libc6(repo, "2.36-9+deb12u14")
+    assert main(track_args(feeds, repo)) == 0
+    vulns = _libc6_vulnerabilities(repo)
+    assert sorted(vulns) == ["CVE-2010-4756"]  # the pin carries CVE-2026-4437's fix
+    assert vulns["CVE-2010-4756"]["vex"] == (
+        "not_affected: vulnerable_code_cannot_be_controlled_by_adversary"
+    )
     assert (vulns["CVE-2010-4756"]["deadline"], vulns["CVE-2010-4756"]["past_due"]) == (
         None,
         False,
     )
-    assert vulns["CVE-2026-4437"]["vex"] is None  # no statement: still on the clock
+    assert "VEX not_affected" in (repo / "dist/upstream/plan.txt").read_text()
+
+
+def test_an_invalid_vex_document_stops_the_run(
+    repo: Path, feeds: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VEX statement the tracker cannot check must not silently clear (or fail to clear)."""
+    doc = json.loads((REPO_ROOT / "release/vex.json").read_text())
+    del doc["statements"][0]["impact_statement"]
+    (repo / "release/vex.json").write_text(json.dumps(doc))
+    assert main(track_args(feeds, repo)) == 2
+    assert "statements[0]: not_affected needs an impact_statement" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
