@@ -9,6 +9,8 @@
   ``/simple``) and nothing else: pip's configuration files and ``PIP_*`` index variables are
   shut out, because a lock resolved from another index than the one the plan saw could pin
   files the plan never checked (and a mirror configured for the plan must be the one used).
+  The hashes written for an upgraded distribution must be digests PyPI's JSON API publishes
+  for that release: pip-compile hashes whatever bytes a listed URL returns.
 * The OpenSSL source (the FIPS provider) and a new Dex release are not applied: the first needs
   the provider rebuilt and its hash pinned (``portcullis-release image lock --fips-version``),
   the second a person reading Dex's changes. Both are listed in the CHANGELOG entry.
