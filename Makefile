@@ -152,6 +152,8 @@ bench-image: image test-system-deps
 # The tests cross-check with the real cosign (Debian trixie build, fetched into .cache/cosign
 # without touching the system apt configuration) against a real docker-registry.
 TEST_APT_PACKAGES += docker-registry apache2-utils dpkg debian-archive-keyring skopeo
+# tests/image/test_image_vex.py reads the image's ELF imports with readelf.
+TEST_APT_PACKAGES += binutils
 COSIGN := $(CACHE)/cosign/usr/bin/cosign
 
 .PHONY: release-test-deps
