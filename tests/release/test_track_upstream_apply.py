@@ -22,6 +22,8 @@ from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.cli import main
 from portcullis_release.distribute import generated
 from portcullis_release.manifest import load_manifest
+from portcullis_release.upstream.apply import bump_version
+from portcullis_release.upstream.track import Change, Plan
 
 from tests.support.upstream_feeds import TEST_WHEELS, FeedServer, feed_server
 from tests.support.upstream_repo import (
@@ -191,3 +193,16 @@ def test_pip_compile_sees_only_the_configured_index(
     (h11,) = sbom.parse_requirements_lock((repo / "requirements/runtime.txt").read_text())
     assert h11.version == "0.16.0"
     assert json.loads((repo / "dist/upstream/plan.json").read_text())["changes"]
+
+
+@pytest.mark.parametrize(
+    ("ecosystem", "current", "proposed", "expected"),
+    [
+        ("pypi", "0.28.1", "1.0.0", "0.2.0"),  # a dependency's new major version: minor
+        ("pypi", "0.15.0", "0.16.0", "0.1.1"),
+        ("deb", "2.36-9+deb12u13", "2.36-9+deb12u14", "0.1.1"),
+    ],
+)
+def test_semver_bump(ecosystem: str, current: str, proposed: str, expected: str) -> None:
+    plan = Plan(TODAY, [Change(ecosystem, "x", current, proposed)])
+    assert bump_version("0.1.0", plan) == expected
