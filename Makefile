@@ -152,6 +152,8 @@ bench-image: image test-system-deps
 # The tests cross-check with the real cosign (Debian trixie build, fetched into .cache/cosign
 # without touching the system apt configuration) against a real docker-registry.
 TEST_APT_PACKAGES += docker-registry apache2-utils dpkg debian-archive-keyring skopeo
+# tests/image/test_image_vex.py reads the image's ELF imports with readelf.
+TEST_APT_PACKAGES += binutils
 COSIGN := $(CACHE)/cosign/usr/bin/cosign
 
 .PHONY: release-test-deps
@@ -167,11 +169,27 @@ test: release-test-deps
 release: test-venv image
 	$(VENV)/bin/portcullis-release release
 
+# pip-compile (pip-tools, in its own venv: it is a locking tool, not a dependency of anything
+# shipped) for `make lock` and `track-upstream --apply`; the --apply test runs it against a
+# loopback index serving two real h11 wheels, fetched here with their PyPI sha256 pinned.
+PIP_TOOLS_VERSION := 7.6.2
+PIP_COMPILE := $(CACHE)/lockenv/bin/pip-compile
+TEST_WHEELS := $(CACHE)/test-wheels
+$(PIP_COMPILE):
+	$(PYTHON) -m venv $(CACHE)/lockenv
+	$(CACHE)/lockenv/bin/pip install -q pip-tools==$(PIP_TOOLS_VERSION)
+
+$(TEST_WHEELS)/.stamp: scripts/fetch-test-wheels.sh | test-venv
+	scripts/fetch-test-wheels.sh $(PY) $(TEST_WHEELS)
+	touch $@
+
+release-test-deps: $(PIP_COMPILE) $(TEST_WHEELS)/.stamp
+
 # Bump plan from upstream (PyPI, OSV, the Debian archive and security tracker, Dex releases):
 # dist/upstream/plan.{json,txt}. `make track-upstream APPLY=1` applies it (docs/releasing.md).
 .PHONY: track-upstream
-track-upstream: test-venv
-	$(VENV)/bin/portcullis-release track-upstream $(if $(APPLY),--apply)
+track-upstream: test-venv $(PIP_COMPILE)
+	$(VENV)/bin/portcullis-release track-upstream --pip-compile $(PIP_COMPILE) $(if $(APPLY),--apply)
 
 ## ---- postgres --------------------------------------------------------------------------
 
@@ -218,10 +236,9 @@ bench: test-venv test-system-deps bench/node/node_modules/.stamp
 ## ---- maintenance ------------------------------------------------------------------------
 
 # Re-lock every requirements file with hashes (needs network to PyPI).
-lock:
-	$(PYTHON) -m venv $(CACHE)/lockenv && $(CACHE)/lockenv/bin/pip install -q pip-tools
+lock: $(PIP_COMPILE)
 	cd requirements && for f in build runtime test release freeze; do \
-	  $(CACHE)/lockenv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	  $(PIP_COMPILE) -q --generate-hashes --allow-unsafe --strip-extras \
 	    --no-emit-index-url --no-emit-find-links -o $$f.txt $$f.in; done
 
 clean:

@@ -1,289 +1,178 @@
-"""`portcullis-release track-upstream` against loopback feeds in the services' own formats (no
-network): a new version, a security update, a vanished pin, a CVE past its SLA, a yanked
-release, VEX honoured, a malformed feed (clear error, nothing written or applied), and --apply.
+"""`portcullis-release track-upstream` against loopback feeds serving the responses recorded
+from the real services (tests/release/fixtures/upstream; no network in tests): a new version,
+a security update, a vanished pin, a CVE past its SLA, a yanked release, VEX honoured (the
+release's own release/vex.json), and a malformed feed (clear error, nothing written or
+applied). The pins and what the recordings say about them: tests/support/upstream_repo.py.
+--apply: test_track_upstream_apply.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from portcullis_release import REPO_ROOT
-from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.cli import main
-from portcullis_release.distribute import generated
-from portcullis_release.manifest import load_manifest
 
-from tests.support.upstream_feeds import FeedServer, atom, deb822, feed_server
-
-TODAY = "2026-11-30"
-SUITE = "bookworm"
-SHA_NEW = hashlib.sha256(b"libssl3 3.0.21-1~deb12u1").hexdigest()  # as the index says
-LOCK = {
-    "format": 1,
-    "suite": SUITE,
-    "architecture": "amd64",
-    "debs": [
-        {
-            "name": "libssl3",
-            "version": "3.0.20-1~deb12u2",
-            "architecture": "amd64",
-            "sha256": "1" * 64,
-        },
-        {"name": "tzdata", "version": "2025b-0+deb12u2", "architecture": "all", "sha256": "2" * 64},
-        {
-            "name": "zlib1g",
-            "version": "1:1.2.13.dfsg-1",
-            "architecture": "amd64",
-            "sha256": "3" * 64,
-        },
-    ],
-    "fips_provider": {
-        "source_package": "openssl",
-        "source_version": "3.0.20-1~deb12u2",
-        "fips_so_sha256": "4" * 64,
-    },
-}
-RUNTIME = (
-    "h11==0.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
-    "idna==3.20 \\\n    --hash=sha256:" + "b" * 64 + "\n"
-    "anyio==4.16.0 \\\n    --hash=sha256:" + "c" * 64 + "\n"
+from tests.support.upstream_feeds import FeedServer, feed_server
+from tests.support.upstream_repo import (
+    SUITE,
+    TODAY,
+    lock_entry,
+    make_repo,
+    plan_by_input,
+    track_args,
+    tree,
 )
-
-
-def _pypi(name: str, latest: str, releases: dict[str, bool]) -> bytes:
-    """PyPI's /pypi/<name>/json: info.version and releases -> files (with ``yanked``)."""
-    return json.dumps(
-        {
-            "info": {"name": name, "version": latest},
-            "releases": {
-                version: [
-                    {
-                        "filename": f"{name}-{version}-py3-none-any.whl",
-                        "yanked": yanked,
-                        "yanked_reason": "broken metadata" if yanked else None,
-                    }
-                ]
-                for version, yanked in releases.items()
-            },
-        }
-    ).encode()
-
-
-def _packages(*entries: tuple[str, str, str, str]) -> bytes:
-    return deb822(
-        [
-            {
-                "Package": name,
-                "Source": source,
-                "Version": version,
-                "Architecture": arch,
-                "Filename": f"pool/main/x/{name}_{version}_{arch}.deb",
-                "SHA256": hashlib.sha256(f"{name} {version}".encode()).hexdigest(),
-            }
-            for name, source, version, arch in entries
-        ]
-    )
-
-
-def _serve_all(feeds: FeedServer) -> None:
-    r = feeds.routes
-    r["/pypi/h11/json"] = (200, _pypi("h11", "0.17.0", {"0.16.0": False, "0.17.0": False}))
-    r["/pypi/idna/json"] = (200, _pypi("idna", "3.20", {"3.20": True, "3.19": False}))
-    r["/pypi/anyio/json"] = (200, _pypi("anyio", "4.16.0", {"4.16.0": False}))
-    feeds.osv[("PyPI", "anyio", "4.16.0")] = [
-        {
-            "id": "GHSA-xxxx-yyyy-zzzz",
-            "aliases": ["CVE-2026-1111"],
-            "published": "2026-10-01T00:00:00Z",
-            "database_specific": {"severity": "HIGH"},
-            "affected": [
-                {
-                    "package": {"name": "anyio", "ecosystem": "PyPI"},
-                    "ranges": [
-                        {"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "4.16.1"}]}
-                    ],
-                }
-            ],
-        }
-    ]
-    r[f"/debian/dists/{SUITE}/main/binary-amd64/Packages.gz"] = (
-        200,
-        _packages(
-            ("libssl3", "openssl", "3.0.20-1~deb12u2", "amd64"),
-            ("tzdata", "tzdata", "2025b-0+deb12u2", "all"),
-            ("zlib1g", "zlib", "1:1.2.13.dfsg-1+b1", "amd64"),
-        ),
-    )
-    r[f"/debian/dists/{SUITE}-updates/main/binary-amd64/Packages.gz"] = (200, _packages())
-    r[f"/security/dists/{SUITE}-security/main/binary-amd64/Packages.gz"] = (
-        200,
-        _packages(("libssl3", "openssl", "3.0.21-1~deb12u1", "amd64")),
-    )
-    r[f"/debian/dists/{SUITE}/main/source/Sources.gz"] = (
-        200,
-        deb822([{"Package": "openssl", "Version": "3.0.20-1~deb12u2"}]),
-    )
-    r[f"/security/dists/{SUITE}-security/main/source/Sources.gz"] = (
-        200,
-        deb822([{"Package": "openssl", "Version": "3.0.21-1~deb12u1"}]),
-    )
-    r["/tracker/json"] = (
-        200,
-        json.dumps(
-            {
-                "openssl": {
-                    "CVE-2026-2222": {
-                        "description": "example",
-                        "releases": {
-                            SUITE: {
-                                "status": "resolved",
-                                "fixed_version": "3.0.21-1~deb12u1",
-                                "urgency": "high",
-                            }
-                        },
-                    },
-                    "CVE-2025-0001": {
-                        "releases": {
-                            SUITE: {
-                                "status": "resolved",
-                                "fixed_version": "3.0.15-1~deb12u1",
-                                "urgency": "low",
-                            }
-                        }
-                    },
-                }
-            }
-        ).encode(),
-    )
-    r["/dex/releases.atom"] = (200, atom(["v2.46.0", "v2.45.1"]))
-
-
-def _args(feeds: FeedServer, repo: Path, *extra: str) -> list[str]:
-    return [
-        "track-upstream",
-        "--repo",
-        str(repo),
-        "--today",
-        TODAY,
-        "--pypi-url",
-        feeds.url,
-        "--osv-url",
-        feeds.url,
-        "--debian-url",
-        f"{feeds.url}/debian",
-        "--debian-security-url",
-        f"{feeds.url}/security",
-        "--security-tracker-url",
-        f"{feeds.url}/tracker/json",
-        "--dex-releases-url",
-        f"{feeds.url}/dex/releases.atom",
-        *extra,
-    ]
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A tree with the files track-upstream reads and --apply writes."""
-    root = tmp_path / "repo"
-    for rel in (
-        "pyproject.toml",
-        "server/portcullis/__init__.py",
-        "server/kubectl_portcullis/__init__.py",
-        "release/manifest.yaml",
-        "release/policy.yaml",
-        str(generated.CHART_YAML),
-        str(generated.DOCS_PAGE),
-    ):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO_ROOT / rel, root / rel)
-    shutil.copytree(REPO_ROOT / generated.FLUX_DIR, root / generated.FLUX_DIR)
-    (root / "images/portcullis").mkdir(parents=True)
-    (root / "images/portcullis/packages.lock").write_text(json.dumps(LOCK, indent=2))
-    (root / "requirements").mkdir()
-    (root / "requirements/runtime.txt").write_text(RUNTIME)
-    return root
+    return make_repo(
+        tmp_path / "repo",
+        lock_entry("anyio", "4.6.2") + lock_entry("h11", "0.15.0"),
+        "anyio\nh11\n",
+    )
 
 
 @pytest.fixture
 def feeds() -> Iterator[FeedServer]:
     with feed_server() as server:
-        _serve_all(server)
+        server.serve_recorded()
         yield server
 
 
-def _plan(repo: Path) -> dict[str, dict[str, object]]:
-    plan = json.loads((repo / "dist/upstream/plan.json").read_text())
-    return {f"{c['ecosystem']}:{c['name']}": c for c in plan["changes"]} | {"": plan}
-
-
 def test_plan_reports_every_kind_of_upstream_change(repo: Path, feeds: FeedServer) -> None:
-    assert main(_args(feeds, repo)) == 0
-    plan = _plan(repo)
-    # a new version
-    assert plan["pypi:h11"]["proposed"] == "0.17.0"
-    assert plan["pypi:h11"]["reasons"] == ["new version 0.17.0"]
-    # a yanked release
-    assert plan["pypi:idna"]["reasons"] == ["pinned 3.20 was yanked: broken metadata"]
-    # a security update from bookworm-security, with the tracker's CVE (the old one is fixed)
+    assert main(track_args(feeds, repo)) == 0
+    plan = plan_by_input(repo)
+    # a new version, with an advisory it fixes: critical (7 days) since 2025-04-24, past due
+    h11 = plan["pypi:h11"]
+    assert h11["proposed"] == "0.16.0"
+    assert h11["reasons"] == ["new version 0.16.0", "security: GHSA-vqfr-h8mv-ghfj"]
+    (osv,) = h11["vulnerabilities"]  # type: ignore[misc]
+    assert (osv["aliases"], osv["severity"], osv["fixed"]) == (
+        ["CVE-2025-43859"],
+        "critical",
+        "0.16.0",
+    )
+    assert (osv["known_since"], osv["deadline"], osv["past_due"]) == (
+        "2025-04-24",
+        "2025-05-01",
+        True,
+    )
+    assert plan[""]["past_due"] == ["pypi:h11:CVE-2025-43859"]
+    # a yanked release, with PyPI's reason
+    anyio = plan["pypi:anyio"]
+    assert anyio["reasons"] == [
+        "pinned 4.6.2 was yanked: This was 4.5.2 code, mistagged",
+        "new version 4.16.0",
+    ]
+    assert anyio["proposed"] == "4.16.0"
+    # a security update from bookworm-security (not bookworm-updates' older build), with the
+    # tracker's open CVEs for the pinned version (one the pin already carries is left out)
     libssl = plan["deb:libssl3"]
-    assert libssl["proposed"] == "3.0.21-1~deb12u1"
-    assert libssl["reasons"][0] == f"security update 3.0.21-1~deb12u1 in {SUITE}-security"
-    (vuln,) = libssl["vulnerabilities"]  # type: ignore[misc]
-    assert (vuln["id"], vuln["severity"], vuln["deadline"]) == (
-        "CVE-2026-2222",
+    assert libssl["proposed"] == "3.0.22-1~deb12u2"
+    assert libssl["reasons"][0] == f"security update 3.0.22-1~deb12u2 in {SUITE}-security"
+    vulns = {v["id"]: v for v in libssl["vulnerabilities"]}  # type: ignore[attr-defined]
+    assert sorted(vulns) == ["CVE-2026-63072", "CVE-2026-75806"]
+    assert (vulns["CVE-2026-63072"]["severity"], vulns["CVE-2026-63072"]["deadline"]) == (
         "high",
         "2026-12-14",
     )
-    assert plan["deb-source:openssl"]["proposed"] == "3.0.21-1~deb12u1"
-    # a vanished pin
-    assert plan["deb:zlib1g"]["reasons"][0] == "pinned 1:1.2.13.dfsg-1 vanished from the mirror"
-    assert plan["deb:zlib1g"]["proposed"] == "1:1.2.13.dfsg-1+b1"
+    # the tracker's "not yet assigned" urgency counts as medium (unknown is not harmless)
+    assert vulns["CVE-2026-75806"]["severity"] == "medium"
+    # a vanished pin: the newest build still listed is proposed, and its CVEs are still found
+    # through the source package the other builds name (glibc)
+    libc = plan["deb:libc6"]
+    assert libc["reasons"][:2] == [
+        "pinned 2.36-9+deb12u13 vanished from the mirror",
+        f"new version 2.36-9+deb12u14 in {SUITE}",
+    ]
+    assert libc["proposed"] == "2.36-9+deb12u14"
+    assert sorted(v["id"] for v in libc["vulnerabilities"]) == [  # type: ignore[attr-defined]
+        "CVE-2010-4756",
+        "CVE-2026-4437",
+    ]
+    # current pins are not in the plan
     assert "deb:tzdata" not in plan
-    # a CVE past its SLA: published 2026-10-01, high = 14 days
-    anyio = plan["pypi:anyio"]
-    (osv,) = anyio["vulnerabilities"]  # type: ignore[misc]
-    assert (osv["deadline"], osv["past_due"], anyio["proposed"]) == ("2026-10-15", True, "4.16.1")
-    assert plan[""]["past_due"] == ["pypi:anyio:CVE-2026-1111"]
+    assert "deb:zlib1g" not in plan
+    # the FIPS provider's source
+    openssl = plan["deb-source:openssl"]
+    assert openssl["proposed"] == "3.0.22-1~deb12u2"
+    assert openssl["reasons"][0] == (
+        f"source 3.0.22-1~deb12u2 in {SUITE}-security (rebuild the FIPS provider)"
+    )
     # Dex moved past the compatibility target
     assert plan["dex:dex"]["proposed"] == "v2.46.0"
     table = (repo / "dist/upstream/plan.txt").read_text()
     assert "PAST DUE" in table
-    assert "CVE-2026-2222 high, due 2026-12-14" in table
-    # the SLA clock is kept: the first sighting is recorded and survives the next run
-    seen = json.loads((repo / "release/upstream-seen.json").read_text())
-    assert seen["CVE-2026-2222"] == TODAY
-    assert main([*_args(feeds, repo)[:4], "2027-01-01", *_args(feeds, repo)[5:]]) == 0
-    assert _plan(repo)["deb:libssl3"]["vulnerabilities"][0]["past_due"] is True  # type: ignore[index]
+    assert "CVE-2026-63072 high, due 2026-12-14" in table
 
 
-def test_vex_not_affected_takes_a_cve_out_of_the_deadlines(repo: Path, feeds: FeedServer) -> None:
-    (repo / "release/vex.json").write_text(
-        json.dumps(
-            {
-                "@context": "https://openvex.dev/ns/v0.2.0",
-                "statements": [
-                    {
-                        "vulnerability": {"name": "CVE-2026-1111"},
-                        "products": [{"@id": "pkg:oci/portcullis"}],
-                        "status": "not_affected",
-                        "justification": "vulnerable_code_not_in_execute_path",
-                    }
-                ],
-            }
-        )
+def test_the_sla_clock_is_kept_between_runs(repo: Path, feeds: FeedServer) -> None:
+    """The tracker publishes no dates: the first sighting is recorded and survives."""
+    assert main(track_args(feeds, repo)) == 0
+    seen = (repo / "release/upstream-seen.json").read_text()
+    assert f'"CVE-2026-63072": "{TODAY}"' in seen
+    assert main(track_args(feeds, repo, today="2027-01-01")) == 0
+    libssl = plan_by_input(repo)["deb:libssl3"]
+    vulns = {v["id"]: v for v in libssl["vulnerabilities"]}  # type: ignore[attr-defined]
+    assert vulns["CVE-2026-63072"]["known_since"] == TODAY
+    assert vulns["CVE-2026-63072"]["past_due"] is True
+
+
+def _libc6_vulnerabilities(repo: Path) -> dict[str, dict[str, object]]:
+    change = plan_by_input(repo)["deb:libc6"]
+    return {v["id"]: v for v in change["vulnerabilities"]}  # type: ignore[attr-defined]
+
+
+def _pin_libc6(repo: Path, version: str) -> None:
+    path = repo / "images/portcullis/packages.lock"
+    lock = json.loads(path.read_text())
+    for deb in lock["debs"]:
+        if deb["name"] == "libc6":
+            deb["version"] = version
+    path.write_text(json.dumps(lock))
+
+
+def test_the_release_vex_document_clears_its_cves_for_the_build_it_names(
+    repo: Path, feeds: FeedServer
+) -> None:
+    """release/vex.json's statements are about libc6 2.36-9+deb12u14 (their subcomponent): they
+    clear CVE-2010-4756 for that pin, and nothing for the vanished +deb12u13."""
+    shutil.copy(REPO_ROOT / "release/vex.json", repo / "release/vex.json")
+    assert main(track_args(feeds, repo)) == 0
+    vulns = _libc6_vulnerabilities(repo)
+    assert vulns["CVE-2010-4756"]["vex"] is None  # a statement about another build
+    assert vulns["CVE-2010-4756"]["deadline"] == "2027-02-28"  # unimportant = low: 90 days
+    assert vulns["CVE-2026-4437"]["vex"] is None  # "fixed" in +deb12u14, not in +deb12u13
+
+    _pin_libc6(repo, "2.36-9+deb12u14")
+    assert main(track_args(feeds, repo)) == 0
+    vulns = _libc6_vulnerabilities(repo)
+    assert sorted(vulns) == ["CVE-2010-4756"]  # the pin carries CVE-2026-4437's fix
+    assert vulns["CVE-2010-4756"]["vex"] == (
+        "not_affected: vulnerable_code_cannot_be_controlled_by_adversary"
     )
-    assert main(_args(feeds, repo)) == 0
-    (osv,) = _plan(repo)["pypi:anyio"]["vulnerabilities"]  # type: ignore[misc]
-    assert osv["past_due"] is False
-    assert osv["deadline"] is None
-    assert osv["vex"] == "not_affected: vulnerable_code_not_in_execute_path"
-    assert _plan(repo)[""]["past_due"] == []
+    assert (vulns["CVE-2010-4756"]["deadline"], vulns["CVE-2010-4756"]["past_due"]) == (
+        None,
+        False,
+    )
+    assert "VEX not_affected" in (repo / "dist/upstream/plan.txt").read_text()
+
+
+def test_an_invalid_vex_document_stops_the_run(
+    repo: Path, feeds: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VEX statement the tracker cannot check must not silently clear (or fail to clear)."""
+    doc = json.loads((REPO_ROOT / "release/vex.json").read_text())
+    del doc["statements"][0]["impact_statement"]
+    (repo / "release/vex.json").write_text(json.dumps(doc))
+    assert main(track_args(feeds, repo)) == 2
+    assert "statements[0]: not_affected needs an impact_statement" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -291,7 +180,7 @@ def test_vex_not_affected_takes_a_cve_out_of_the_deadlines(repo: Path, feeds: Fe
     [
         ("/dex/releases.atom", b"<html>rate limited</html>", "Dex releases"),
         ("/tracker/json", b"[1, 2", "Debian security tracker"),
-        (f"/debian/dists/{SUITE}/main/binary-amd64/Packages.gz", b"not gzip", "Debian archive"),
+        (f"/debian/dists/{SUITE}/main/binary-amd64/Packages.xz", b"not xz", "Debian archive"),
         ("/pypi/h11/json", b'{"info": "x"}', "PyPI"),
         ("/v1/query", b'{"vulns": {"id": 1}}', "OSV"),
     ],
@@ -305,37 +194,23 @@ def test_a_malformed_feed_is_a_clear_error_and_nothing_is_written(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     feeds.routes[route] = (200, body)
-    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-    assert main(_args(feeds, repo, "--apply")) == 2
+    before = tree(repo)
+    assert main(track_args(feeds, repo, "--apply")) == 2
     err = capsys.readouterr().err
     assert message in err
     assert feeds.url in err
     assert "nothing applied" in err
-    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    assert tree(repo) == before
 
 
-def test_apply_updates_the_lock_version_generated_files_and_changelog(
-    repo: Path, feeds: FeedServer
+def test_an_index_missing_from_the_mirror_is_a_clear_error(
+    repo: Path, feeds: FeedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Only Debian moves here (pip-compile needs PyPI itself; see docs/releasing.md).
-    feeds.routes["/pypi/h11/json"] = (200, _pypi("h11", "0.16.0", {"0.16.0": False}))
-    feeds.routes["/pypi/idna/json"] = (200, _pypi("idna", "3.20", {"3.20": False}))
-    feeds.osv.clear()
-    assert main(_args(feeds, repo, "--apply")) == 0
-    lock = {d.name: d for d in load_lock(repo / "images/portcullis/packages.lock").debs}
-    assert lock["libssl3"].version == "3.0.21-1~deb12u1"
-    assert lock["libssl3"].sha256 == SHA_NEW
-    assert lock["zlib1g"].version == "1:1.2.13.dfsg-1+b1"
-    assert lock["tzdata"].version == "2025b-0+deb12u2"
-    manifest = load_manifest(repo / "release/manifest.yaml")
-    assert (manifest.image.tag, manifest.chart.version) == ("0.1.1", "0.1.1")
-    assert 'version = "0.1.1"' in (repo / "pyproject.toml").read_text()
-    assert '__version__ = "0.1.1"' in (repo / "server/portcullis/__init__.py").read_text()
-    assert generated.check(manifest, repo) == []
-    assert yaml.safe_load((repo / generated.CHART_YAML).read_text())["appVersion"] == "0.1.1"
-    changelog = (repo / "CHANGELOG.md").read_text()
-    assert f"## 0.1.1 ({TODAY})" in changelog
-    assert "deb `libssl3` 3.0.20-1~deb12u2 -> 3.0.21-1~deb12u1" in changelog
-    assert "CVE-2026-2222 (high)" in changelog
-    assert "dex `dex` v2.45.1 -> v2.46.0" in changelog
-    assert "not applied" in changelog
+    """As deb.debian.org answers for an index a suite does not publish (bookworm-security
+    has no Packages.gz, only .xz): 404, named with its URL."""
+    del feeds.routes[f"/security/dists/{SUITE}-security/main/binary-amd64/Packages.xz"]
+    before = tree(repo)
+    assert main(track_args(feeds, repo)) == 2
+    err = capsys.readouterr().err
+    assert f"{SUITE}-security/main/binary-amd64/Packages.xz: HTTP 404" in err
+    assert tree(repo) == before

@@ -8,6 +8,10 @@ type ``cosign attest --type openvex`` uses), so ``verify`` can check it names th
 
 The in-tree document names its products generically; :func:`for_image` binds every statement to
 the image digest being released (a VEX statement about "some portcullis image" proves nothing).
+Each statement names, as a subcomponent, the package build it is about (a purl as the SBOM
+lists it, e.g. ``pkg:deb/debian/libc6@2.36-9%2Bdeb12u14?...``): the tests fail when a pin moves
+and a statement no longer matches what the image ships, and ``track-upstream`` applies a
+statement only to that build.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from typing import Any
 
 from portcullis_release import oci
 
-__all__ = ["OPENVEX_PREDICATE", "VEX_FILE", "VexError", "for_image", "load", "statement"]
+__all__ = [
+    "OPENVEX_PREDICATE",
+    "VEX_FILE",
+    "VexError",
+    "for_image",
+    "load",
+    "statement",
+    "subcomponents",
+]
 
 OPENVEX_PREDICATE = "https://openvex.dev/ns"
 OPENVEX_CONTEXT = "https://openvex.dev/ns/v0.2.0"
@@ -59,22 +71,51 @@ def load(path: Path) -> dict[str, Any]:
         status = item.get("status")
         if status not in STATUSES:
             raise VexError(f"{where}.status must be one of {sorted(STATUSES)}")
+        products = item.get("products")
+        if not isinstance(products, list) or not products:
+            raise VexError(f"{where}.products: at least one product is required")
+        for j, product in enumerate(products):
+            if not isinstance(product, dict) or not isinstance(product.get("@id"), str):
+                raise VexError(f"{where}.products[{j}].@id is required")
+            subs = product.get("subcomponents", [])
+            if not isinstance(subs, list) or not all(
+                isinstance(sub, dict) and isinstance(sub.get("@id"), str) for sub in subs
+            ):
+                raise VexError(f"{where}.products[{j}].subcomponents: each needs an @id")
         if status == "not_affected":
-            justification = item.get("justification")
-            if justification not in JUSTIFICATIONS and not item.get("impact_statement"):
+            # OpenVEX accepts either; this project asks for both: the category a scanner
+            # can act on, and the reason a reader can check against the image.
+            if item.get("justification") not in JUSTIFICATIONS:
                 raise VexError(
-                    f"{where}: not_affected needs a justification ({sorted(JUSTIFICATIONS)}) "
-                    "or an impact_statement"
+                    f"{where}: not_affected needs a justification ({sorted(JUSTIFICATIONS)})"
                 )
+            if not item.get("impact_statement"):
+                raise VexError(f"{where}: not_affected needs an impact_statement saying why")
     return doc
 
 
+def subcomponents(statement: dict[str, Any]) -> list[str]:
+    """The ``@id`` (a purl) of every subcomponent a statement names, in order."""
+    return [
+        str(sub["@id"])
+        for product in statement.get("products") or []
+        for sub in product.get("subcomponents") or []
+    ]
+
+
 def for_image(doc: dict[str, Any], repository: str, digest: str) -> dict[str, Any]:
-    """A copy whose every statement's product is exactly this image digest."""
+    """A copy whose every statement's product is exactly this image digest, keeping the
+    subcomponents (the package inside the image the statement is about)."""
     purl = f"pkg:oci/{repository.rsplit('/', 1)[-1]}@{digest}?repository_url={repository}"
-    product = {"@id": purl, "identifiers": {"purl": purl}}
     bound = dict(doc)
-    bound["statements"] = [{**s, "products": [product]} for s in doc["statements"]]
+    statements = []
+    for statement in doc["statements"]:
+        product: dict[str, Any] = {"@id": purl, "identifiers": {"purl": purl}}
+        subs = subcomponents(statement)
+        if subs:
+            product["subcomponents"] = [{"@id": sub} for sub in subs]
+        statements.append({**statement, "products": [product]})
+    bound["statements"] = statements
     return bound
 
 

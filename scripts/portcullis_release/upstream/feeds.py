@@ -8,8 +8,8 @@ loopback and a mirror can stand in for the public services.
 
 from __future__ import annotations
 
-import gzip
 import json
+import lzma
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -126,12 +126,16 @@ class Feeds:
         return vulns
 
     def _index(self, feed: str, url: str) -> list[dict[str, str]]:
+        # The .xz index, because it is the one every suite publishes: bookworm-security and
+        # bookworm-updates have no Packages.gz/Sources.gz at all (their Release files list only
+        # the plain and .xz indexes; fetching .gz gave HTTP 404 from deb.debian.org and
+        # security.debian.org on 2026-11-30).
         body = self._get(feed, url)
         assert body is not None
         try:
-            return parse_deb822(gzip.decompress(body).decode("utf-8"))
-        except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
-            raise FeedError(f"{feed}: {url}: not a gzip'd package index ({exc})") from None
+            return parse_deb822(lzma.decompress(body).decode("utf-8"))
+        except (lzma.LZMAError, EOFError, UnicodeDecodeError, ValueError) as exc:
+            raise FeedError(f"{feed}: {url}: not an xz-compressed package index ({exc})") from None
 
     def debian_packages(self, suite: str, arch: str) -> list[dict[str, str]]:
         """Binary package paragraphs of ``suite`` and ``suite-security`` (main)."""
@@ -141,7 +145,7 @@ class Feeds:
             (self.sources.debian, f"{suite}-updates"),
             (self.sources.debian_security, f"{suite}-security"),
         ):
-            url = f"{base.rstrip('/')}/dists/{dist}/main/binary-{arch}/Packages.gz"
+            url = f"{base.rstrip('/')}/dists/{dist}/main/binary-{arch}/Packages.xz"
             for para in self._index("Debian archive", url):
                 if "Package" not in para or "Version" not in para:
                     raise FeedError(f"Debian archive: {url}: a paragraph has no Package/Version")
@@ -157,7 +161,7 @@ class Feeds:
             (self.sources.debian, suite),
             (self.sources.debian_security, f"{suite}-security"),
         ):
-            url = f"{base.rstrip('/')}/dists/{dist}/main/source/Sources.gz"
+            url = f"{base.rstrip('/')}/dists/{dist}/main/source/Sources.xz"
             for para in self._index("Debian archive", url):
                 if "Package" not in para or "Version" not in para:
                     raise FeedError(f"Debian archive: {url}: a paragraph has no Package/Version")

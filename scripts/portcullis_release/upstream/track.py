@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packageurl import PackageURL
 from packaging.version import InvalidVersion, Version
 from rich.console import Console
 from rich.table import Table
 
+from portcullis_release.attest import vex as openvex
 from portcullis_release.build.packages_lock import PackagesLock
 from portcullis_release.upstream.feeds import Feeds, deb_compare
 
-__all__ = ["Change", "Plan", "Policy", "Vulnerability", "load_vex", "track"]
+__all__ = ["Change", "Plan", "Policy", "VexClearance", "Vulnerability", "load_vex", "track"]
 
 SEVERITIES = ("critical", "high", "medium", "low")
 # Debian tracker urgencies and OSV/GHSA severities, mapped onto the policy's four levels. A
@@ -115,8 +117,11 @@ class Plan:
 
     def table(self, console: Console) -> None:
         table = Table(title=f"upstream bump plan ({self.generated_on})", show_lines=True)
-        for column in ("input", "current", "proposed", "why", "CVEs (severity, deadline)"):
+        for column in ("input", "current", "proposed", "why"):
             table.add_column(column)
+        # One vulnerability per line, never wrapped: a "PAST DUE" split over two lines is
+        # easy to miss and impossible to grep for.
+        table.add_column("CVEs (severity, deadline)", no_wrap=True)
         for change in self.changes:
             cves = []
             for v in change.vulnerabilities:
@@ -140,18 +145,47 @@ class Plan:
         console.print(f"{len(self.changes)} change(s); {overdue} with a vulnerability past its SLA")
 
 
-def load_vex(path: Path) -> dict[str, str]:
-    """CVE id -> "status: justification" for statements that clear it (OpenVEX)."""
+@dataclass(frozen=True)
+class VexClearance:
+    """One OpenVEX statement that clears a vulnerability, and the builds it speaks for."""
+
+    reason: str  # "not_affected: <justification>" or "fixed"
+    # (purl type, name, version) of the statement's subcomponents; empty: the whole image
+    components: frozenset[tuple[str, str, str]]
+
+    def covers(self, component: tuple[str, str, str]) -> bool:
+        return not self.components or component in self.components
+
+
+def load_vex(path: Path) -> dict[str, list[VexClearance]]:
+    """CVE id -> the statements of ``path`` (OpenVEX, checked by :func:`attest.vex.load`) that
+    clear it. A statement that names subcomponents clears the CVE only for those builds: a
+    "fixed in libc6 2.36-9+deb12u14" must not clear the CVE for a lock still pinning +deb12u13,
+    and a statement left behind when the pin moves stops clearing anything."""
     if not path.is_file():
         return {}
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    cleared = {}
-    for statement in doc.get("statements", []):
+    cleared: dict[str, list[VexClearance]] = {}
+    for statement in openvex.load(path)["statements"]:
         status = statement.get("status")
-        if status in _VEX_CLEARED:
-            reason = statement.get("justification") or statement.get("impact_statement") or ""
-            cleared[statement["vulnerability"]["name"]] = f"{status}: {reason}".rstrip(": ")
+        if status not in _VEX_CLEARED:
+            continue
+        reason = statement.get("justification") or statement.get("impact_statement") or ""
+        components = set()
+        for product in statement.get("products") or []:
+            for sub in product.get("subcomponents") or []:
+                try:
+                    purl = PackageURL.from_string(str(sub.get("@id", "")))
+                except ValueError as exc:
+                    raise ValueError(f"{path}: subcomponent {sub.get('@id')!r}: {exc}") from None
+                components.add((purl.type, purl.name.lower(), str(purl.version)))
+        cleared.setdefault(statement["vulnerability"]["name"], []).append(
+            VexClearance(f"{status}: {reason}".rstrip(": "), frozenset(components))
+        )
     return cleared
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _pep440(value: str) -> Version | None:
@@ -165,22 +199,31 @@ class _Clock:
     """Deadlines from the policy, the ledger of first sightings, and VEX."""
 
     def __init__(
-        self, policy: Policy, today: dt.date, seen: dict[str, str], vex: dict[str, str]
+        self,
+        policy: Policy,
+        today: dt.date,
+        seen: dict[str, str],
+        vex: dict[str, list[VexClearance]],
     ) -> None:
         self.policy, self.today, self.seen, self.vex = policy, today, seen, vex
 
     def vulnerability(
         self,
+        component: tuple[str, str, str],
         vid: str,
         aliases: list[str],
         severity: str,
         fixed: str | None,
         published: dt.date | None,
     ) -> Vulnerability:
+        """``component`` is the pinned build, (purl type, name, version), VEX is matched on."""
         first = dt.date.fromisoformat(self.seen.setdefault(vid, self.today.isoformat()))
         since = min(d for d in (first, published) if d is not None)
         level = _SEVERITY.get(severity.lower(), "medium")
-        cleared = next((self.vex[i] for i in [vid, *aliases] if i in self.vex), None)
+        cleared = next(
+            (c.reason for i in [vid, *aliases] for c in self.vex.get(i, []) if c.covers(component)),
+            None,
+        )
         deadline = since + dt.timedelta(days=self.policy.sla_days[level])
         return Vulnerability(
             id=vid,
@@ -241,6 +284,7 @@ def _track_python(
             fixed = _osv_fixed(vuln, name)
             change.vulnerabilities.append(
                 clock.vulnerability(
+                    ("pypi", _normalise(name), current),
                     str(vuln["id"]),
                     [str(a) for a in vuln.get("aliases", [])],
                     _osv_severity(vuln),
@@ -257,7 +301,12 @@ def _track_python(
 
 
 def _debian_vulnerabilities(
-    clock: _Clock, tracker: dict[str, Any], source: str, suite: str, version: str
+    clock: _Clock,
+    tracker: dict[str, Any],
+    source: str,
+    suite: str,
+    version: str,
+    component: tuple[str, str, str],
 ) -> list[Vulnerability]:
     found = []
     for cve, entry in sorted(tracker.get(source, {}).items()):
@@ -273,7 +322,7 @@ def _debian_vulnerabilities(
         urgency = str(release.get("urgency", "medium")).removesuffix("*")
         found.append(
             clock.vulnerability(
-                cve, [], urgency, str(fixed) if status == "resolved" else None, None
+                component, cve, [], urgency, str(fixed) if status == "resolved" else None, None
             )
         )
     return found
@@ -304,12 +353,16 @@ def _track_debian(feeds: Feeds, clock: _Clock, lock: PackagesLock, changes: list
             change.proposed = best[0]
             kind = "security update" if best[1].endswith("-security") else "new version"
             change.reasons.append(f"{kind} {best[0]} in {best[1]}")
+        # The source package names the tracker's entries. Prefer the pinned version's paragraph;
+        # a pin that vanished from the mirror takes it from any version still listed (a binary
+        # package keeps its source across versions), or its vulnerabilities would go unseen
+        # exactly when the pin is oldest. No Source field: the source has the binary's name.
         source = pin.name
-        for p in entries:
-            if p["Version"] == pin.version and p.get("Source"):
+        for p in sorted(entries, key=lambda p: p["Version"] == pin.version):
+            if p.get("Source"):
                 source = p["Source"].split()[0]
         change.vulnerabilities = _debian_vulnerabilities(
-            clock, tracker, source, lock.suite, pin.version
+            clock, tracker, source, lock.suite, pin.version, ("deb", pin.name, pin.version)
         )
         if change.vulnerabilities:
             change.reasons.append(
@@ -331,7 +384,12 @@ def _track_debian(feeds: Feeds, clock: _Clock, lock: PackagesLock, changes: list
         change.proposed = best[0]
         change.reasons.append(f"source {best[0]} in {best[1]} (rebuild the FIPS provider)")
     change.vulnerabilities = _debian_vulnerabilities(
-        clock, tracker, provider.source_package, lock.suite, provider.source_version
+        clock,
+        tracker,
+        provider.source_package,
+        lock.suite,
+        provider.source_version,
+        ("deb", provider.source_package, provider.source_version),
     )
     if change.vulnerabilities:
         change.reasons.append("security: " + ", ".join(v.id for v in change.vulnerabilities))
@@ -371,7 +429,7 @@ def track(
     lock: PackagesLock,
     today: dt.date,
     seen: dict[str, str],
-    vex: dict[str, str],
+    vex: dict[str, list[VexClearance]],
 ) -> Plan:
     """Ask every feed; ``seen`` (CVE -> first seen, ISO date) is updated in place."""
     clock = _Clock(policy, today, seen, vex)
