@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,9 @@ from portcullis.config.load import ConfigError
 from portcullis.issuer import parse_config
 from portcullis.kube.apiserver import ApiserverConfigError, settings_for
 
+from tests.support.apiserver_standin import ApiServerStandIn
 from tests.support.issuer import DEV_EMAIL, DEV_PASSWORD, Browser, Issuer, StartIssuer
+from tests.support.kube import ServingCert
 from tests.support.oidc_peer import OIDCPeer, browser_login, make_tls_files, running_oidc_peer
 
 SECRET = "prod-secret:with%odd chars-0123456789"
@@ -36,6 +41,7 @@ ALICE = {
     "email_verified": True,
     "groups": ["admins", "devs"],
 }
+KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 OWN_CA = base64.b64encode(
     b"-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
 ).decode()
@@ -357,6 +363,69 @@ def test_an_issuer_whose_certificate_is_not_trusted_is_refused(setup: Setup) -> 
         unknown = browser.get(setup.issuer.url("/kubeconfig/cluster/home"))
         assert unknown.status_code == 404
         assert browser.get(setup.issuer.url("/kubeconfig/cluster/nope/callback")).status_code == 404
+
+
+def test_kubectl_runs_the_commands_and_refreshes_at_the_clusters_issuer(
+    setup: Setup, serving_cert: ServingCert, tmp_path: Path
+) -> None:
+    """The legacy commands in the real kubectl: its oidc auth provider sends the foreign ID
+    token, and refreshes it at the foreign issuer with the cluster's client secret and CA."""
+    assert KUBECTL.exists(), f"{KUBECTL} is missing (the machine image provides kubectl)"
+    with Browser(setup.issuer) as browser:
+        auth_url = _start(setup, browser, "prod")
+        params = browser_login(auth_url, setup.callback("prod"), "alice", verify=setup.peer.ca_cert)
+        setup.issuer.remember(params["code"])
+        # An ID token valid for a few seconds more: kubectl treats a token expiring within
+        # 10 s as expired, so its first request refreshes at the cluster's issuer.
+        setup.peer.mutate_next_token(claims={"exp": int(time.time()) + 8})
+        response = browser.get(f"{setup.callback('prod')}?{urlencode(params)}")
+    assert response.status_code == 200, response.text[:2000]
+    posix = _pre(response.text, 'data-shell="posix"')
+    first = re.search(r"id-token=([A-Za-z0-9_.-]+)", posix)
+    assert first
+    setup.issuer.remember(first.group(1))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "kubectl").symlink_to(KUBECTL)
+    env = {
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(tmp_path / "kubeconfig"),
+        "PATH": f"{tmp_path}/bin:/usr/bin:/bin",
+    }
+
+    def kubectl(*args: str) -> str:
+        result = subprocess.run(
+            [str(KUBECTL), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    configured = subprocess.run(
+        ["bash", "-euc", posix], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert configured.returncode == 0, configured.stderr
+    standin = ApiServerStandIn(
+        serving_cert, setup.peer.issuer, "cluster-prod", issuer_ca=setup.peer.ca_cert
+    )
+    try:
+        kubectl("config", "set-cluster", "prod", f"--server={standin.url}")
+        kubectl("config", "set-cluster", "prod", f"--certificate-authority={serving_cert.ca}")
+        review = json.loads(kubectl("auth", "whoami", "-o", "json"))
+    finally:
+        standin.close()
+    assert review["status"]["userInfo"] == {
+        "username": "oidc:alice@example.com",
+        "groups": ["oidc:admins", "oidc:devs", "system:authenticated"],
+    }
+    assert standin.rejected == []
+    refreshed = standin.seen[-1].token
+    setup.issuer.remember(refreshed)
+    assert refreshed != first.group(1)
+    assert _verified_by_peer(setup, refreshed, "cluster-prod")["sub"] == "alice"
+    stored = json.loads(kubectl("config", "view", "--raw", "-o", "json"))
+    provider = stored["users"][0]["user"]["auth-provider"]["config"]
+    assert provider["id-token"] == refreshed
+    setup.issuer.remember(provider.get("refresh-token"))
+    assert provider["client-secret"] == SECRET
 
 
 # -- config ------------------------------------------------------------------------------------
