@@ -336,6 +336,18 @@ def test_a_login_started_elsewhere_or_for_another_cluster_is_refused(setup: Setu
         response = stranger.get(f"{setup.callback('lab')}?{urlencode(params)}")
         assert response.status_code == 400
         assert "not started in this browser" in response.text
+        # A cookie with the right state but altered login state: refused as not started here
+        # (a 400 for the browser's own mistake, not an upstream failure).
+        altered = base64.urlsafe_b64encode(b"not json").decode().rstrip("=")
+        stranger.http.cookies.set(
+            "pc_kubeconfig_rp",
+            f"{params['state']}.{altered}",
+            domain="127.0.0.1",
+            path="/dex/kubeconfig/cluster/lab",
+        )
+        response = stranger.get(f"{setup.callback('lab')}?{urlencode(params)}")
+        assert response.status_code == 400, response.text[:1000]
+        assert "not started in this browser" in response.text
 
 
 def test_an_error_from_the_issuer_is_shown_without_its_description(setup: Setup) -> None:

@@ -14,9 +14,11 @@ the cluster's client: authorization code with PKCE (S256), ``state`` and ``nonce
 redeemed and the ID token verified by the upstream ``oidc`` connector's code (discovery, JWKS,
 ``iss``/``aud``/``azp``/times/nonce, the cluster's CA beside the system roots, a timeout and a
 size bound on every call), handed in by the assembly as a :class:`RelyingParty`. The callback is
-``{issuer}/kubeconfig/cluster/<name>/callback`` (register it at that issuer); its state, nonce
-and verifier travel in a cookie scoped to that cluster's path, so a login started for one
-cluster cannot be finished as another's. The page shows that login's claims and groups and the
+``{issuer}/kubeconfig/cluster/<name>/callback`` (register it at that issuer); its state and the
+connector's login state (nonce, verifier) travel in a cookie scoped to that cluster's path, as
+the page's own login keeps its verifier, so a login started for one cluster cannot be finished
+as another's or in another browser. The verifier is worth something only with the code, which
+the issuer sends to the same browser. The page shows that login's claims and groups and the
 kubeconfigs with that issuer, client, secret and CA.
 """
 
@@ -41,6 +43,7 @@ from starlette.routing import Route
 from portcullis.config.load import ClientSpec, Config
 from portcullis.config.model import DEFAULT_FOREIGN_SCOPES, KubeCluster, KubeconfigPageSection
 from portcullis.connectors.base import ConnectorError, LoginRedirect, Scopes
+from portcullis.connectors.oauth2_common import decode_state
 from portcullis.connectors.oidc import VerifiedLogin
 from portcullis.kube.apiserver import apiserver_flags, settings_for
 from portcullis.kube.kubeconfig import ClusterSetup, Credentials, cluster_setups
@@ -488,10 +491,13 @@ def _label(claims: Mapping[str, Any]) -> str:
 
 
 def _unpack(packed: str) -> bytes | None:
-    """The connector state from the cookie, None when it is not ours (any garbage)."""
+    """The connector state from the cookie, None when it is not one (any garbage): a cookie
+    the browser altered is a sign-in not started here (400), never an upstream failure."""
     if not packed:
         return None
     try:
-        return base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
-    except (ValueError, binascii.Error):
+        raw = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
+        decode_state(raw, "login state")
+    except (ValueError, binascii.Error, ConnectorError):
         return None
+    return raw
