@@ -8,11 +8,15 @@ a login started elsewhere and an untrusted certificate are refused."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import http.server
 import json
 import re
+import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +96,10 @@ def setup(module_issuers: StartIssuer, tmp_path_factory: pytest.TempPathFactory)
             "grant_types": ["authorization_code"],
         },
     ]
-    with running_oidc_peer(workdir, clients=clients, accounts={"alice": ALICE}, tls=tls) as peer:
+    with (
+        running_oidc_peer(workdir, clients=clients, accounts={"alice": ALICE}, tls=tls) as peer,
+        _misbehaving_issuers() as (silent, huge),
+    ):
         issuer.config = {
             **issuer.config,
             "kubernetes": {
@@ -119,6 +126,18 @@ def setup(module_issuers: StartIssuer, tmp_path_factory: pytest.TempPathFactory)
                             "scopes": ["openid", "email", "groups"],
                         },
                         {
+                            "name": "silent",
+                            "server": "https://silent.example.com:6443",
+                            "issuer": silent,
+                            "clientID": "x",
+                        },
+                        {
+                            "name": "huge",
+                            "server": "https://huge.example.com:6443",
+                            "issuer": huge,
+                            "clientID": "x",
+                        },
+                        {
                             # No CA: the system roots do not know the peer's private CA.
                             "name": "untrusted",
                             "server": "https://untrusted.example.com:6443",
@@ -133,6 +152,57 @@ def setup(module_issuers: StartIssuer, tmp_path_factory: pytest.TempPathFactory)
         issuer.remember(SECRET)
         issuer.start()
         yield Setup(issuer, peer, ca_data)
+
+
+@contextlib.contextmanager
+def _misbehaving_issuers() -> Iterator[tuple[str, str]]:
+    """Two loopback "issuers": one accepts connections and never answers, one answers its
+    discovery document with 2 MiB. The page must give up on both, in bounded time and memory."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except TimeoutError:
+                continue
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+        def do_GET(self) -> None:
+            body = b'{"issuer": "' + b"x" * (2 << 20) + b'"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    huge = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threads = [
+        threading.Thread(target=hold, daemon=True),
+        threading.Thread(target=huge.serve_forever, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield (
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            f"http://127.0.0.1:{huge.server_address[1]}",
+        )
+    finally:
+        stop.set()
+        huge.shutdown()
+        huge.server_close()
+        for thread in threads:
+            thread.join(5)
+        for connection in held:
+            connection.close()
+        silent.close()
 
 
 def _pre(page: str, attribute: str) -> str:
@@ -361,6 +431,20 @@ def test_an_error_from_the_issuer_is_shown_without_its_description(setup: Setup)
     assert response.status_code == 400
     assert "access_denied" in response.text
     assert "<b>x</b>" not in response.text
+
+
+def test_an_issuer_that_never_answers_or_answers_too_much_is_given_up(setup: Setup) -> None:
+    with Browser(setup.issuer) as browser:
+        browser.http.timeout = httpx.Timeout(30.0)
+        started = time.monotonic()
+        silent = browser.get(setup.issuer.url("/kubeconfig/cluster/silent"))
+        waited = time.monotonic() - started
+        assert silent.status_code == 502
+        assert "did not answer in time (discovery)" in silent.text
+        assert 9.0 < waited < 20.0  # the 10 s read timeout, not the browser's patience
+        huge = browser.get(setup.issuer.url("/kubeconfig/cluster/huge"))
+        assert huge.status_code == 502
+        assert "discovery response is too large" in huge.text
 
 
 def test_an_issuer_whose_certificate_is_not_trusted_is_refused(setup: Setup) -> None:
