@@ -350,7 +350,11 @@ def cmd_kube_apiserver_config(args: argparse.Namespace) -> int:
     ca = ""
     web = config.raw.web
     page_ca = config.raw.kubernetes.kubeconfig_page.issuer_certificate_authority_data
-    source = args.ca_file or (web.tls_cert if web.https and not page_ca else None)
+    # A cluster trusting another issuer gets that issuer's CA from its own config, never ours.
+    foreign = any(
+        c.name == args.cluster and c.issuer for c in config.raw.kubernetes.kubeconfig_page.clusters
+    )
+    source = args.ca_file or (web.tls_cert if web.https and not page_ca and not foreign else None)
     if source:
         try:
             with open(source, "rb") as handle:

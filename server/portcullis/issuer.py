@@ -30,8 +30,15 @@ from portcullis.config.load import Config, ConfigError
 from portcullis.config.model import LOCAL_CONNECTOR_ID
 from portcullis.connectors.base import Connector, ConnectorEnv
 from portcullis.connectors.local import LOCAL_CONNECTOR_TYPE, LocalConfig
+from portcullis.connectors.oidc import OIDCConfig, OIDCConnector
 from portcullis.connectors.registry import CONNECTOR_MODELS, build_connector
-from portcullis.kube.page import page_routes, register_page_client
+from portcullis.kube.page import (
+    cluster_callback_url,
+    foreign_clusters,
+    foreign_scopes,
+    page_routes,
+    register_page_client,
+)
 from portcullis.kube.webhook import webhook_app
 from portcullis.oidc.provider import Provider
 from portcullis.storage.base import Storage, StorageError
@@ -145,6 +152,41 @@ def connector_env(config: Config, storage: Storage, clock: Clock, fips_mode: boo
     )
 
 
+def page_relying_parties(config: Config, env: ConnectorEnv) -> dict[str, OIDCConnector]:
+    """The kubeconfig page's logins at the issuers of clusters that trust another issuer: the
+    upstream ``oidc`` connector (one verification path for upstream ID tokens), with the
+    cluster's issuer, client, secret and CA, PKCE always (S256), the cluster's scopes, and the
+    page's per-cluster callback as its redirect URI. No network I/O here. A cluster's values
+    that the connector refuses are a ConfigError naming the cluster's keys."""
+    parties: dict[str, OIDCConnector] = {}
+    problems: list[str] = []
+    foreign = {c.name for c in foreign_clusters(config)}
+    for index, cluster in enumerate(config.raw.kubernetes.kubeconfig_page.clusters):
+        if cluster.name not in foreign:
+            continue
+        ca = cluster.issuer_certificate_authority_data
+        try:
+            spec = OIDCConfig.model_validate(
+                {
+                    "issuer": cluster.issuer,
+                    "clientID": cluster.client_id,
+                    "clientSecret": cluster.client_secret,
+                    "redirectURI": cluster_callback_url(config, cluster.name),
+                    "rootCAs": [ca] if ca else [],
+                    "scopes": list(foreign_scopes(cluster)),
+                    "pkceChallenge": "S256",
+                }
+            )
+            parties[cluster.name] = OIDCConnector(
+                f"kubeconfig/{cluster.name}", cluster.name, "oidc", spec, env
+            )
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            problems.append(f"kubernetes.kubeconfigPage.clusters[{index}]: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return parties
+
+
 def build_connectors(config: Config, env: ConnectorEnv) -> dict[str, Connector]:
     """Open every configured connector, and the password database when enabled.
 
@@ -198,6 +240,7 @@ def check_connectors(config: Config, *, fips_mode: bool) -> None:
                 connector_id,
                 connector.type,
             )
+    page_relying_parties(config, env)
 
 
 def create_issuer(
@@ -223,7 +266,12 @@ def create_issuer(
     pages = Pages(config.raw.frontend, config.issuer_path)
     ip_resolver = client_ip_resolver(config)
     kube_pages = page_routes(
-        config, provider, pages, ip_resolver.resolve, secure_cookies=secure_cookies(config)
+        config,
+        provider,
+        pages,
+        ip_resolver.resolve,
+        secure_cookies=secure_cookies(config),
+        relying_parties=page_relying_parties(config, env),
     )
     metrics = Metrics(metrics_dir)
 

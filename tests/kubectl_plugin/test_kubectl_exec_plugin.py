@@ -1,29 +1,45 @@
 """The real kubectl (1.32) running the frozen kubectl-portcullis as its exec credential plugin
 against an HTTPS API-server stand-in that verifies the ID token like kube-apiserver's OIDC
-authenticator: first login through the issuer's forms, the cached token reused by the next
-kubectl, and a refreshed token after expiry."""
+authenticator: first login through the issuer's forms (the browser flow, and separately the
+device flow with the code typed into the issuer's /device page), the cached token reused by the
+next kubectl, and a refreshed token after expiry."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urljoin
 
 import pytest
 import yaml
 from kubectl_portcullis.jwt import decode_claims
 
 from tests.support.apiserver_standin import ApiServerStandIn
-from tests.support.issuer import ADMIN_EMAIL, ADMIN_PASSWORD, Issuer, free_port
+from tests.support.issuer import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Browser,
+    Issuer,
+    StartIssuer,
+    form_action,
+    free_port,
+    hidden_fields,
+)
 from tests.support.kube import ServingCert, make_serving_cert
 from tests.support.plugin import Plugin, PluginProcess, complete_login, token_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+#: What the plugin prints to stderr for the device flow (kubectl passes its stderr through).
+DEVICE_PROMPT = re.compile(r"visit (http\S+) and enter the code: (\S+)")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +50,14 @@ def serving_cert(tmp_path_factory: pytest.TempPathFactory) -> ServingCert:
 class Kubectl:
     """kubectl with its own HOME and KUBECONFIG whose user runs the plugin binary."""
 
-    def __init__(self, home: Path, binary: Path, issuer: Issuer, apiserver: ApiServerStandIn):
+    def __init__(
+        self,
+        home: Path,
+        binary: Path,
+        issuer: Issuer,
+        apiserver: ApiServerStandIn,
+        extra_args: Sequence[str] = (),
+    ):
         assert KUBECTL.exists(), f"{KUBECTL} is missing (the machine image provides kubectl)"
         self.home = home
         self.kubeconfig = home / ".kube" / "config"
@@ -46,6 +69,7 @@ class Kubectl:
             f"--listen-address=127.0.0.1:{free_port()}",
             "--skip-open-browser",
             "--authentication-timeout-sec=30",
+            *extra_args,
         ]
         config = {
             "apiVersion": "v1",
@@ -84,7 +108,10 @@ class Kubectl:
         )
 
 
-KubectlFor = Callable[[Issuer], tuple[Kubectl, ApiServerStandIn]]
+class KubectlFor(Protocol):
+    def __call__(
+        self, issuer: Issuer, extra_args: Sequence[str] = ()
+    ) -> tuple[Kubectl, ApiServerStandIn]: ...
 
 
 @pytest.fixture
@@ -93,12 +120,12 @@ def kubectl_for(
 ) -> Iterator[KubectlFor]:
     standins: list[ApiServerStandIn] = []
 
-    def make(issuer: Issuer) -> tuple[Kubectl, ApiServerStandIn]:
+    def make(issuer: Issuer, extra_args: Sequence[str] = ()) -> tuple[Kubectl, ApiServerStandIn]:
         standin = ApiServerStandIn(serving_cert, issuer.issuer, "kubectl")
         standins.append(standin)
         home = tmp_path / f"home{len(standins)}"
         home.mkdir()
-        return Kubectl(home, frozen_plugin["binary"], issuer, standin), standin
+        return Kubectl(home, frozen_plugin["binary"], issuer, standin, extra_args), standin
 
     yield make
     for standin in standins:
@@ -137,6 +164,67 @@ def test_kubectl_logs_in_through_the_plugin_and_reuses_the_cached_token(
     assert "http" not in stderr  # no login URL: the cache answered
     assert standin.seen[-1].token == first
     assert token_requests(issuer) == tokens_before
+
+
+@pytest.fixture(scope="module")
+def device_issuer(module_issuers: StartIssuer) -> Issuer:
+    grants = ["authorization_code", "refresh_token", "password", "client_credentials"]
+    return module_issuers(
+        {"oauth2": {"skipApprovalScreen": False, "grantTypes": [*grants, DEVICE_GRANT]}}
+    )
+
+
+def _enter_device_code(issuer: Issuer, verification_uri: str, user_code: str) -> str:
+    """The person on another device: the issuer's /device page and form, the login and
+    approval pages; returns what the last page says."""
+    with Browser(issuer) as browser:
+        page = browser.get(verification_uri)
+        assert page.status_code == 200, page.text[:1000]
+        fields = hidden_fields(page.text)
+        issuer.remember(*fields.values())
+        entered = browser.http.post(
+            form_action(page.text, verification_uri), data={**fields, "user_code": user_code}
+        )
+        assert entered.status_code == 303, entered.text[:1000]
+        steps = browser.login(urljoin(str(entered.url), entered.headers["location"]))
+        assert steps.final is not None
+        done = browser.get(urljoin(str(steps.final.url), steps.final.headers["location"]))
+        assert done.status_code == 200, done.text[:1000]
+        return done.text
+
+
+def test_kubectl_logs_in_through_the_device_flow_and_reuses_the_cached_token(
+    kubectl_for: KubectlFor, device_issuer: Issuer
+) -> None:
+    kubectl, standin = kubectl_for(device_issuer, ["--grant-type=device"])
+
+    running = kubectl.whoami()
+    # kubectl runs the plugin without a terminal and passes its stderr through: the prompt
+    # reaches whoever runs kubectl, as on a headless machine over SSH.
+    prompt = running.wait_for_line(DEVICE_PROMPT)
+    verification_uri, user_code = prompt.group(1), prompt.group(2)
+    assert verification_uri == device_issuer.url("/device")
+    assert "Device logged in" in _enter_device_code(device_issuer, verification_uri, user_code)
+    code, stdout, stderr = running.finish()
+
+    assert code == 0, stderr
+    assert _user(stdout) == {
+        "username": f"oidc:{ADMIN_EMAIL}",
+        "groups": ["oidc:admins", "system:authenticated"],
+    }
+    assert standin.rejected == []
+    first = standin.seen[-1].token
+    device_issuer.remember(first)
+    assert first not in stderr
+    assert decode_claims(first)["aud"] == "kubectl"
+
+    tokens_before = token_requests(device_issuer)
+    code, stdout, stderr = kubectl.whoami().finish()
+    assert code == 0, stderr
+    assert "enter the code" not in stderr  # no new device login: the cache answered
+    assert standin.seen[-1].token == first
+    assert token_requests(device_issuer) == tokens_before
+    assert _user(stdout)["username"] == f"oidc:{ADMIN_EMAIL}"
 
 
 def test_kubectl_gets_a_refreshed_token_after_expiry(

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +41,8 @@ class ApiServerStandIn:
     cert: ServingCert
     issuer: str
     client_id: str
+    #: The CA of the issuer's HTTPS certificate when it is a private one (None: system roots).
+    issuer_ca: Path | None = None
     seen: list[Seen] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 
@@ -94,8 +97,13 @@ class ApiServerStandIn:
         self.thread.start()
 
     def _fetch_keys(self) -> KeySet:
-        discovery = httpx.get(self.issuer + "/.well-known/openid-configuration").json()
-        return KeySet.import_key_set(httpx.get(discovery["jwks_uri"]).json())
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(self.issuer_ca)) if self.issuer_ca else True
+        )
+        discovery = httpx.get(
+            self.issuer + "/.well-known/openid-configuration", verify=verify
+        ).json()
+        return KeySet.import_key_set(httpx.get(discovery["jwks_uri"], verify=verify).json())
 
     @property
     def url(self) -> str:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import ipaddress
 import re
+import ssl
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -709,6 +710,9 @@ class TokenReviewSection(Section):
         return self
 
 
+_PEM_BASE64 = "must be base64 of a PEM certificate (as in a kubeconfig)"
+
+
 def _check_pem_base64(value: str) -> str:
     if not value:
         return value
@@ -721,6 +725,12 @@ def _check_pem_base64(value: str) -> str:
     return value
 
 
+#: What the kubeconfig page asks another issuer for unless a cluster's `scopes` say otherwise
+#: (dex-k8s-authenticator's default set): the claims kube-apiserver maps, and a refresh token for
+#: kubectl's legacy oidc auth provider.
+DEFAULT_FOREIGN_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
+
+
 class KubeCluster(Section):
     name: str
     server: HttpURL
@@ -731,6 +741,16 @@ class KubeCluster(Section):
     # Only for a confidential client: written into the exec kubeconfigs (kubelogin and
     # kubectl-portcullis need it to redeem codes), so every user of the page sees it.
     client_secret: str = ""
+    # Another OpenID provider this cluster trusts (another Portcullis, Dex, any OIDC issuer),
+    # as dex-k8s-authenticator's per-cluster `issuer`; "" means this issuer. The page then
+    # signs the user in there as a relying party with clientID/clientSecret and hands out
+    # kubeconfigs naming that issuer.
+    issuer: str = ""
+    # Base64 PEM of the CA that verifies `issuer`'s HTTPS certificate (the page's own calls
+    # trust it beside the system roots) and is embedded in this cluster's kubeconfigs.
+    issuer_certificate_authority_data: str = ""
+    # What the page asks `issuer` for; [] means DEFAULT_FOREIGN_SCOPES.
+    scopes: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -740,10 +760,65 @@ class KubeCluster(Section):
             raise ValueError("use letters, digits, '-', '_', ':' or '@' only (no dots or spaces)")
         return value
 
-    @field_validator("certificate_authority_data")
+    @field_validator("certificate_authority_data", "issuer_certificate_authority_data")
     @classmethod
     def _pem_base64(cls, value: str) -> str:
         return _check_pem_base64(value)
+
+    @field_validator("issuer_certificate_authority_data")
+    @classmethod
+    def _issuer_ca_loads(cls, value: str) -> str:
+        # The page's own TLS calls load it: refuse here what OpenSSL would refuse there.
+        if value:
+            try:
+                ssl.create_default_context().load_verify_locations(
+                    cadata=base64.b64decode(value).decode("ascii", "replace")
+                )
+            except (ssl.SSLError, ValueError):
+                raise ValueError(_PEM_BASE64) from None
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute https URL (the issuer's `iss`, byte for byte)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment (OpenID Connect Discovery §3)")
+        if parts.scheme == "http" and not _is_loopback_address(f"{parts.hostname}:0"):
+            # Tokens and codes would cross the network in the clear, and kube-apiserver only
+            # trusts https issuers anyway; plain http is for a loopback test issuer.
+            raise ValueError("must be an https URL (http only for a loopback address)")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        if value and "openid" not in value:
+            raise ValueError("must include openid (the page needs an ID token)")
+        if any(not s or " " in s for s in value):
+            raise ValueError("each scope is one non-empty word")
+        return value
+
+    @model_validator(mode="after")
+    def _foreign_issuer(self) -> KubeCluster:
+        if self.issuer and not self.client_id:
+            raise ValueError(
+                "clientID: required with issuer (the client registered at that issuer; "
+                "kubernetes.kubeconfigPage.clientID is a client of this issuer)"
+            )
+        if not self.issuer:
+            if self.issuer_certificate_authority_data:
+                raise ValueError(
+                    "issuerCertificateAuthorityData: only with issuer (this issuer's CA is "
+                    "kubernetes.kubeconfigPage.issuerCertificateAuthorityData)"
+                )
+            if self.scopes:
+                raise ValueError("scopes: only with issuer (this issuer's login asks for them)")
+        return self
 
 
 class KubeconfigPageSection(Section):

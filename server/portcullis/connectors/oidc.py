@@ -83,7 +83,7 @@ from portcullis.connectors.oauth2_common import (
 )
 from portcullis.storage.models import Identity
 
-__all__ = ["CONNECTOR_TYPE", "OIDCConfig", "OIDCConnector", "open_oidc"]
+__all__ = ["CONNECTOR_TYPE", "OIDCConfig", "OIDCConnector", "VerifiedLogin", "open_oidc"]
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,20 @@ class _Provider:
     userinfo_endpoint: str
     algorithms: tuple[str, ...]
     pkce_s256: bool
+
+
+@dataclass(frozen=True)
+class VerifiedLogin:
+    """A finished upstream login: its tokens and the verified ID token's claims."""
+
+    tokens: TokenResponse
+    claims: dict[str, Any]
+    #: The JWS algorithm the verified ID token was signed with (what a kube-apiserver trusting
+    #: this provider must accept: ``--oidc-signing-algs``).
+    algorithm: str
+
+    def __repr__(self) -> str:  # never print tokens, not even in a traceback's locals
+        return f"VerifiedLogin(claims={sorted(self.claims)!r})"
 
 
 def _audiences(claims: Mapping[str, Any]) -> list[str]:
@@ -588,6 +602,17 @@ class OIDCConnector(CallbackConnector, RefreshConnector, TokenIdentityConnector)
     async def handle_callback(
         self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
     ) -> Identity:
+        login = await self.redeem(params, connector_state)
+        provider = await self._discover()
+        return await self._identity(
+            provider, login.tokens, login.claims, previous=None, keep_data=scopes.offline_access
+        )
+
+    async def redeem(self, params: Mapping[str, str], connector_state: bytes) -> VerifiedLogin:
+        """The callback's code exchanged and the ID token fully verified (signature through
+        the JWKS, ``iss``, ``aud``, ``azp``, times, this login's nonce), nothing mapped. The
+        login's own step, and what the kubeconfig page uses when a cluster trusts another
+        issuer: there the raw tokens are the product, and one verification serves both."""
         error = callback_error(params)
         if error is not None:
             raise error
@@ -613,9 +638,9 @@ class OIDCConnector(CallbackConnector, RefreshConnector, TokenIdentityConnector)
         if not tokens.id_token:
             raise ConnectorError("the identity provider returned no ID token")
         claims = await self._verify_id_token(provider, tokens.id_token, nonce=nonce)
-        return await self._identity(
-            provider, tokens, claims, previous=None, keep_data=scopes.offline_access
-        )
+        # The header parsed cleanly and its alg was checked against the allow-list just now.
+        algorithm = str(jws.extract_compact(tokens.id_token.encode()).protected["alg"])
+        return VerifiedLogin(tokens, claims, algorithm)
 
     # -- refresh -------------------------------------------------------------------------------
     async def refresh(self, scopes: Scopes, identity: Identity) -> Identity:

@@ -57,12 +57,23 @@ class ApiserverSettings:
 
 
 def settings_for(
-    config: Config, cluster: str, certificate_authority: str = "", *, require_https: bool = True
+    config: Config,
+    cluster: str,
+    certificate_authority: str = "",
+    *,
+    require_https: bool = True,
+    signing_algorithm: str = "",
 ) -> ApiserverSettings:
     """The settings for one cluster of ``kubernetes.kubeconfigPage.clusters`` (named so that
     what an operator configures here and what the kubeconfig page hands users are the same).
     ``require_https=False`` is for the page, which shows what the settings would be even on a
-    plain-HTTP test issuer (the command refuses to print a configuration that cannot work)."""
+    plain-HTTP test issuer (the command refuses to print a configuration that cannot work).
+
+    A cluster with its own ``issuer`` trusts that issuer, not this one: its URL, its
+    ``issuerCertificateAuthorityData`` and the algorithm it signs with. That algorithm is not in
+    our config: the page passes the one of the ID token it has just verified
+    (``signing_algorithm``); without it, RS256 (kube-apiserver's default, and what OpenID
+    Connect Discovery requires every provider to support)."""
     page = config.raw.kubernetes.kubeconfig_page
     names = [c.name for c in page.clusters]
     if cluster not in names:
@@ -70,24 +81,29 @@ def settings_for(
         raise ApiserverConfigError(
             f"--cluster {cluster!r}: not in kubernetes.kubeconfigPage.clusters ({known})"
         )
-    if require_https and not config.issuer_id.startswith("https://"):
-        raise ApiserverConfigError(
-            f"issuer {config.issuer_id!r}: kube-apiserver only trusts https issuers"
-        )
-    review: TokenReviewSection = config.raw.kubernetes.token_review
     entry = next(c for c in page.clusters if c.name == cluster)
-    if not certificate_authority and page.issuer_certificate_authority_data:
-        certificate_authority = base64.b64decode(page.issuer_certificate_authority_data).decode(
-            "ascii", "replace"
-        )
+    issuer = entry.issuer or config.issuer_id
+    if require_https and not issuer.startswith("https://"):
+        where = f"clusters {cluster!r} issuer" if entry.issuer else "issuer"
+        raise ApiserverConfigError(f"{where} {issuer!r}: kube-apiserver only trusts https issuers")
+    review: TokenReviewSection = config.raw.kubernetes.token_review
+    ca_data = (
+        entry.issuer_certificate_authority_data
+        if entry.issuer
+        else page.issuer_certificate_authority_data
+    )
+    if not certificate_authority and ca_data:
+        certificate_authority = base64.b64decode(ca_data).decode("ascii", "replace")
+    if not signing_algorithm:
+        signing_algorithm = "RS256" if entry.issuer else config.raw.signer.config.algorithm
     return ApiserverSettings(
-        issuer=config.issuer_id,
+        issuer=issuer,
         audiences=(entry.client_id or page.client_id,),
         username_claim=review.username_claim,
         username_prefix=review.username_prefix,
         groups_claim=review.groups_claim,
         groups_prefix=review.groups_prefix,
-        signing_algorithm=config.raw.signer.config.algorithm,
+        signing_algorithm=signing_algorithm,
         certificate_authority=certificate_authority,
     )
 

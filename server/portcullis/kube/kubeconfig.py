@@ -10,7 +10,9 @@ Three ways to use the issuer from kubectl are offered, the first recommended:
 - commands that store the tokens just issued in kubectl's legacy ``oidc`` auth provider
   (deprecated by Kubernetes, but nothing to install). Those tokens were issued to the page's
   client, so this is offered only for clusters that use that client.
-Each cluster may name its own client (``clientID``/``clientSecret``); the issuer's CA, when
+Each cluster may name its own client (``clientID``/``clientSecret``), and its own issuer
+(``issuer``: the page then renders that cluster from a login at that issuer, with its tokens,
+client and CA in ``Credentials``); the issuer's CA, when
 configured, is embedded in each form (``--certificate-authority-data``,
 ``idp-certificate-authority-data``) so a private CA needs no file on the user's machine.
 Every value is quoted for the shell it is pasted into, so a cluster name or URL can never
@@ -49,6 +51,9 @@ class Credentials:
     refresh_token: str
     username: str  # the kubeconfig user name (a label, not the Kubernetes username)
     issuer_ca_data: str = ""  # base64 PEM of the issuer's CA, "" for the system roots
+    # The client's secret for kubectl's refreshes, for a cluster's confidential client at
+    # another issuer (this issuer's page client is public: nothing to hand out).
+    client_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ def _commands(cluster: KubeCluster, creds: Credentials) -> list[list[str]]:
         f"client-id={creds.client_id}",
         f"id-token={creds.id_token}",
     ]
+    if creds.client_secret:
+        provider_args.append(f"client-secret={creds.client_secret}")
     if creds.issuer_ca_data:
         provider_args.append(f"idp-certificate-authority-data={creds.issuer_ca_data}")
     if creds.refresh_token:

@@ -6,17 +6,32 @@ set-up for every configured cluster.
 The state and PKCE verifier travel in one HttpOnly, SameSite=Lax cookie scoped to the page's
 path: only the browser that started the login can finish it (login CSRF), and the verifier never
 appears in a URL. Tokens are rendered into a no-store page and never logged.
+
+A cluster may trust another issuer (``clusters[].issuer``: another Portcullis, Dex, any OpenID
+provider), as dex-k8s-authenticator allows per cluster. The main page then links
+``{issuer}/kubeconfig/cluster/<name>``, where the page becomes that issuer's relying party with
+the cluster's client: authorization code with PKCE (S256), ``state`` and ``nonce``, the code
+redeemed and the ID token verified by the upstream ``oidc`` connector's code (discovery, JWKS,
+``iss``/``aud``/``azp``/times/nonce, the cluster's CA beside the system roots, a timeout and a
+size bound on every call), handed in by the assembly as a :class:`RelyingParty`. The callback is
+``{issuer}/kubeconfig/cluster/<name>/callback`` (register it at that issuer); its state and the
+connector's login state (nonce, verifier) travel in a cookie scoped to that cluster's path, as
+the page's own login keeps its verifier, so a login started for one cluster cannot be finished
+as another's or in another browser. The verifier is worth something only with the code, which
+the issuer sends to the same browser. The page shows that login's claims and groups and the
+kubeconfigs with that issuer, client, secret and CA.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -26,9 +41,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from portcullis.config.load import ClientSpec, Config
-from portcullis.config.model import KubeconfigPageSection
+from portcullis.config.model import DEFAULT_FOREIGN_SCOPES, KubeCluster, KubeconfigPageSection
+from portcullis.connectors.base import ConnectorError, LoginRedirect, Scopes
+from portcullis.connectors.oauth2_common import decode_state
+from portcullis.connectors.oidc import VerifiedLogin
 from portcullis.kube.apiserver import apiserver_flags, settings_for
-from portcullis.kube.kubeconfig import Credentials, cluster_setups
+from portcullis.kube.kubeconfig import ClusterSetup, Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
 from portcullis.oidc.pkce import s256
 from portcullis.oidc.provider import Provider
@@ -38,6 +56,8 @@ log = logging.getLogger("portcullis.kube")
 #: The page's own redirect URI, under the issuer (registered on the page's client implicitly).
 KUBECONFIG_CALLBACK_PATH = "/kubeconfig/callback"
 COOKIE = "pc_kubeconfig"
+#: The cookie of a login at a cluster's own issuer (one per cluster, by its path).
+FOREIGN_COOKIE = "pc_kubeconfig_rp"
 SCOPES = "openid email profile groups offline_access"
 COOKIE_TTL = 15 * 60
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -82,6 +102,36 @@ class PageRenderer(Protocol):
 ClientAddress = Callable[[Request], str]
 
 
+class RelyingParty(Protocol):
+    """A login at a cluster's own issuer (the upstream ``oidc`` connector, opened by the
+    assembly with the cluster's issuer, client, CA and :func:`cluster_callback_url`)."""
+
+    async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect: ...
+
+    async def redeem(self, params: Mapping[str, str], connector_state: bytes) -> VerifiedLogin: ...
+
+
+def cluster_path(name: str) -> str:
+    """Where a login at the issuer of cluster ``name`` starts, relative to the issuer path
+    (names are ``[A-Za-z0-9_:@-]+``: nothing to escape in a path)."""
+    return f"/kubeconfig/cluster/{name}"
+
+
+def cluster_callback_url(config: Config, name: str) -> str:
+    """The redirect URI to register at the issuer of cluster ``name``."""
+    return f"{config.issuer}{cluster_path(name)}/callback"
+
+
+def foreign_clusters(config: Config) -> list[KubeCluster]:
+    """The page's clusters that trust another issuer (none when the page is off)."""
+    page = config.raw.kubernetes.kubeconfig_page
+    return [c for c in page.clusters if c.issuer] if page.enabled else []
+
+
+def foreign_scopes(cluster: KubeCluster) -> tuple[str, ...]:
+    return tuple(cluster.scopes) or DEFAULT_FOREIGN_SCOPES
+
+
 def register_page_client(config: Config) -> Config:
     """The config with the page's callback added to the redirect URIs of its client (the issuer
     is the relying party there, so operators need not repeat the issuer URL in redirectURIs).
@@ -106,20 +156,34 @@ def page_routes(
     client_address: ClientAddress,
     *,
     secure_cookies: bool,
+    relying_parties: Mapping[str, RelyingParty] | None = None,
 ) -> list[Route]:
     """The page's routes, relative to the issuer path (none when the page is off). ``config``
-    must have gone through :func:`register_page_client`."""
+    must have gone through :func:`register_page_client`; ``relying_parties`` has one entry
+    per cluster of :func:`foreign_clusters`, by name."""
     section = config.raw.kubernetes.kubeconfig_page
     if not section.enabled:
         return []
     client = next(c for c in config.clients if c.id == section.client_id)  # checked on load
     page = KubeconfigPage(
-        provider, pages, client_address, section, client, secure_cookies=secure_cookies
+        provider,
+        pages,
+        client_address,
+        section,
+        client,
+        secure_cookies=secure_cookies,
+        relying_parties=relying_parties or {},
     )
-    return [
+    routes = [
         Route("/kubeconfig", page.start, methods=["GET"]),
         Route(KUBECONFIG_CALLBACK_PATH, page.callback, methods=["GET"]),
     ]
+    if page.foreign:
+        routes += [
+            Route(cluster_path("{name}"), page.start_foreign, methods=["GET"]),
+            Route(cluster_path("{name}") + "/callback", page.callback_foreign, methods=["GET"]),
+        ]
+    return routes
 
 
 class KubeconfigPage:
@@ -132,8 +196,16 @@ class KubeconfigPage:
         client: ClientSpec,
         *,
         secure_cookies: bool,
+        relying_parties: Mapping[str, RelyingParty] | None = None,
     ) -> None:
         self.provider = provider
+        # Clusters that trust another issuer, each with its relying party (the assembly opened
+        # one per such cluster; a missing one is a wiring bug, caught here at start-up).
+        self.foreign = {c.name: c for c in section.clusters if c.issuer}
+        self.relying_parties = dict(relying_parties or {})
+        missing = sorted(set(self.foreign) - set(self.relying_parties))
+        if missing:
+            raise ValueError(f"kubeconfig page: no relying party for clusters {missing}")
         # What each cluster's API server must be started with for these kubeconfigs to work:
         # the same generator as `portcullis kube apiserver-config`, so the two never disagree.
         self.apiserver_flags = {
@@ -237,8 +309,7 @@ class KubeconfigPage:
         return "Basic " + base64.b64encode(pair.encode()).decode()
 
     def _render(self, tokens: dict[str, Any], claims: dict[str, Any]) -> Response:
-        email = claims.get("email")
-        label = email if isinstance(email, str) and email else str(claims.get("sub", "user"))
+        label = _label(claims)
         creds = Credentials(
             issuer=self.issuer,
             client_id=self.client.id,
@@ -247,15 +318,39 @@ class KubeconfigPage:
             username=label,
             issuer_ca_data=self.section.issuer_certificate_authority_data,
         )
+        own = [c for c in self.section.clusters if c.name not in self.foreign]
+        return self._page(
+            tokens,
+            claims,
+            issuer=self.issuer,
+            clusters=cluster_setups(own, creds),
+            apiserver_flags=self.apiserver_flags,
+            foreign=[
+                (c.name, c.server, c.issuer, f"{self.base}{cluster_path(c.name)}")
+                for c in self.foreign.values()
+            ],
+        )
+
+    def _page(
+        self,
+        tokens: Mapping[str, Any],
+        claims: dict[str, Any],
+        *,
+        issuer: str,
+        clusters: list[ClusterSetup],
+        apiserver_flags: dict[str, str],
+        foreign: list[tuple[str, str, str, str]],
+    ) -> Response:
         groups = claims.get("groups")
+        expires_in = tokens.get("expires_in", 0)
         response = self.pages.render(
             "kubeconfig.html",
-            user=label,
-            issuer=self.issuer,
-            client_id=self.client.id,
-            expires_in=int(tokens.get("expires_in", 0)),
-            clusters=cluster_setups(list(self.section.clusters), creds),
-            apiserver_flags=self.apiserver_flags,
+            user=_label(claims),
+            issuer=issuer,
+            expires_in=expires_in if isinstance(expires_in, int) else 0,
+            clusters=clusters,
+            apiserver_flags=apiserver_flags,
+            foreign=foreign,
             # What the API server will see: the claims it maps (autoescaped in the template).
             claims=[
                 (name, claims[name] if isinstance(claims[name], str) else repr(claims[name]))
@@ -282,3 +377,127 @@ class KubeconfigPage:
             samesite="lax",
         )
         return response
+
+    # -- GET /kubeconfig/cluster/<name> (a cluster trusting another issuer) --------------------
+    async def start_foreign(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        cluster = self.foreign.get(name)
+        if cluster is None:
+            return self.pages.error(404, "Unknown cluster", "No such cluster signs in here.")
+        state = secrets.token_urlsafe(24)
+        scopes = foreign_scopes(cluster)
+        try:
+            start = await self.relying_parties[name].login_url(
+                Scopes(offline_access="offline_access" in scopes, groups="groups" in scopes),
+                self._foreign_callback(name),
+                state,
+            )
+        except ConnectorError as exc:
+            log.warning("kubeconfig: cannot start a login at the issuer of %s: %s", name, exc)
+            return self.pages.error(502, "Sign-in failed", str(exc))
+        response = RedirectResponse(start.url, status_code=303, headers=NO_STORE)
+        packed = base64.urlsafe_b64encode(start.connector_state).decode().rstrip("=")
+        response.set_cookie(
+            FOREIGN_COOKIE,
+            f"{state}.{packed}",
+            max_age=COOKIE_TTL,
+            path=self._foreign_cookie_path(name),
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    # -- GET /kubeconfig/cluster/<name>/callback -----------------------------------------------
+    async def callback_foreign(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        cluster = self.foreign.get(name)
+        if cluster is None:
+            return self.pages.error(404, "Unknown cluster", "No such cluster signs in here.")
+        state, _, packed = request.cookies.get(FOREIGN_COOKIE, "").partition(".")
+        returned = request.query_params.get("state", "")
+        connector_state = _unpack(packed)
+        if not state or connector_state is None or not hmac.compare_digest(state, returned):
+            return self._finish_foreign(
+                name,
+                self.pages.error(
+                    400,
+                    "Sign-in not started here",
+                    "This sign-in was not started in this browser or has expired. "
+                    f"Open {self.base}{cluster_path(name)} again.",
+                ),
+            )
+        error = request.query_params.get("error", "")
+        if error:
+            return self._finish_foreign(
+                name,
+                self.pages.error(400, "Sign-in failed", f"The sign-in ended with {error[:64]!s}."),
+            )
+        try:
+            login = await self.relying_parties[name].redeem(
+                dict(request.query_params), connector_state
+            )
+        except ConnectorError as exc:
+            log.warning("kubeconfig: sign-in at the issuer of %s failed: %s", name, exc)
+            return self._finish_foreign(name, self.pages.error(502, "Sign-in failed", str(exc)))
+        return self._finish_foreign(name, self._render_foreign(cluster, login))
+
+    def _render_foreign(self, cluster: KubeCluster, login: VerifiedLogin) -> Response:
+        creds = Credentials(
+            issuer=cluster.issuer,
+            client_id=cluster.client_id,
+            id_token=login.tokens.id_token,
+            refresh_token=login.tokens.refresh_token,
+            username=_label(login.claims),
+            issuer_ca_data=cluster.issuer_certificate_authority_data,
+            client_secret=cluster.client_secret,
+        )
+        settings = settings_for(
+            self.provider.config,
+            cluster.name,
+            require_https=False,
+            signing_algorithm=login.algorithm,
+        )
+        return self._page(
+            login.tokens.raw,
+            login.claims,
+            issuer=cluster.issuer,
+            clusters=cluster_setups([cluster], creds),
+            apiserver_flags={cluster.name: "\n".join(apiserver_flags(settings))},
+            foreign=[],
+        )
+
+    def _foreign_callback(self, name: str) -> str:
+        return self.provider.config.issuer + cluster_path(name) + "/callback"
+
+    def _foreign_cookie_path(self, name: str) -> str:
+        return f"{self.base}{cluster_path(name)}"
+
+    def _finish_foreign(self, name: str, response: Response) -> Response:
+        response.delete_cookie(
+            FOREIGN_COOKIE,
+            path=self._foreign_cookie_path(name),
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+
+def _label(claims: Mapping[str, Any]) -> str:
+    """The kubeconfig user name for these claims: the email, else the subject."""
+    email = claims.get("email")
+    return email if isinstance(email, str) and email else str(claims.get("sub", "user"))
+
+
+def _unpack(packed: str) -> bytes | None:
+    """The connector state from the cookie, None when it is not one (any garbage): a cookie
+    the browser altered is a sign-in not started here (400), never an upstream failure."""
+    if not packed:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
+        decode_state(raw, "login state")
+    except (ValueError, binascii.Error, ConnectorError):
+        return None
+    return raw

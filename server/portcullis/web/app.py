@@ -130,7 +130,9 @@ def web_app(
         return pages.error(404, "Not found", "There is nothing at this address.")
 
     json_paths = {
-        f"{base}{p}" for p in ("/token", "/userinfo", "/token/introspect", "/token/revoke", "/keys")
+        f"{base}{p}"
+        for p in ("/token", "/userinfo", "/token/introspect", "/token/revoke", "/keys")
+        + (("/device/token", "/device/code") if provider.device.enabled else ())
     } | {f"{base}/.well-known/openid-configuration"}
 
     async def storage_unavailable(request: Request, exc: Exception) -> Response:
@@ -192,6 +194,7 @@ def web_app(
         # Dex's paths. Absent (404) unless the device grant is enabled, like its discovery key.
         routes += [
             Route("/device/code", cors.wrap(device.device_code), methods=["POST", "OPTIONS"]),
+            Route("/device/token", cors.wrap(device.device_token), methods=["POST", "OPTIONS"]),
             Route("/device", device.page, methods=["GET"]),
             Route("/device/auth/verify_code", device.verify, methods=["POST"]),
             Route("/device/callback", device.callback, methods=["GET"]),

@@ -1,6 +1,7 @@
 """The device flow's HTTP side (RFC 8628): ``/device/code`` (JSON, for the device), ``/device``
-(the user-code page), ``/device/auth/verify_code`` (Dex's form target) and ``/device/callback``
-(where the browser leg's login comes back).
+(the user-code page), ``/device/auth/verify_code`` (Dex's form target), ``/device/callback``
+(where the browser leg's login comes back) and ``/device/token``, Dex's second (deprecated)
+polling path, kept because devices configured against Dex may poll there instead of ``/token``.
 
 HTTP only: the rules (codes, throttling, the PKCE binding, single use) are
 ``portcullis.oidc.device``'s, whose storage calls run in worker threads. The user-code form is
@@ -18,8 +19,9 @@ from anyio.to_thread import run_sync
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from portcullis.config.model import DEVICE_CODE_GRANT
 from portcullis.oidc.device import DeviceVerificationError, format_user_code
-from portcullis.oidc.errors import OAuthError
+from portcullis.oidc.errors import OAuthError, invalid_grant
 from portcullis.oidc.provider import Provider
 from portcullis.oidc.throttle import ThrottledError
 from portcullis.storage.models import DEVICE_APPROVED
@@ -47,6 +49,7 @@ class DeviceRoutes:
         self.ip = ip_resolver
         self.base = provider.config.issuer_path
         self.secure_cookies = secure_cookies
+        self._warned_device_token = False
 
     # -- POST /device/code (the device) -------------------------------------------------------
     async def device_code(self, http: Request) -> Response:
@@ -61,6 +64,29 @@ class DeviceRoutes:
             result = await run_sync(start)
         except OAuthError as error:
             log.info("device authorization refused: %s", error.error)
+            return oauth_error_response(error)
+        return json_response(result)
+
+    # -- POST /device/token (the device, Dex's deprecated polling path) ------------------------
+    async def device_token(self, http: Request) -> Response:
+        """The token endpoint restricted to the device grant: the same client authentication,
+        grant checks, polling answers (``authorization_pending``, ``slow_down``,
+        ``expired_token``, ``access_denied``) and single use, because it is the same dispatcher.
+        Another ``grant_type`` is ``invalid_grant``, as Dex answers there, so this path can never
+        become a second way into the other grants."""
+        if not self._warned_device_token:
+            # Once per process: devices poll every few seconds, a line per poll would flood.
+            self._warned_device_token = True
+            log.warning("the deprecated /device/token path was called; devices should use /token")
+        try:
+            form = await read_form(http)
+            if form.get("grant_type") != DEVICE_CODE_GRANT:
+                raise invalid_grant(f"only grant_type={DEVICE_CODE_GRANT} is served here")
+            result = await self.provider.tokens.handle(
+                form, http.headers.get("authorization"), self.ip.resolve(http)
+            )
+        except OAuthError as error:
+            log.info("device token request refused: %s", error.error)
             return oauth_error_response(error)
         return json_response(result)
 
