@@ -27,7 +27,14 @@ from rich.console import Console
 from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
 from portcullis_release.attest.attachments import write_attachments
-from portcullis_release.build import debs, fips_provider, freeze, image
+from portcullis_release.build import (
+    debs,
+    fips_provider,
+    freeze,
+    image,
+    login_binary,
+    login_contents,
+)
 from portcullis_release.build.packages_lock import load_lock
 from portcullis_release.distribute import chart, dex_values, flux, flux_web, generated
 from portcullis_release.distribute.local_registry import LocalRegistryError
@@ -46,6 +53,7 @@ from portcullis_release.plan import ReleasePlan
 from portcullis_release.upstream import apply as upstream_apply
 from portcullis_release.upstream import feeds as upstream_feeds
 from portcullis_release.upstream import track as upstream_track
+from portcullis_release.verify.plugin import verify_artifact
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import VerificationError, Verifier
 
@@ -504,7 +512,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         policy.require_vex = True
     try:
         with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
-            result = Verifier(client, key, policy).verify(ref)
+            result = verify_artifact(Verifier(client, key, policy), ref, args.file)
     except VerificationError as exc:
         print(f"FAILED {ref}: {exc}")
         return 1
@@ -521,7 +529,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _register_verify(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "verify",
-        help="verify a published image or chart: digests, signature, provenance, SBOM",
+        help="verify a published image, chart or kubectl-portcullis binary: digests, signature, "
+        "provenance, SBOM",
         description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
         "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
         "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
@@ -536,6 +545,11 @@ def _register_verify(sub: Subparsers) -> None:
         "--require-vex",
         action="store_true",
         help="also require an OpenVEX attestation whose statements name this digest",
+    )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="a downloaded kubectl-portcullis binary: must be the signed artifact's binary",
     )
     _add_registry_options(parser)
     parser.set_defaults(handler=_cmd_verify)
@@ -557,6 +571,9 @@ def _cmd_release(args: argparse.Namespace) -> int:
         deb_dir=args.deb_dir,
         tree=args.tree,
         skip_chart_build=args.skip_chart_build,
+        login_dir=None if args.without_login_binary else args.login_dir,
+        login_cache=args.login_cache,
+        skip_login_build=args.skip_login_build,
     )
     try:
         return release.run_release(options, console)
@@ -565,6 +582,8 @@ def _cmd_release(args: argparse.Namespace) -> int:
         VerificationError,
         LocalRegistryError,
         chart.ChartError,
+        login_binary.LoginBinaryError,
+        login_contents.ContentsError,
         FileNotFoundError,
         ValueError,
     ) as exc:
@@ -599,6 +618,24 @@ def _register_release(sub: Subparsers) -> None:
         "--skip-chart-build",
         action="store_true",
         help="use the newest chart in --chart-dir as it is",
+    )
+    parser.add_argument(
+        "--login-dir",
+        type=Path,
+        default=Path("dist/login"),
+        help="where the kubectl-portcullis binary is built (as `make login-binary` does) and "
+        "released from",
+    )
+    parser.add_argument("--login-cache", type=Path, default=Path(".cache/login"))
+    parser.add_argument(
+        "--skip-login-build",
+        action="store_true",
+        help="release the binary already in --login-dir as it is",
+    )
+    parser.add_argument(
+        "--without-login-binary",
+        action="store_true",
+        help="release the image and chart only",
     )
     parser.set_defaults(handler=_cmd_release)
 
