@@ -74,13 +74,13 @@ def _sha256(value: str) -> HashType:
     return HashType(alg=HashAlgorithm.SHA_256, content=value)
 
 
-def _file(name: str, sha256: str, size: int, ref: str) -> Component:
+def _file(name: str, sha256: str, size: int | None, ref: str) -> Component:
     return Component(
         name=name,
         type=ComponentType.FILE,
         bom_ref=ref,
         hashes=[_sha256(sha256)],
-        properties=[Property(name="portcullis:size", value=str(size))],
+        properties=[] if size is None else [Property(name="portcullis:size", value=str(size))],
     )
 
 
@@ -128,7 +128,7 @@ def plugin_bom(build: PluginBuild, ref: Reference, digest: str, repo: Path) -> d
         components=[
             *files("plugin", "plugin"),
             *(
-                _file(f"{plugin_meta['package']}/{name}", sha, 0, f"plugin:source:{name}")
+                _file(f"{plugin_meta['package']}/{name}", sha, None, f"plugin:source:{name}")
                 for name, sha in sorted(plugin_meta["files"].items())
             ),
         ],
