@@ -3,7 +3,7 @@
 Every subcommand parses its flags here and calls the stage's functions; no stage module knows
 about argparse, and no stage imports this module (the top of the package, as sigstore-python keeps
 its CLI in ``_cli.py``). Subcommands, in the order `--help` lists them: image, manifest, chart,
-flux, sbom, provenance, sign, publish, verify, release.
+flux, sbom, provenance, sign, publish, verify, plugin, release.
 
 Exit codes: 0 success, 1 a check failed (verification, `flux --check`, a failed image build or
 release), 2 bad input or an environment problem (unreadable manifest, registry refused us...).
@@ -26,6 +26,7 @@ from rich.console import Console
 
 from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
+from portcullis_release.attest import plugin as plugin_attest
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import (
     debs,
@@ -36,7 +37,9 @@ from portcullis_release.build import (
     login_contents,
 )
 from portcullis_release.build.packages_lock import load_lock
+from portcullis_release.build.plugin_artifact import PluginBuild, PluginError
 from portcullis_release.distribute import chart, dex_values, flux, flux_web, generated
+from portcullis_release.distribute import plugin as plugin_distribute
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -555,6 +558,93 @@ def _register_verify(sub: Subparsers) -> None:
     parser.set_defaults(handler=_cmd_verify)
 
 
+# ---- the kubectl-portcullis binary ---------------------------------------------------------------
+
+
+def _cmd_plugin_attest(args: argparse.Namespace) -> int:
+    try:
+        build = PluginBuild.load(args.login_dir)
+    except PluginError as exc:
+        print(f"plugin attest: {exc}", file=sys.stderr)
+        return 2
+    ref = build.reference(args.registry)
+    run = provenance.BuildRun(builder_id=args.builder_id)
+    if args.keyless:
+        try:
+            with sign.keyless_signer(args.sigstore_staging) as signer:
+                out = plugin_attest.prepare_plugin(
+                    build, ref, args.release_dir, signer, args.source_dir.resolve(), run
+                )
+        except sign.KeylessError as exc:
+            print(f"plugin attest: {exc}", file=sys.stderr)
+            return 2
+    else:
+        key = cosign_keys.load_signing_key(args.key)
+        out = plugin_attest.prepare_plugin(
+            build, ref, args.release_dir, key, args.source_dir.resolve(), run
+        )
+    print(f"kubectl-portcullis {build.platform} sha256 {build.sha256}")
+    pinned = f"{ref.with_tag(build.tag())}@{build.artifact().digest}"
+    print(f"{pinned}: SBOM, provenance, signatures in {out}")
+    return 0
+
+
+def _cmd_plugin_publish(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    try:
+        build = PluginBuild.load(args.login_dir)
+        report = plugin_distribute.publish_plugin(
+            build, args.registry, args.release_dir, args.auth_file, args.plain_http, console
+        )
+    except PluginError as exc:
+        print(f"plugin publish: {exc}", file=sys.stderr)
+        return 2
+    except RegistryError as exc:
+        console.print(f"[red]publish failed:[/red] {exc}")
+        return 2
+    print(report.summary())
+    print(f"{build.reference(args.registry).with_tag(build.tag())}@{build.artifact().digest}")
+    return 0
+
+
+def _register_plugin(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "plugin",
+        help="attest and publish the kubectl-portcullis binary (`make login-binary`'s output)",
+        description="The login binary as an OCI artifact at REGISTRY/kubectl-portcullis, with "
+        "its own SBOM, SLSA provenance and cosign signatures (`make release` does both steps).",
+    )
+    actions = parser.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
+    attest_p = actions.add_parser("attest", help="SBOM, provenance, signatures (staged)")
+    publish_p = actions.add_parser("publish", help="push the artifact and its attachments")
+    for action in (attest_p, publish_p):
+        action.add_argument("--login-dir", type=Path, default=Path("dist/login"))
+        action.add_argument(
+            "--registry",
+            default=os.environ.get("REGISTRY"),
+            required=not os.environ.get("REGISTRY"),
+            help="e.g. 127.0.0.1:5000/portcullis",
+        )
+        action.add_argument("--release-dir", type=Path, default=Path("dist/release"))
+    how = attest_p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--key", type=Path, help="private key file (cosign format or PEM)")
+    how.add_argument(
+        "--keyless",
+        action="store_true",
+        help="sign through Sigstore (Fulcio + Rekor) with the CI's ambient OIDC identity",
+    )
+    attest_p.add_argument(
+        "--sigstore-staging", action="store_true", help="use Sigstore's staging instance"
+    )
+    attest_p.add_argument(
+        "--builder-id", default=os.environ.get("BUILDER_ID", provenance.DEFAULT_BUILDER_ID)
+    )
+    attest_p.add_argument("--source-dir", type=Path, default=Path("."))
+    attest_p.set_defaults(handler=_cmd_plugin_attest)
+    _add_registry_options(publish_p)
+    publish_p.set_defaults(handler=_cmd_plugin_publish)
+
+
 # ---- release ------------------------------------------------------------------------------------
 
 
@@ -759,6 +849,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_sign,
     _register_publish,
     _register_verify,
+    _register_plugin,
     _register_release,
     _register_track_upstream,
 )

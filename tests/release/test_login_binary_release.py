@@ -392,6 +392,51 @@ def test_the_sbom_lists_exactly_what_the_binary_contains(published: Published) -
         assert comp["version"] == installed, name
 
 
+def test_the_cli_steps_attest_publish_and_verify_the_binary(
+    frozen_plugin: dict[str, Path],
+    published: Published,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # What CI runs (keylessly there; with a key here): `plugin attest`, `plugin publish`, `verify`.
+    monkeypatch.setenv("COSIGN_PASSWORD", published.key.password)
+    registry = f"{published.registry.host}/cli"
+    login_dir = str(frozen_plugin["binary"].parent)
+    release_dir = str(tmp_path / "release")
+    assert (
+        main(
+            [
+                "plugin",
+                "attest",
+                "--login-dir",
+                login_dir,
+                "--registry",
+                registry,
+                "--release-dir",
+                release_dir,
+                "--key",
+                str(published.key.private),
+                "--builder-id",
+                BUILDER_ID,
+            ]
+        )
+        == 0
+    )
+    digest = (tmp_path / "release" / "plugin" / plugin_attest.DIGEST_FILE).read_text().strip()
+    assert digest == published.ref.digest  # the same binary gives the same artifact
+    args = ["--login-dir", login_dir, "--registry", registry, "--release-dir", release_dir]
+    auth = ["--auth-file", str(published.registry.auth_file)]
+    assert main(["plugin", "publish", *args, *auth]) == 0
+    capsys.readouterr()
+    ref = f"{registry}/kubectl-portcullis:{published.build.tag()}@{digest}"
+    assert (
+        main(["verify", ref, "--key", str(published.key.public), "--builder-id", BUILDER_ID, *auth])
+        == 0
+    )
+    assert f"binary: sha256 {published.build.sha256}" in capsys.readouterr().out
+
+
 def test_the_release_publishes_verifies_and_pins_the_binary(
     frozen_plugin: dict[str, Path],
     release_inputs: SyntheticRelease,

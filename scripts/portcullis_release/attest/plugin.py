@@ -56,6 +56,7 @@ from portcullis_release.oci import Reference
 
 __all__ = [
     "ATTACHMENTS_DIR",
+    "DIGEST_FILE",
     "PLUGIN_DIR",
     "ROLE",
     "plugin_bom",
@@ -68,6 +69,7 @@ PLUGIN_DIR = "plugin"  # under the release directory: SBOM, provenance, blob sig
 ATTACHMENTS_DIR = "attachments"  # under PLUGIN_DIR: the staged .sig/.att manifests
 SBOM_FILE = "plugin.cdx.json"
 STATEMENT_FILE = "provenance.json"
+DIGEST_FILE = "artifact-digest"  # the artifact's manifest digest, for scripts (CI's cosign step)
 
 
 def _sha256(value: str) -> HashType:
@@ -328,13 +330,18 @@ def prepare_plugin(
     build: PluginBuild,
     ref: Reference,
     release_dir: Path,
-    key: ec.EllipticCurvePrivateKey,
+    signer: sign.Signer | ec.EllipticCurvePrivateKey,
     repo: Path,
     run: BuildRun,
     source: SourceInfo | None = None,
 ) -> Path:
-    """SBOM, provenance, the artifact's staged attachments and the blob signature files, under
-    ``<release_dir>/plugin``; that directory."""
+    """SBOM, provenance, the artifact's staged attachments and (signing with a key) the blob
+    signature files, under ``<release_dir>/plugin``; that directory.
+
+    Signed keylessly (``sign.SigstoreSigner``, in CI) the artifact's attachments carry the
+    Fulcio certificate and Rekor entry as the image's do; the ``.sig``/``.intoto.json`` files
+    are written only with a key, whose public half verifies them.
+    """
     out = release_dir / PLUGIN_DIR
     out.mkdir(parents=True, exist_ok=True)
     digest = build.artifact().digest
@@ -350,9 +357,17 @@ def prepare_plugin(
         "predicate": bom,
     }
     attachments = sign.build_attachments(
-        key, {ROLE: (ref.name, digest)}, {ROLE: [statement, sbom_statement]}
+        signer, {ROLE: (ref.name, digest)}, {ROLE: [statement, sbom_statement]}
     )
     write_attachments(out / ATTACHMENTS_DIR, attachments)
+    (out / DIGEST_FILE).write_text(digest + "\n")
+    for name in (build.binary.name, build.archive.name):
+        source_path = build.binary.with_name(name)
+        (out / name).write_bytes(source_path.read_bytes())
+        os.chmod(out / name, source_path.stat().st_mode & 0o777)
+    key = signer.key if isinstance(signer, sign.KeySigner) else signer
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return out
     # For the file a user downloads: what `cosign sign-blob --key` and `cosign attest-blob`
     # would write, checked by `cosign verify-blob` / `verify-blob-attestation`.
     signature = key.sign(
@@ -362,8 +377,4 @@ def prepare_plugin(
     (out / f"{build.binary.name}.intoto.json").write_bytes(
         dsse.sign_envelope(key, _statement_bytes(statement))
     )
-    for name in (build.binary.name, build.archive.name):
-        source_path = build.binary.with_name(name)
-        (out / name).write_bytes(source_path.read_bytes())
-        os.chmod(out / name, source_path.stat().st_mode & 0o777)
     return out
