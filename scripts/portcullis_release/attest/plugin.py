@@ -296,7 +296,8 @@ def plugin_statement(
                 "buildType": provenance.BUILD_TYPE,
                 "externalParameters": {
                     "source": {"repository": source.repository, "ref": source.ref},
-                    "registry": ref.host,
+                    # The REGISTRY prefix, as the image's provenance names it.
+                    "registry": ref.name.rsplit("/", 1)[0],
                     "targets": ["login-binary"],
                 },
                 "internalParameters": {
