@@ -53,6 +53,7 @@ json.dump({
     "python": {"implementation": platform.python_implementation().lower(),
                "version": platform.python_version(), "basePrefix": sys.base_prefix},
     "pyinstaller": PyInstaller.__version__,
+    "pyinstallerDir": os.path.dirname(PyInstaller.__file__),
 }, sys.stdout)
 """
 
@@ -132,15 +133,7 @@ def inspect_binary(
     read = json.loads(proc.stdout)
     base_prefix = Path(read["python"].pop("basePrefix"))
     venv = python.parent.parent
-    pyinstaller_dir = Path(
-        subprocess.run(
-            [str(python), "-c", "import PyInstaller, os; print(os.path.dirname(PyInstaller.__file__))"],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        ).stdout.strip()
-    )
+    pyinstaller_dir = Path(read.pop("pyinstallerDir"))
     debs: dict[str, _Deb] = {}
 
     def origin(name: str, source: str) -> str:
