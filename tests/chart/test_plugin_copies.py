@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
+from portcullis.config.model import FrontendSection
 from portcullis.kube import page, plugin_release
+from portcullis.web.pages import Pages
 from portcullis_release import REPO_ROOT
 from portcullis_release.distribute import generated, plugin_copies
 from portcullis_release.manifest import ManifestError, parse_manifest
@@ -136,6 +138,30 @@ def test_the_page_shows_the_released_sha256_beside_its_link(
     assert downloads["linux/amd64"] == ("https://dl/kubectl-portcullis-linux-amd64", BINARY_SHA)
     # A platform this release built no binary for is linked without a digest.
     assert downloads["darwin/arm64"][1] == ""
+
+    # The page itself (the issuer's templates) prints the digest beside the link.
+    html = (
+        Pages(FrontendSection(), "/dex")
+        .render(
+            "kubeconfig.html",
+            user="jane",
+            issuer="https://issuer.example/dex",
+            client_id="kubernetes",
+            expires_in=60,
+            clusters=[],
+            apiserver_flags="",
+            claims=[],
+            groups=[],
+            downloads=page.plugin_downloads("https://dl"),
+            copy_script="",
+        )
+        .body.decode()
+    )
+    assert (
+        '<a href="https://dl/kubectl-portcullis-linux-amd64" rel="noopener">linux/amd64</a> '
+        f'(sha256 <code class="pc-sha256" data-platform="linux/amd64">{BINARY_SHA}</code>)'
+    ) in html
+    assert html.count('class="pc-sha256"') == 1
 
 
 @pytest.mark.parametrize(
