@@ -32,8 +32,7 @@ from portcullis_release.attest import plugin as plugin_attest
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
-from portcullis_release.build import login_binary
-from portcullis_release.build.plugin_artifact import PluginBuild
+from portcullis_release.build.plugin_artifact import load_or_build
 from portcullis_release.distribute import generated, plugin_copies
 from portcullis_release.distribute.chart import package_chart
 from portcullis_release.distribute.flux import EXAMPLES_DIR, write_flux
@@ -226,57 +225,6 @@ def _artifact_size(plan: ReleasePlan, role: str) -> int:
     return len(artifact.manifest) + sum(len(blob) for blob in artifact.blobs.values())
 
 
-def _plugin_build(options: ReleaseOptions, console: Console) -> PluginBuild | None:
-    """The login binary for this release: frozen now (reproducibly, in its own freeze venv;
-    ``build.login_binary``) unless told to take an existing build; None without ``login_dir``."""
-    if options.login_dir is None:
-        console.print("no --login-dir: this release has no kubectl-portcullis binary")
-        return None
-    if not options.skip_login_build:
-        log: list[str] = []
-        login_binary.build(
-            REPO_ROOT,
-            options.login_dir,
-            options.login_cache.resolve(),
-            int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0),
-            log=log,
-        )
-        for line in log:
-            console.print(f"login-binary: {line}")
-    build = PluginBuild.load(options.login_dir)
-    console.print(f"kubectl-portcullis {build.platform} sha256 {build.sha256}")
-    return build
-
-
-def _plugin_section(build: PluginBuild, registry: str, digest: str) -> dict[str, Any]:
-    """The manifest's ``plugin`` section; the download URL and homepage come from
-    PLUGIN_DOWNLOAD_URL or the source repository's release assets, else are left out."""
-    source = manifest.source_repository(REPO_ROOT)
-    base = source.removesuffix(".git") if source and source.startswith("https://") else None
-    download = env("PLUGIN_DOWNLOAD_URL") or (
-        f"{base}/releases/download/v{build.version}" if base else None
-    )
-    section: dict[str, Any] = {
-        "repository": build.reference(registry).name,
-        "version": build.version,
-        "digest": digest,
-        "binaries": [
-            {
-                "os": build.contents["os"],
-                "arch": build.contents["arch"],
-                "file": build.binary.name,
-                "sha256": build.sha256,
-                "archiveSha256": build.archive_sha256,
-            }
-        ],
-    }
-    if download:
-        section["downloadURL"] = download
-    if base:
-        section["homepage"] = base
-    return section
-
-
 def run_release(options: ReleaseOptions, console: Console) -> int:
     """`make release`: every step in order, verifying what was published before writing the
     release manifest (a manifest must never pin something that does not verify)."""
@@ -326,7 +274,16 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 console.print(f"packaged the chart: {packaged.path} {packaged.digest}")
             plan = ReleasePlan.load(options.image, _newest_chart(options.chart_dir), registry)
         with progress.stage(STAGES[2]):
-            plugin = _plugin_build(options, console)
+            plugin = None
+            if options.login_dir is None:
+                console.print("no --login-dir: this release has no kubectl-portcullis binary")
+            else:
+                log: list[str] = []
+                plugin = load_or_build(
+                    options.login_dir, options.login_cache, options.skip_login_build, log
+                )
+                for line in [*log, f"kubectl-portcullis {plugin.platform} sha256 {plugin.sha256}"]:
+                    console.print(line)
         with progress.stage(STAGES[3]):
             inputs = ImageInputs(
                 runtime_lock=options.runtime_lock,
@@ -397,7 +354,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             # this release did not verify.
             data.pop("plugin", None)
             if plugin is not None:
-                data["plugin"] = _plugin_section(plugin, registry, plugin.artifact().digest)
+                data["plugin"] = plugin.manifest_section(registry)
             final = manifest.parse_manifest(data, source="release")
             manifest.dump_manifest(final, manifest_out)
             console.print(f"wrote {manifest_out}")

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from portcullis_release import oci
-from portcullis_release.build import login_contents
+from portcullis_release import REPO_ROOT, manifest, oci
+from portcullis_release.build import login_binary, login_contents
 from portcullis_release.oci import Artifact, Descriptor, Reference
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TITLE",
     "PluginBuild",
     "PluginError",
+    "load_or_build",
     "plugin_artifact",
 ]
 
@@ -143,3 +145,48 @@ class PluginBuild:
 
     def tag(self) -> str:
         return self.version.replace("+", "_")
+
+    def manifest_section(self, registry: str) -> dict[str, Any]:
+        """The release manifest's ``plugin`` section for this build published under
+        ``registry``. The download URL is PLUGIN_DOWNLOAD_URL, else the source repository's
+        release assets (``<repo>/releases/download/v<version>``), else left out (nothing
+        invents a URL); the homepage is the source repository when it is an https one."""
+        source = manifest.source_repository(REPO_ROOT)
+        base = source.removesuffix(".git") if source and source.startswith("https://") else None
+        download = os.environ.get("PLUGIN_DOWNLOAD_URL") or (
+            f"{base}/releases/download/v{self.version}" if base else None
+        )
+        section: dict[str, Any] = {
+            "repository": self.reference(registry).name,
+            "version": self.version,
+            "digest": self.artifact().digest,
+            "binaries": [
+                {
+                    "os": self.contents["os"],
+                    "arch": self.contents["arch"],
+                    "file": self.binary.name,
+                    "sha256": self.sha256,
+                    "archiveSha256": self.archive_sha256,
+                }
+            ],
+        }
+        if download:
+            section["downloadURL"] = download
+        if base:
+            section["homepage"] = base
+        return section
+
+
+def load_or_build(login_dir: Path, cache: Path, existing: bool, log: list[str]) -> PluginBuild:
+    """The release's login binary: frozen into ``login_dir`` now, exactly as `make login-binary`
+    does (its own freeze venv under ``cache``, SOURCE_DATE_EPOCH), or with ``existing`` the
+    build already there; read back and checked either way."""
+    if not existing:
+        login_binary.build(
+            REPO_ROOT,
+            login_dir,
+            cache.resolve(),
+            int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0),
+            log=log,
+        )
+    return PluginBuild.load(login_dir)
