@@ -149,6 +149,8 @@ bench-image: image test-system-deps
 # and verification. `make release` reads REGISTRY, AUTH_FILE, COSIGN_KEY and COSIGN_PASSWORD like
 # cosign does; without REGISTRY it starts a local authenticated registry, without COSIGN_KEY it
 # makes a throwaway key (and says so). Docs: docs/verify.md; code: scripts/portcullis_release/.
+# It also freezes kubectl-portcullis (as `make login-binary`, into dist/login) and releases it as
+# an OCI artifact with its own SBOM, provenance and signatures (docs/releasing.md).
 # The tests cross-check with the real cosign (Debian trixie build, fetched into .cache/cosign
 # without touching the system apt configuration) against a real docker-registry.
 TEST_APT_PACKAGES += docker-registry apache2-utils dpkg debian-archive-keyring skopeo

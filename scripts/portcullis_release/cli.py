@@ -3,7 +3,7 @@
 Every subcommand parses its flags here and calls the stage's functions; no stage module knows
 about argparse, and no stage imports this module (the top of the package, as sigstore-python keeps
 its CLI in ``_cli.py``). Subcommands, in the order `--help` lists them: image, manifest, chart,
-flux, sbom, provenance, sign, publish, verify, release.
+flux, sbom, provenance, sign, publish, verify, plugin, release.
 
 Exit codes: 0 success, 1 a check failed (verification, `flux --check`, a failed image build or
 release), 2 bad input or an environment problem (unreadable manifest, registry refused us...).
@@ -26,10 +26,20 @@ from rich.console import Console
 
 from portcullis_release import release
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
+from portcullis_release.attest import plugin as plugin_attest
 from portcullis_release.attest.attachments import write_attachments
-from portcullis_release.build import debs, fips_provider, freeze, image
+from portcullis_release.build import (
+    debs,
+    fips_provider,
+    freeze,
+    image,
+    login_binary,
+    login_contents,
+)
 from portcullis_release.build.packages_lock import load_lock
+from portcullis_release.build.plugin_artifact import PluginBuild, PluginError
 from portcullis_release.distribute import chart, dex_values, flux, flux_web, generated
+from portcullis_release.distribute import plugin as plugin_distribute
 from portcullis_release.distribute.local_registry import LocalRegistryError
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import RegistryError, client_for
@@ -46,6 +56,7 @@ from portcullis_release.plan import ReleasePlan
 from portcullis_release.upstream import apply as upstream_apply
 from portcullis_release.upstream import feeds as upstream_feeds
 from portcullis_release.upstream import track as upstream_track
+from portcullis_release.verify.plugin import verify_artifact
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import VerificationError, Verifier
 
@@ -504,7 +515,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         policy.require_vex = True
     try:
         with client_for(ref, args.auth_file, plain_http=args.plain_http) as client:
-            result = Verifier(client, key, policy).verify(ref)
+            result = verify_artifact(Verifier(client, key, policy), ref, args.file)
     except VerificationError as exc:
         print(f"FAILED {ref}: {exc}")
         return 1
@@ -521,7 +532,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _register_verify(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "verify",
-        help="verify a published image or chart: digests, signature, provenance, SBOM",
+        help="verify a published image, chart or kubectl-portcullis binary: digests, signature, "
+        "provenance, SBOM",
         description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
         "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
         "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
@@ -537,8 +549,100 @@ def _register_verify(sub: Subparsers) -> None:
         action="store_true",
         help="also require an OpenVEX attestation whose statements name this digest",
     )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="a downloaded kubectl-portcullis binary: must be the signed artifact's binary",
+    )
     _add_registry_options(parser)
     parser.set_defaults(handler=_cmd_verify)
+
+
+# ---- the kubectl-portcullis binary ---------------------------------------------------------------
+
+
+def _cmd_plugin_attest(args: argparse.Namespace) -> int:
+    try:
+        build = PluginBuild.load(args.login_dir)
+    except PluginError as exc:
+        print(f"plugin attest: {exc}", file=sys.stderr)
+        return 2
+    ref = build.reference(args.registry)
+    run = provenance.BuildRun(builder_id=args.builder_id)
+    if args.keyless:
+        try:
+            with sign.keyless_signer(args.sigstore_staging) as signer:
+                out = plugin_attest.prepare_plugin(
+                    build, ref, args.release_dir, signer, args.source_dir.resolve(), run
+                )
+        except sign.KeylessError as exc:
+            print(f"plugin attest: {exc}", file=sys.stderr)
+            return 2
+    else:
+        key = cosign_keys.load_signing_key(args.key)
+        out = plugin_attest.prepare_plugin(
+            build, ref, args.release_dir, key, args.source_dir.resolve(), run
+        )
+    print(f"kubectl-portcullis {build.platform} sha256 {build.sha256}")
+    pinned = f"{ref.with_tag(build.tag())}@{build.artifact().digest}"
+    print(f"{pinned}: SBOM, provenance, signatures in {out}")
+    return 0
+
+
+def _cmd_plugin_publish(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    try:
+        build = PluginBuild.load(args.login_dir)
+        report = plugin_distribute.publish_plugin(
+            build, args.registry, args.release_dir, args.auth_file, args.plain_http, console
+        )
+    except PluginError as exc:
+        print(f"plugin publish: {exc}", file=sys.stderr)
+        return 2
+    except RegistryError as exc:
+        console.print(f"[red]publish failed:[/red] {exc}")
+        return 2
+    print(report.summary())
+    print(f"{build.reference(args.registry).with_tag(build.tag())}@{build.artifact().digest}")
+    return 0
+
+
+def _register_plugin(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "plugin",
+        help="attest and publish the kubectl-portcullis binary (`make login-binary`'s output)",
+        description="The login binary as an OCI artifact at REGISTRY/kubectl-portcullis, with "
+        "its own SBOM, SLSA provenance and cosign signatures (`make release` does both steps).",
+    )
+    actions = parser.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
+    attest_p = actions.add_parser("attest", help="SBOM, provenance, signatures (staged)")
+    publish_p = actions.add_parser("publish", help="push the artifact and its attachments")
+    for action in (attest_p, publish_p):
+        action.add_argument("--login-dir", type=Path, default=Path("dist/login"))
+        action.add_argument(
+            "--registry",
+            default=os.environ.get("REGISTRY"),
+            required=not os.environ.get("REGISTRY"),
+            help="e.g. 127.0.0.1:5000/portcullis",
+        )
+        action.add_argument("--release-dir", type=Path, default=Path("dist/release"))
+    how = attest_p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--key", type=Path, help="private key file (cosign format or PEM)")
+    how.add_argument(
+        "--keyless",
+        action="store_true",
+        help="sign through Sigstore (Fulcio + Rekor) with the CI's ambient OIDC identity",
+    )
+    attest_p.add_argument(
+        "--sigstore-staging", action="store_true", help="use Sigstore's staging instance"
+    )
+    attest_p.add_argument(
+        "--builder-id", default=os.environ.get("BUILDER_ID", provenance.DEFAULT_BUILDER_ID)
+    )
+    attest_p.add_argument("--source-dir", type=Path, default=Path("."))
+    attest_p.set_defaults(handler=_cmd_plugin_attest)
+    _add_registry_options(publish_p)
+    publish_p.set_defaults(handler=_cmd_plugin_publish)
 
 
 # ---- release ------------------------------------------------------------------------------------
@@ -557,6 +661,9 @@ def _cmd_release(args: argparse.Namespace) -> int:
         deb_dir=args.deb_dir,
         tree=args.tree,
         skip_chart_build=args.skip_chart_build,
+        login_dir=None if args.without_login_binary else args.login_dir,
+        login_cache=args.login_cache,
+        skip_login_build=args.skip_login_build,
     )
     try:
         return release.run_release(options, console)
@@ -565,6 +672,8 @@ def _cmd_release(args: argparse.Namespace) -> int:
         VerificationError,
         LocalRegistryError,
         chart.ChartError,
+        login_binary.LoginBinaryError,
+        login_contents.ContentsError,
         FileNotFoundError,
         ValueError,
     ) as exc:
@@ -599,6 +708,24 @@ def _register_release(sub: Subparsers) -> None:
         "--skip-chart-build",
         action="store_true",
         help="use the newest chart in --chart-dir as it is",
+    )
+    parser.add_argument(
+        "--login-dir",
+        type=Path,
+        default=Path("dist/login"),
+        help="where the kubectl-portcullis binary is built (as `make login-binary` does) and "
+        "released from",
+    )
+    parser.add_argument("--login-cache", type=Path, default=Path(".cache/login"))
+    parser.add_argument(
+        "--skip-login-build",
+        action="store_true",
+        help="release the binary already in --login-dir as it is",
+    )
+    parser.add_argument(
+        "--without-login-binary",
+        action="store_true",
+        help="release the image and chart only",
     )
     parser.set_defaults(handler=_cmd_release)
 
@@ -722,6 +849,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_sign,
     _register_publish,
     _register_verify,
+    _register_plugin,
     _register_release,
     _register_track_upstream,
 )

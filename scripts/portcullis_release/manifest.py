@@ -17,6 +17,15 @@ verbatim on load/dump; ``image`` and ``chart`` are strict)::
       repository: registry.example.com/portcullis/charts/portcullis   # OCI, no scheme
       version: 0.1.0
       digest: sha256:<64 hex>       # digest of the chart's OCI manifest (what Flux pins)
+    plugin:                         # optional: the kubectl-portcullis binary
+      repository: registry.example.com/portcullis/kubectl-portcullis
+      version: 0.1.0
+      digest: sha256:<64 hex>       # digest of its OCI artifact manifest
+      downloadURL: https://...      # optional: where the files are served (krew, kubeconfig page)
+      homepage: https://...         # optional: the krew manifest's homepage (default downloadURL)
+      binaries:
+      - {os: linux, arch: amd64, file: kubectl-portcullis-linux-amd64,
+         sha256: <64 hex>, archiveSha256: <64 hex>}   # the executable, the krew .tar.gz
 
 Importable API (used by ``distribute.chart``, ``distribute.flux`` and ``release``; the
 ``portcullis-release manifest show|set`` commands are in ``cli``)::
@@ -59,6 +68,8 @@ __all__ = [
     "ChartRef",
     "ImageRef",
     "ManifestError",
+    "PluginBinary",
+    "PluginRef",
     "ReleaseManifest",
     "dump_manifest",
     "load_manifest",
@@ -160,6 +171,51 @@ class ChartRef(BaseModel):
         return self.repository.rsplit("/", 1)[-1]
 
 
+def _check_hex(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("must be 64 lowercase hex digits (a sha256)")
+    return value
+
+
+def _check_https(value: str) -> str:
+    if not value.startswith("https://"):
+        raise ValueError("must be an https URL (binaries fetched over plain HTTP can be swapped)")
+    return value.rstrip("/")
+
+
+Sha256Hex = Annotated[str, AfterValidator(_check_hex)]
+HttpsURL = Annotated[str, AfterValidator(_check_https)]
+
+
+class PluginBinary(BaseModel):
+    """One platform's ``kubectl-portcullis`` executable and its krew archive, by sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    os: Annotated[str, Field(pattern=r"^(linux|darwin|windows)$")]
+    arch: Annotated[str, Field(pattern=r"^(amd64|arm64)$")]
+    file: Annotated[str, Field(pattern=r"^kubectl-portcullis-[a-z0-9-]+$")]
+    sha256: Sha256Hex
+    archive_sha256: Sha256Hex = Field(alias="archiveSha256")
+
+
+class PluginRef(BaseModel):
+    """The login binary as released: its OCI artifact and, per platform, the file's sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    repository: Repository
+    version: SemVer
+    digest: Digest
+    download_url: HttpsURL | None = Field(default=None, alias="downloadURL")
+    homepage: HttpsURL | None = None
+    binaries: list[PluginBinary] = Field(min_length=1)
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.model_dump(by_alias=True, exclude_none=True)
+        return data
+
+
 class ReleaseManifest(BaseModel):
     """The whole manifest. Unknown top-level sections belong to other release steps and are
     preserved; ``image`` and ``chart`` reject unknown keys so typos fail loudly."""
@@ -172,6 +228,7 @@ class ReleaseManifest(BaseModel):
     )
     image: ImageRef
     chart: ChartRef
+    plugin: PluginRef | None = None
 
     def with_image(self, **changes: str) -> ReleaseManifest:
         """A copy with some of ``repository``/``tag``/``digest`` of the image replaced."""
@@ -188,11 +245,20 @@ class ReleaseManifest(BaseModel):
 
     def placeholders(self) -> list[str]:
         """Fields that still hold the placeholder digest (dotted paths)."""
-        return [
+        found = [
             f"{section}.digest"
             for section, ref in (("image", self.image), ("chart", self.chart))
             if ref.digest == PLACEHOLDER_DIGEST
         ]
+        if self.plugin is not None:
+            if self.plugin.digest == PLACEHOLDER_DIGEST:
+                found.append("plugin.digest")
+            found += [
+                f"plugin.binaries[{i}].sha256"
+                for i, b in enumerate(self.plugin.binaries)
+                if b.sha256 == PLACEHOLDER_DIGEST.removeprefix("sha256:")
+            ]
+        return found
 
     def require_release(self) -> None:
         """Raise ``ManifestError`` unless this is a real release (no development flag, no
@@ -211,6 +277,8 @@ class ReleaseManifest(BaseModel):
             "image": self.image.model_dump(),
             "chart": self.chart.model_dump(),
         }
+        if self.plugin is not None:
+            data["plugin"] = self.plugin.to_data()
         data.update(self.model_extra or {})
         return data
 

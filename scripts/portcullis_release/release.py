@@ -28,18 +28,22 @@ from rich.table import Table
 
 from portcullis_release import REPO_ROOT, manifest
 from portcullis_release.attest import cosign_keys, provenance, sbom, sign, vex
+from portcullis_release.attest import plugin as plugin_attest
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.attest.provenance import BuildRun, SourceInfo
 from portcullis_release.attest.sbom import ImageInputs
-from portcullis_release.distribute import generated
+from portcullis_release.build.plugin_artifact import load_or_build
+from portcullis_release.distribute import generated, plugin_copies
 from portcullis_release.distribute.chart import package_chart
 from portcullis_release.distribute.flux import EXAMPLES_DIR, write_flux
 from portcullis_release.distribute.flux_web import write_flux_web
 from portcullis_release.distribute.local_registry import LocalRegistry, start_registry
+from portcullis_release.distribute.plugin import publish_plugin
 from portcullis_release.distribute.publish import publish_plan
 from portcullis_release.distribute.registry import client_for
 from portcullis_release.oci import Reference
 from portcullis_release.plan import ReleasePlan
+from portcullis_release.verify.plugin import verify_artifact
 from portcullis_release.verify.policy import Policy
 from portcullis_release.verify.verifier import Verifier
 
@@ -62,6 +66,11 @@ class ReleaseOptions:
     # The tree whose generated copies (Chart.yaml, the docs block) a real release rewrites.
     tree: Path = REPO_ROOT
     skip_chart_build: bool = False
+    # The kubectl-portcullis binary (`make login-binary`'s output directory): None releases
+    # without it; built here unless skip_login_build (then the directory's build is used as is).
+    login_dir: Path | None = None
+    login_cache: Path = REPO_ROOT / ".cache" / "login"
+    skip_login_build: bool = False
 
 
 def statements(release_dir: Path, plan: ReleasePlan) -> dict[str, list[dict[str, Any]]]:
@@ -165,6 +174,7 @@ def _signing_key(release_dir: Path, console: Console) -> tuple[ec.EllipticCurveP
 STAGES = (
     "image digest and manifest",
     "chart",
+    "kubectl-portcullis binary",
     "SBOMs, provenance, signatures",
     "publish",
     "verify what was published",
@@ -264,6 +274,17 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 console.print(f"packaged the chart: {packaged.path} {packaged.digest}")
             plan = ReleasePlan.load(options.image, _newest_chart(options.chart_dir), registry)
         with progress.stage(STAGES[2]):
+            plugin = None
+            if options.login_dir is None:
+                console.print("no --login-dir: this release has no kubectl-portcullis binary")
+            else:
+                log: list[str] = []
+                plugin = load_or_build(
+                    options.login_dir, options.login_cache, options.skip_login_build, log
+                )
+                for line in [*log, f"kubectl-portcullis {plugin.platform} sha256 {plugin.sha256}"]:
+                    console.print(line)
+        with progress.stage(STAGES[3]):
             inputs = ImageInputs(
                 runtime_lock=options.runtime_lock,
                 packages_lock=options.packages_lock,
@@ -274,9 +295,17 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             run.finished_on = dt.datetime.now(dt.UTC)
             vex_file = options.vex if options.vex.is_file() else None
             prepare(plan, release_dir, key, inputs, REPO_ROOT, run, vex_file=vex_file)
-        with progress.stage(STAGES[3]):
+            if plugin is not None:
+                plugin_ref = plugin.reference(registry)
+                plugin_attest.prepare_plugin(plugin, plugin_ref, release_dir, key, REPO_ROOT, run)
+        with progress.stage(STAGES[4]):
             report = publish_plan(plan, release_dir, auth_path, console=console)
             console.print(f"published: {report.summary()}")
+            if plugin is not None:
+                plugin_report = publish_plugin(
+                    plugin, registry, release_dir, auth_path, console=console
+                )
+                console.print(f"published kubectl-portcullis: {plugin_report.summary()}")
         source = SourceInfo.detect(REPO_ROOT).repository
         if source is None:
             console.print(
@@ -288,7 +317,7 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         summary = ReleaseSummary(registry, development, manifest_out)
         # Verified from the registry, by digest, with only the public key: what a user's
         # `portcullis-release verify` does, so a release that passes here verifies there.
-        with progress.stage(STAGES[4]), client_for(plan.image_ref, auth_path) as client:
+        with progress.stage(STAGES[5]), client_for(plan.image_ref, auth_path) as client:
             for role in plan.roles():
                 # The VEX document describes the image (the chart has no vulnerable code).
                 with_vex = replace(policy, require_vex=role == "image" and vex_file is not None)
@@ -298,19 +327,35 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 result = verifier.verify(Reference.parse(f"{ref}@{digest}"))
                 notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
                 summary.rows.append((role, str(ref), digest, _artifact_size(plan, role), notes))
-        with progress.stage(STAGES[5]):
-            final = manifest.parse_manifest(
-                {
-                    **man.to_data(),
-                    "development": development,
-                    "chart": {
-                        "repository": plan.chart_ref.name,
-                        "version": plan.chart_version,
-                        "digest": plan.artifact_for("chart").digest,
-                    },
+            if plugin is not None:
+                # The binary's own checks too: its sha256 named by the provenance and the SBOM,
+                # and the file this release built is the one the registry now serves.
+                artifact = plugin.artifact()
+                ref = plugin.reference(registry).with_tag(plugin.tag())
+                result = verify_artifact(
+                    Verifier(client, key.public_key(), policy),
+                    Reference.parse(f"{ref}@{artifact.digest}"),
+                    plugin.binary,
+                )
+                notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
+                size = len(artifact.manifest) + sum(len(b) for b in artifact.blobs.values())
+                summary.rows.append(("kubectl-portcullis", str(ref), artifact.digest, size, notes))
+        with progress.stage(STAGES[6]):
+            data = {
+                **man.to_data(),
+                "development": development,
+                "chart": {
+                    "repository": plan.chart_ref.name,
+                    "version": plan.chart_version,
+                    "digest": plan.artifact_for("chart").digest,
                 },
-                source="release",
-            )
+            }
+            # A release without the binary pins none: an older section would name a binary
+            # this release did not verify.
+            data.pop("plugin", None)
+            if plugin is not None:
+                data["plugin"] = plugin.manifest_section(registry)
+            final = manifest.parse_manifest(data, source="release")
             manifest.dump_manifest(final, manifest_out)
             console.print(f"wrote {manifest_out}")
             # Every copy of its versions and digests is regenerated with the manifest: the
@@ -324,6 +369,13 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             if not development:
                 written += generated.write_tracked(final, options.tree, flux_files=False)
             written += generated.write_index(final, release_dir / "index")
+            if plugin is not None:
+                # The krew manifest beside the files it describes (when a download URL is known).
+                for rel, text in plugin_copies.render(final).items():
+                    if rel == plugin_copies.KREW_FILE:
+                        path = release_dir / plugin_attest.PLUGIN_DIR / rel.name
+                        path.write_text(text)
+                        written.append(path)
             for path in written:
                 console.print(f"wrote {path}")
         summary.render(console)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from portcullis_release import REPO_ROOT
 from portcullis_release.cli import main
-from portcullis_release.distribute import generated
+from portcullis_release.distribute import generated, plugin_copies
 from portcullis_release.manifest import load_manifest, parse_manifest
 
 RELEASE = {
@@ -29,7 +29,7 @@ RELEASE = {
 
 def _tree_copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    for rel in (generated.CHART_YAML, generated.DOCS_PAGE):
+    for rel in (generated.CHART_YAML, generated.DOCS_PAGE, plugin_copies.SERVER_MODULE):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / rel, root / rel)
     shutil.copytree(REPO_ROOT / generated.FLUX_DIR, root / generated.FLUX_DIR)
@@ -51,6 +51,8 @@ def test_every_drifted_copy_is_reported(tmp_path: Path) -> None:
     docs.write_text(docs.read_text().replace("sha256:000000", "sha256:111111", 1))
     helmrelease = root / generated.FLUX_DIR / "helmrelease.yaml"
     helmrelease.write_text(helmrelease.read_text() + "# edited\n")
+    module = root / plugin_copies.SERVER_MODULE
+    module.write_text(module.read_text().replace("DEVELOPMENT = True", "DEVELOPMENT = False"))
     problems = generated.check(manifest, root)
     assert sorted(p.split(":")[0] for p in problems) == sorted(
         str(root / rel)
@@ -58,6 +60,7 @@ def test_every_drifted_copy_is_reported(tmp_path: Path) -> None:
             generated.CHART_YAML,
             generated.DOCS_PAGE,
             generated.FLUX_DIR / "helmrelease.yaml",
+            plugin_copies.SERVER_MODULE,
         )
     )
 
@@ -65,7 +68,8 @@ def test_every_drifted_copy_is_reported(tmp_path: Path) -> None:
 def test_a_real_release_regenerates_every_tracked_copy(tmp_path: Path) -> None:
     root = _tree_copy(tmp_path)
     release = parse_manifest(RELEASE)
-    assert len(generated.check(release, root)) == 7  # Chart.yaml, 5 Flux files, docs
+    # Chart.yaml, 5 Flux files, docs, the kubeconfig page's module (this release has no binary)
+    assert len(generated.check(release, root)) == 8
     generated.write_tracked(release, root)
     assert generated.check(release, root) == []
     chart = yaml.safe_load((root / generated.CHART_YAML).read_text())

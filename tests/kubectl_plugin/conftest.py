@@ -1,5 +1,6 @@
 """Fixtures for the kubectl-portcullis tests: real `portcullis serve` processes (the integration
-suite's harness) and a private HOME per test for the plugin's token cache."""
+suite's harness) and a private HOME per test for the plugin's token cache. The frozen binary
+(``frozen_plugin``) is built once per session in tests/conftest.py, shared with tests/release."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.issuer import Issuer, StartIssuer, issuers_in
-from tests.support.plugin import KREW_HOMEPAGE, KREW_URI_TEMPLATE, Plugin
+from tests.support.plugin import Plugin
 
 # The plugin needs the refresh grant; the approval screen stays on so the test's browser walks
 # every page a person sees. Public client `kubectl` with a loopback redirect (any port).
@@ -40,21 +41,3 @@ def plugin(tmp_path: Path) -> Plugin:
     home = tmp_path / "home"
     home.mkdir()
     return Plugin(home)
-
-
-@pytest.fixture(scope="session")
-def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`make login-binary`'s build (freeze venv cached in .cache/login like the Makefile's)."""
-    from portcullis_release.build import login_binary
-
-    from tests.support.plugin import REPO_ROOT
-
-    return login_binary.build(
-        REPO_ROOT,
-        tmp_path_factory.mktemp("login"),
-        REPO_ROOT / ".cache" / "login",
-        1_700_000_000,
-        work=tmp_path_factory.mktemp("login-work"),
-        uri_template=KREW_URI_TEMPLATE,
-        homepage=KREW_HOMEPAGE,
-    )

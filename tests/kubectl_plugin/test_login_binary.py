@@ -47,7 +47,7 @@ def test_frozen_plugin_is_byte_reproducible_and_logs_in(
         homepage=KREW_HOMEPAGE,
     )
 
-    for name in ("binary", "archive", "manifest", "sha256"):
+    for name in ("binary", "archive", "manifest", "sha256", "contents"):
         assert again[name].read_bytes() == frozen_plugin[name].read_bytes(), name
     binary = frozen_plugin["binary"]
     assert binary.name == "kubectl-portcullis-linux-amd64"

@@ -82,6 +82,17 @@ def test_release_is_on_tags_keyless_and_verified_with_cosign() -> None:
     assert "COSIGN_KEY" not in runs
 
 
+def test_release_attests_publishes_and_verifies_the_login_binary() -> None:
+    runs = "\n".join(
+        step.get("run", "") for step in _load("release.yml")["jobs"]["release"]["steps"]
+    )
+    assert "login-binary" in runs
+    assert "portcullis-release plugin attest --login-dir dist/login" in runs
+    assert "portcullis-release plugin publish --login-dir dist/login" in runs
+    assert 'cosign verify "$REGISTRY/kubectl-portcullis@$plugin"' in runs
+    assert 'verify-attestation --type "$type" "$REGISTRY/kubectl-portcullis@$plugin"' in runs
+
+
 def test_track_upstream_is_scheduled_and_opens_a_pull_request() -> None:
     doc = _load("track-upstream.yml")
     assert doc[True]["schedule"][0]["cron"]

@@ -1,6 +1,6 @@
 """The signed attachments staged between `sign` and `publish`: an OCI layout under
 ``<release dir>/attachments`` holding each .sig/.att manifest, tagged and labelled with the
-artefact it belongs to ("image" or "chart").
+artefact it belongs to ("image", "chart", or "plugin" for the kubectl-portcullis binary).
 
 Why a layout on disk: signing (which needs the key) and publishing (which needs the registry
 credentials) can then run as separate steps, even on separate machines. Imports only the OCI
@@ -24,7 +24,8 @@ TARGET_REPOSITORY = "dev.portcullis.release.repository"
 
 @dataclass
 class Attachment:
-    """A .sig or .att manifest destined for ``repository`` (relative: "image" or "chart")."""
+    """A .sig or .att manifest destined for ``repository`` (relative: "image", "chart",
+    "plugin")."""
 
     role: str
     tag: str
@@ -63,7 +64,7 @@ def read_attachments(root: Path) -> list[Attachment]:
     for desc, art in oci.read_layout_all(root):
         role = desc.annotations.get(TARGET_REPOSITORY)
         tag = desc.annotations.get(oci.REF_NAME)
-        if role not in ("image", "chart") or not tag:
+        if role not in ("image", "chart", "plugin") or not tag:
             raise oci.OciError(f"{root}: manifest {desc.digest} lacks its role or tag annotation")
         out.append(Attachment(role, tag, layers_of(art)))
     return out

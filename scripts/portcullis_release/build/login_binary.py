@@ -5,6 +5,9 @@ Outputs (in ``--output``, default ``dist/login``):
   kubectl-portcullis-<os>-<arch>.sha256   ``sha256sum`` format
   kubectl-portcullis-<os>-<arch>.tar.gz   what krew downloads (krew installs from archives only)
   portcullis.yaml                         the krew plugin manifest (name = file name, as krew wants)
+  kubectl-portcullis-<os>-<arch>.contents.json
+                                          what the binary holds, read back from it
+                                          (``login_contents``; the release's SBOM is written from it)
 
 Reproducible by construction, the same ideas as the server's freeze (``freeze.py``), without
 importing it (that module is the server image's, with its FIPS bundle):
@@ -28,6 +31,7 @@ import fcntl
 import gzip
 import hashlib
 import io
+import json
 import os
 import platform
 import re
@@ -43,6 +47,7 @@ from typing import Any
 import yaml
 
 from portcullis_release import manifest as manifest_module
+from portcullis_release.build import login_contents
 from portcullis_release.manifest import ManifestError
 
 PLUGIN_PACKAGE = "kubectl_portcullis"
@@ -336,7 +341,13 @@ def build(
     archive = output / f"{name}.tar.gz"
     archive.write_bytes(krew_archive(binary.read_bytes(), source_date_epoch))
     version = project_version(repo)
-    written = {"binary": binary, "sha256": checksum, "archive": archive}
+    contents = login_contents.inspect_binary(
+        python, binary, work / "pyinstaller" / "build" / APP_NAME, work / "src", PLUGIN_PACKAGE
+    )
+    contents.update(version=version, os=os_name, arch=arch, sourceDateEpoch=source_date_epoch)
+    contents_path = login_contents.contents_file(binary)
+    contents_path.write_text(json.dumps(contents, indent=1, sort_keys=True) + "\n")
+    written = {"binary": binary, "sha256": checksum, "archive": archive, "contents": contents_path}
     if uri_template is None or homepage is None:
         log.append(
             "no krew manifest: no https source repository known (SOURCE_REPOSITORY, "
@@ -386,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             homepage=args.homepage,
             log=log,
         )
-    except (LoginBinaryError, ManifestError, OSError) as exc:
+    except (LoginBinaryError, login_contents.ContentsError, ManifestError, OSError) as exc:
         print(f"login-binary: {exc}", file=sys.stderr)
         return 1
     for line in log:

@@ -6,8 +6,9 @@ fails the suite, the failure mode of distributions whose docs pin another digest
 files). The copies:
 
 * tracked files: the chart's ``Chart.yaml`` ``version``/``appVersion``, ``deploy/flux/*``
-  (:mod:`distribute.flux`), and the generated block of ``docs/verify.md`` between
-  ``<!-- generated:release -->`` and ``<!-- /generated:release -->``;
+  (:mod:`distribute.flux`), the generated block of ``docs/verify.md`` between
+  ``<!-- generated:release -->`` and ``<!-- /generated:release -->``, and the login binary's
+  sha256s for the kubeconfig page and krew (:mod:`distribute.plugin_copies`);
 * the published index, in the layout of the seeds' hardened distribution:
   ``addons/portcullis/charts/<chart version>/portcullis.yaml`` (a Flux OCIRepository patch:
   url, ref.tag, ref.digest) and ``addons/portcullis/images/<app version>/distroless-fips.yaml``
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from portcullis_release import REPO_ROOT
-from portcullis_release.distribute import flux
+from portcullis_release.distribute import flux, plugin_copies
 from portcullis_release.manifest import ReleaseManifest
 
 __all__ = ["check", "render_index", "render_tracked", "write_index", "write_tracked"]
@@ -67,6 +68,7 @@ def _docs_block(manifest: ReleaseManifest) -> str:
         f"- image: `{manifest.image.reference}`\n"
         f"- chart: `{manifest.chart.oci_url}` version `{manifest.chart.version}`, "
         f"digest `{manifest.chart.digest}`\n"
+        f"{plugin_copies.docs_lines(manifest)}"
         f"{BLOCK_END}"
     )
 
@@ -82,6 +84,7 @@ def render_tracked(manifest: ReleaseManifest, repo: Path = REPO_ROOT) -> dict[Pa
     if not _BLOCK_RE.search(page):
         raise ValueError(f"{DOCS_PAGE}: no {BLOCK_START} ... {BLOCK_END} block to generate")
     files[DOCS_PAGE] = _BLOCK_RE.sub(lambda _m: _docs_block(manifest), page, count=1)
+    files.update(plugin_copies.render(manifest))
     return files
 
 
@@ -135,6 +138,8 @@ def write_tracked(
     files = render_tracked(manifest, repo)
     if not flux_files:
         files = {rel: text for rel, text in files.items() if rel.parent != FLUX_DIR}
+    for rel in plugin_copies.absent(manifest):
+        (repo / rel).unlink(missing_ok=True)
     return _write(repo, files)
 
 
@@ -151,6 +156,11 @@ def check(
     expected = [(repo, rel, text) for rel, text in render_tracked(manifest, repo).items()]
     if index_dir is not None:
         expected += [(index_dir, rel, text) for rel, text in render_index(manifest).items()]
+    problems += [
+        f"{repo / rel}: exists, but release/manifest.yaml generates none (no plugin.downloadURL)"
+        for rel in plugin_copies.absent(manifest)
+        if (repo / rel).exists()
+    ]
     for root, rel, text in expected:
         path = root / rel
         if not path.is_file():

@@ -45,6 +45,7 @@ from portcullis.config.model import DEFAULT_FOREIGN_SCOPES, KubeCluster, Kubecon
 from portcullis.connectors.base import ConnectorError, LoginRedirect, Scopes
 from portcullis.connectors.oauth2_common import decode_state
 from portcullis.connectors.oidc import VerifiedLogin
+from portcullis.kube import plugin_release
 from portcullis.kube.apiserver import apiserver_flags, settings_for
 from portcullis.kube.kubeconfig import ClusterSetup, Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
@@ -86,6 +87,26 @@ PLUGIN_PLATFORMS = (
     ("darwin", "amd64"),
     ("darwin", "arm64"),
 )
+
+
+def plugin_downloads(base: str) -> list[tuple[str, str, str]]:
+    """(label, URL, sha256 or "") per platform below ``base``; "" shows no links.
+
+    The sha256 is the released binary's, from ``plugin_release`` (generated from
+    ``release/manifest.yaml``), so a user can check the file they download against the digest
+    the release signed; a development build knows none and shows none.
+    """
+    if not base:
+        return []
+    known = {} if plugin_release.DEVELOPMENT else plugin_release.SHA256
+    return [
+        (
+            f"{os_name}/{arch}",
+            f"{base}/kubectl-portcullis-{os_name}-{arch}",
+            known.get((os_name, arch), ""),
+        )
+        for os_name, arch in PLUGIN_PLATFORMS
+    ]
 
 
 class PageRenderer(Protocol):
@@ -358,11 +379,7 @@ class KubeconfigPage:
                 if name in claims
             ],
             groups=[g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
-            downloads=[
-                (f"{os_name}/{arch}", f"{base}/kubectl-portcullis-{os_name}-{arch}")
-                for base in filter(None, [self.section.plugin_download_url])
-                for os_name, arch in PLUGIN_PLATFORMS
-            ],
+            downloads=plugin_downloads(self.section.plugin_download_url),
             copy_script=COPY_SCRIPT,
         )
         response.headers["Content-Security-Policy"] = PAGE_CSP
