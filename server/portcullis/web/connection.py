@@ -35,6 +35,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("portcullis.connection")
 
+#: Bytes held for one joined send at most; more is written through at once.
+CORK_LIMIT = 64 * 1024
+
 #: Seconds a refused connection keeps reading (and discarding) before it is closed.
 LINGER = 1.0
 
@@ -68,22 +71,30 @@ class _CorkedTransport:
     after it) leave in one ``send``. Order is kept: everything goes through the one buffer,
     and ``close``/``write_eof`` flush it first. Everything else is the real transport's."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "_pending_bytes", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._pending_bytes = 0
 
     def write(self, data: bytes) -> None:
         if self._pending is None:
             self._pending = [data]
+            self._pending_bytes = len(data)
             self._loop.call_soon(self._flush)
         else:
             self._pending.append(data)
+            self._pending_bytes += len(data)
+        if self._pending_bytes >= CORK_LIMIT:
+            # A large response goes out now, so the real transport's high-water mark (and
+            # uvicorn's flow control, which waits on it) still bounds what is buffered.
+            self._flush()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
+        self._pending_bytes = 0
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 

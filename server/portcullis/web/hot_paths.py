@@ -118,7 +118,7 @@ class HotPaths:
         self._get: dict[str, Callable[[], _Static]] = dict.fromkeys(discovery, self._discovery)
         self._get[f"{base}/keys"] = self._jwks
         self._token_path = f"{base}/token"
-        self._discovery_static: _Static | None = None
+        self._discovery_for: tuple[bytes, _Static] | None = None
         self._jwks_for: tuple[KeyState, _Static] | None = None
 
     # -- precomputed answers -------------------------------------------------------------
@@ -129,12 +129,14 @@ class HotPaths:
         return _Static(etag.encode(), body, self._secure(ok), self._secure(head))
 
     def _discovery(self) -> _Static:
-        if self._discovery_static is None:
-            provider = self.provider
-            self._discovery_static = self._static(
-                provider.discovery, provider.discovery_etag, "public, max-age=3600"
-            )
-        return self._discovery_static
+        document = self.provider.discovery
+        cached = self._discovery_for
+        if cached is None or cached[0] is not document:
+            # Rendered by Provider.start(); built again should it ever be rendered again.
+            etag = self.provider.discovery_etag
+            cached = (document, self._static(document, etag, "public, max-age=3600"))
+            self._discovery_for = cached
+        return cached[1]
 
     def _jwks(self) -> _Static:
         state = self.provider.keys.cached()
