@@ -51,10 +51,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _config() -> str:
+def _config(issuer: str = ISSUER) -> str:
     return textwrap.dedent(
         f"""
-        issuer: {ISSUER}
+        issuer: {issuer}
         storage: {{type: memory}}
         web: {{http: 127.0.0.1:5556, allowedOrigins: ["https://app.example"]}}
         oauth2: {{grantTypes: [authorization_code, refresh_token, client_credentials]}}
@@ -75,10 +75,11 @@ class Apps:
         self.slow_metrics = slow_metrics
 
 
-@pytest.fixture
-async def apps() -> Apps:
+def _apps(issuer_url: str = ISSUER) -> Apps:
     issuer = create_issuer(
-        parse_config(_config()), storage=MemoryStorage(), clock=FrozenClock(1_800_000_000.0)
+        parse_config(_config(issuer_url)),
+        storage=MemoryStorage(),
+        clock=FrozenClock(1_800_000_000.0),
     )
     config = issuer.config
     metrics = Metrics()
@@ -92,6 +93,11 @@ async def apps() -> Apps:
         hot_paths=False,
     )
     return Apps(issuer, slow, metrics)
+
+
+@pytest.fixture
+def apps() -> Apps:
+    return _apps()
 
 
 Answer = tuple[int, Counter[tuple[bytes, bytes]], bytes]
@@ -327,3 +333,21 @@ async def test_the_hot_answers_never_reach_the_app(apps: Apps) -> None:
         )
         assert answer is not None
         assert answer[0] == status
+
+
+async def test_an_issuer_without_a_path_is_answered_the_same() -> None:
+    root = _apps("http://127.0.0.1:5556")
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        fast, slow = await both(root, "GET", path, [("content-length", "0")])
+        assert fast == slow
+        assert fast is not None
+        assert fast[0] == 200
+    fast, slow = await both(root, "GET", "/keys")
+    assert fast == slow
+    grant = b"grant_type=client_credentials"
+    headers = _token_headers(grant, authorization=BASIC)
+    fast, slow = await both(root, "POST", "/token", headers, [grant])
+    assert fast is not None
+    assert slow is not None
+    assert fast[:2] == slow[:2]
+    assert fast[0] == 200
