@@ -106,6 +106,8 @@ class HotPaths:
         self._security = [
             (k.lower().encode(), v.encode()) for k, v in security_headers.items() if v
         ]
+        # The security headers a token answer gets (its own head names are fixed).
+        self._token_security = self._secure([*_NO_STORE, (b"content-length", b""), _JSON])[4:]
         self._requests = metrics.requests
         self._latency = metrics.latency
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -250,8 +252,9 @@ class HotPaths:
                 await self.storage_unavailable(request, exc), scope, send
             )
         body = orjson.dumps(result)
-        headers = [*_NO_STORE, (b"content-length", str(len(body)).encode()), _JSON]
-        await send({"type": "http.response.start", "status": 200, "headers": self._secure(headers)})
+        length = (b"content-length", str(len(body)).encode())
+        headers = [*_NO_STORE, length, _JSON, *self._token_security]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return 200
 
