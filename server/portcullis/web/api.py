@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from anyio.to_thread import run_sync
@@ -72,23 +72,40 @@ class Cors:
         return wrapped
 
 
-async def _form(request: Request) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != FORM_TYPE:
-        raise invalid_request(f"the request body must be {FORM_TYPE}")
-    form = await request.form()
+#: Starlette's form parser refuses more fields than this (its ``max_fields``).
+MAX_FORM_FIELDS = 1000
+
+
+def form_values(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One value per parameter from a form's (name, value) pairs, in first-seen order; raise
+    invalid_request naming a parameter that is repeated. Shared by :func:`_form` and the raw
+    token route (web.hot_paths), so both refuse exactly the same forms."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in items:
+        grouped.setdefault(key, []).append(value)
     values: dict[str, str] = {}
-    for key in form:
-        items = form.getlist(key)
+    for key, found in grouped.items():
         if key == resources.PARAMETER:
             # RFC 8707: the one parameter that may repeat (joined; see oidc.resources).
-            values[key] = resources.join([str(item) for item in items])
+            values[key] = resources.join(found)
             continue
-        if len(items) > 1:
+        if len(found) > 1:
             # RFC 6749 §3.1: parameters must not be repeated.
             raise invalid_request(f"the {key} parameter is repeated")
-        values[key] = str(items[0])
+        values[key] = found[0]
     return values
+
+
+def is_form(content_type: str) -> bool:
+    """Whether a Content-Type header names an urlencoded form (parameters ignored)."""
+    return content_type.split(";")[0].strip().lower() == FORM_TYPE
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if not is_form(request.headers.get("content-type", "")):
+        raise invalid_request(f"the request body must be {FORM_TYPE}")
+    form = await request.form()
+    return form_values((key, str(value)) for key, value in form.multi_items())
 
 
 # The same helpers for the other JSON routes of the web layer (the device flow, logout).

@@ -35,6 +35,7 @@ from portcullis.web.body_limit import (
 )
 from portcullis.web.body_limit import too_large_handler as too_large
 from portcullis.web.device import DeviceRoutes
+from portcullis.web.hot_paths import HotPaths
 from portcullis.web.login import LoginRoutes
 from portcullis.web.logout import LogoutRoutes
 from portcullis.web.pages import Pages, static_dirs
@@ -89,9 +90,12 @@ def web_app(
     readiness: Callable[[], dict[str, Any]],
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    hot_paths: bool = True,
 ) -> Starlette:
     """The public app. ``readiness`` answers /healthz (run off the event loop); ``extra_routes``
-    are relative to the issuer path; ``lifespan`` runs the assembly's background work."""
+    are relative to the issuer path; ``lifespan`` runs the assembly's background work.
+    ``hot_paths``: answer discovery, JWKS and /token in raw ASGI in front of the routes
+    (web.hot_paths); off only to compare the two answers in tests."""
     raw = config.raw
     base = config.issuer_path
     https = secure_cookies(config)
@@ -227,9 +231,25 @@ def web_app(
         return f"{base}{path}" if isinstance(path, str) else "unmatched"
 
     inner = Starlette(routes=routes)
+    hot = (
+        [
+            Middleware(
+                HotPaths,
+                base=base,
+                provider=provider,
+                ip_resolver=ip_resolver,
+                metrics=metrics,
+                security_headers=headers,
+                storage_unavailable=storage_unavailable,
+            )
+        ]
+        if hot_paths
+        else []
+    )
     app = Starlette(
         routes=[root_metadata, Mount(base or "/", app=inner)] if base else routes,
         middleware=[
+            *hot,
             Middleware(AccessLogMiddleware, metrics=metrics, route_of=route_of),
             Middleware(security.SecurityHeadersMiddleware, headers=headers),
             # Before any route reads a body: 413 from Content-Length or the running count.
