@@ -16,6 +16,8 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -140,9 +142,12 @@ def _newest_chart(chart_dir: Path) -> Path:
 def _local_registry(console: Console) -> tuple[LocalRegistry, str, Path]:
     """Start a local authenticated registry (docker-registry + htpasswd) for a self-contained
     release: (the registry, the REGISTRY prefix to publish to, its auth file)."""
-    local = start_registry(
-        REPO_ROOT / ".cache" / "release-registry", {"release": secrets.token_urlsafe(18)}
-    )
+    # A directory of its own per release: two releases at once (parallel tests, two shells)
+    # must not rewrite each other's htpasswd or storage. Removed when the registry stops.
+    cache = REPO_ROOT / ".cache"
+    cache.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="release-registry-", dir=cache))
+    local = start_registry(workdir, {"release": secrets.token_urlsafe(18)})
     console.print(
         f"[yellow]REGISTRY is not set:[/yellow] started a local authenticated registry "
         f"at {local.url} (credentials in {local.auth_file}); it stops when the release "
@@ -387,3 +392,5 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
     finally:
         if local is not None:
             local.stop()
+            # root is <workdir>/registry (start_registry); the whole workdir is this run's.
+            shutil.rmtree(local.root.parent, ignore_errors=True)

@@ -150,6 +150,7 @@ def test_the_page_shows_the_released_sha256_beside_its_link(
             expires_in=60,
             clusters=[],
             apiserver_flags="",
+            foreign=[],
             claims=[],
             groups=[],
             downloads=page.plugin_downloads("https://dl"),
