@@ -12,6 +12,7 @@ working GitLab/GitHub/Entra ID credentials of every user with a refreshable sess
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import sqlite3
@@ -46,8 +47,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _config(api: GitLabAPI, database: Path) -> str:
-    return textwrap.dedent(
+def _config(api: GitLabAPI, database: Path, sealing: str = "") -> str:
+    return sealing + textwrap.dedent(
         f"""
         issuer: http://127.0.0.1:5556/dex
         storage:
@@ -173,3 +174,79 @@ async def test_upstream_tokens_never_stored_in_clear(
         leaked = [t for t in issued if t.encode() in snapshot]
         assert not leaked, "an upstream token is in the storage dump after the refresh"
     assert not any(token in caplog.text for token in issued)
+
+
+async def _login(client: httpx.AsyncClient, api: GitLabAPI, user: str) -> str:
+    """A whole login with offline_access through GitLab; returns our refresh token."""
+    verifier, challenge = pkce_pair()
+    params = {
+        "client_id": "kubectl",
+        "redirect_uri": APP_REDIRECT,
+        "response_type": "code",
+        "scope": "openid email offline_access",
+        "state": secrets.token_urlsafe(8),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    response = await client.get("/dex/auth", params=params)
+    while response.headers["location"].startswith(("/", str(client.base_url))):
+        response = await client.get(response.headers["location"])
+    callback = await asyncio.to_thread(gitlab_browser, api, response.headers["location"], user)
+    location = (await client.get("/dex/callback", params=callback)).headers["location"]
+    while location.startswith("/"):
+        location = (await client.get(location)).headers["location"]
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": APP_REDIRECT,
+        "client_id": "kubectl",
+        "code_verifier": verifier,
+    }
+    answer = await client.post("/dex/token", data=form)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["refresh_token"])
+
+
+def _refresh_form(token: str) -> dict[str, str]:
+    return {"grant_type": "refresh_token", "refresh_token": token, "client_id": "kubectl"}
+
+
+async def test_a_session_sealed_with_an_unknown_key_is_refused_not_crashed(
+    gitlab_api: GitLabAPI,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A replica or restart without the key that sealed a session (a rotation that dropped the
+    old key, replicas with different keys): that session's refresh is invalid_grant with a log
+    line naming the cause, never a 500 and never the token; adding the old key back to
+    previousKeys makes it refresh again, and new writes use the current key."""
+    caplog.set_level(logging.DEBUG)
+    database = tmp_path / "portcullis.db"
+    old, new = (base64.b64encode(secrets.token_bytes(32)).decode() for _ in range(2))
+    user = f"user-{secrets.token_hex(4)}"
+    gitlab_api.add_user(user)
+    async for client in _client(_config(gitlab_api, database, f"storageSealing: {{key: {old}}}")):
+        token = await _login(client, gitlab_api, user)
+    with gitlab_api.lock:
+        issued = set(gitlab_api.access_tokens) | set(gitlab_api.refresh_tokens)
+
+    rotated_away = f"storageSealing: {{key: {new}}}"
+    async for client in _client(_config(gitlab_api, database, rotated_away)):
+        answer = await client.post("/dex/token", data=_refresh_form(token))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "invalid_grant"
+    assert "log in again" in answer.json()["error_description"]
+    assert "which is not configured" in caplog.text
+    assert "refresh refused for client kubectl (connector gitlab)" in caplog.text
+
+    rotated = f"storageSealing: {{key: {new}, previousKeys: [{old}]}}"
+    async for client in _client(_config(gitlab_api, database, rotated)):
+        answer = await client.post("/dex/token", data=_refresh_form(token))
+        assert answer.status_code == 200, answer.text
+    with gitlab_api.lock:
+        issued |= set(gitlab_api.access_tokens) | set(gitlab_api.refresh_tokens)
+    assert not [t for t in issued if t.encode() in dump(database)]
+    assert not any(t in caplog.text for t in issued)
+    assert old not in caplog.text
+    assert new not in caplog.text
