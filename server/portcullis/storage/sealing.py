@@ -116,14 +116,13 @@ class SealingKey:
 
     material: bytes = field(repr=False)
     source: str
+    #: key_id(material), computed once: it heads every value this key seals.
+    id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.material) != KEY_BYTES:
             raise ValueError(f"{self.source}: a storage sealing key is {KEY_BYTES} bytes")
-
-    @property
-    def id(self) -> bytes:
-        return key_id(self.material)
+        object.__setattr__(self, "id", key_id(self.material))
 
 
 class Sealer:
