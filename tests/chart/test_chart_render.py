@@ -153,6 +153,8 @@ def test_existing_config_secret_is_referenced_not_created() -> None:
     assert "checksum/config" not in (pod["metadata"].get("annotations") or {})
     tls_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "tls")
     assert tls_volume["secret"]["secretName"] == "sso-example-org-tls"
+    sealing_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "sealing")
+    assert sealing_volume["secret"]["secretName"] == "portcullis-sealing"
 
 
 # ---- storage modes ---------------------------------------------------------------------------
@@ -393,8 +395,17 @@ def test_webhook_toggle_renders_config_port_rbac_and_apiserver_kubeconfig() -> N
 
 def test_features_off_render_no_feature_objects() -> None:
     _, docs = render_set("defaults")
+    # Two Secrets: the config and the generated storage sealing key.
     assert kinds(docs) == sorted(
-        ["Deployment", "PersistentVolumeClaim", "Pod", "Secret", "Service", "ServiceAccount"]
+        [
+            "Deployment",
+            "PersistentVolumeClaim",
+            "Pod",
+            "Secret",
+            "Secret",
+            "Service",
+            "ServiceAccount",
+        ]
     )
     assert "kubernetes" not in config_of(docs)
 

@@ -2,7 +2,8 @@
 Service ports and `helm test` hook expect it to.
 
 Only the listen addresses (0.0.0.0 -> free loopback ports) and file paths (the pod's volumes ->
-a temp dir holding the same bytes: sqlite database, chart-generated TLS certificate and key) are
+a temp dir holding the same bytes: sqlite database, chart-generated TLS certificate and key,
+chart-generated storage sealing key) are
 changed; everything else is the chart's output.
 """
 
@@ -69,6 +70,11 @@ def served_chart_config(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
         config["web"]["http"] = f"127.0.0.1:{web_port}"
     assert config["storage"]["config"]["file"] == "/var/lib/portcullis/portcullis.db"
     config["storage"]["config"]["file"] = str(tmp_path / "portcullis.db")
+    # The chart's generated sealing key Secret, as the pod mounts it.
+    assert config["storageSealing"] == {"keyFile": "/etc/portcullis/sealing/key"}
+    sealing = find(docs, "Secret", f"{FULLNAME}-sealing")["data"]
+    (tmp_path / "sealing.key").write_bytes(base64.b64decode(sealing["key"]))
+    config["storageSealing"]["keyFile"] = str(tmp_path / "sealing.key")
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
 

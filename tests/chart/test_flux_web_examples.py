@@ -23,6 +23,7 @@ from portcullis_release.distribute.flux_web import (
 from portcullis_release.manifest import load_manifest, parse_manifest
 
 from tests.support.chart import (
+    FULLNAME,
     KUBE_VERSIONS,
     chart,
     documents,
@@ -183,7 +184,7 @@ def test_portcullis_values_keep_the_secret_after_flux_merges_them() -> None:
         "secret": CLIENT_SECRET,
     }
     chart().validate_schema(values)
-    secret = find(documents(render(values)), "Secret")
+    secret = find(documents(render(values)), "Secret", FULLNAME)
     config = parse_config(base64.b64decode(secret["data"]["config.yaml"]).decode())
     (spec,) = [c for c in config.clients if c.id == settings.client_id]
     assert spec.secret == CLIENT_SECRET

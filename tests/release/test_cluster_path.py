@@ -404,6 +404,14 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
     config_file.write_text(yaml.safe_dump(issuer_config))
     config_file.chmod(0o644)
     (mount,) = [m for m in container_spec["volumeMounts"] if m["name"] == "config"]
+    # The chart-generated storage sealing key Secret, mounted where the pod mounts it.
+    (sealing_volume,) = [v for v in pod["volumes"] if v["name"] == "sealing"]
+    sealing_secret = find(docs, "Secret", sealing_volume["secret"]["secretName"])
+    (sealing_mount,) = [m for m in container_spec["volumeMounts"] if m["name"] == "sealing"]
+    assert issuer_config["storageSealing"] == {"keyFile": f"{sealing_mount['mountPath']}/key"}
+    sealing_key = tmp_path / "sealing.key"
+    sealing_key.write_bytes(_decoded(sealing_secret, "key"))
+    sealing_key.chmod(0o644)
     args = [
         *(container_spec.get("command") or image_config.entrypoint),
         *container_spec.get("args", image_config.cmd),
@@ -413,7 +421,10 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
         rootfs,
         image_config,
         args=args,
-        extra_binds={f"{mount['mountPath']}/config.yaml": config_file},
+        extra_binds={
+            f"{mount['mountPath']}/config.yaml": config_file,
+            f"{sealing_mount['mountPath']}/key": sealing_key,
+        },
     )
     try:
         wait_ready(container, f"{issuer_url}/.well-known/openid-configuration", timeout=30)

@@ -175,6 +175,12 @@ https.enabled the user sets config.grpc.tlsCert/tlsKey (own volume) or allowInse
 {{- $_ := unset $cfg "grpc" }}
 {{- end }}
 {{- $_ := set $cfg "storage" (include "portcullis.storageConfig" . | fromJson) }}
+{{- if include "portcullis.sealing" . }}
+{{- if hasKey $cfg "storageSealing" }}
+{{- fail "config.storageSealing: the chart sets it from storageSealing (a key Secret it mounts); set storageSealing.enabled=false to manage it yourself" }}
+{{- end }}
+{{- $_ := set $cfg "storageSealing" (include "portcullis.sealingConfig" . | fromJson) }}
+{{- end }}
 {{- $kube := dict }}
 {{- if .Values.kubeconfigPage.enabled }}
 {{- $_ := set $kube "kubeconfigPage" (dict "enabled" true "clientID" .Values.kubeconfigPage.clientID "clusters" .Values.kubeconfigPage.clusters) }}
@@ -187,4 +193,33 @@ https.enabled the user sets config.grpc.tlsCert/tlsKey (own volume) or allowInse
 {{- $_ := set $cfg "kubernetes" $kube }}
 {{- end }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+Storage sealing (storageSealing): on for sqlite3 and postgres when enabled ("true" or "").
+*/}}
+{{- define "portcullis.sealing" -}}
+{{- if and .Values.storageSealing.enabled (ne .Values.storage.type "memory") }}true{{ end }}
+{{- end }}
+
+{{- define "portcullis.sealingSecretName" -}}
+{{- default (printf "%s-sealing" (include "portcullis.fullname" .)) .Values.storageSealing.existingSecret.name }}
+{{- end }}
+
+{{/*
+The config's storageSealing section: key files in the mounted Secret.
+*/}}
+{{- define "portcullis.sealingConfig" -}}
+{{- $s := .Values.storageSealing }}
+{{- $dir := "/etc/portcullis/sealing" }}
+{{- $current := ternary $s.existingSecret.key "key" (ne $s.existingSecret.name "") }}
+{{- $cfg := dict "keyFile" (printf "%s/%s" $dir $current) }}
+{{- if $s.previousKeys }}
+{{- $previous := list }}
+{{- range $s.previousKeys }}
+{{- $previous = append $previous (printf "%s/%s" $dir .) }}
+{{- end }}
+{{- $_ := set $cfg "previousKeyFiles" $previous }}
+{{- end }}
+{{- toJson $cfg }}
 {{- end }}

@@ -277,6 +277,10 @@ def parse_config(
                 document[section]["config"] = expand_env_checked(
                     document[section]["config"], env, f"{section}.config", expansion_problems
                 )
+        if isinstance(document.get("storageSealing"), dict):
+            document["storageSealing"] = expand_env_checked(
+                document["storageSealing"], env, "storageSealing", expansion_problems
+            )
         connectors = document.get("connectors")
         # A non-list ``connectors`` is reported by validation below; it must not crash here.
         for i, connector in enumerate(connectors if isinstance(connectors, list) else []):
@@ -382,6 +386,8 @@ def _resolve(
     )
     if not skip & {"issuer", "web"}:
         _check_exposure(raw, warnings)
+    if not skip & {"storage", "storageSealing"}:
+        _check_sealing(raw, warnings)
     password_specs = (
         []
         if skip & {"staticPasswords", "enablePasswordDB"}
@@ -520,6 +526,23 @@ def _check_exposure(raw: RawConfig, warnings: list[str]) -> None:
                 f"web.allowedOrigins[{i}]: '*' lets any web site call the token, userinfo "
                 "and introspection endpoints from a user's browser; list the origins instead"
             )
+
+
+def _check_sealing(raw: RawConfig, warnings: list[str]) -> None:
+    """PostgreSQL without a sealing key still works (a Dex config must load unchanged), but
+    every refreshable session's upstream tokens then sit in clear in the database."""
+    sealing = raw.storage_sealing
+    if raw.storage.type == "postgres" and not sealing.configured:
+        warnings.append(
+            "storageSealing: no key configured, so upstream access and refresh tokens "
+            "(connector data) are stored unsealed in PostgreSQL, readable by anyone who can "
+            "read the database or its backups; set storageSealing.keyFile or storageSealing.key "
+            "to 32 random bytes in base64 (`openssl rand -base64 32`)"
+        )
+    if raw.storage.type == "memory" and sealing.configured:
+        warnings.append(
+            "storageSealing: the memory storage keeps nothing at rest, so the key is not used"
+        )
 
 
 def _resolve_clients(

@@ -298,6 +298,58 @@ STORAGE_TYPES: dict[str, type[Section] | None] = {
 DEX_ONLY_STORAGE_TYPES = ("mysql", "etcd", "kubernetes")
 
 
+#: The length of a storage sealing key (AES-256), given as base64.
+SEALING_KEY_BYTES = 32
+
+
+def _sealing_key(value: SecretStr) -> SecretStr:
+    """32 random bytes in base64; the message never quotes the value (it is a secret)."""
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError("is empty (an environment variable that is not set?)")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != SEALING_KEY_BYTES:
+        raise ValueError(
+            f"must be {SEALING_KEY_BYTES} random bytes in base64 (`openssl rand -base64 32`)"
+        )
+    return value
+
+
+SealingKeyText = Annotated[SecretStr, AfterValidator(_sealing_key)]
+
+
+class StorageSealingSection(Section):
+    """Portcullis-only top-level key: the key that seals connector data (upstream access and
+    refresh tokens) in SQL storage (``storage.sealing``). Without it, sqlite3 uses a key file
+    it creates beside the database; postgres stores connector data unsealed, with a warning."""
+
+    # The current key, base64; usually "$PORTCULLIS_SEALING_KEY" (expanded from the
+    # environment, like storage.config). Seals every write and opens what it sealed.
+    key: SealingKeyText | None = None
+    # Or a file holding it (a mounted Kubernetes Secret).
+    key_file: str = ""
+    # Older keys, still accepted for reading after a rotation.
+    previous_keys: list[SealingKeyText] = Field(default_factory=list)
+    previous_key_files: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_current_key(self) -> StorageSealingSection:
+        if self.key is not None and self.key_file:
+            raise ValueError("give the current key as key or keyFile, not both")
+        if not self.configured and (self.previous_keys or self.previous_key_files):
+            raise ValueError(
+                "previousKeys/previousKeyFiles need a current key (key or keyFile) to seal with"
+            )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.key is not None or bool(self.key_file)
+
+
 class ClientRemoteIP(Section):
     header: str = ""
     trusted_proxies: list[CIDR] = Field(default_factory=list)
@@ -926,6 +978,7 @@ class RawConfig(Section):
 
     issuer: HttpURL
     storage: StorageSection
+    storage_sealing: StorageSealingSection = Field(default_factory=lambda: StorageSealingSection())
     web: WebSection
     telemetry: TelemetrySection = Field(default_factory=lambda: TelemetrySection())
     grpc: GRPCSection = Field(default_factory=lambda: GRPCSection())

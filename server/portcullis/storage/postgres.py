@@ -36,6 +36,7 @@ from portcullis.config.model import PostgresConfig
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.sealing import Sealer
 from portcullis.storage.sql_storage import SQLStorage
 
 M = TypeVar("M")
@@ -213,7 +214,11 @@ def _check_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
 class PostgresStorage(SQLStorage):
     """Storage in a PostgreSQL database shared by every replica, migrated when opened."""
 
-    def __init__(self, config: PostgresConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: PostgresConfig, *, clock: Clock | None = None, sealer: Sealer | None = None
+    ) -> None:
+        if sealer is not None:
+            self._sealer = sealer
         self._config = config
         self._target = describe_target(config)
         self._password = config.password.get_secret_value()

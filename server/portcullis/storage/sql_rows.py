@@ -2,6 +2,10 @@
 
 Every SQL backend goes through these functions, so a field added to a model needs exactly one
 change here (plus a migration). JSON gives lists back; models want tuples, so decoding converts.
+
+Connector data (upstream tokens) is sealed here on its way into a row and opened on its way
+out (``storage.sealing``): every function that encodes or decodes a record with an identity
+takes the backend's :class:`Sealer`, and binds the value to its table and row id.
 """
 
 from __future__ import annotations
@@ -22,8 +26,15 @@ from portcullis.storage.models import (
     SigningKey,
     VerificationKey,
 )
+from portcullis.storage.sealing import Sealer
 
 Row = dict[str, Any]
+
+# The tables whose rows carry connector data: the sealing's associated data names them.
+AUTH_REQUESTS = "auth_requests"
+AUTH_CODES = "auth_codes"
+REFRESH_TOKENS = "refresh_tokens"
+DEVICE_REQUESTS = "device_requests"
 
 
 def _tuple(value: Any) -> tuple[str, ...]:
@@ -105,7 +116,7 @@ def client_from(row: Mapping[Any, Any]) -> Client:
 
 
 # -- auth requests ------------------------------------------------------------------------------
-def auth_request_row(request: AuthRequest) -> Row:
+def auth_request_row(request: AuthRequest, sealer: Sealer) -> Row:
     identity = request.identity
     return {
         "id": request.id,
@@ -119,7 +130,11 @@ def auth_request_row(request: AuthRequest) -> Row:
         "force_approval_prompt": request.force_approval_prompt,
         "logged_in": request.logged_in,
         "identity": None if identity is None else identity_json(identity),
-        "connector_data": None if identity is None else identity.connector_data,
+        "connector_data": (
+            None
+            if identity is None
+            else sealer.seal(AUTH_REQUESTS, request.id, identity.connector_data)
+        ),
         "connector_id": request.connector_id,
         "code_challenge": request.pkce.code_challenge,
         "code_challenge_method": request.pkce.code_challenge_method,
@@ -131,7 +146,7 @@ def auth_request_row(request: AuthRequest) -> Row:
     }
 
 
-def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
+def auth_request_from(row: Mapping[Any, Any], sealer: Sealer) -> AuthRequest:
     identity_data = row["identity"]
     return AuthRequest(
         id=row["id"],
@@ -145,7 +160,11 @@ def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
         force_approval_prompt=bool(row["force_approval_prompt"]),
         logged_in=bool(row["logged_in"]),
         identity=(
-            None if identity_data is None else identity_from(identity_data, row["connector_data"])
+            None
+            if identity_data is None
+            else identity_from(
+                identity_data, sealer.open(AUTH_REQUESTS, row["id"], row["connector_data"])
+            )
         ),
         connector_id=row["connector_id"],
         pkce=PKCE(row["code_challenge"], row["code_challenge_method"]),
@@ -158,14 +177,14 @@ def auth_request_from(row: Mapping[Any, Any]) -> AuthRequest:
 
 
 # -- auth codes ---------------------------------------------------------------------------------
-def auth_code_row(code: AuthCode) -> Row:
+def auth_code_row(code: AuthCode, sealer: Sealer) -> Row:
     return {
         "id": code.id,
         "client_id": code.client_id,
         "redirect_uri": code.redirect_uri,
         "scopes": list(code.scopes),
         "identity": identity_json(code.identity),
-        "connector_data": code.identity.connector_data,
+        "connector_data": sealer.seal(AUTH_CODES, code.id, code.identity.connector_data),
         "connector_id": code.connector_id,
         "expiry": code.expiry,
         "nonce": code.nonce,
@@ -177,13 +196,15 @@ def auth_code_row(code: AuthCode) -> Row:
     }
 
 
-def auth_code_from(row: Mapping[Any, Any]) -> AuthCode:
+def auth_code_from(row: Mapping[Any, Any], sealer: Sealer) -> AuthCode:
     return AuthCode(
         id=row["id"],
         client_id=row["client_id"],
         redirect_uri=row["redirect_uri"],
         scopes=_tuple(row["scopes"]),
-        identity=identity_from(row["identity"], row["connector_data"]),
+        identity=identity_from(
+            row["identity"], sealer.open(AUTH_CODES, row["id"], row["connector_data"])
+        ),
         connector_id=row["connector_id"],
         expiry=float(row["expiry"]),
         nonce=row["nonce"],
@@ -195,7 +216,7 @@ def auth_code_from(row: Mapping[Any, Any]) -> AuthCode:
 
 
 # -- refresh tokens -----------------------------------------------------------------------------
-def refresh_token_row(token: RefreshToken) -> Row:
+def refresh_token_row(token: RefreshToken, sealer: Sealer) -> Row:
     return {
         "id": token.id,
         "token_hash": token.token_hash,
@@ -205,7 +226,7 @@ def refresh_token_row(token: RefreshToken) -> Row:
         "connector_id": token.connector_id,
         "user_id": token.identity.user_id,
         "identity": identity_json(token.identity),
-        "connector_data": token.identity.connector_data,
+        "connector_data": sealer.seal(REFRESH_TOKENS, token.id, token.identity.connector_data),
         "scopes": list(token.scopes),
         "nonce": token.nonce,
         "auth_time": token.auth_time,
@@ -217,13 +238,15 @@ def refresh_token_row(token: RefreshToken) -> Row:
     }
 
 
-def refresh_token_from(row: Mapping[Any, Any]) -> RefreshToken:
+def refresh_token_from(row: Mapping[Any, Any], sealer: Sealer) -> RefreshToken:
     return RefreshToken(
         id=row["id"],
         token_hash=row["token_hash"],
         client_id=row["client_id"],
         connector_id=row["connector_id"],
-        identity=identity_from(row["identity"], row["connector_data"]),
+        identity=identity_from(
+            row["identity"], sealer.open(REFRESH_TOKENS, row["id"], row["connector_data"])
+        ),
         scopes=_tuple(row["scopes"]),
         created_at=float(row["created_at"]),
         last_used=float(row["last_used"]),
@@ -295,7 +318,7 @@ def keys_from(row: Mapping[Any, Any]) -> Keys:
 
 
 # -- device requests ----------------------------------------------------------------------------
-def device_request_row(request: DeviceRequest) -> Row:
+def device_request_row(request: DeviceRequest, sealer: Sealer) -> Row:
     identity = request.identity
     return {
         "id": request.id,
@@ -308,13 +331,17 @@ def device_request_row(request: DeviceRequest) -> Row:
         "status": request.status,
         "pkce_verifier": request.pkce_verifier,
         "identity": None if identity is None else identity_json(identity),
-        "connector_data": None if identity is None else identity.connector_data,
+        "connector_data": (
+            None
+            if identity is None
+            else sealer.seal(DEVICE_REQUESTS, request.id, identity.connector_data)
+        ),
         "connector_id": request.connector_id,
         "auth_time": request.auth_time,
     }
 
 
-def device_request_from(row: Mapping[Any, Any]) -> DeviceRequest:
+def device_request_from(row: Mapping[Any, Any], sealer: Sealer) -> DeviceRequest:
     identity_data = row["identity"]
     return DeviceRequest(
         id=row["id"],
@@ -327,7 +354,11 @@ def device_request_from(row: Mapping[Any, Any]) -> DeviceRequest:
         status=row["status"],
         pkce_verifier=row["pkce_verifier"],
         identity=(
-            None if identity_data is None else identity_from(identity_data, row["connector_data"])
+            None
+            if identity_data is None
+            else identity_from(
+                identity_data, sealer.open(DEVICE_REQUESTS, row["id"], row["connector_data"])
+            )
         ),
         connector_id=row["connector_id"],
         auth_time=float(row["auth_time"]),

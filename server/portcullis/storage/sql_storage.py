@@ -46,6 +46,7 @@ from portcullis.storage.models import (
     RefreshRotation,
     RefreshToken,
 )
+from portcullis.storage.sealing import UNSEALED, Sealer
 from portcullis.storage.throttling import ThrottleRule, verdict
 
 M = TypeVar("M")
@@ -117,7 +118,13 @@ _CONSUME_CODE = (
 
 
 class SQLStorage(Storage):
-    """Storage over SQLAlchemy Core; subclasses provide the dialect-specific transaction bits."""
+    """Storage over SQLAlchemy Core; subclasses provide the dialect-specific transaction bits.
+
+    ``_sealer`` seals connector data into rows and opens it out of them (``storage.sealing``);
+    a subclass sets the one it was given. Every read or write of a ``connector_data`` column
+    goes through the row codec with it, or through ``_sealer`` directly (the rotation)."""
+
+    _sealer: Sealer = UNSEALED
 
     # -- dialect hooks -----------------------------------------------------------------------
     @abstractmethod
@@ -264,10 +271,16 @@ class SQLStorage(Storage):
 
     # -- auth requests -----------------------------------------------------------------------
     def create_auth_request(self, request: AuthRequest) -> None:
-        self._insert(t.auth_requests, rows.auth_request_row(request))
+        self._insert(t.auth_requests, rows.auth_request_row(request, self._sealer))
+
+    def _auth_request_from(self, row: Mapping[Any, Any]) -> AuthRequest:
+        return rows.auth_request_from(row, self._sealer)
+
+    def _auth_request_row(self, request: AuthRequest) -> dict[str, Any]:
+        return rows.auth_request_row(request, self._sealer)
 
     def get_auth_request(self, request_id: str) -> AuthRequest:
-        return self._get(t.auth_requests, t.auth_requests.c.id, request_id, rows.auth_request_from)
+        return self._get(t.auth_requests, t.auth_requests.c.id, request_id, self._auth_request_from)
 
     def update_auth_request(
         self, request_id: str, updater: Callable[[AuthRequest], AuthRequest]
@@ -276,8 +289,8 @@ class SQLStorage(Storage):
             t.auth_requests,
             t.auth_requests.c.id,
             request_id,
-            rows.auth_request_from,
-            rows.auth_request_row,
+            self._auth_request_from,
+            self._auth_request_row,
             updater,
         )
 
@@ -286,7 +299,7 @@ class SQLStorage(Storage):
 
     # -- auth codes --------------------------------------------------------------------------
     def create_auth_code(self, code: AuthCode) -> None:
-        self._insert(t.auth_codes, rows.auth_code_row(code))
+        self._insert(t.auth_codes, rows.auth_code_row(code, self._sealer))
 
     def consume_auth_code(self, code_id: str, now: float, client_id: str) -> AuthCode:
         # One statement on the hot path: the guards on used_at and client_id make it single-use
@@ -297,11 +310,11 @@ class SQLStorage(Storage):
             lambda conn: conn.execute(_CONSUME_CODE, params).mappings().first()
         )
         if row is not None:
-            return rows.auth_code_from(row)
+            return rows.auth_code_from(row, self._sealer)
         codes = t.auth_codes
         with self._read() as conn:
             code = rows.auth_code_from(
-                self._select_one(conn, codes, codes.c.id, code_id, lock=False)
+                self._select_one(conn, codes, codes.c.id, code_id, lock=False), self._sealer
             )
         if code.client_id != client_id:
             # Left untouched: the right client can still redeem it.
@@ -314,7 +327,7 @@ class SQLStorage(Storage):
     # -- refresh tokens ----------------------------------------------------------------------
     def create_refresh_token(self, token: RefreshToken) -> None:
         # On the code-exchange hot path: one statement, so it can share a group commit.
-        row = rows.refresh_token_row(token)
+        row = rows.refresh_token_row(token, self._sealer)
 
         def insert(conn: sa.Connection) -> None:
             try:
@@ -326,8 +339,16 @@ class SQLStorage(Storage):
 
         self._run_statement(insert)
 
+    def _refresh_token_from(self, row: Mapping[Any, Any]) -> RefreshToken:
+        return rows.refresh_token_from(row, self._sealer)
+
+    def _refresh_token_row(self, token: RefreshToken) -> dict[str, Any]:
+        return rows.refresh_token_row(token, self._sealer)
+
     def get_refresh_token(self, token_id: str) -> RefreshToken:
-        return self._get(t.refresh_tokens, t.refresh_tokens.c.id, token_id, rows.refresh_token_from)
+        return self._get(
+            t.refresh_tokens, t.refresh_tokens.c.id, token_id, self._refresh_token_from
+        )
 
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
@@ -336,8 +357,8 @@ class SQLStorage(Storage):
             t.refresh_tokens,
             t.refresh_tokens.c.id,
             token_id,
-            rows.refresh_token_from,
-            rows.refresh_token_row,
+            self._refresh_token_from,
+            self._refresh_token_row,
             updater,
         )
 
@@ -364,9 +385,11 @@ class SQLStorage(Storage):
         if rotation.identity is not None:
             params["p_user_id"] = rotation.identity.user_id
             params["p_identity"] = rows.identity_json(rotation.identity)
-            params["p_connector_data"] = rotation.identity.connector_data
+            params["p_connector_data"] = self._sealer.seal(
+                rows.REFRESH_TOKENS, rotation.family_id, rotation.identity.connector_data
+            )
         row = self._run_statement(lambda conn: conn.execute(stmt, params).mappings().first())
-        return None if row is None else rows.refresh_token_from(row)
+        return None if row is None else self._refresh_token_from(row)
 
     def delete_refresh_token(self, token_id: str) -> None:
         self._delete(t.refresh_tokens, t.refresh_tokens.c.id, token_id)
@@ -378,26 +401,32 @@ class SQLStorage(Storage):
             query = query.where(rt.c.user_id == user_id)
         if connector_id:
             query = query.where(rt.c.connector_id == connector_id)
-        return self._list(query, rows.refresh_token_from)
+        return self._list(query, self._refresh_token_from)
 
     def refresh_tokens_issued_by_code(self, code_id: str) -> list[RefreshToken]:
         rt = t.refresh_tokens
         query = (
             sa.select(rt).where(rt.c.issued_by_code == code_id).order_by(rt.c.created_at, rt.c.id)
         )
-        return self._list(query, rows.refresh_token_from)
+        return self._list(query, self._refresh_token_from)
 
     # -- device requests ---------------------------------------------------------------------
     def create_device_request(self, request: DeviceRequest) -> None:
-        self._insert(t.device_requests, rows.device_request_row(request))
+        self._insert(t.device_requests, rows.device_request_row(request, self._sealer))
+
+    def _device_request_from(self, row: Mapping[Any, Any]) -> DeviceRequest:
+        return rows.device_request_from(row, self._sealer)
+
+    def _device_request_row(self, request: DeviceRequest) -> dict[str, Any]:
+        return rows.device_request_row(request, self._sealer)
 
     def get_device_request(self, request_id: str) -> DeviceRequest:
         dr = t.device_requests
-        return self._get(dr, dr.c.id, request_id, rows.device_request_from)
+        return self._get(dr, dr.c.id, request_id, self._device_request_from)
 
     def get_device_request_by_user_code(self, user_code: str) -> DeviceRequest:
         dr = t.device_requests
-        return self._get(dr, dr.c.user_code, user_code, rows.device_request_from)
+        return self._get(dr, dr.c.user_code, user_code, self._device_request_from)
 
     def update_device_request(
         self, request_id: str, updater: Callable[[DeviceRequest], DeviceRequest]
@@ -412,7 +441,7 @@ class SQLStorage(Storage):
 
         dr = t.device_requests
         return self._update(
-            dr, dr.c.id, request_id, rows.device_request_from, rows.device_request_row, checked
+            dr, dr.c.id, request_id, self._device_request_from, self._device_request_row, checked
         )
 
     # -- passwords ---------------------------------------------------------------------------
@@ -478,7 +507,7 @@ class SQLStorage(Storage):
             clients = insert_all(t.clients, [rows.client_row(c) for c in batch.clients])
             passwords = insert_all(t.passwords, [rows.password_row(p) for p in batch.passwords])
             tokens = insert_all(
-                t.refresh_tokens, [rows.refresh_token_row(r) for r in batch.refresh_tokens]
+                t.refresh_tokens, [self._refresh_token_row(r) for r in batch.refresh_tokens]
             )
             current = rows.keys_from(conn.execute(self._keys_query(lock=True)).mappings().one())
             known = {k.jwk.get("kid") for k in current.verification_keys}

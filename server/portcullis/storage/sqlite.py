@@ -31,6 +31,7 @@ from portcullis.clock import Clock, SystemClock
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.sealing import Sealer
 from portcullis.storage.sql_storage import SQLStorage
 
 # Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
@@ -93,7 +94,9 @@ class SQLiteStorage(SQLStorage):
     """Storage in one SQLite file, migrated to the current schema when opened.
 
     ``path`` may be ``":memory:"`` for a private in-process database (one shared connection,
-    serialised by a lock); that is for tests only, like the memory backend.
+    serialised by a lock); that is for tests only, like the memory backend. ``sealer`` seals
+    connector data (``storage.sealing``; the factory gives one with the configured key or the
+    key file beside the database); without one, values are stored as they are.
     """
 
     def __init__(
@@ -103,7 +106,10 @@ class SQLiteStorage(SQLStorage):
         busy_timeout: float = 30.0,
         synchronous: str = "FULL",
         clock: Clock | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
+        if sealer is not None:
+            self._sealer = sealer
         if synchronous.upper() not in _SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
         self.path = path

@@ -27,6 +27,7 @@ from portcullis.storage.models import (
     RefreshToken,
 )
 from portcullis.storage.postgres import PostgresStorage
+from portcullis.storage.sealing import Sealer, SealingKey, generate_key
 from portcullis.storage.sqlite import SQLiteStorage
 
 from tests.support.postgres import (  # noqa: F401
@@ -37,16 +38,23 @@ from tests.support.postgres import (  # noqa: F401
 )
 
 
+def sealer() -> Sealer:
+    """A sealer with a fresh key: the SQL backends run every conformance test sealing
+    connector data, as they do when served (tests/unit/storage/test_storage_sealing.py checks
+    what lands in the rows)."""
+    return Sealer(SealingKey(generate_key(), "a test key"))
+
+
 def _postgres(request: pytest.FixtureRequest, _tmp: Path) -> Storage:
     # A fresh database on the session's real PostgreSQL server (started on first use).
     settings: dict[str, Any] = request.getfixturevalue("postgres_database")
-    return PostgresStorage(PostgresConfig.model_validate(settings))
+    return PostgresStorage(PostgresConfig.model_validate(settings), sealer=sealer())
 
 
 # name -> factory(request, tmp_path) opening a fresh, empty store.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Storage]] = {
     "memory": lambda _request, _tmp: MemoryStorage(),
-    "sqlite": lambda _request, tmp: SQLiteStorage(str(tmp / "portcullis.db")),
+    "sqlite": lambda _request, tmp: SQLiteStorage(str(tmp / "portcullis.db"), sealer=sealer()),
     "postgres": _postgres,
 }
 

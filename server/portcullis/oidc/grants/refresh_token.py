@@ -10,6 +10,7 @@ themselves live in ``portcullis.oidc.refresh``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,9 @@ from portcullis.oidc.refresh import (
     format_refresh_token,
 )
 from portcullis.storage.models import Client, Identity
+from portcullis.storage.sealing import is_sealed
+
+log = logging.getLogger("portcullis.token")
 
 
 class RefreshTokenGrant:
@@ -123,6 +127,20 @@ class RefreshTokenGrant:
             # then. Asking upstream again would spend the upstream refresh token stored with
             # the family on a rotating upstream, and the next real refresh would fail.
             return family.identity
+        if is_sealed(family.identity.connector_data):
+            # Storage could not open the session's upstream tokens (it logged why: a sealing
+            # key that is not configured, or a value altered or moved between rows). This
+            # session alone cannot be refreshed; the connector never sees the sealed bytes.
+            log.warning(
+                "refresh refused for client %s (connector %s): the session's upstream tokens "
+                "are sealed with a storage sealing key this server cannot use; see "
+                "storageSealing in the configuration",
+                family.client_id,
+                family.connector_id,
+            )
+            raise invalid_grant(
+                "the upstream session cannot be resumed on this server; please log in again"
+            )
         try:
             return await connector.refresh(scopes.connector_scopes(granted), family.identity)
         except ConnectorError as exc:
