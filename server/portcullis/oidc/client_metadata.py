@@ -141,17 +141,18 @@ class MetadataDocumentClients:
         self._clock = clock
         self._cache: dict[str, tuple[float, Client]] = {}
         self._lock = threading.Lock()
-        # Made on the first fetch, not here: most servers never fetch a document, and loading
-        # the CA bundle (and importing httpx) is a good part of a cold start's CPU and memory.
+        # The system trust store is loaded on the first fetch, not here: most servers never
+        # fetch a document, and loading the CA bundle (and importing httpx) is a good part of a
+        # cold start's CPU and memory. The test-only CA is loaded at once, so a wrong path
+        # still fails at start rather than inside a request.
         self._ssl: ssl.SSLContext | None = None
+        if policy.test_loopback_ca:
+            self._ssl = ssl.create_default_context(cafile=policy.test_loopback_ca)
 
     def _ssl_context(self) -> ssl.SSLContext:
         with self._lock:
             if self._ssl is None:
-                if self.policy.test_loopback_ca:
-                    self._ssl = ssl.create_default_context(cafile=self.policy.test_loopback_ca)
-                else:
-                    self._ssl = ssl.create_default_context()
+                self._ssl = ssl.create_default_context()
             return self._ssl
 
     def get(self, client_id: str) -> Client | None:
