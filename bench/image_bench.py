@@ -52,6 +52,13 @@ def _wait_ready(url: str, alive: Callable[[], bool], timeout: float = 30.0) -> f
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used: on a machine shared with other jobs the
+    wall time to ready grows with the load, the CPU time it took does not."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -97,13 +104,14 @@ def _container_run(
             f"http://127.0.0.1:{telemetry}/healthz/ready", lambda: container.process.poll() is None
         )
         ready = time.monotonic() - started
+        cpu = _cpu_s(container.pid())
         time.sleep(2.0)
         rss = _rss_kib(container.pid())
     finally:
         code = container.stop()
     if code != 0:
         raise RuntimeError(f"container exited {code}: {container.stderr()[-500:]}")
-    return {"ready_s": ready, "idle_rss_mib": rss / 1024}
+    return {"ready_s": ready, "cpu_s": cpu, "idle_rss_mib": rss / 1024}
 
 
 def _host_run(
@@ -130,12 +138,13 @@ def _host_run(
             tail = log.read_text(errors="replace").strip().splitlines()[-1:]
             raise RuntimeError(f"{exc}: {' '.join(tail)}") from exc
         ready = time.monotonic() - started
+        cpu = _cpu_s(process.pid)
         time.sleep(2.0)
         rss = _rss_kib(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"ready_s": ready, "idle_rss_mib": rss / 1024}
+    return {"ready_s": ready, "cpu_s": cpu, "idle_rss_mib": rss / 1024}
 
 
 def _summarise(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -204,14 +213,18 @@ def main() -> int:
         f"  size: {sizes['compressed_mb']:.1f} MB compressed (target <= 40), "
         f"{sizes['uncompressed_mb']:.1f} MB uncompressed"
     )
-    print(f"  {'scenario':<24} {'start to ready':>15} {'idle RSS':>10}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} after the runs")
+    print(f"  {'scenario':<24} {'start to ready':>15} {'CPU to ready':>13} {'idle RSS':>10}")
     for name, figures in results.items():
         if name == "image":
             continue
         if "error" in figures:
             print(f"  {name:<24} error: {figures['error']}")
             continue
-        print(f"  {name:<24} {figures['ready_s']:>13.3f} s {figures['idle_rss_mib']:>7.1f} MiB")
+        print(
+            f"  {name:<24} {figures['ready_s']:>13.3f} s {figures['cpu_s']:>11.3f} s "
+            f"{figures['idle_rss_mib']:>7.1f} MiB"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

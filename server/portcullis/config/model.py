@@ -194,6 +194,7 @@ class Section(BaseModel):
         populate_by_name=True,
         frozen=True,
         str_strip_whitespace=False,
+        defer_build=True,
     )
 
 

@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-import httpx
-
 from portcullis.clock import Clock
 from portcullis.storage.models import Client
 
@@ -143,10 +141,19 @@ class MetadataDocumentClients:
         self._clock = clock
         self._cache: dict[str, tuple[float, Client]] = {}
         self._lock = threading.Lock()
+        # The system trust store is loaded on the first fetch, not here: most servers never
+        # fetch a document, and loading the CA bundle (and importing httpx) is a good part of a
+        # cold start's CPU and memory. The test-only CA is loaded at once, so a wrong path
+        # still fails at start rather than inside a request.
+        self._ssl: ssl.SSLContext | None = None
         if policy.test_loopback_ca:
             self._ssl = ssl.create_default_context(cafile=policy.test_loopback_ca)
-        else:
-            self._ssl = ssl.create_default_context()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            return self._ssl
 
     def get(self, client_id: str) -> Client | None:
         """The client, or None (unknown, disabled or refused: the reason is logged)."""
@@ -172,6 +179,8 @@ class MetadataDocumentClients:
     def fetch(self, url: str) -> tuple[Client, float]:
         """Fetch and validate the document: (client, cache seconds). Raises
         MetadataDocumentError."""
+        import httpx  # only servers that fetch documents pay for importing it
+
         parts = check_document_url(url)
         host = parts.hostname or ""
         port = parts.port or 443
@@ -181,7 +190,7 @@ class MetadataDocumentClients:
         try:
             with (
                 httpx.Client(
-                    verify=self._ssl,
+                    verify=self._ssl_context(),
                     timeout=self.policy.timeout,
                     follow_redirects=False,
                     trust_env=False,
