@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from portcullis.oidc.denials import CLIENT
 from portcullis.oidc.refresh import (
     MalformedRefreshTokenError,
     Rotated,
@@ -90,6 +91,29 @@ async def test_other_client_connector_or_expired_family_is_not_touched(world: Wo
     world.storage.update_refresh_token(family_id, lambda _: expired)
     assert store.rotate_current(token, app, ("mock",)) is None
     assert world.storage.get_refresh_token(family_id) == expired
+
+
+async def test_a_denied_family_is_left_to_the_general_path(world: World) -> None:
+    """``portcullis revoke`` deletes the families it denies; one created in the instant before
+    the denial was written escapes that and must still be refused. The one-statement path
+    leaves it alone (no rotation), and the general path's deny-list check ends it."""
+    token = (await world.login())["refresh_token"]
+    family_id, _ = _split(token)
+    before = world.storage.get_refresh_token(family_id)
+    app = world.provider.clients.get("app")
+    assert app is not None
+    world.clock.advance(1)
+    world.storage.deny_subject(CLIENT, "app", world.clock.now(), world.clock.now() + 3600)
+
+    assert world.provider.refresh.rotate_current(token, app, ("mock",)) is None
+    assert world.storage.get_refresh_token(family_id) == before
+    refused = await world.refuse(grant_type="refresh_token", refresh_token=token)
+    assert (refused.error, refused.description) == (
+        "invalid_grant",
+        "the refresh token has been revoked",
+    )
+    with pytest.raises(NotFoundError):
+        world.storage.get_refresh_token(family_id)
 
 
 async def test_rotation_disabled_hands_back_the_same_secret() -> None:
