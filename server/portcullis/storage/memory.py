@@ -165,6 +165,10 @@ class MemoryStorage(Storage):
                 or family.client_id != rotation.client_id
                 or family.connector_id not in rotation.connector_ids
                 or (family.expires_at and rotation.now > family.expires_at)
+                or any(
+                    at >= family.created_at and expiry >= rotation.now
+                    for at, expiry in self._denied.values()
+                )
             ):
                 return None
             updated = dataclasses.replace(

@@ -97,6 +97,12 @@ def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity:
             rt.c.client_id == sa.bindparam("p_client", type_=sa.Text),
             rt.c.connector_id.in_(sa.bindparam("p_connectors", expanding=True)),
             sa.or_(rt.c.expires_at == 0, rt.c.expires_at >= now),
+            # Any live denial newer than the family sends it to the precise check of the
+            # general path (see RefreshRotation); the table is tiny and indexed on expiry.
+            ~sa.exists().where(
+                t.denied_subjects.c.expiry >= now,
+                t.denied_subjects.c.revoked_at >= rt.c.created_at,
+            ),
         )
         .values(**values)
         .returning(*rt.c)
