@@ -6,8 +6,10 @@ gets the same successor, a replay ends the family)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
+from portcullis.connectors.authproxy import AuthProxyConfig, AuthProxyConnector
 from portcullis.oidc.denials import CLIENT
 from portcullis.oidc.refresh import (
     MalformedRefreshTokenError,
@@ -133,3 +135,31 @@ def test_malformed_token_is_refused(world: World) -> None:
     assert client is not None
     with pytest.raises(MalformedRefreshTokenError):
         world.provider.refresh.rotate_current("not-a-token", client, ("mock",))
+
+
+async def test_the_grant_takes_it_per_connector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family of a connector without upstream refresh rotates in one statement (no read)
+    even when another configured connector refreshes upstream; a family of that other
+    connector still has the user re-checked upstream first."""
+    proxy = AuthProxyConnector("proxy", "Proxy", "authproxy", AuthProxyConfig(), ())
+    world = make_world(extra_connectors=[proxy])
+    local_token = (await world.login())["refresh_token"]
+    local_id, _ = _split(local_token)
+    world.storage.update_refresh_token(
+        local_id, lambda family: dataclasses.replace(family, connector_id="proxy")
+    )
+    upstream_token = (await world.login())["refresh_token"]
+
+    read = world.storage.get_refresh_token
+
+    def no_read(token_id: str) -> Any:
+        raise AssertionError(f"family {token_id} was read")
+
+    monkeypatch.setattr(world.storage, "get_refresh_token", no_read)
+    rotated = await world.refresh(local_token)
+    assert _split(rotated["refresh_token"])[0] == local_id
+    assert world.connector.refreshes == 0
+
+    monkeypatch.setattr(world.storage, "get_refresh_token", read)
+    await world.refresh(upstream_token)
+    assert world.connector.refreshes == 1
