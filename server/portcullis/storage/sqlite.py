@@ -44,6 +44,7 @@ from portcullis.clock import Clock, SystemClock
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import AlreadyExistsError, StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.sql_hot import StatementCache
 from portcullis.storage.sql_storage import SQLStorage
 
 # Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
@@ -69,68 +70,6 @@ class _Pending:
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-
-
-_PER_CALL = object()  # a parameter whose value each call supplies
-
-
-class _Compiled:
-    """A hot-path Core statement compiled once for the sqlite3 driver: its SQL text, its
-    parameters in order with SQLAlchemy's own bind processors (JSON serialised exactly as
-    SQLAlchemy would), and its result columns with their result processors, so rows written
-    or read this way are the same as through SQLAlchemy."""
-
-    __slots__ = ("binds", "columns", "sql", "stmt")
-
-    def __init__(self, stmt: sa.Executable, dialect: sa.Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
-        self.stmt = stmt  # the cache is keyed by id(stmt): keep it alive
-        self.sql: str = compiled.string
-        # (name, processor, literal): a literal in the statement (``used_at = 0``) is an
-        # anonymous parameter whose value the statement carries; the rest come per call.
-        self.binds = tuple(
-            (
-                name,
-                bind.type.bind_processor(dialect),
-                _PER_CALL if bind.required or bind.callable else bind.effective_value,
-            )
-            for name in compiled.positiontup or ()
-            for bind in (compiled.binds[name],)
-        )
-        descriptions: list[dict[str, Any]]
-        if isinstance(stmt, sa.UpdateBase):
-            descriptions = stmt.returning_column_descriptions
-        elif isinstance(stmt, sa.Select):
-            descriptions = stmt.column_descriptions
-        else:
-            raise TypeError(f"not a hot-path statement: {type(stmt).__name__}")
-        self.columns = tuple(
-            (d["name"], d["type"].result_processor(dialect, None)) for d in descriptions
-        )
-
-    def first(
-        self, conn: sqlite3.Connection, params: Mapping[str, Any]
-    ) -> Mapping[str, Any] | None:
-        values = (
-            params[name] if literal is _PER_CALL else literal for name, _, literal in self.binds
-        )
-        args = tuple(
-            value if process is None else process(value)
-            for (_, process, _), value in zip(self.binds, values, strict=True)
-        )
-        cursor = conn.execute(self.sql, args)
-        try:
-            # fetchall, not fetchone: the statement must finish (a reader's implicit
-            # transaction end, a write's RETURNING complete) before the cursor is left.
-            found = cursor.fetchall()
-        finally:
-            cursor.close()
-        if not found or not self.columns:
-            return None
-        return {
-            name: value if process is None else process(value)
-            for (name, process), value in zip(self.columns, found[0], strict=True)
-        }
 
 
 def _create_private_file(path: str) -> None:
@@ -211,7 +150,7 @@ class SQLiteStorage(SQLStorage):
         # Opened here, in the process that uses it: flock excludes open file descriptions,
         # and a description inherited over fork would be shared with the parent.
         self._lock_fd = -1 if self._in_memory else self._open_lock_file()
-        self._compiled: dict[int, _Compiled] = {}
+        self._statements = StatementCache(self._engine.dialect)
         self._raw_writer: sqlite3.Connection | None = None
         self._raw_readers: list[sqlite3.Connection] = []
         self._raw_local = threading.local()
@@ -340,13 +279,18 @@ class SQLiteStorage(SQLStorage):
     ) -> Mapping[str, Any] | None:
         if self._in_memory:  # one shared SQLAlchemy connection: no driver connections of ours
             return super()._hot_statement(stmt, table, params, write=write)
-        compiled = self._compiled.get(id(stmt))
-        if compiled is None:
-            compiled = self._compiled[id(stmt)] = _Compiled(stmt, self._engine.dialect)
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
 
         def run(conn: sqlite3.Connection) -> Mapping[str, Any] | None:
             try:
-                return compiled.first(conn, params)
+                cursor = conn.execute(compiled.sql, args)
+                try:
+                    # fetchall, not fetchone: the statement must finish (a reader's implicit
+                    # transaction ends, a write's RETURNING completes) before it is left.
+                    return compiled.row(cursor.fetchall())
+                finally:
+                    cursor.close()
             except sqlite3.IntegrityError as exc:
                 if getattr(exc, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS:
                     raise AlreadyExistsError(f"{table.name}: record already exists") from None
