@@ -340,20 +340,25 @@ class SQLiteStorage(SQLStorage):
     def _commit_group(self, batch: list[_Pending]) -> None:
         try:
             conn = self._writer_connection()
+            # A group of one (no concurrency) needs no savepoint: its failure is the group's.
+            alone = len(batch) == 1
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for pending in batch:
-                    conn.execute("SAVEPOINT hot")
+                    if not alone:
+                        conn.execute("SAVEPOINT hot")
                     try:
                         pending.result = pending.run(conn)
                     except Exception as exc:  # this caller's, not the group's
-                        conn.execute("ROLLBACK TO hot")
+                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO hot")
                         pending.error = exc
                         if isinstance(exc, sqlite3.Error):
                             pending.error = StorageError(f"sqlite3 {self.path}: {exc}")
                             pending.error.__cause__ = exc
-                    conn.execute("RELEASE hot")
-                conn.execute("COMMIT")
+                    if not alone:
+                        conn.execute("RELEASE hot")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
