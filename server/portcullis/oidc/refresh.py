@@ -412,6 +412,34 @@ class RefreshStore:
         resources: tuple[str, ...] = (),
     ) -> tuple[str, str]:
         """Start a family; returns (family id, refresh token string)."""
+        family, value = self.new_family(
+            client,
+            identity=identity,
+            connector_id=connector_id,
+            granted=granted,
+            nonce=nonce,
+            auth_time=auth_time,
+            issued_by_code=issued_by_code,
+            resources=resources,
+        )
+        self._storage.create_refresh_token(family)
+        return family.id, value
+
+    def new_family(
+        self,
+        client: Client,
+        *,
+        identity: Identity,
+        connector_id: str,
+        granted: tuple[str, ...],
+        nonce: str,
+        auth_time: float,
+        issued_by_code: str,
+        resources: tuple[str, ...] = (),
+    ) -> tuple[RefreshToken, str]:
+        """The record of a new family and its refresh token string, not stored yet (pure but
+        for the random id and secret): for ``create``, and for a code exchange that stores it
+        together with consuming the code (``Storage.exchange_auth_code``)."""
         now = self._clock.now()
         secret = new_secret()
         family = RefreshToken(
@@ -429,8 +457,7 @@ class RefreshStore:
             expires_at=family_expiry(self.policy, client, now, now),
             resources=resources,
         )
-        self._storage.create_refresh_token(family)
-        return family.id, format_refresh_token(family.id, secret)
+        return family, format_refresh_token(family.id, secret)
 
     def rotate_current(
         self, value: str, client: Client, connector_ids: tuple[str, ...]

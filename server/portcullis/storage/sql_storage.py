@@ -20,7 +20,7 @@ import functools
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -117,7 +117,7 @@ def _rotation_statement(
 
 
 # Consuming an authorization code, built once (compiled once): mark it used only if unused.
-_CONSUME_CODE = (
+CONSUME_CODE = (
     sa.update(t.auth_codes)
     .where(
         t.auth_codes.c.id == sa.bindparam("p_id", type_=sa.Text),
@@ -130,7 +130,7 @@ _CONSUME_CODE = (
 
 
 # The other hot-path statements, built once (see _hot_statement).
-_INSERT_REFRESH = t.refresh_tokens.insert()
+INSERT_REFRESH = t.refresh_tokens.insert()
 _GET_REFRESH = sa.select(t.refresh_tokens).where(
     t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text)
 )
@@ -353,9 +353,13 @@ class SQLStorage(Storage):
         # and bound to its client whatever the dialect's locking; only a failed consume (unknown,
         # replayed or another client's code) reads afterwards to say which.
         params = {"p_id": code_id, "p_now": now, "p_client": client_id}
-        row = self._hot_statement(_CONSUME_CODE, t.auth_codes, params, write=True)
-        if row is not None:
-            return rows.auth_code_from(row)
+        row = self._hot_statement(CONSUME_CODE, t.auth_codes, params, write=True)
+        if row is None:
+            self._code_not_consumed(code_id, client_id)
+        return rows.auth_code_from(row)
+
+    def _code_not_consumed(self, code_id: str, client_id: str) -> NoReturn:
+        """Why the consuming statement matched nothing: unknown, another client's, replayed."""
         codes = t.auth_codes
         with self._read() as conn:
             code = rows.auth_code_from(
@@ -373,7 +377,7 @@ class SQLStorage(Storage):
     def create_refresh_token(self, token: RefreshToken) -> None:
         # On the code-exchange hot path: one statement, so it can share a group commit.
         row = rows.refresh_token_row(token)
-        self._hot_statement(_INSERT_REFRESH, t.refresh_tokens, row, write=True)
+        self._hot_statement(INSERT_REFRESH, t.refresh_tokens, row, write=True)
 
     def get_refresh_token(self, token_id: str) -> RefreshToken:
         row = self._hot_statement(_GET_REFRESH, t.refresh_tokens, {"p_id": token_id}, write=False)

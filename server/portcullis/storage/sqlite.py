@@ -41,11 +41,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import StaticPool
 
 from portcullis.clock import Clock, SystemClock
+from portcullis.storage import sql_rows as rows
 from portcullis.storage import sql_schema as t
 from portcullis.storage.base import AlreadyExistsError, StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
-from portcullis.storage.sql_hot import StatementCache
-from portcullis.storage.sql_storage import SQLStorage
+from portcullis.storage.models import AuthCode, RefreshToken
+from portcullis.storage.sql_hot import CompiledStatement, StatementCache
+from portcullis.storage.sql_storage import CONSUME_CODE, INSERT_REFRESH, SQLStorage
 
 # Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
 _BEGIN_MODE = "portcullis_sqlite_begin"
@@ -70,6 +72,27 @@ class _Pending:
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+def _execute(
+    conn: sqlite3.Connection,
+    compiled: CompiledStatement,
+    args: tuple[Any, ...] | dict[str, Any],
+    table: sa.Table,
+) -> Mapping[str, Any] | None:
+    """Run a compiled hot statement on a driver connection; its first row, or None."""
+    try:
+        cursor = conn.execute(compiled.sql, args)
+        try:
+            # fetchall, not fetchone: the statement must finish (a reader's implicit
+            # transaction ends, a write's RETURNING completes) before it is left.
+            return compiled.row(cursor.fetchall())
+        finally:
+            cursor.close()
+    except sqlite3.IntegrityError as exc:
+        if getattr(exc, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS:
+            raise AlreadyExistsError(f"{table.name}: record already exists") from None
+        raise
 
 
 def _create_private_file(path: str) -> None:
@@ -283,18 +306,7 @@ class SQLiteStorage(SQLStorage):
         args = compiled.parameters(params)
 
         def run(conn: sqlite3.Connection) -> Mapping[str, Any] | None:
-            try:
-                cursor = conn.execute(compiled.sql, args)
-                try:
-                    # fetchall, not fetchone: the statement must finish (a reader's implicit
-                    # transaction ends, a write's RETURNING completes) before it is left.
-                    return compiled.row(cursor.fetchall())
-                finally:
-                    cursor.close()
-            except sqlite3.IntegrityError as exc:
-                if getattr(exc, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS:
-                    raise AlreadyExistsError(f"{table.name}: record already exists") from None
-                raise
+            return _execute(conn, compiled, args, table)
 
         if write:
             return self._group_commit(run)
@@ -302,6 +314,55 @@ class SQLiteStorage(SQLStorage):
             return run(self._reader())
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
+
+    def exchange_auth_code(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """Both writes of a code exchange in ONE group-commit item: one commit to wait for
+        instead of two. The family insert has a savepoint of its own, so the code stays
+        consumed when it fails, as the base class documents."""
+        if self._in_memory:
+            return super().exchange_auth_code(code_id, now, client_id, start_family)
+        consume = self._statements.get(CONSUME_CODE)
+        insert = self._statements.get(INSERT_REFRESH)
+        consume_args = consume.parameters({"p_id": code_id, "p_now": now, "p_client": client_id})
+        outcome: list[tuple[AuthCode, RefreshToken | None, Exception | None]] = []
+
+        def run(conn: sqlite3.Connection) -> None:
+            outcome.clear()  # a failed group is not retried, but stay exact
+            row = _execute(conn, consume, consume_args, t.auth_codes)
+            if row is None:
+                return
+            code = rows.auth_code_from(row)
+            try:
+                family = start_family(code)
+            except Exception as exc:  # the caller's error; the code stays consumed
+                outcome.append((code, None, exc))
+                return
+            if family is not None:
+                conn.execute("SAVEPOINT family")
+                try:
+                    _execute(conn, insert, insert.parameters(rows.refresh_token_row(family)),
+                             t.refresh_tokens)  # fmt: skip
+                except AlreadyExistsError as exc:
+                    conn.execute("ROLLBACK TO family")
+                    outcome.append((code, None, exc))
+                    return
+                finally:
+                    conn.execute("RELEASE family")
+            outcome.append((code, family, None))
+
+        self._group_commit(run)
+        if not outcome:
+            self._code_not_consumed(code_id, client_id)
+        code, family, error = outcome[0]
+        if error is not None:
+            raise error
+        return code, family
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The process's one driver connection for group commits (used under _writer())."""
