@@ -316,8 +316,10 @@ class RefreshStore:
         return self._clock.now() + self._settings.max_token_lifetime(self._clients.all())
 
     # -- lookup -----------------------------------------------------------------------------
-    def _find(self, value: str) -> Presented:
-        """The one lookup: parse, load the family, say which secret was presented."""
+    def _find(self, value: str, denials: list[bool] | None = None) -> Presented:
+        """The one lookup: parse, load the family, say which secret was presented. With
+        ``denials``, also learn in the same storage call whether a live denial postdates the
+        family (appended to it: see ``Storage.get_refresh_token_for_use``)."""
         parsed = parse_refresh_token(value)
         # A token Dex issued before `portcullis import-dex` (oidc.dex_refresh): its refresh id
         # is the imported family's id and its token that family's current secret.
@@ -328,7 +330,13 @@ class RefreshStore:
             raise MalformedRefreshTokenError()
         family_id, secret = parsed
         try:
-            family = self._storage.get_refresh_token(family_id)
+            if denials is None:
+                family = self._storage.get_refresh_token(family_id)
+            else:
+                family, denied_since = self._storage.get_refresh_token_for_use(
+                    family_id, self._clock.now()
+                )
+                denials.append(denied_since)
         except NotFoundError:
             raise UnknownRefreshTokenError() from None
         match = match_secret(secret, family)
@@ -349,7 +357,8 @@ class RefreshStore:
         replayed: the family is ended here. This check comes before expiry and before the
         upstream refresh, so nobody can poke the upstream without a live secret.
         """
-        presented = self._find(value)
+        denials: list[bool] = []
+        presented = self._find(value, denials)
         family = presented.family
         if family.client_id != client.id:
             raise ForeignRefreshTokenError()
@@ -358,7 +367,8 @@ class RefreshStore:
         if self._expired(family):
             self.end_family(family.id)
             raise RefreshTokenExpiredError()
-        if family_denied(
+        # The precise deny-list query only when some live denial is newer than the family.
+        if denials[0] and family_denied(
             self._storage,
             sub=encode_subject(family.identity.user_id, family.connector_id),
             client_id=family.client_id,

@@ -130,6 +130,13 @@ class Storage(ABC):
     @abstractmethod
     def get_refresh_token(self, token_id: str) -> RefreshToken: ...
 
+    def get_refresh_token_for_use(self, token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        """The family, and whether any deny-list entry live at ``now`` was recorded at or
+        after its ``created_at`` (whoever it names): when not, no denial can concern the
+        family and the refresh grant skips its precise deny-list query. One round trip where
+        the backend can; this default answers True (always check), which is never wrong."""
+        return self.get_refresh_token(token_id), True
+
     @abstractmethod
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]

@@ -134,6 +134,17 @@ INSERT_REFRESH = t.refresh_tokens.insert()
 _GET_REFRESH = sa.select(t.refresh_tokens).where(
     t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text)
 )
+# The family and, in the same round trip, whether a live denial postdates it (see
+# Storage.get_refresh_token_for_use; the same test as the rotation statement's guard).
+_GET_REFRESH_FOR_USE = sa.select(
+    t.refresh_tokens,
+    sa.exists()
+    .where(
+        t.denied_subjects.c.expiry >= sa.bindparam("p_now", type_=sa.Double),
+        t.denied_subjects.c.revoked_at >= t.refresh_tokens.c.created_at,
+    )
+    .label("denied_since"),
+).where(t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text))
 
 
 @functools.lru_cache(maxsize=256)
@@ -384,6 +395,13 @@ class SQLStorage(Storage):
         if row is None:
             raise NotFoundError("refresh_tokens: record not found")
         return rows.refresh_token_from(row)
+
+    def get_refresh_token_for_use(self, token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        params = {"p_id": token_id, "p_now": now}
+        row = self._hot_statement(_GET_REFRESH_FOR_USE, t.refresh_tokens, params, write=False)
+        if row is None:
+            raise NotFoundError("refresh_tokens: record not found")
+        return rows.refresh_token_from(row), bool(row["denied_since"])
 
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from portcullis.storage.base import Storage
+from portcullis.storage.base import NotFoundError, Storage
 
 NOW = 1_700_000_000.0
 
@@ -78,3 +78,23 @@ def test_denials_keep_the_later_values_and_expire(storage: Storage) -> None:
     assert storage.subjects_revoked_at([("group", "g")], NOW + 150) == NOW + 5
     assert storage.garbage_collect(NOW + 201).denied_subjects == 1
     assert storage.subjects_revoked_at([("group", "g")], NOW) == 0.0
+
+
+def test_a_family_read_for_use_says_whether_a_live_denial_postdates_it(
+    storage: Storage, samples: Any
+) -> None:
+    """``get_refresh_token_for_use``: the refresh grant skips its precise deny-list query when
+    no live denial is newer than the family (whoever it names). The base class's default answers
+    True always (never wrong, never faster); every backend here answers exactly."""
+    family = samples.refresh_token("f1")
+    storage.create_refresh_token(family)
+    created = family.created_at
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    storage.deny_subject("group", "older", created - 1, created + 100)
+    storage.deny_subject("client", "expired", created + 1, created + 5)
+    # An older denial and one no longer live do not count.
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    storage.deny_subject("sub", "someone-else", created, created + 100)
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, True)
+    with pytest.raises(NotFoundError):
+        storage.get_refresh_token_for_use("missing", created + 10)
