@@ -175,8 +175,9 @@ class SQLiteStorage(SQLStorage):
         self._lock_fd = -1 if self._in_memory else self._open_lock_file()
         self._statements = StatementCache(self._engine.dialect)
         self._raw_writer: sqlite3.Connection | None = None
-        self._raw_readers: list[sqlite3.Connection] = []
-        self._raw_local = threading.local()
+        # Driver connections: every one opened (closed by close()), and the idle readers.
+        self._raw_all: list[sqlite3.Connection] = []
+        self._raw_idle: list[sqlite3.Connection] = []
         self._raw_lock = threading.Lock()
         # One shared connection in memory mode: transactions from two threads must not mix.
         self._serial: contextlib.AbstractContextManager[Any] = (
@@ -235,7 +236,7 @@ class SQLiteStorage(SQLStorage):
         conn = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout_ms / 1000,
-            check_same_thread=False,  # closed from close(), possibly another thread
+            check_same_thread=False,  # used by one thread at a time, but not always the same
             isolation_level=None,
         )
         try:
@@ -244,15 +245,23 @@ class SQLiteStorage(SQLStorage):
             conn.close()
             raise
         with self._raw_lock:
-            self._raw_readers.append(conn)
+            self._raw_all.append(conn)
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's own read connection (WAL: reads never wait for the writer)."""
-        conn: sqlite3.Connection | None = getattr(self._raw_local, "conn", None)
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection of this storage's own (WAL: reads never wait for the writer),
+        taken from the idle ones or opened, and given back: as many as reads ran at once,
+        never one per thread that ever read (worker threads come and go)."""
+        with self._raw_lock:
+            conn = self._raw_idle.pop() if self._raw_idle else None
         if conn is None:
-            conn = self._raw_local.conn = self._raw_connect()
-        return conn
+            conn = self._raw_connect()
+        try:
+            yield conn
+        finally:
+            with self._raw_lock:
+                self._raw_idle.append(conn)
 
     def _on_connect(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
@@ -311,7 +320,8 @@ class SQLiteStorage(SQLStorage):
         if write:
             return self._group_commit(run)
         try:
-            return run(self._reader())
+            with self._reader() as conn:
+                return run(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
 
@@ -455,7 +465,7 @@ class SQLiteStorage(SQLStorage):
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         with self._raw_lock:
-            raw, self._raw_readers = self._raw_readers, []
+            raw, self._raw_all, self._raw_idle = self._raw_all, [], []
         for conn in raw:
             conn.close()
         self._raw_writer = None
