@@ -147,9 +147,11 @@ _GET_REFRESH_FOR_USE = sa.select(
 ).where(t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache
 def _revoked_at_statement(subjects: int) -> sa.Select[Any]:
-    """The latest live denial among ``subjects`` (kind, value) pairs, ``p_k0``/``p_v0`` …"""
+    """The latest live denial among ``subjects`` (kind, value) pairs, ``p_k0``/``p_v0`` …
+    Callers pad the pairs to a power of two (repeating one: harmless in an OR), so a user's
+    group count, which comes from upstream, yields a handful of statements, not one each."""
     ds = t.denied_subjects
     return sa.select(sa.func.max(ds.c.revoked_at).label("latest")).where(
         sa.or_(
@@ -625,12 +627,13 @@ class SQLStorage(Storage):
     def subjects_revoked_at(self, subjects: Sequence[tuple[str, str]], now: float) -> float:
         if not subjects:
             return 0.0
-        # On every refresh's general path: a statement per number of subjects, built once.
-        subjects = list(dict.fromkeys(subjects))
+        # A statement per (padded) number of subjects, built once.
+        pairs = list(dict.fromkeys(subjects))
+        pairs += pairs[-1:] * ((1 << (len(pairs) - 1).bit_length()) - len(pairs))
         params: dict[str, Any] = {"p_now": now}
-        for i, (kind, value) in enumerate(subjects):
+        for i, (kind, value) in enumerate(pairs):
             params[f"p_k{i}"], params[f"p_v{i}"] = kind, value
-        stmt = _revoked_at_statement(len(subjects))
+        stmt = _revoked_at_statement(len(pairs))
         row = self._hot_statement(stmt, t.denied_subjects, params, write=False)
         latest = None if row is None else row["latest"]
         return float(latest) if latest is not None else 0.0

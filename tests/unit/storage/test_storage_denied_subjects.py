@@ -98,3 +98,15 @@ def test_a_family_read_for_use_says_whether_a_live_denial_postdates_it(
     assert storage.get_refresh_token_for_use("f1", created + 10) == (family, True)
     with pytest.raises(NotFoundError):
         storage.get_refresh_token_for_use("missing", created + 10)
+
+
+@pytest.mark.parametrize("count", [3, 5, 8, 9])
+def test_any_number_of_subjects_is_looked_up(storage: Storage, count: int) -> None:
+    """A user's groups come from upstream, so the subject list has any length (and may
+    repeat): each position is looked up, whatever the count."""
+    storage.deny_subject("group", "denied", NOW, NOW + 100)
+    for position in range(count):
+        subjects = [("group", f"g{i}") for i in range(count)]
+        subjects[position] = ("group", "denied")
+        assert storage.subjects_revoked_at([*subjects, subjects[0]], NOW) == NOW
+    assert storage.subjects_revoked_at([("group", f"g{i}") for i in range(count)], NOW) == 0.0
