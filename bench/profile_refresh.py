@@ -1,6 +1,7 @@
 """Profile Portcullis's refresh path under wrk load: where a refresh spends its CPU.
 
     python -m bench.profile_refresh [--backend sqlite] [--rotation on] [--seconds 15]
+                                    [--endpoint refresh-rotate-noup|code]
 
 It starts a real `portcullis serve CONFIG --workers 1` (the CLI, so it profiles whatever the
 server wires today) inside cProfile, in a child process, with one change: anyio's
@@ -55,6 +56,12 @@ def main() -> int:
     parser.add_argument("--rotation", default="on", choices=["on", "off"])
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument(
+        "--endpoint",
+        choices=["refresh-rotate", "refresh-rotate-noup", "code"],
+        help="what to load (default: the refresh row of --rotation, connector refreshing "
+        "upstream); rotation on only",
+    )
     parser.add_argument("--save", type=Path, help="keep the raw pstats file here")
     args = parser.parse_args()
 
@@ -63,6 +70,10 @@ def main() -> int:
     from bench import run
 
     endpoint = "refresh-rotate" if args.rotation == "on" else "refresh-static"
+    if args.endpoint:
+        if args.rotation != "on":
+            parser.error("--endpoint needs --rotation on")
+        endpoint = args.endpoint
     with (
         tempfile.TemporaryDirectory(prefix="portcullis-profile-") as tmp,
         run.postgres_cluster(args.backend == "postgres") as cluster,

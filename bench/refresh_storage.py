@@ -88,7 +88,7 @@ def measure(storage: Storage, n: int, rounds: int) -> dict[str, float]:
             raise RuntimeError("the one-statement rotation did not apply")
 
     def consume(code: str) -> None:
-        storage.consume_auth_code(code, time.time())
+        storage.consume_auth_code(code, time.time(), "bench")
 
     times: dict[str, list[float]] = {"two-step": [], "one statement": [], "consume code": []}
     order = [("two-step", two_step), ("one statement", one_statement)]

@@ -76,7 +76,14 @@ ENDPOINTS: dict[str, tuple[str, bool]] = {
     "jwks": ("JWKS", False),
     "cc-rs256": ("client_credentials, JWT RS256", False),
     "cc-es256": ("client_credentials, JWT ES256", False),
-    "refresh-rotate": ("refresh, rotation on (each token once), RS256", True),
+    "refresh-rotate": (
+        "refresh, rotation on (each token once), RS256, connector refreshes upstream",
+        True,
+    ),
+    "refresh-rotate-noup": (
+        "refresh, rotation on (each token once), RS256, connector without upstream refresh",
+        True,
+    ),
     "refresh-static": ("refresh, rotation off (one token replayed), RS256", True),
     "code": ("authorization_code exchange, RS256", True),
     "login": ("password login form POST (bcrypt cost 10)", True),
@@ -87,13 +94,30 @@ BACKENDS = ("memory", "sqlite", "postgres")
 TARGETS: dict[tuple[str, str], float] = {
     ("refresh-rotate", "sqlite"): 1.5,
     ("refresh-rotate", "postgres"): 1.2,
+    ("refresh-rotate-noup", "sqlite"): 1.5,
+    ("refresh-rotate-noup", "postgres"): 1.2,
     ("code", ""): 1.5,
     ("cc-rs256", ""): 2.0,
     ("cc-es256", ""): 3.0,
     ("discovery", ""): 3.0,
     ("jwks", ""): 3.0,
 }
-TOKEN_PATHS = ("cc-rs256", "cc-es256", "refresh-rotate", "refresh-static", "code")
+TOKEN_PATHS = (
+    "cc-rs256",
+    "cc-es256",
+    "refresh-rotate",
+    "refresh-rotate-noup",
+    "refresh-static",
+    "code",
+)
+# Which connector a Portcullis refresh family of each refresh row belongs to: the dev-only
+# mockCallback connector refreshes "upstream" (RefreshConnector: the grant re-checks the user
+# with the connector before rotating, the general path), authproxy has no upstream to ask
+# (the one-statement path). node-oidc-provider has no connectors: both rows run the same
+# refresh there.
+REFRESH_CONNECTOR = {"refresh-rotate": "mock", "refresh-rotate-noup": "proxy"}
+# The authenticating proxy's header, sent by the bench itself on loopback (trusted there).
+PROXY_HEADERS = {"X-Remote-User": USER["username"]}
 P99_TARGET_MS = 50.0
 
 
@@ -431,7 +455,7 @@ class NodePeer(Peer):
             )
         load = _token_load("bench", "")
         load.fallback = "/.well-known/openid-configuration"
-        if endpoint == "refresh-rotate":
+        if endpoint in REFRESH_CONNECTOR:
             load.pool = [
                 ("/token", "", f"grant_type=refresh_token&refresh_token={t}")
                 for t in self._mint("refresh", "bench", size)
@@ -511,7 +535,15 @@ class PortcullisPeer(Peer):
                 }
             ],
             "staticClients": [{"id": "bench", "secret": SECRET, "redirectURIs": [REDIRECT]}],
-            "connectors": [{"type": "mockCallback", "id": "mock", "name": "Mock"}],
+            "connectors": [
+                {"type": "mockCallback", "id": "mock", "name": "Mock"},
+                {
+                    "type": "authproxy",
+                    "id": "proxy",
+                    "name": "Proxy",
+                    "config": {"trustedProxies": ["127.0.0.1/32"]},
+                },
+            ],
         }
         name = (
             f"portcullis-{setup.backend}-{setup.algorithm}-{'rot' if setup.rotation else 'static'}"
@@ -532,7 +564,7 @@ class PortcullisPeer(Peer):
             raise RuntimeError(f"Portcullis ({name}) did not become ready:\n{tail}") from None
         self.static_token = ""
         if not setup.rotation:
-            self.static_token = self._mint_refresh(1)[0]
+            self.static_token = self._mint_refresh(1, "mock")[0]
 
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/dex"
@@ -543,9 +575,10 @@ class PortcullisPeer(Peer):
     def db_pids(self) -> list[int]:
         return procs.tree(self.db_root) if self.db_root else []
 
-    def _code(self, client: httpx.Client, scope: str = SCOPE) -> str:
-        """One mockCallback login up to the code: /auth -> /auth/mock -> /callback ->
-        /approval (skipped) -> the redirect URI with ?code=."""
+    def _code(self, client: httpx.Client, scope: str = SCOPE, connector: str = "mock") -> str:
+        """One login up to the code: /auth -> /auth/<connector> -> /callback ->
+        /approval (skipped) -> the redirect URI with ?code=. ``mock`` is the mockCallback
+        connector, ``proxy`` authproxy (the bench sends the proxy's header itself)."""
         query = urllib.parse.urlencode(
             {
                 "client_id": "bench",
@@ -553,32 +586,34 @@ class PortcullisPeer(Peer):
                 "redirect_uri": REDIRECT,
                 "scope": scope,
                 "state": "bench",
-                "connector_id": "mock",
+                "connector_id": connector,
             }
         )
         url = f"{self.base()}/auth?{query}"
+        headers = PROXY_HEADERS if connector == "proxy" else {}
         for _ in range(6):
-            location = _check(client.get(url), "portcullis login").headers["location"]
+            answer = client.get(url, headers=headers)
+            location = _check(answer, "portcullis login").headers["location"]
             if location.startswith(REDIRECT):
                 return urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["code"][0]
             url = urllib.parse.urljoin(url, location)
-        raise RuntimeError("portcullis mock login did not reach the redirect URI")
+        raise RuntimeError(f"portcullis {connector} login did not reach the redirect URI")
 
-    def _refresh(self, client: httpx.Client) -> str:
+    def _refresh(self, client: httpx.Client, connector: str) -> str:
         response = client.post(
             f"{self.base()}/token",
-            data={"grant_type": "authorization_code", "code": self._code(client),
-                  "redirect_uri": REDIRECT},
+            data={"grant_type": "authorization_code",
+                  "code": self._code(client, connector=connector), "redirect_uri": REDIRECT},
             headers={"Authorization": basic("bench")},
         )  # fmt: skip
         token: str = _check(response, "portcullis code exchange").json()["refresh_token"]
         return token
 
-    def _mint_refresh(self, count: int) -> list[str]:
+    def _mint_refresh(self, count: int, connector: str) -> list[str]:
         if self.seeding and count > 1:
             with contextlib.suppress(SeedingError):
-                return self._seed("refresh", count)
-        return _parallel(count, self._refresh)
+                return self._seed("refresh", count, connector)
+        return _parallel(count, lambda client: self._refresh(client, connector))
 
     def _mint_codes(self, count: int) -> list[str]:
         if self.seeding:
@@ -597,14 +632,16 @@ class PortcullisPeer(Peer):
 
         return PostgresStorage(PostgresConfig.model_validate(config["config"]))
 
-    def _seed(self, kind: str, count: int) -> list[str]:
+    def _seed(self, kind: str, count: int, connector: str = "mock") -> list[str]:
         """Clones of one real token or code written through the storage interface: minting
         thousands through the login flow of a durable backend takes minutes (six writes each).
         One HTTP login gives the template, so the clones are exactly what the server stores;
         the first clone is spent on a check that the server accepts them, and any mismatch
         falls back to minting over HTTP."""
         with httpx.Client(timeout=30) as client:
-            template_value = self._refresh(client) if kind == "refresh" else self._code(client)
+            template_value = (
+                self._refresh(client, connector) if kind == "refresh" else self._code(client)
+            )
         storage = self._open_storage()
         try:
             now = time.time()
@@ -614,7 +651,7 @@ class PortcullisPeer(Peer):
                     raise SeedingError("unexpected refresh token format")
                 template = storage.get_refresh_token(parts[1])
             else:
-                template = storage.consume_auth_code(template_value, now)
+                template = storage.consume_auth_code(template_value, now, "bench")
             values: list[str] = []
             records: list[Any] = []
             for _ in range(count + 1):
@@ -697,11 +734,11 @@ class PortcullisPeer(Peer):
             load = _token_load(
                 "bench", f"grant_type=refresh_token&refresh_token={self.static_token}"
             )
-        elif endpoint == "refresh-rotate":
+        elif endpoint in REFRESH_CONNECTOR:
             load = _token_load("bench", "")
             load.pool = [
                 (f"{prefix}/token", "", f"grant_type=refresh_token&refresh_token={t}")
-                for t in self._mint_refresh(size)
+                for t in self._mint_refresh(size, REFRESH_CONNECTOR[endpoint])
             ]
         elif endpoint == "code":
             load = _token_load("bench", "")
@@ -810,9 +847,11 @@ def pool_size(rate_guess: float, duration: float) -> int:
 # First-round guesses (2-core machine); later rounds use the measured rate.
 RATE_GUESS = {
     ("node", "refresh-rotate"): 1500.0,
+    ("node", "refresh-rotate-noup"): 1500.0,
     ("node", "code"): 1200.0,
     ("node", "login"): 40.0,
     ("portcullis", "refresh-rotate"): 1200.0,
+    ("portcullis", "refresh-rotate-noup"): 1200.0,
     ("portcullis", "code"): 1000.0,
     ("portcullis", "login"): 40.0,
 }

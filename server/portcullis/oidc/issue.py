@@ -52,9 +52,7 @@ class TokenIssuer:
         is for ``resources``."""
         refresh_token = ""
         family_id = ""
-        if scopes.OFFLINE_ACCESS in granted and "refresh_token" in self._settings.client_grants(
-            client
-        ):
+        if self.starts_family(client, granted):
             family_id, refresh_token = self._refresh.create(
                 client,
                 identity=identity,
@@ -76,6 +74,13 @@ class TokenIssuer:
             family_id=family_id,
             refresh_token=refresh_token,
             resources=resources,
+        )
+
+    def starts_family(self, client: Client, granted: tuple[str, ...]) -> bool:
+        """A fresh login gets a refresh family when the client asked for offline access and
+        may use the refresh grant."""
+        return scopes.OFFLINE_ACCESS in granted and "refresh_token" in (
+            self._settings.client_grants(client)
         )
 
     def response(

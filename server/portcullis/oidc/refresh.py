@@ -316,8 +316,10 @@ class RefreshStore:
         return self._clock.now() + self._settings.max_token_lifetime(self._clients.all())
 
     # -- lookup -----------------------------------------------------------------------------
-    def _find(self, value: str) -> Presented:
-        """The one lookup: parse, load the family, say which secret was presented."""
+    def _find(self, value: str, denials: list[bool] | None = None) -> Presented:
+        """The one lookup: parse, load the family, say which secret was presented. With
+        ``denials``, also learn in the same storage call whether a live denial postdates the
+        family (appended to it: see ``Storage.get_refresh_token_for_use``)."""
         parsed = parse_refresh_token(value)
         # A token Dex issued before `portcullis import-dex` (oidc.dex_refresh): its refresh id
         # is the imported family's id and its token that family's current secret.
@@ -328,7 +330,13 @@ class RefreshStore:
             raise MalformedRefreshTokenError()
         family_id, secret = parsed
         try:
-            family = self._storage.get_refresh_token(family_id)
+            if denials is None:
+                family = self._storage.get_refresh_token(family_id)
+            else:
+                family, denied_since = self._storage.get_refresh_token_for_use(
+                    family_id, self._clock.now()
+                )
+                denials.append(denied_since)
         except NotFoundError:
             raise UnknownRefreshTokenError() from None
         match = match_secret(secret, family)
@@ -349,7 +357,8 @@ class RefreshStore:
         replayed: the family is ended here. This check comes before expiry and before the
         upstream refresh, so nobody can poke the upstream without a live secret.
         """
-        presented = self._find(value)
+        denials: list[bool] = []
+        presented = self._find(value, denials)
         family = presented.family
         if family.client_id != client.id:
             raise ForeignRefreshTokenError()
@@ -358,7 +367,8 @@ class RefreshStore:
         if self._expired(family):
             self.end_family(family.id)
             raise RefreshTokenExpiredError()
-        if family_denied(
+        # The precise deny-list query only when some live denial is newer than the family.
+        if denials[0] and family_denied(
             self._storage,
             sub=encode_subject(family.identity.user_id, family.connector_id),
             client_id=family.client_id,
@@ -412,6 +422,34 @@ class RefreshStore:
         resources: tuple[str, ...] = (),
     ) -> tuple[str, str]:
         """Start a family; returns (family id, refresh token string)."""
+        family, value = self.new_family(
+            client,
+            identity=identity,
+            connector_id=connector_id,
+            granted=granted,
+            nonce=nonce,
+            auth_time=auth_time,
+            issued_by_code=issued_by_code,
+            resources=resources,
+        )
+        self._storage.create_refresh_token(family)
+        return family.id, value
+
+    def new_family(
+        self,
+        client: Client,
+        *,
+        identity: Identity,
+        connector_id: str,
+        granted: tuple[str, ...],
+        nonce: str,
+        auth_time: float,
+        issued_by_code: str,
+        resources: tuple[str, ...] = (),
+    ) -> tuple[RefreshToken, str]:
+        """The record of a new family and its refresh token string, not stored yet (pure but
+        for the random id and secret): for ``create``, and for a code exchange that stores it
+        together with consuming the code (``Storage.exchange_auth_code``)."""
         now = self._clock.now()
         secret = new_secret()
         family = RefreshToken(
@@ -429,8 +467,7 @@ class RefreshStore:
             expires_at=family_expiry(self.policy, client, now, now),
             resources=resources,
         )
-        self._storage.create_refresh_token(family)
-        return family.id, format_refresh_token(family.id, secret)
+        return family, format_refresh_token(family.id, secret)
 
     def rotate_current(
         self, value: str, client: Client, connector_ids: tuple[str, ...]

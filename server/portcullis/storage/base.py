@@ -95,6 +95,31 @@ class Storage(ABC):
         as it was (checked under the same lock), so a client holding someone else's code can
         neither redeem it nor burn it for its owner."""
 
+    def exchange_auth_code(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """``consume_auth_code``, then store the refresh family ``start_family`` builds from
+        the consumed code (None: no family); returns both. The code exchange's two writes:
+        a backend that can commit them together does (SQLite: one group-commit item, one
+        fsync wait instead of two); this default runs them one after the other, which on
+        PostgreSQL is the same two autocommit round trips a transaction would not save.
+
+        ``start_family`` is called once, only for a code this call consumed, and may run
+        while the backend holds its write lock: it must only compute (no I/O, no storage
+        calls). The code stays consumed whatever happens after the consume, as with two
+        calls: when ``start_family`` raises (its exception propagates) and when the family
+        cannot be stored (AlreadyExistsError). Otherwise errors are those of
+        ``consume_auth_code``, and ``start_family`` is not called then."""
+        code = self.consume_auth_code(code_id, now, client_id)
+        family = start_family(code)
+        if family is not None:
+            self.create_refresh_token(family)
+        return code, family
+
     @abstractmethod
     def delete_auth_code(self, code_id: str) -> None: ...
 
@@ -104,6 +129,13 @@ class Storage(ABC):
 
     @abstractmethod
     def get_refresh_token(self, token_id: str) -> RefreshToken: ...
+
+    def get_refresh_token_for_use(self, token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        """The family, and whether any deny-list entry live at ``now`` was recorded at or
+        after its ``created_at`` (whoever it names): when not, no denial can concern the
+        family and the refresh grant skips its precise deny-list query. One round trip where
+        the backend can; this default answers True (always check), which is never wrong."""
+        return self.get_refresh_token(token_id), True
 
     @abstractmethod
     def update_refresh_token(

@@ -150,6 +150,14 @@ class MemoryStorage(Storage):
     def get_refresh_token(self, token_id: str) -> RefreshToken:
         return self._get(self._refresh, token_id)
 
+    def get_refresh_token_for_use(self, token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        with self._lock:
+            family = self._get(self._refresh, token_id)
+            denied_since = any(
+                at >= family.created_at and expiry >= now for at, expiry in self._denied.values()
+            )
+        return family, denied_since
+
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
     ) -> RefreshToken:
@@ -165,6 +173,10 @@ class MemoryStorage(Storage):
                 or family.client_id != rotation.client_id
                 or family.connector_id not in rotation.connector_ids
                 or (family.expires_at and rotation.now > family.expires_at)
+                or any(
+                    at >= family.created_at and expiry >= rotation.now
+                    for at, expiry in self._denied.values()
+                )
             ):
                 return None
             updated = dataclasses.replace(

@@ -283,7 +283,12 @@ class RefreshRotation:
 
     Applies only when the family ``family_id`` exists, its ``token_hash`` equals
     ``presented_hash``, it belongs to ``client_id``, its connector is one of ``connector_ids``
-    and it is live at ``now`` (``expires_at`` is 0 or ``now <= expires_at``). Applying sets
+    and it is live at ``now`` (``expires_at`` is 0 or ``now <= expires_at``), and no denial
+    that is live at ``now`` (``expiry >= now``) was recorded at or after the family's
+    ``created_at``, whoever it names: whether a denial concerns the family needs its encoded
+    subject, which the statement cannot compute, so the caller's general path decides those
+    with the precise deny-list check (denials are rare; the price is a slower refresh for
+    older families while one is live, never a denied family refreshed). Applying sets
     ``last_used = now`` and ``expires_at`` to the earlier of ``created_at + absolute_lifetime``
     (when that is > 0) and ``idle_deadline`` (when > 0), 0 when neither; with a non-empty
     ``new_token_hash`` it also rotates: ``token_hash = new_token_hash``,

@@ -24,7 +24,7 @@ import contextlib
 import re
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -34,9 +34,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from portcullis.clock import Clock, SystemClock
 from portcullis.config.model import PostgresConfig
 from portcullis.storage import sql_schema as t
-from portcullis.storage.base import StorageError
+from portcullis.storage.base import AlreadyExistsError, StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
 from portcullis.storage.sealing import Sealer
+from portcullis.storage.sql_hot import StatementCache
 from portcullis.storage.sql_storage import SQLStorage
 
 M = TypeVar("M")
@@ -240,6 +241,7 @@ class PostgresStorage(SQLStorage):
         sa.event.listen(self._engine, "connect", _session_limits)
         sa.event.listen(self._engine, "checkout", _check_out)
         sa.event.listen(self._engine, "checkin", _checked_in)
+        self._statements = StatementCache(self._engine.dialect, typed_results=True)
         try:
             with self._write() as conn:
                 # Replicas starting together queue here; the first applies, the rest see it done.
@@ -324,6 +326,26 @@ class PostgresStorage(SQLStorage):
                 if isinstance(failure, DatabaseUnavailableError):
                     raise failure from None
                 raise failure from exc
+
+    def _hot_statement(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any], *, write: bool
+    ) -> Mapping[str, Any] | None:
+        # One autocommit round trip as before, but the SQL text compiled once and handed to
+        # psycopg as it is (exec_driver_sql keeps the pool's error handling and invalidation);
+        # psycopg prepares it server-side after a few uses on a connection.
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
+
+        def run(conn: sa.Connection) -> Mapping[str, Any] | None:
+            try:
+                result = conn.exec_driver_sql(compiled.sql, args)
+            except sa.exc.IntegrityError as exc:
+                if self._is_duplicate_key(exc):
+                    raise AlreadyExistsError(f"{table.name}: record already exists") from None
+                raise
+            return compiled.row(result.fetchall() if result.returns_rows else [])
+
+        return self._autocommit(run)
 
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction()

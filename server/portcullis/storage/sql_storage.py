@@ -20,7 +20,7 @@ import functools
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -56,12 +56,17 @@ LOGIN_ATTEMPT_RETENTION = 24 * 3600.0
 
 
 @functools.cache
-def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity: bool) -> sa.Update:
+def _rotation_statement(
+    *, rotating: bool, absolute: bool, idle: bool, identity: bool, connectors: int
+) -> sa.Update:
     """The refresh hot path as ONE ``UPDATE ... RETURNING`` (see RefreshRotation): the check
     that the presented secret is the current one, the client, the connector and the expiry all
     sit in its WHERE, so no separate read and no row lock are needed and a concurrent rotation
     simply makes it match nothing. Built once per shape and reused, so SQLAlchemy compiles it
-    once (its compiled cache is keyed by the statement's structure). Digests are compared in
+    once (its compiled cache is keyed by the statement's structure); the allowed connectors
+    are ``connectors`` plain parameters ``p_c0 …`` rather than one expanding list, so the SQL
+    text is fixed too and a backend can run it through its driver directly (see
+    ``_hot_statement``). Digests are compared in
     SQL, not in constant time: timing could at most reveal a SHA-256 digest, which gives no
     secret."""
     rt = t.refresh_tokens
@@ -96,8 +101,16 @@ def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity:
             rt.c.id == sa.bindparam("p_id", type_=sa.Text),
             rt.c.token_hash == sa.bindparam("p_presented", type_=sa.Text),
             rt.c.client_id == sa.bindparam("p_client", type_=sa.Text),
-            rt.c.connector_id.in_(sa.bindparam("p_connectors", expanding=True)),
+            rt.c.connector_id.in_(
+                [sa.bindparam(f"p_c{i}", type_=sa.Text) for i in range(connectors)]
+            ),
             sa.or_(rt.c.expires_at == 0, rt.c.expires_at >= now),
+            # Any live denial newer than the family sends it to the precise check of the
+            # general path (see RefreshRotation); the table is tiny and indexed on expiry.
+            ~sa.exists().where(
+                t.denied_subjects.c.expiry >= now,
+                t.denied_subjects.c.revoked_at >= rt.c.created_at,
+            ),
         )
         .values(**values)
         .returning(*rt.c)
@@ -105,7 +118,7 @@ def _rotation_statement(*, rotating: bool, absolute: bool, idle: bool, identity:
 
 
 # Consuming an authorization code, built once (compiled once): mark it used only if unused.
-_CONSUME_CODE = (
+CONSUME_CODE = (
     sa.update(t.auth_codes)
     .where(
         t.auth_codes.c.id == sa.bindparam("p_id", type_=sa.Text),
@@ -115,6 +128,44 @@ _CONSUME_CODE = (
     .values(used_at=sa.bindparam("p_now", type_=sa.Double))
     .returning(*t.auth_codes.c)
 )
+
+
+# The other hot-path statements, built once (see _hot_statement).
+INSERT_REFRESH = t.refresh_tokens.insert()
+_GET_REFRESH = sa.select(t.refresh_tokens).where(
+    t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text)
+)
+# The family and, in the same round trip, whether a live denial postdates it (see
+# Storage.get_refresh_token_for_use; the same test as the rotation statement's guard).
+_GET_REFRESH_FOR_USE = sa.select(
+    t.refresh_tokens,
+    sa.exists()
+    .where(
+        t.denied_subjects.c.expiry >= sa.bindparam("p_now", type_=sa.Double),
+        t.denied_subjects.c.revoked_at >= t.refresh_tokens.c.created_at,
+    )
+    .label("denied_since"),
+).where(t.refresh_tokens.c.id == sa.bindparam("p_id", type_=sa.Text))
+
+
+@functools.cache
+def _revoked_at_statement(subjects: int) -> sa.Select[Any]:
+    """The latest live denial among ``subjects`` (kind, value) pairs, ``p_k0``/``p_v0`` …
+    Callers pad the pairs to a power of two (repeating one: harmless in an OR), so a user's
+    group count, which comes from upstream, yields a handful of statements, not one each."""
+    ds = t.denied_subjects
+    return sa.select(sa.func.max(ds.c.revoked_at).label("latest")).where(
+        sa.or_(
+            *(
+                sa.and_(
+                    ds.c.kind == sa.bindparam(f"p_k{i}", type_=sa.Text),
+                    ds.c.value == sa.bindparam(f"p_v{i}", type_=sa.Text),
+                )
+                for i in range(subjects)
+            )
+        ),
+        ds.c.expiry >= sa.bindparam("p_now", type_=sa.Double),
+    )
 
 
 class SQLStorage(Storage):
@@ -155,6 +206,28 @@ class SQLStorage(Storage):
         statements and must not depend on anything but its own statement."""
         with self._write() as conn:
             return run(conn)
+
+    def _hot_statement(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any], *, write: bool
+    ) -> Mapping[str, Any] | None:
+        """Run one hot-path statement (built once, module level) and return its first row,
+        or None when it returns none: durably through :meth:`_run_statement` when ``write``,
+        else through :meth:`_run_read`. A duplicate key raises AlreadyExistsError naming
+        ``table``. Backends may run the same statement through their DBAPI driver directly
+        (SQLite does), skipping SQLAlchemy's per-call work; the statement stays the one SQL
+        source, written once here."""
+
+        def run(conn: sa.Connection) -> Mapping[str, Any] | None:
+            try:
+                result = conn.execute(stmt, params)
+            except sa.exc.IntegrityError as exc:
+                if self._is_duplicate_key(exc):
+                    raise AlreadyExistsError(f"{table.name}: record already exists") from None
+                raise
+            row = result.mappings().first() if result.returns_rows else None
+            return None if row is None else cast(Mapping[str, Any], row)
+
+        return self._run_statement(run) if write else self._run_read(run)
 
     def _run_read(self, run: Callable[[sa.Connection], M]) -> M:
         """Run ``run`` (ONE read-only statement): in a read transaction by default; PostgreSQL
@@ -306,11 +379,13 @@ class SQLStorage(Storage):
         # and bound to its client whatever the dialect's locking; only a failed consume (unknown,
         # replayed or another client's code) reads afterwards to say which.
         params = {"p_id": code_id, "p_now": now, "p_client": client_id}
-        row = self._run_statement(
-            lambda conn: conn.execute(_CONSUME_CODE, params).mappings().first()
-        )
-        if row is not None:
-            return rows.auth_code_from(row, self._sealer)
+        row = self._hot_statement(CONSUME_CODE, t.auth_codes, params, write=True)
+        if row is None:
+            self._code_not_consumed(code_id, client_id)
+        return rows.auth_code_from(row, self._sealer)
+
+    def _code_not_consumed(self, code_id: str, client_id: str) -> NoReturn:
+        """Why the consuming statement matched nothing: unknown, another client's, replayed."""
         codes = t.auth_codes
         with self._read() as conn:
             code = rows.auth_code_from(
@@ -328,16 +403,7 @@ class SQLStorage(Storage):
     def create_refresh_token(self, token: RefreshToken) -> None:
         # On the code-exchange hot path: one statement, so it can share a group commit.
         row = rows.refresh_token_row(token, self._sealer)
-
-        def insert(conn: sa.Connection) -> None:
-            try:
-                conn.execute(t.refresh_tokens.insert().values(**row))
-            except sa.exc.IntegrityError as exc:
-                if self._is_duplicate_key(exc):
-                    raise AlreadyExistsError("refresh_tokens: record already exists") from None
-                raise
-
-        self._run_statement(insert)
+        self._hot_statement(INSERT_REFRESH, t.refresh_tokens, row, write=True)
 
     def _refresh_token_from(self, row: Mapping[Any, Any]) -> RefreshToken:
         return rows.refresh_token_from(row, self._sealer)
@@ -346,9 +412,17 @@ class SQLStorage(Storage):
         return rows.refresh_token_row(token, self._sealer)
 
     def get_refresh_token(self, token_id: str) -> RefreshToken:
-        return self._get(
-            t.refresh_tokens, t.refresh_tokens.c.id, token_id, self._refresh_token_from
-        )
+        row = self._hot_statement(_GET_REFRESH, t.refresh_tokens, {"p_id": token_id}, write=False)
+        if row is None:
+            raise NotFoundError("refresh_tokens: record not found")
+        return self._refresh_token_from(row)
+
+    def get_refresh_token_for_use(self, token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        params = {"p_id": token_id, "p_now": now}
+        row = self._hot_statement(_GET_REFRESH_FOR_USE, t.refresh_tokens, params, write=False)
+        if row is None:
+            raise NotFoundError("refresh_tokens: record not found")
+        return self._refresh_token_from(row), bool(row["denied_since"])
 
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
@@ -370,12 +444,12 @@ class SQLStorage(Storage):
             absolute=rotation.absolute_lifetime > 0,
             idle=rotation.idle_deadline > 0,
             identity=rotation.identity is not None,
+            connectors=len(rotation.connector_ids),
         )
         params: dict[str, Any] = {
             "p_id": rotation.family_id,
             "p_presented": rotation.presented_hash,
             "p_client": rotation.client_id,
-            "p_connectors": list(rotation.connector_ids),
             "p_now": rotation.now,
             "p_new_hash": rotation.new_token_hash,
             "p_sealed": rotation.successor_sealed,
@@ -388,7 +462,8 @@ class SQLStorage(Storage):
             params["p_connector_data"] = self._sealer.seal(
                 rows.REFRESH_TOKENS, rotation.family_id, rotation.identity.connector_data
             )
-        row = self._run_statement(lambda conn: conn.execute(stmt, params).mappings().first())
+        params.update((f"p_c{i}", c) for i, c in enumerate(rotation.connector_ids))
+        row = self._hot_statement(stmt, t.refresh_tokens, params, write=True)
         return None if row is None else self._refresh_token_from(row)
 
     def delete_refresh_token(self, token_id: str) -> None:
@@ -579,13 +654,15 @@ class SQLStorage(Storage):
     def subjects_revoked_at(self, subjects: Sequence[tuple[str, str]], now: float) -> float:
         if not subjects:
             return 0.0
-        ds = t.denied_subjects
-        query = sa.select(sa.func.max(ds.c.revoked_at)).where(
-            sa.tuple_(ds.c.kind, ds.c.value).in_([tuple(s) for s in subjects]),
-            ds.c.expiry >= now,
-        )
-        with self._read() as conn:
-            latest = conn.execute(query).scalar()
+        # A statement per (padded) number of subjects, built once.
+        pairs = list(dict.fromkeys(subjects))
+        pairs += pairs[-1:] * ((1 << (len(pairs) - 1).bit_length()) - len(pairs))
+        params: dict[str, Any] = {"p_now": now}
+        for i, (kind, value) in enumerate(pairs):
+            params[f"p_k{i}"], params[f"p_v{i}"] = kind, value
+        stmt = _revoked_at_statement(len(pairs))
+        row = self._hot_statement(stmt, t.denied_subjects, params, write=False)
+        latest = None if row is None else row["latest"]
         return float(latest) if latest is not None else 0.0
 
     # -- single-use values -------------------------------------------------------------------

@@ -11,16 +11,29 @@ What makes sharing safe:
 
 The pysqlite driver's own transaction handling is switched off (``isolation_level = None``) and
 ``BEGIN`` is emitted by us, the recipe SQLAlchemy documents for pysqlite.
+
+What makes it fast on the token paths (a refresh, a code exchange):
+
+* one writer at a time across every worker process, queued on a lock file (``<file>-lock``,
+  ``flock``) instead of on SQLite's busy handler, whose back-off sleeps 1 to 100 ms a try:
+  writers of two processes meeting on the database lock made the p99 of refreshes hundreds of
+  milliseconds; a lock-file waiter gets the lock within a millisecond of its release;
+* group commit of the hot statements (``_group_commit``): many in one transaction and one
+  fsync, each caller returning only after that commit;
+* the hot statements (written once in SQLAlchemy Core in ``sql_storage``) compiled once and
+  run through the sqlite3 driver directly, on one writer connection per process and one
+  reader connection per thread, without SQLAlchemy's per-call work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -28,11 +41,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import StaticPool
 
 from portcullis.clock import Clock, SystemClock
+from portcullis.storage import sql_rows as rows
 from portcullis.storage import sql_schema as t
-from portcullis.storage.base import StorageError
+from portcullis.storage.base import AlreadyExistsError, StorageError
 from portcullis.storage.migrations import apply_migrations, load_migrations
+from portcullis.storage.models import AuthCode, RefreshToken
 from portcullis.storage.sealing import Sealer
-from portcullis.storage.sql_storage import SQLStorage
+from portcullis.storage.sql_hot import CompiledStatement, StatementCache
+from portcullis.storage.sql_storage import CONSUME_CODE, INSERT_REFRESH, SQLStorage
 
 # Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
 _BEGIN_MODE = "portcullis_sqlite_begin"
@@ -42,16 +58,42 @@ MEMORY = ":memory:"
 M = TypeVar("M")
 
 
+# How often a writer waiting for another process's writer looks at the lock file again, in
+# seconds: from the first value doubling up to the last (a blocking flock cannot time out).
+_LOCK_POLL_FIRST, _LOCK_POLL_MAX = 0.0001, 0.001
+
+
 class _Pending:
     """One statement waiting for a group commit, and what became of it."""
 
     __slots__ = ("done", "error", "result", "run")
 
-    def __init__(self, run: Callable[[sa.Connection], Any]) -> None:
+    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
         self.run = run
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+def _execute(
+    conn: sqlite3.Connection,
+    compiled: CompiledStatement,
+    args: tuple[Any, ...] | dict[str, Any],
+    table: sa.Table,
+) -> Mapping[str, Any] | None:
+    """Run a compiled hot statement on a driver connection; its first row, or None."""
+    try:
+        cursor = conn.execute(compiled.sql, args)
+        try:
+            # fetchall, not fetchone: the statement must finish (a reader's implicit
+            # transaction ends, a write's RETURNING completes) before it is left.
+            return compiled.row(cursor.fetchall())
+        finally:
+            cursor.close()
+    except sqlite3.IntegrityError as exc:
+        if getattr(exc, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS:
+            raise AlreadyExistsError(f"{table.name}: record already exists") from None
+        raise
 
 
 def _create_private_file(path: str) -> None:
@@ -134,6 +176,15 @@ class SQLiteStorage(SQLStorage):
         self._write_lock = threading.Lock()
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
+        # Opened here, in the process that uses it: flock excludes open file descriptions,
+        # and a description inherited over fork would be shared with the parent.
+        self._lock_fd = -1 if self._in_memory else self._open_lock_file()
+        self._statements = StatementCache(self._engine.dialect)
+        self._raw_writer: sqlite3.Connection | None = None
+        # Driver connections: every one opened (closed by close()), and the idle readers.
+        self._raw_all: list[sqlite3.Connection] = []
+        self._raw_idle: list[sqlite3.Connection] = []
+        self._raw_lock = threading.Lock()
         # One shared connection in memory mode: transactions from two threads must not mix.
         self._serial: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._in_memory else contextlib.nullcontext()
@@ -148,6 +199,75 @@ class SQLiteStorage(SQLStorage):
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _open_lock_file(self) -> int:
+        lock_path = f"{self.path}-lock"
+        try:
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(
+                f"sqlite3 file {self.path!r}: cannot open {lock_path!r}: {exc}"
+            ) from None
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Be the one writer: of this process (a thread lock), then of every process sharing
+        the file (the lock file). SQLite's own lock still guards the data; this only makes
+        writers queue where a release wakes the next one at once. Bounded like SQLite's busy
+        timeout, so a writer stuck in another process fails a request instead of hanging it."""
+        with self._write_lock:
+            if self._lock_fd < 0:
+                yield
+                return
+            deadline = time.monotonic() + self._busy_timeout_ms / 1000
+            pause = _LOCK_POLL_FIRST
+            while True:
+                try:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageError(
+                            f"sqlite3 {self.path}: another process held the write lock for "
+                            f"{self._busy_timeout_ms / 1000:g}s"
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, _LOCK_POLL_MAX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _raw_connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_ms / 1000,
+            check_same_thread=False,  # used by one thread at a time, but not always the same
+            isolation_level=None,
+        )
+        try:
+            self._on_connect(conn, None)
+        except BaseException:
+            conn.close()
+            raise
+        with self._raw_lock:
+            self._raw_all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection of this storage's own (WAL: reads never wait for the writer),
+        taken from the idle ones or opened, and given back: as many as reads ran at once,
+        never one per thread that ever read (worker threads come and go)."""
+        with self._raw_lock:
+            conn = self._raw_idle.pop() if self._raw_idle else None
+        if conn is None:
+            conn = self._raw_connect()
+        try:
+            yield conn
+        finally:
+            with self._raw_lock:
+                self._raw_idle.append(conn)
 
     def _on_connect(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
@@ -186,43 +306,106 @@ class SQLiteStorage(SQLStorage):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        # Writers of this process queue on a lock instead of on SQLite's busy handler, whose
-        # back-off sleeps (up to 100 ms a try) made the tail latency of concurrent refreshes
-        # seconds long; only writers of other processes still meet the busy handler.
-        with self._write_lock, self._transaction("IMMEDIATE") as conn:
+        # Writers queue on _writer() (this process's lock, then the lock file) instead of on
+        # SQLite's busy handler, whose back-off sleeps (up to 100 ms a try) made the tail
+        # latency of concurrent refreshes seconds long.
+        with self._writer(), self._transaction("IMMEDIATE") as conn:
             yield conn
 
-    def _run_statement(self, run: Callable[[sa.Connection], M]) -> M:
-        """Group commit: with ``synchronous=FULL`` every commit waits for an fsync (a few ms
-        on this machine's disks, and writers of a process queue on ``_write_lock``), so one
-        commit per refresh caps a server at a few hundred refreshes a second. Statements that
-        arrive while another commit is in progress queue up; whichever thread takes the write
-        lock next runs ALL queued statements in one transaction and one fsync, and each caller
-        returns only after that commit, so durability is that of FULL. Each statement runs in
-        a savepoint of its own, so one that fails (a duplicate key) is rolled back alone and
-        its caller alone gets the error; when the commit itself fails, every statement of the
-        group fails with it (no partial commit)."""
+    def _hot_statement(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any], *, write: bool
+    ) -> Mapping[str, Any] | None:
+        if self._in_memory:  # one shared SQLAlchemy connection: no driver connections of ours
+            return super()._hot_statement(stmt, table, params, write=write)
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
+
+        def run(conn: sqlite3.Connection) -> Mapping[str, Any] | None:
+            return _execute(conn, compiled, args, table)
+
+        if write:
+            return self._group_commit(run)
+        try:
+            with self._reader() as conn:
+                return run(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
+
+    def exchange_auth_code(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """Both writes of a code exchange in ONE group-commit item: one commit to wait for
+        instead of two. The family insert has a savepoint of its own, so the code stays
+        consumed when it fails, as the base class documents."""
+        if self._in_memory:
+            return super().exchange_auth_code(code_id, now, client_id, start_family)
+        consume = self._statements.get(CONSUME_CODE)
+        insert = self._statements.get(INSERT_REFRESH)
+        consume_args = consume.parameters({"p_id": code_id, "p_now": now, "p_client": client_id})
+        outcome: list[tuple[AuthCode, RefreshToken | None, Exception | None]] = []
+
+        def run(conn: sqlite3.Connection) -> None:
+            outcome.clear()  # a failed group is not retried, but stay exact
+            row = _execute(conn, consume, consume_args, t.auth_codes)
+            if row is None:
+                return
+            code = rows.auth_code_from(row, self._sealer)
+            try:
+                family = start_family(code)
+            except Exception as exc:  # the caller's error; the code stays consumed
+                outcome.append((code, None, exc))
+                return
+            if family is not None:
+                conn.execute("SAVEPOINT family")
+                try:
+                    _execute(conn, insert, insert.parameters(rows.refresh_token_row(family, self._sealer)),
+                             t.refresh_tokens)  # fmt: skip
+                except AlreadyExistsError as exc:
+                    conn.execute("ROLLBACK TO family")
+                    outcome.append((code, None, exc))
+                    return
+                finally:
+                    conn.execute("RELEASE family")
+            outcome.append((code, family, None))
+
+        self._group_commit(run)
+        if not outcome:
+            self._code_not_consumed(code_id, client_id)
+        code, family, error = outcome[0]
+        if error is not None:
+            raise error
+        return code, family
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The process's one driver connection for group commits (used under _writer())."""
+        if self._raw_writer is None:
+            self._raw_writer = self._raw_connect()
+        return self._raw_writer
+
+    def _group_commit(self, run: Callable[[sqlite3.Connection], M]) -> M:
+        """Run ``run`` (ONE statement) durably, committed with whatever else is queued.
+
+        With ``synchronous=FULL`` every commit waits for an fsync (a few ms on this machine's
+        disks), so one commit per refresh caps a server at a few hundred refreshes a second.
+        Statements that arrive while another commit is in progress queue up; whichever thread
+        becomes the writer next runs ALL queued statements in one transaction and one fsync,
+        and each caller returns only after that commit, so durability is that of FULL. Each
+        statement runs in a savepoint of its own, so one that fails (a duplicate key) is rolled
+        back alone and its caller alone gets the error; when the commit itself fails, every
+        statement of the group fails with it (no partial commit)."""
         mine = _Pending(run)
         with self._pending_lock:
             self._pending.append(mine)
-        with self._write_lock:
+        with self._writer():
             if not mine.done:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 try:
-                    with self._transaction("IMMEDIATE") as conn:
-                        for pending in batch:
-                            try:
-                                with conn.begin_nested():
-                                    pending.result = pending.run(conn)
-                            except sa.exc.DBAPIError as exc:  # this caller's, not the group's
-                                pending.error = StorageError(f"sqlite3 {self.path}: {exc.orig}")
-                                pending.error.__cause__ = exc
-                            except Exception as exc:
-                                pending.error = exc
-                except BaseException as exc:
-                    for pending in batch:
-                        pending.error = exc
+                    self._commit_group(batch)
                 finally:
                     for pending in batch:
                         pending.done = True
@@ -230,6 +413,40 @@ class SQLiteStorage(SQLStorage):
             raise mine.error
         result: M = mine.result
         return result
+
+    def _commit_group(self, batch: list[_Pending]) -> None:
+        try:
+            conn = self._writer_connection()
+            # A group of one (no concurrency) needs no savepoint: its failure is the group's.
+            alone = len(batch) == 1
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for pending in batch:
+                    if not alone:
+                        conn.execute("SAVEPOINT hot")
+                    try:
+                        pending.result = pending.run(conn)
+                    except Exception as exc:  # this caller's, not the group's
+                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO hot")
+                        pending.error = exc
+                        if isinstance(exc, sqlite3.Error):
+                            pending.error = StorageError(f"sqlite3 {self.path}: {exc}")
+                            pending.error.__cause__ = exc
+                    if not alone:
+                        conn.execute("RELEASE hot")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            failure: BaseException = exc
+            if isinstance(exc, sqlite3.Error):
+                failure = StorageError(f"sqlite3 {self.path}: {exc}")
+                failure.__cause__ = exc
+            for pending in batch:
+                pending.error = failure
 
     def _is_duplicate_key(self, error: sa.exc.IntegrityError) -> bool:
         return getattr(error.orig, "sqlite_errorname", "") in _DUPLICATE_KEY_ERRORS
@@ -253,4 +470,12 @@ class SQLiteStorage(SQLStorage):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
+        with self._raw_lock:
+            raw, self._raw_all, self._raw_idle = self._raw_all, [], []
+        for conn in raw:
+            conn.close()
+        self._raw_writer = None
         self._engine.dispose()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -6,8 +6,11 @@ gets the same successor, a replay ends the family)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
+from portcullis.connectors.authproxy import AuthProxyConfig, AuthProxyConnector
+from portcullis.oidc.denials import CLIENT
 from portcullis.oidc.refresh import (
     MalformedRefreshTokenError,
     Rotated,
@@ -92,6 +95,29 @@ async def test_other_client_connector_or_expired_family_is_not_touched(world: Wo
     assert world.storage.get_refresh_token(family_id) == expired
 
 
+async def test_a_denied_family_is_left_to_the_general_path(world: World) -> None:
+    """``portcullis revoke`` deletes the families it denies; one created in the instant before
+    the denial was written escapes that and must still be refused. The one-statement path
+    leaves it alone (no rotation), and the general path's deny-list check ends it."""
+    token = (await world.login())["refresh_token"]
+    family_id, _ = _split(token)
+    before = world.storage.get_refresh_token(family_id)
+    app = world.provider.clients.get("app")
+    assert app is not None
+    world.clock.advance(1)
+    world.storage.deny_subject(CLIENT, "app", world.clock.now(), world.clock.now() + 3600)
+
+    assert world.provider.refresh.rotate_current(token, app, ("mock",)) is None
+    assert world.storage.get_refresh_token(family_id) == before
+    refused = await world.refuse(grant_type="refresh_token", refresh_token=token)
+    assert (refused.error, refused.description) == (
+        "invalid_grant",
+        "the refresh token has been revoked",
+    )
+    with pytest.raises(NotFoundError):
+        world.storage.get_refresh_token(family_id)
+
+
 async def test_rotation_disabled_hands_back_the_same_secret() -> None:
     world = make_world("reuseInterval: 3s, disableRotation: true")
     token = (await world.login())["refresh_token"]
@@ -109,3 +135,31 @@ def test_malformed_token_is_refused(world: World) -> None:
     assert client is not None
     with pytest.raises(MalformedRefreshTokenError):
         world.provider.refresh.rotate_current("not-a-token", client, ("mock",))
+
+
+async def test_the_grant_takes_it_per_connector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family of a connector without upstream refresh rotates in one statement (no read)
+    even when another configured connector refreshes upstream; a family of that other
+    connector still has the user re-checked upstream first."""
+    proxy = AuthProxyConnector("proxy", "Proxy", "authproxy", AuthProxyConfig(), ())
+    world = make_world(extra_connectors=[proxy])
+    local_token = (await world.login())["refresh_token"]
+    local_id, _ = _split(local_token)
+    world.storage.update_refresh_token(
+        local_id, lambda family: dataclasses.replace(family, connector_id="proxy")
+    )
+    upstream_token = (await world.login())["refresh_token"]
+
+    read = world.storage.get_refresh_token
+
+    def no_read(token_id: str) -> Any:
+        raise AssertionError(f"family {token_id} was read")
+
+    monkeypatch.setattr(world.storage, "get_refresh_token", no_read)
+    rotated = await world.refresh(local_token)
+    assert _split(rotated["refresh_token"])[0] == local_id
+    assert world.connector.refreshes == 0
+
+    monkeypatch.setattr(world.storage, "get_refresh_token", read)
+    await world.refresh(upstream_token)
+    assert world.connector.refreshes == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from portcullis.storage.base import Storage
+from portcullis.storage.base import NotFoundError, Storage
 
 NOW = 1_700_000_000.0
 
@@ -78,3 +78,35 @@ def test_denials_keep_the_later_values_and_expire(storage: Storage) -> None:
     assert storage.subjects_revoked_at([("group", "g")], NOW + 150) == NOW + 5
     assert storage.garbage_collect(NOW + 201).denied_subjects == 1
     assert storage.subjects_revoked_at([("group", "g")], NOW) == 0.0
+
+
+def test_a_family_read_for_use_says_whether_a_live_denial_postdates_it(
+    storage: Storage, samples: Any
+) -> None:
+    """``get_refresh_token_for_use``: the refresh grant skips its precise deny-list query when
+    no live denial is newer than the family (whoever it names). The base class's default answers
+    True always (never wrong, never faster); every backend here answers exactly."""
+    family = samples.refresh_token("f1")
+    storage.create_refresh_token(family)
+    created = family.created_at
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    storage.deny_subject("group", "older", created - 1, created + 100)
+    storage.deny_subject("client", "expired", created + 1, created + 5)
+    # An older denial and one no longer live do not count.
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    storage.deny_subject("sub", "someone-else", created, created + 100)
+    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, True)
+    with pytest.raises(NotFoundError):
+        storage.get_refresh_token_for_use("missing", created + 10)
+
+
+@pytest.mark.parametrize("count", [3, 5, 8, 9])
+def test_any_number_of_subjects_is_looked_up(storage: Storage, count: int) -> None:
+    """A user's groups come from upstream, so the subject list has any length (and may
+    repeat): each position is looked up, whatever the count."""
+    storage.deny_subject("group", "denied", NOW, NOW + 100)
+    for position in range(count):
+        subjects = [("group", f"g{i}") for i in range(count)]
+        subjects[position] = ("group", "denied")
+        assert storage.subjects_revoked_at([*subjects, subjects[0]], NOW) == NOW
+    assert storage.subjects_revoked_at([("group", f"g{i}") for i in range(count)], NOW) == 0.0

@@ -145,3 +145,27 @@ def test_rotation_can_store_the_refreshed_identity(
     assert updated.identity == refreshed
     assert storage.get_refresh_token("rt-1") == updated
     assert storage.list_refresh_tokens("user-1", "local") == [updated]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("client", "example-app"), ("client", "another-app"), ("group", "admins"), ("sub", "x")],
+)
+def test_a_family_older_than_a_live_denial_is_left_alone(
+    storage: Storage, family: RefreshToken, kind: str, value: str
+) -> None:
+    """The one statement cannot tell whether a denial concerns this family (the subject is
+    encoded outside SQL), so any live denial recorded at or after the family's creation makes
+    it match nothing and the caller's general path decides with the precise check. Even one
+    that names someone else: a slower refresh, never a denied family refreshed."""
+    storage.deny_subject(kind, value, family.created_at, USED_AT + 60)
+    assert storage.rotate_refresh_token(_rotation()) is None
+    assert storage.get_refresh_token("rt-1") == family
+
+
+def test_denials_that_expired_or_predate_the_family_do_not_matter(
+    storage: Storage, family: RefreshToken
+) -> None:
+    storage.deny_subject("client", "example-app", family.created_at - 1, USED_AT + 60)
+    storage.deny_subject("group", "admins", family.created_at + 5, USED_AT - 1)
+    assert storage.rotate_refresh_token(_rotation()) is not None

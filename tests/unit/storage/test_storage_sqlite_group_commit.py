@@ -1,4 +1,4 @@
-"""SQLite's group commit of hot-path statements (``SQLiteStorage._run_statement``): statements
+"""SQLite's group commit of hot-path statements (``SQLiteStorage._group_commit``): statements
 from many threads at once each get their own result, every one of them is committed (seen by
 another process's connection) by the time its caller returns, and one that fails fails alone."""
 
@@ -57,14 +57,14 @@ def test_a_failing_statement_fails_alone(tmp_path: Path, samples: Any) -> None:
         storage.create_auth_code(samples.auth_code("c2"))
 
         def boom(conn: Any) -> None:
-            conn.exec_driver_sql("UPDATE auth_codes SET used_at = 5 WHERE id = 'c1'")
+            conn.execute("UPDATE auth_codes SET used_at = 5 WHERE id = 'c1'")
             raise RuntimeError("statement failed")
 
         outcomes: dict[str, Any] = {}
 
         def failing() -> None:
             try:
-                storage._run_statement(boom)
+                storage._group_commit(boom)
             except RuntimeError as exc:
                 outcomes["failing"] = exc
 

@@ -8,6 +8,8 @@ is revoked (RFC 6749 §4.1.2) before the refusal.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
@@ -24,6 +26,7 @@ from portcullis.storage.base import (
     NotFoundError,
     Storage,
 )
+from portcullis.storage.models import AuthCode, Client, RefreshToken
 
 
 class AuthorizationCodeGrant:
@@ -49,10 +52,33 @@ class AuthorizationCodeGrant:
         if not code_value:
             raise invalid_request("the code parameter is missing")
         now = self._clock.now()
+        checked: list[_Checked] = []
+
+        def start_family(code: AuthCode) -> RefreshToken | None:
+            # Runs inside storage's write (see Storage.exchange_auth_code): checks and builds,
+            # nothing else. A refused exchange starts no family; the code stays used anyway.
+            resources_ = self._check(code, form, client, now)
+            family: tuple[RefreshToken, str] | None = None
+            if self._issuer.starts_family(client, code.scopes):
+                family = self._refresh.new_family(
+                    client,
+                    identity=code.identity,
+                    connector_id=code.connector_id,
+                    granted=code.scopes,
+                    nonce=code.nonce,
+                    auth_time=code.auth_time,
+                    issued_by_code=code.id,
+                    resources=resources_[0],
+                )
+            checked.append(_Checked(resources_[1], family))
+            return None if family is None else family[0]
+
         try:
             # The client condition is checked in the consuming transaction: a code presented
             # by another client is refused without being burnt for the client it belongs to.
-            code = self._storage.consume_auth_code(code_value, now, client.id)
+            # Consuming it and starting its refresh family are one storage call: on SQLite
+            # one commit to wait for instead of two.
+            code, _ = self._storage.exchange_auth_code(code_value, now, client.id, start_family)
         except NotFoundError:
             raise invalid_grant("the authorization code is invalid or expired") from None
         except CodeClientMismatchError:
@@ -62,6 +88,27 @@ class AuthorizationCodeGrant:
             raise invalid_grant(
                 "the authorization code was already used; tokens issued from it are revoked"
             ) from None
+        token_resources, family = checked[0].token_resources, checked[0].family
+        return self._issuer.response(
+            client,
+            identity=code.identity,
+            connector_id=code.connector_id,
+            granted=code.scopes,
+            nonce=code.nonce,
+            auth_time=code.auth_time,
+            # JWT ids derived from the code let a replay revoke them without a lookup table.
+            jti_seed=code.id,
+            family_id=family[0].id if family else "",
+            refresh_token=family[1] if family else "",
+            resources=token_resources,
+        )
+
+    @staticmethod
+    def _check(
+        code: AuthCode, form: Mapping[str, str], client: Client, now: float
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The checks of a consumed code against the request (OAuthError when one fails):
+        returns the resources the family keeps and those this access token is for."""
         if code.expiry < now:
             raise invalid_grant("the authorization code has expired")
         if form.get("redirect_uri", "") != code.redirect_uri:
@@ -79,21 +126,15 @@ class AuthorizationCodeGrant:
         # family then keeps those, so a refresh cannot go beyond them.
         requested = resources.parse(form.get(resources.PARAMETER, ""))
         if code.resources:
-            granted_resources = code.resources
-            token_resources = resources.narrow(requested, code.resources)
-        else:
-            granted_resources = resources.check_allowed(requested, client.allowed_resources)
-            token_resources = granted_resources
-        return self._issuer.issue(
-            client,
-            identity=code.identity,
-            connector_id=code.connector_id,
-            granted=code.scopes,
-            nonce=code.nonce,
-            auth_time=code.auth_time,
-            # JWT ids derived from the code let a replay revoke them without a lookup table.
-            jti_seed=code.id,
-            issued_by_code=code.id,
-            granted_resources=granted_resources,
-            resources=token_resources,
-        )
+            return code.resources, resources.narrow(requested, code.resources)
+        granted_resources = resources.check_allowed(requested, client.allowed_resources)
+        return granted_resources, granted_resources
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks inside the exchange decided: the access token's resources and the
+    family started (its record and refresh token string), if any."""
+
+    token_resources: tuple[str, ...]
+    family: tuple[RefreshToken, str] | None

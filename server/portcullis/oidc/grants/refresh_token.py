@@ -46,6 +46,11 @@ class RefreshTokenGrant:
         self._refresh = refresh
         self._issuer = issuer
         self._connectors = connectors
+        # Families of these connectors need no upstream re-check before the rotation, so the
+        # grant can rotate them in one statement (see _rotate_current).
+        self._local_connectors = tuple(
+            cid for cid, c in connectors.items() if not isinstance(c, RefreshConnector)
+        )
 
     async def handle(self, request: TokenRequest) -> dict[str, Any]:
         try:
@@ -71,19 +76,20 @@ class RefreshTokenGrant:
         """The common refresh in one storage statement, or None for the general path below.
 
         Taken only when the request keeps the granted scopes (no ``scope`` parameter: checking
-        a narrowing needs the family first, and the token must not rotate if it is refused) and
-        only when no configured connector refreshes upstream (that needs the family's identity
-        before the rotation; the general path then rotates with one compare-and-swap). The
+        a narrowing needs the family first, and the token must not rotate if it is refused),
+        and only for families of connectors that do not refresh upstream (the statement names
+        them; a family of a connector that does needs its identity re-checked before the
+        rotation, so the general path then rotates it with one compare-and-swap). The
         statement's WHERE leaves every other case (retry, replay, expiry, another client's
-        token, a removed connector) untouched for the general path.
+        token, a removed or refreshing connector, a family older than a live denial) untouched
+        for the general path.
         """
         value = request.form.get("refresh_token", "")
         if not value or request.form.get("scope", ""):
             return None
-        local = tuple(self._connectors)
-        if not local or any(isinstance(c, RefreshConnector) for c in self._connectors.values()):
+        if not self._local_connectors:
             return None
-        rotated = self._refresh.rotate_current(value, request.client, local)
+        rotated = self._refresh.rotate_current(value, request.client, self._local_connectors)
         if rotated is None:
             return None
         family, outcome = rotated
