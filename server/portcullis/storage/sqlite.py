@@ -362,8 +362,8 @@ class SQLiteStorage(SQLStorage):
             if family is not None:
                 conn.execute("SAVEPOINT family")
                 try:
-                    _execute(conn, insert, insert.parameters(rows.refresh_token_row(family, self._sealer)),
-                             t.refresh_tokens)  # fmt: skip
+                    values = insert.parameters(rows.refresh_token_row(family, self._sealer))
+                    _execute(conn, insert, values, t.refresh_tokens)
                 except AlreadyExistsError as exc:
                     conn.execute("ROLLBACK TO family")
                     outcome.append((code, None, exc))
