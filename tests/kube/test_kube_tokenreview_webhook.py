@@ -53,7 +53,7 @@ def webhook_patch(port: int, cert: ServingCert, **extra: Any) -> dict[str, Any]:
                 "secret": "short-lived-secret-0123456789",
                 "redirectURIs": ["http://127.0.0.1:5555/callback"],
                 "grantTypes": ["password"],
-                "idTokensValidFor": "1s",
+                "idTokensValidFor": "3s",
             },
             {
                 "id": "other-app",
@@ -147,7 +147,7 @@ def test_review_audiences_overlapping_the_token_are_echoed(webhook: Webhook) -> 
 def test_expired_token_is_not_authenticated(webhook: Webhook) -> None:
     tokens = webhook.tokens("short-lived")
     assert webhook.review(tokens["id_token"])["authenticated"] is True
-    time.sleep(2.1)
+    time.sleep(4.1)  # past exp (3 s; whole seconds) under any load
     status = webhook.review(tokens["id_token"])
     assert status == {"authenticated": False, "error": "invalid bearer token"}
 

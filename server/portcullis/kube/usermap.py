@@ -14,6 +14,11 @@ from portcullis.config.model import TokenReviewSection
 # kube-apiserver's audit convention for the credential behind a request (it writes JTI=<jti>
 # for service-account tokens); lets an audit log line be tied to a revocable token.
 CREDENTIAL_ID_EXTRA = "authentication.kubernetes.io/credential-id"
+# Names Kubernetes keeps for itself (system:masters is cluster-admin, system:node:* a kubelet).
+# A token must never carry one, whatever the prefixes: with an empty prefix an upstream group
+# anyone can be put in would otherwise become one. The AuthenticationConfiguration generated
+# beside the webhook (kube/apiserver.py) refuses the same tokens with userValidationRules.
+RESERVED_PREFIX = "system:"
 
 
 class UnmappableTokenError(ValueError):
@@ -88,4 +93,16 @@ class ClaimMapping:
         jti = claims.get("jti")
         if isinstance(jti, str) and jti:
             extra[CREDENTIAL_ID_EXTRA] = [f"JTI={jti}"]
-        return KubeUser(self._username(claims), sub, self._groups(claims), extra)
+        username, groups = self._username(claims), self._groups(claims)
+        if username.startswith(RESERVED_PREFIX):
+            raise UnmappableTokenError(
+                f"the username {username!r} starts with {RESERVED_PREFIX!r}, which Kubernetes "
+                "reserves for itself"
+            )
+        reserved = [g for g in groups if g.startswith(RESERVED_PREFIX)]
+        if reserved:
+            raise UnmappableTokenError(
+                f"the groups {reserved!r} start with {RESERVED_PREFIX!r}, which Kubernetes "
+                "reserves for itself"
+            )
+        return KubeUser(username, sub, groups, extra)
