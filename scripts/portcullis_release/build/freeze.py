@@ -22,6 +22,7 @@ Python, running under qemu in a build root (``emulation``): the same spec, the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from portcullis_release.build import emulation
@@ -184,12 +185,50 @@ def foreign_freeze_env(repo: Path, cache: Path, root: emulation.BuildRoot, log: 
     return site
 
 
+def _freeze_native(
+    python: Path,
+    repo: Path,
+    fips_bundle: Path,
+    work: Path,
+    *,
+    source_date_epoch: int,
+    system_libs: Sequence[str],
+) -> subprocess.CompletedProcess[str]:
+    """Run PyInstaller in the native freeze environment, output in ``work``."""
+    # Nothing of the calling environment may reach the analysis: PYTHONPATH or a venv's
+    # variables would put the development tools back within PyInstaller's reach.
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
+    env = dict(
+        inherited,
+        SOURCE_DATE_EPOCH=str(source_date_epoch),
+        PYTHONHASHSEED="0",
+        PORTCULLIS_REPO=str(repo),
+        PORTCULLIS_FIPS_BUNDLE_DIR=str(fips_bundle),
+        PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
+    )
+    cmd = [
+        str(python),
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level=WARN",
+        f"--distpath={work / 'dist'}",
+        f"--workpath={work / 'build'}",
+        str(repo / SPEC),
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+
+
 def _freeze_emulated(
     root: emulation.BuildRoot,
     repo: Path,
     fips_bundle: Path,
     site: Path,
     work: Path,
+    *,
     source_date_epoch: int,
     system_libs: Sequence[str],
 ) -> subprocess.CompletedProcess[str]:
@@ -274,45 +313,30 @@ def freeze(
     if done.is_dir() and not fresh:
         log.append(f"frozen server reused from cache ({key})")
         return done
+    run: Callable[[Path], subprocess.CompletedProcess[str]]
     if build_root is not None:
-        site = foreign_freeze_env(repo, cache, build_root, log)
+        run = functools.partial(
+            _freeze_emulated,
+            build_root,
+            repo,
+            fips_bundle,
+            foreign_freeze_env(repo, cache, build_root, log),
+            source_date_epoch=source_date_epoch,
+            system_libs=system_libs,
+        )
     else:
-        python = freeze_env(repo, cache, log)
+        run = functools.partial(
+            _freeze_native,
+            freeze_env(repo, cache, log),
+            repo,
+            fips_bundle,
+            source_date_epoch=source_date_epoch,
+            system_libs=system_libs,
+        )
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="freeze-", dir=root) as tmp:
         work = Path(tmp)
-        # Nothing of the calling environment may reach the analysis: PYTHONPATH or a venv's
-        # variables would put the development tools back within PyInstaller's reach.
-        inherited = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
-        }
-        env = dict(
-            inherited,
-            SOURCE_DATE_EPOCH=str(source_date_epoch),
-            PYTHONHASHSEED="0",
-            PORTCULLIS_REPO=str(repo),
-            PORTCULLIS_FIPS_BUNDLE_DIR=str(fips_bundle),
-            PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
-        )
-        cmd = [
-            str(python),
-            "-m",
-            "PyInstaller",
-            "--noconfirm",
-            "--clean",
-            "--log-level=WARN",
-            f"--distpath={work / 'dist'}",
-            f"--workpath={work / 'build'}",
-            str(repo / SPEC),
-        ]
-        if build_root is None:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        else:
-            proc = _freeze_emulated(
-                build_root, repo, fips_bundle, site, work, source_date_epoch, system_libs
-            )
+        proc = run(work)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
             raise FreezeError(f"PyInstaller failed ({proc.returncode}):\n{tail}")
