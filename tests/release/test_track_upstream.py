@@ -339,3 +339,60 @@ def test_apply_updates_the_lock_version_generated_files_and_changelog(
     assert "CVE-2026-2222 (high)" in changelog
     assert "dex `dex` v2.45.1 -> v2.46.0" in changelog
     assert "not applied" in changelog
+
+
+def _arm64_lock(repo: Path, feeds: FeedServer, security_version: str) -> Path:
+    """packages-arm64.lock beside packages.lock, and the arm64 indexes to re-pin it from."""
+    doc = dict(LOCK, architecture="arm64")
+    doc["debs"] = [
+        dict(d, architecture="arm64" if d["architecture"] == "amd64" else d["architecture"])
+        for d in LOCK["debs"]  # type: ignore[attr-defined]
+    ]
+    path = repo / "images/portcullis/packages-arm64.lock"
+    path.write_text(json.dumps(doc, indent=2))
+    r = feeds.routes
+    r[f"/debian/dists/{SUITE}/main/binary-arm64/Packages.gz"] = (
+        200,
+        _packages(
+            ("libssl3", "openssl", "3.0.20-1~deb12u2", "arm64"),
+            ("tzdata", "tzdata", "2025b-0+deb12u2", "all"),
+            ("zlib1g", "zlib", "1:1.2.13.dfsg-1+b1", "arm64"),
+        ),
+    )
+    r[f"/debian/dists/{SUITE}-updates/main/binary-arm64/Packages.gz"] = (200, _packages())
+    r[f"/security/dists/{SUITE}-security/main/binary-arm64/Packages.gz"] = (
+        200,
+        _packages(("libssl3", "openssl", security_version, "arm64")),
+    )
+    feeds.routes["/pypi/h11/json"] = (200, _pypi("h11", "0.16.0", {"0.16.0": False}))
+    feeds.routes["/pypi/idna/json"] = (200, _pypi("idna", "3.20", {"3.20": False}))
+    feeds.osv.clear()
+    return path
+
+
+def test_apply_moves_every_architectures_lock_to_the_same_versions(
+    repo: Path, feeds: FeedServer
+) -> None:
+    """The arm64 image must carry the same Debian versions as the amd64 one."""
+    arm64_path = _arm64_lock(repo, feeds, "3.0.21-1~deb12u1")
+    assert main(_args(feeds, repo, "--apply")) == 0
+    amd64 = load_lock(repo / "images/portcullis/packages.lock")
+    arm64 = load_lock(arm64_path)
+    assert {d.name: d.version for d in arm64.debs} == {d.name: d.version for d in amd64.debs}
+    libssl3 = next(d for d in arm64.debs if d.name == "libssl3")
+    assert (libssl3.version, libssl3.architecture) == ("3.0.21-1~deb12u1", "arm64")
+    assert libssl3.sha256 == SHA_NEW
+    assert arm64.architecture == "arm64"
+
+
+def test_apply_changes_no_lock_when_one_architecture_lacks_the_version(
+    repo: Path, feeds: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arm64_path = _arm64_lock(repo, feeds, "3.0.20-1~deb12u2")  # not yet built for arm64
+    before = {p: p.read_bytes() for p in repo.rglob("*.lock")}
+    assert main(_args(feeds, repo, "--apply")) == 2
+    err = capsys.readouterr().err
+    assert "packages-arm64.lock: libssl3 3.0.21-1~deb12u1" in err
+    assert "nothing applied" in err
+    assert {p: p.read_bytes() for p in repo.rglob("*.lock")} == before
+    assert arm64_path in before
