@@ -158,10 +158,14 @@ def build(
     fresh: bool = False,
     log: list[str] | None = None,
     architecture: str | None = None,
+    epoch: int | None = None,
+    revision: str | None = None,
 ) -> BuildResult:
     """Build the image layout into ``output`` (replaced) and return its digest and sizes.
 
     ``architecture`` defaults to the machine's; another one is built under emulation.
+    ``epoch`` and ``revision`` (default: SOURCE_DATE_EPOCH or the last commit's time, and
+    HEAD) are passed by ``build_index`` so every platform image carries the same ones.
     """
     log = log if log is not None else []
     recipe = load_recipe(repo)
@@ -170,7 +174,7 @@ def build(
     lock_path = lock_file(repo, architecture)
     lock = load_lock(repo / lock_path)
     _check_lock_matches_recipe(lock, recipe)
-    epoch = source_date_epoch(repo)
+    epoch = source_date_epoch(repo) if epoch is None else epoch
     version = project_version(repo)
     if architecture != lock.architecture:
         raise ImageError(f"{lock_path}: architecture {lock.architecture}, expected {architecture}")
@@ -224,7 +228,7 @@ def build(
     labels.update(
         {
             "org.opencontainers.image.version": version,
-            "org.opencontainers.image.revision": git_revision(repo),
+            "org.opencontainers.image.revision": revision or git_revision(repo),
             "org.opencontainers.image.created": oci_layout.rfc3339(epoch),
         }
     )
@@ -341,6 +345,9 @@ def build_index(
     """
     log = log if log is not None else []
     version = project_version(repo)
+    # Read once: a commit landing while the (minutes long) emulated build runs must not give
+    # the platform images different creation times or revisions.
+    epoch, revision = source_date_epoch(repo), git_revision(repo)
     results: list[BuildResult] = []
     images: list[tuple[str, oci.Artifact]] = []
     cache.mkdir(parents=True, exist_ok=True)
@@ -348,7 +355,14 @@ def build_index(
         for architecture in architectures:
             single = Path(scratch) / architecture
             result = build(
-                repo, single, cache, source_url=source_url, log=log, architecture=architecture
+                repo,
+                single,
+                cache,
+                source_url=source_url,
+                log=log,
+                architecture=architecture,
+                epoch=epoch,
+                revision=revision,
             )
             results.append(result)
             images.append((architecture, oci.read_layout(single, version)))
