@@ -18,12 +18,21 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from portcullis_release import oci
 from portcullis_release.build import image, oci_layout
 from portcullis_release.build.packages_lock import load_lock
 
-from tests.support.image import LAYOUT, ImageConfig, start_container
+from tests.support.image import (
+    LAYOUT,
+    ImageConfig,
+    demo_config,
+    free_port,
+    pbkdf2_hash,
+    start_container,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MULTIARCH = REPO / "dist" / "image-multiarch"
@@ -187,6 +196,31 @@ def test_arm64_image_runs_portcullis_version_under_qemu(
             info = json.loads(out)
             assert info["fips"]["enabled"] is True
             assert pin.fips_so_sha256 in json.dumps(info["fips"]), info["fips"]
+
+
+def test_arm64_image_serves_the_issuer_under_qemu(
+    platform_images: dict[str, oci.Artifact], arm64_rootfs: Path, tmp_path: Path
+) -> None:
+    """Not just a CLI: the arm64 server starts (FIPS gate, SQLite, HTTP) and answers discovery,
+    with the arm64 provider's pin reported by its readiness endpoint."""
+    config = ImageConfig.from_layout_config(_config(platform_images["arm64"]))
+    web, telemetry = free_port(), free_port()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(demo_config(web, telemetry, pbkdf2_hash("password")))
+    config_file.chmod(0o644)
+    container = start_container(tmp_path, arm64_rootfs, config, config_file=config_file)
+    try:
+        wait_ready(container, f"http://127.0.0.1:{telemetry}/healthz/ready", timeout=120)
+        fips = httpx.get(f"http://127.0.0.1:{telemetry}/healthz/ready", timeout=10).json()["fips"]
+        assert fips["enabled"] is True
+        assert fips["fips_so_sha256"] == load_lock(ARM64_LOCK).fips_provider.fips_so_sha256
+        discovery = httpx.get(
+            f"http://127.0.0.1:{web}/dex/.well-known/openid-configuration", timeout=10
+        )
+        assert discovery.status_code == 200
+        assert discovery.json()["issuer"] == f"http://127.0.0.1:{web}/dex"
+    finally:
+        assert container.stop(timeout=20) == 0, container.stderr()
 
 
 @pytest.mark.slow
