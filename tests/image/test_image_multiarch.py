@@ -149,7 +149,7 @@ def test_arm64_image_holds_only_arm64_code(arm64_rootfs: Path) -> None:
     assert any(p.endswith("fips.so") for p in machines[EM_AARCH64])
 
 
-def test_arm64_binary_is_refused_without_emulation(arm64_rootfs: Path) -> None:
+def test_arm64_binary_is_not_native_here(arm64_rootfs: Path) -> None:
     """The binary is not native here: only qemu (binfmt_misc) makes it run, as the next test does.
 
     Checked by asking the kernel through the ELF header and by the loader it names, which exists
