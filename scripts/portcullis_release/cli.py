@@ -30,6 +30,7 @@ from portcullis_release.attest import plugin as plugin_attest
 from portcullis_release.attest.attachments import write_attachments
 from portcullis_release.build import (
     debs,
+    emulation,
     fips_provider,
     freeze,
     image,
@@ -94,6 +95,16 @@ def _add_release_inputs(parser: argparse.ArgumentParser, *, registry_required: b
 # ---- image ------------------------------------------------------------------------------------
 
 
+_IMAGE_ERRORS = (
+    image.ImageError,
+    debs.DebError,
+    fips_provider.FipsBuildError,
+    freeze.FreezeError,
+    emulation.EmulationError,
+    ValueError,
+)
+
+
 def _cmd_image_build(args: argparse.Namespace) -> int:
     repo = image.repo_root()
     log: list[str] = []
@@ -106,14 +117,9 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
             source_url=args.source_url,
             fresh=args.fresh,
             log=log,
+            architecture=args.arch,
         )
-    except (
-        image.ImageError,
-        debs.DebError,
-        fips_provider.FipsBuildError,
-        freeze.FreezeError,
-        ValueError,
-    ) as exc:
+    except _IMAGE_ERRORS as exc:
         for line in log:
             print(f"  {line}")
         print(f"portcullis-release image build: {exc}")
@@ -129,13 +135,46 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_index(args: argparse.Namespace) -> int:
+    repo = image.repo_root()
+    log: list[str] = []
+    started = time.monotonic()
+    try:
+        result = image.build_index(
+            repo,
+            Path(args.output).resolve(),
+            Path(args.cache).resolve(),
+            architectures=tuple(args.arch or image.ARCHITECTURES),
+            source_url=args.source_url,
+            log=log,
+        )
+    except _IMAGE_ERRORS as exc:
+        for line in log:
+            print(f"  {line}")
+        print(f"portcullis-release image index: {exc}")
+        return 1
+    for line in log:
+        print(f"  {line}")
+    for one in result.images:
+        print(f"  linux/{one.architecture} {one.manifest_digest}")
+    print(
+        f"index {result.layout}:{result.tag} {result.index_digest} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    return 0
+
+
 def _cmd_image_lock(args: argparse.Namespace) -> int:
     repo = image.repo_root()
     log: list[str] = []
-    lock = image.relock(repo, Path(args.cache).resolve(), args.fips_version, log)
+    lock = image.relock(repo, Path(args.cache).resolve(), args.fips_version, log, args.arch)
     for line in log:
         print(f"  {line}")
-    print(f"pinned {len(lock.debs)} packages and openssl {lock.fips_provider.source_version}")
+    print(
+        f"pinned {len(lock.debs)} {lock.architecture} packages"
+        + (f" ({len(lock.build_debs)} in the build root)" if lock.build_debs else "")
+        + f" and openssl {lock.fips_provider.source_version}"
+    )
     return 0
 
 
@@ -149,10 +188,33 @@ def _register_image(sub: Subparsers) -> None:
     build_p.add_argument(
         "--fresh", action="store_true", help="freeze again even if an identical build is cached"
     )
+    build_p.add_argument(
+        "--arch",
+        choices=image.ARCHITECTURES,
+        help="architecture to build (default: this machine's; others run under qemu)",
+    )
     build_p.set_defaults(handler=_cmd_image_build)
+    index_p = image_sub.add_parser(
+        "index", help="build every architecture and write a layout tagged with an image index"
+    )
+    index_p.add_argument("--output", default="dist/image-multiarch", help="layout (replaced)")
+    index_p.add_argument("--cache", default=".cache/image", help="download and build cache")
+    index_p.add_argument("--source-url", help="org.opencontainers.image.source label")
+    index_p.add_argument(
+        "--arch",
+        action="append",
+        choices=image.ARCHITECTURES,
+        help="only these architectures (repeatable; default: all)",
+    )
+    index_p.set_defaults(handler=_cmd_image_index)
     lock_p = image_sub.add_parser("lock", help="re-pin Debian packages in packages.lock")
     lock_p.add_argument("--cache", default=".cache/image")
     lock_p.add_argument("--fips-version", help="Debian openssl source version to build and pin")
+    lock_p.add_argument(
+        "--arch",
+        choices=image.ARCHITECTURES,
+        help="re-pin packages-<arch>.lock (with its emulated build root) instead",
+    )
     lock_p.set_defaults(handler=_cmd_image_lock)
 
 

@@ -25,7 +25,7 @@ from portcullis_release.manifest import load_manifest
 from portcullis_release.upstream.apply import bump_version
 from portcullis_release.upstream.track import Change, Plan
 
-from tests.support.upstream_feeds import TEST_WHEELS, FeedServer, feed_server
+from tests.support.upstream_feeds import FIXTURES, TEST_WHEELS, FeedServer, deb822, feed_server
 from tests.support.upstream_repo import (
     LOCK_HEADER,
     TODAY,
@@ -206,3 +206,81 @@ def test_pip_compile_sees_only_the_configured_index(
 def test_semver_bump(ecosystem: str, current: str, proposed: str, expected: str) -> None:
     plan = Plan(TODAY, [Change(ecosystem, "x", current, proposed)])
     assert bump_version("0.1.0", plan) == expected
+
+
+def _arm64(repo: Path, feeds: FeedServer, *, with_security_update: bool) -> Path:
+    """packages-arm64.lock beside packages.lock (the same pins, arm64 builds), and arm64
+    indexes derived from the recorded amd64 ones: the same paragraphs with Architecture arm64
+    and a digest of their own (what differs between two architectures' indexes). Without the
+    security update, bookworm-security has not built libssl3 3.0.22 for arm64 yet."""
+    doc = json.loads((repo / "images/portcullis/packages.lock").read_text())
+    doc["architecture"] = "arm64"
+    for deb in doc["debs"]:
+        if deb["architecture"] == "amd64":
+            deb["architecture"] = "arm64"
+    path = repo / "images/portcullis/packages-arm64.lock"
+    path.write_text(json.dumps(doc, indent=2))
+    for recorded in sorted((FIXTURES / "debian").glob("*_Packages.txt")):
+        suite = recorded.stem.split("_")[0]
+        paragraphs = []
+        for block in recorded_text(recorded).split("\n\n"):
+            fields = dict(
+                line.split(": ", 1)
+                for line in block.splitlines()
+                if ": " in line and line[0] != " "
+            )
+            if not fields.get("Package"):
+                continue
+            if fields.get("Architecture") == "amd64":
+                fields["Architecture"] = "arm64"
+                fields["SHA256"] = arm64_digest(fields["Package"], fields["Version"])
+            if (
+                not with_security_update
+                and suite.endswith("-security")
+                and fields["Package"] == "libssl3"
+            ):
+                continue
+            paragraphs.append(fields)
+        base = "security" if suite.endswith("-security") else "debian"
+        feeds.routes[f"/{base}/dists/{suite}/main/binary-arm64/Packages.xz"] = (
+            200,
+            deb822(paragraphs),
+        )
+    return path
+
+
+def arm64_digest(package: str, version: str) -> str:
+    return hashlib.sha256(f"{package} {version} arm64".encode()).hexdigest()
+
+
+def recorded_text(path: Path) -> str:
+    return "".join(line for line in path.read_text().splitlines(True) if line[:1] != "#")
+
+
+def test_apply_moves_every_architectures_lock_to_the_same_versions(
+    repo: Path, feeds: FeedServer, pip_compile: str
+) -> None:
+    """The arm64 image must carry the same Debian versions as the amd64 one, each pin with the
+    digest of its own architecture's .deb."""
+    arm64_path = _arm64(repo, feeds, with_security_update=True)
+    assert _apply(feeds, repo, pip_compile) == 0
+    amd64 = load_lock(repo / "images/portcullis/packages.lock")
+    arm64 = load_lock(arm64_path)
+    assert {d.name: d.version for d in arm64.debs} == {d.name: d.version for d in amd64.debs}
+    libssl3 = next(d for d in arm64.debs if d.name == "libssl3")
+    assert (libssl3.version, libssl3.architecture) == ("3.0.22-1~deb12u2", "arm64")
+    assert libssl3.sha256 == arm64_digest("libssl3", "3.0.22-1~deb12u2")
+    assert arm64.architecture == "arm64"
+    assert "images/portcullis/packages-arm64.lock: libssl3" in (repo / "CHANGELOG.md").read_text()
+
+
+def test_apply_changes_no_lock_when_one_architecture_lacks_the_version(
+    repo: Path, feeds: FeedServer, pip_compile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _arm64(repo, feeds, with_security_update=False)
+    before = _applied_files(repo)
+    assert _apply(feeds, repo, pip_compile) == 2
+    err = capsys.readouterr().err
+    assert "packages-arm64.lock: libssl3 3.0.22-1~deb12u2" in err
+    assert "nothing applied" in err
+    assert _applied_files(repo) == before

@@ -7,6 +7,12 @@ is byte-reproducible when ``SOURCE_DATE_EPOCH`` is fixed, so it is set from the 
 changelog rather than from the commit; the result must match the sha256 pinned in
 ``packages.lock`` or the build stops. The provider is cached per source version.
 
+For another architecture (arm64) the same source is cross-compiled with Debian's
+``gcc-<triplet>`` (seconds, where compiling under emulation would take many minutes); the
+cross compiler's version is part of what the pin fixes. Its ``fipsinstall`` (which loads the
+module and runs its self-tests) runs the target's own ``openssl`` under qemu, via the
+``fipsinstall`` hook of ``assemble_bundle``.
+
 Honest wording: this is a FIPS-capable OpenSSL 3.0.x provider built from Debian's source, not
 the CMVP-validated module (see docs/fips.md).
 
@@ -26,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from portcullis_release.build.packages_lock import FipsProviderPin
@@ -36,7 +43,15 @@ BUNDLE_MODULE_CNF = "fipsmodule.cnf"
 BUNDLE_PROVIDER_JSON = "provider.json"
 BUNDLE_MODULE_DIRS = ("modules/stdlib", "modules/cryptography", "modules/late")
 
-_OPENSSL_TARGETS = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64"}
+_OPENSSL_TARGETS = {"amd64": "linux-x86_64", "arm64": "linux-aarch64"}
+_MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+# GNU triplet of each architecture: the prefix of Debian's cross toolchain (gcc-<triplet>).
+GNU_TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+
+
+def machine_architecture() -> str:
+    """The dpkg name of the architecture this process runs on."""
+    return _MACHINE_ARCH.get(platform.machine(), platform.machine())
 
 
 class FipsBuildError(RuntimeError):
@@ -58,11 +73,20 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         raise FipsBuildError(f"{' '.join(cmd)} failed ({proc.returncode}):\n" + "\n".join(tail))
 
 
-def _compile(pin: FipsProviderPin, out: Path, log: list[str]) -> None:
+def _compile(pin: FipsProviderPin, out: Path, log: list[str], architecture: str) -> None:
     """Fetch the source package, apply Debian's patches, and compile only fips.so."""
-    target = _OPENSSL_TARGETS.get(platform.machine())
+    target = _OPENSSL_TARGETS.get(architecture)
     if target is None:
-        raise FipsBuildError(f"no OpenSSL target known for machine {platform.machine()!r}")
+        raise FipsBuildError(f"no OpenSSL target known for architecture {architecture!r}")
+    configure = ["./Configure", target, "enable-fips", "no-tests", "shared"]
+    if architecture != machine_architecture():
+        triplet = GNU_TRIPLETS[architecture]
+        if shutil.which(f"{triplet}-gcc") is None:
+            raise FipsBuildError(
+                f"cross-compiling fips.so for {architecture} needs {triplet}-gcc: "
+                f"apt-get install gcc-{triplet}"
+            )
+        configure.append(f"--cross-compile-prefix={triplet}-")
     with tempfile.TemporaryDirectory(prefix="portcullis-fips-") as tmp:
         work = Path(tmp)
         log.append(f"fetching {pin.source_package}={pin.source_version} source package")
@@ -94,7 +118,7 @@ def _compile(pin: FipsProviderPin, out: Path, log: list[str]) -> None:
         ).stdout.strip()
         env = dict(os.environ, SOURCE_DATE_EPOCH=epoch, LC_ALL="C", TZ="UTC")
         log.append(f"compiling providers/fips.so ({target}, SOURCE_DATE_EPOCH={epoch})")
-        _run(["./Configure", target, "enable-fips", "no-tests", "shared"], src, env)
+        _run(configure, src, env)
         jobs = str(os.cpu_count() or 1)
         _run(["make", "-s", f"-j{jobs}", "build_generated"], src, env)
         _run(["make", "-s", f"-j{jobs}", "providers/fips.so"], src, env)
@@ -105,31 +129,40 @@ def _compile(pin: FipsProviderPin, out: Path, log: list[str]) -> None:
         partial.replace(out)
 
 
-def build_fips_so(pin: FipsProviderPin, cache: Path, log: list[str]) -> Path:
+def provider_path(cache: Path, source_version: str, architecture: str | None = None) -> Path:
+    """Where the built ``fips.so`` of a source version is cached (per foreign architecture)."""
+    base = cache / "fips-provider" / source_version
+    if architecture is None or architecture == machine_architecture():
+        return base / "fips.so"
+    return base / architecture / "fips.so"
+
+
+def build_fips_so(
+    pin: FipsProviderPin, cache: Path, log: list[str], architecture: str | None = None
+) -> Path:
     """Return the cached ``fips.so`` for ``pin``, building it first when absent.
 
+    ``architecture`` defaults to the machine's; another one is cross-compiled.
     Raises FipsBuildError when the built module does not hash to the pinned value: a changed
     compiler or source must be an explicit decision (update the pin), never a silent drift.
     """
-    out = cache / "fips-provider" / pin.source_version / "fips.so"
+    arch = architecture or machine_architecture()
+    out = provider_path(cache, pin.source_version, arch)
     if not out.exists():
-        _compile(pin, out, log)
+        _compile(pin, out, log, arch)
     actual = sha256_file(out)
     if actual != pin.fips_so_sha256:
         raise FipsBuildError(
-            f"fips.so built from {pin.source_package} {pin.source_version} has sha256 {actual}, "
+            f"fips.so ({arch}) built from {pin.source_package} {pin.source_version} has sha256 "
+            f"{actual}, "
             f"but packages.lock pins fips_provider.fips_so_sha256 = {pin.fips_so_sha256}"
         )
-    log.append(f"fips.so {pin.upstream_version} sha256 {actual}")
+    log.append(f"fips.so {pin.upstream_version} ({arch}) sha256 {actual}")
     return out
 
 
-def assemble_bundle(pin: FipsProviderPin, fips_so: Path, openssl_cnf: Path, dest: Path) -> Path:
-    """Write the provider bundle directory that the frozen server ships as data."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    module_cnf = dest / BUNDLE_MODULE_CNF
+def host_fipsinstall(fips_so: Path, module_cnf: Path) -> None:
+    """``openssl fipsinstall`` with the machine's openssl (the module must be native)."""
     proc = subprocess.run(
         [
             "openssl",
@@ -146,6 +179,25 @@ def assemble_bundle(pin: FipsProviderPin, fips_so: Path, openssl_cnf: Path, dest
     )
     if proc.returncode != 0:
         raise FipsBuildError(f"openssl fipsinstall failed: {proc.stderr.strip()}")
+
+
+def assemble_bundle(
+    pin: FipsProviderPin,
+    fips_so: Path,
+    openssl_cnf: Path,
+    dest: Path,
+    fipsinstall: Callable[[Path, Path], None] = host_fipsinstall,
+) -> Path:
+    """Write the provider bundle directory that the frozen server ships as data.
+
+    ``fipsinstall(module, out)`` loads the module, runs its self-tests and writes
+    ``fipsmodule.cnf``; a foreign module needs one that runs the target's openssl (emulated).
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    module_cnf = dest / BUNDLE_MODULE_CNF
+    fipsinstall(fips_so, module_cnf)
     shutil.copyfile(openssl_cnf, dest / BUNDLE_CONFIG)
     for sub in BUNDLE_MODULE_DIRS:
         (dest / sub).mkdir(parents=True)

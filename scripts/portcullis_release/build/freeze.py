@@ -14,10 +14,15 @@ the interpreter, so a changed lock gets a new environment and an unchanged one i
 The result is cached under a key that hashes every input (server sources, spec, entry point,
 FIPS bundle, the freeze lock, Python and SOURCE_DATE_EPOCH): an unchanged tree is not
 frozen twice, and ``fresh=True`` forces a new build, which the reproducibility test uses.
+
+Another architecture (arm64 on an amd64 machine) is frozen the same way by that architecture's
+Python, running under qemu in a build root (``emulation``): the same spec, the same lock
+(installed as that architecture's wheels), a separate cache (``frozen-<arch>/``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,8 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from portcullis_release.build import emulation
 
 SPEC = Path("images/portcullis/portcullis.spec")
 ENTRYPOINT = Path("images/portcullis/entrypoint.py")
@@ -147,12 +154,132 @@ def env_distributions(python: Path) -> tuple[dict[str, list[str]], dict[str, str
     return tops, versions
 
 
+def foreign_freeze_env(repo: Path, cache: Path, root: emulation.BuildRoot, log: list[str]) -> Path:
+    """The site directory holding the freeze lock's wheels for the build root's architecture.
+
+    Installed by the native freeze environment's pip (copying wheels needs no emulation) and
+    keyed like the native environment: the lock's bytes and the build root.
+    """
+    lock = repo / FREEZE_LOCK
+    if not lock.is_file():
+        raise FreezeError(f"{FREEZE_LOCK} is missing: run `make lock`")
+    key = hashlib.sha256(root.key.encode() + b"\0" + lock.read_bytes()).hexdigest()[:24]
+    base = cache / f"freeze-env-{root.architecture}"
+    site = base / key
+    if (site / _ENV_DONE).is_file():
+        return site
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    pip_python = freeze_env(repo, cache, log)
+    try:
+        emulation.install_wheels(
+            pip_python, lock, site, root.architecture, emulation.build_root_python_version(root)
+        )
+    except emulation.EmulationError as exc:
+        raise FreezeError(str(exc)) from exc
+    (site / _ENV_DONE).write_text(lock.read_text(encoding="utf-8"), encoding="utf-8")
+    for old in base.iterdir():
+        if old.name != key:
+            shutil.rmtree(old, ignore_errors=True)
+    log.append(f"{root.architecture} freeze environment installed from {FREEZE_LOCK} ({key})")
+    return site
+
+
+def _freeze_native(
+    python: Path,
+    repo: Path,
+    fips_bundle: Path,
+    work: Path,
+    *,
+    source_date_epoch: int,
+    system_libs: Sequence[str],
+) -> subprocess.CompletedProcess[str]:
+    """Run PyInstaller in the native freeze environment, output in ``work``."""
+    # Nothing of the calling environment may reach the analysis: PYTHONPATH or a venv's
+    # variables would put the development tools back within PyInstaller's reach.
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
+    env = dict(
+        inherited,
+        SOURCE_DATE_EPOCH=str(source_date_epoch),
+        PYTHONHASHSEED="0",
+        PORTCULLIS_REPO=str(repo),
+        PORTCULLIS_FIPS_BUNDLE_DIR=str(fips_bundle),
+        PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
+    )
+    cmd = [
+        str(python),
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level=WARN",
+        f"--distpath={work / 'dist'}",
+        f"--workpath={work / 'build'}",
+        str(repo / SPEC),
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+
+
+def _freeze_emulated(
+    root: emulation.BuildRoot,
+    repo: Path,
+    fips_bundle: Path,
+    site: Path,
+    work: Path,
+    *,
+    source_date_epoch: int,
+    system_libs: Sequence[str],
+) -> subprocess.CompletedProcess[str]:
+    """Run PyInstaller in the build root: repo, bundle and wheels read-only, output in ``work``.
+
+    PyInstaller's own cache (``PYINSTALLER_CONFIG_DIR``) lives in ``work`` too, so nothing of
+    one build is left in the shared build root for the next.
+    """
+    env = {
+        "PATH": emulation.BUILD_ROOT_PATH,
+        "HOME": "/work/home",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": "/opt/freeze-env",
+        "PYINSTALLER_CONFIG_DIR": "/work/pyinstaller",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch),
+        "PYTHONHASHSEED": "0",
+        "PORTCULLIS_REPO": "/src",
+        "PORTCULLIS_FIPS_BUNDLE_DIR": "/fips-bundle",
+        "PORTCULLIS_SYSTEM_LIBS": ",".join(sorted(system_libs)),
+    }
+    cmd = [
+        emulation.BUILD_ROOT_PYTHON,
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level=WARN",
+        "--distpath=/work/dist",
+        "--workpath=/work/build",
+        f"/src/{SPEC.as_posix()}",
+    ]
+    return root.run(
+        cmd,
+        env=env,
+        readonly={repo: "/src", fips_bundle: "/fips-bundle", site: "/opt/freeze-env"},
+        writable={work: "/work"},
+    )
+
+
 def input_key(
-    repo: Path, fips_bundle: Path, source_date_epoch: int, system_libs: Sequence[str]
+    repo: Path,
+    fips_bundle: Path,
+    source_date_epoch: int,
+    system_libs: Sequence[str],
+    build_root: emulation.BuildRoot | None = None,
 ) -> str:
     """A digest of everything that can change the frozen output."""
     digest = hashlib.sha256()
-    digest.update(f"python={sys.version}\0sde={source_date_epoch}\0".encode())
+    # The interpreter that freezes: this one, or the build root's (fixed by its pins).
+    python = sys.version if build_root is None else f"{build_root.architecture}:{build_root.key}"
+    digest.update(f"python={python}\0sde={source_date_epoch}\0".encode())
     digest.update(("libs=" + ",".join(sorted(system_libs)) + "\0").encode())
     # The freeze environment is exactly this lock, so its bytes stand for every distribution.
     digest.update(b"freeze-lock\0" + (repo / FREEZE_LOCK).read_bytes())
@@ -172,48 +299,44 @@ def freeze(
     *,
     system_libs: Sequence[str] = (),
     fresh_into: Path | None = None,
+    build_root: emulation.BuildRoot | None = None,
 ) -> Path:
     """Return the frozen onedir (``.../portcullis`` holding the ``portcullis`` executable).
 
     With ``fresh_into`` the cache is bypassed and the build lands in that (caller-owned)
-    directory instead.
+    directory instead. With ``build_root`` the build root's Python freezes, under qemu.
     """
     fresh = fresh_into is not None
-    key = input_key(repo, fips_bundle, source_date_epoch, system_libs)
-    root = cache / "frozen"
+    key = input_key(repo, fips_bundle, source_date_epoch, system_libs, build_root)
+    root = cache / ("frozen" if build_root is None else f"frozen-{build_root.architecture}")
     done = root / key / APP_NAME
     if done.is_dir() and not fresh:
         log.append(f"frozen server reused from cache ({key})")
         return done
-    python = freeze_env(repo, cache, log)
+    run: Callable[[Path], subprocess.CompletedProcess[str]]
+    if build_root is not None:
+        run = functools.partial(
+            _freeze_emulated,
+            build_root,
+            repo,
+            fips_bundle,
+            foreign_freeze_env(repo, cache, build_root, log),
+            source_date_epoch=source_date_epoch,
+            system_libs=system_libs,
+        )
+    else:
+        run = functools.partial(
+            _freeze_native,
+            freeze_env(repo, cache, log),
+            repo,
+            fips_bundle,
+            source_date_epoch=source_date_epoch,
+            system_libs=system_libs,
+        )
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="freeze-", dir=root) as tmp:
         work = Path(tmp)
-        # Nothing of the calling environment may reach the analysis: PYTHONPATH or a venv's
-        # variables would put the development tools back within PyInstaller's reach.
-        inherited = {
-            k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
-        }
-        env = dict(
-            inherited,
-            SOURCE_DATE_EPOCH=str(source_date_epoch),
-            PYTHONHASHSEED="0",
-            PORTCULLIS_REPO=str(repo),
-            PORTCULLIS_FIPS_BUNDLE_DIR=str(fips_bundle),
-            PORTCULLIS_SYSTEM_LIBS=",".join(sorted(system_libs)),
-        )
-        cmd = [
-            str(python),
-            "-m",
-            "PyInstaller",
-            "--noconfirm",
-            "--clean",
-            "--log-level=WARN",
-            f"--distpath={work / 'dist'}",
-            f"--workpath={work / 'build'}",
-            str(repo / SPEC),
-        ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        proc = run(work)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
             raise FreezeError(f"PyInstaller failed ({proc.returncode}):\n{tail}")

@@ -186,6 +186,7 @@ def build_rootfs(
     dest.mkdir(parents=True)
     status_dir = dest / "var/lib/dpkg/status.d"
     controls: dict[str, str] = {}
+    debs.prefetch(pins, cache)
     for pin in sorted(pins, key=lambda p: p.name):
         deb = debs.fetch(pin, cache)
         debs.extract(deb, dest)

@@ -2,7 +2,9 @@
 
 * Debian pins: ``images/portcullis/packages.lock`` gets the proposed version and the sha256 the
   archive's index gives for its ``.deb`` (the index is signed by the archive; the image build
-  checks every download against the lock).
+  checks every download against the lock). Every other architecture's lock
+  (``packages-<arch>.lock``) gets the same versions from its own index, so all the images of
+  a release carry one set of Debian versions.
 * Python pins: ``pip-compile --upgrade-package NAME==VERSION`` with hashes for every lock that
   pins the distribution (runtime, freeze, release, test), as ``make lock`` runs it, resolved
   against the PEP 503 simple index of the same PyPI the plan was read from (``--pypi-url`` +
@@ -94,22 +96,35 @@ def _stage_debian(
     wanted = {c.name: c.proposed for c in plan.changes if c.ecosystem == "deb" and c.proposed}
     if not wanted:
         return
-    lock = load_lock(repo / LOCK)
-    index = feeds.debian_packages(lock.suite, lock.architecture)
-    pins = []
-    for pin in lock.debs:
-        version = wanted.get(pin.name)
-        if version is None:
-            pins.append(pin)
-            continue
-        entry = next(
-            (p for p in index if p["Package"] == pin.name and p["Version"] == version), None
-        )
-        if entry is None or not re.fullmatch(r"[0-9a-f]{64}", entry.get("SHA256", "")):
-            raise ApplyError(f"{pin.name} {version}: no SHA256 in the archive's index")
-        pins.append(DebPin(pin.name, version, pin.architecture, entry["SHA256"]))
-        log.append(f"{LOCK}: {pin.name} {pin.version} -> {version}")
-    staged[LOCK] = replace(lock, debs=tuple(pins)).to_json()
+    # Every architecture's lock is re-pinned (staged, written with everything else or not at
+    # all): a version missing from one architecture's index leaves all of them as they were.
+    for rel in (
+        LOCK,
+        *sorted(p.relative_to(repo) for p in (repo / LOCK.parent).glob("packages-*.lock")),
+    ):
+        lock = load_lock(repo / rel)
+        index = feeds.debian_packages(lock.suite, lock.architecture)
+        pins = []
+        for pin in lock.debs:
+            version = wanted.get(pin.name)
+            if version is None:
+                pins.append(pin)
+                continue
+            entry = next(
+                (
+                    p
+                    for p in index
+                    if p["Package"] == pin.name
+                    and p["Version"] == version
+                    and p.get("Architecture") in (pin.architecture, "all", None)
+                ),
+                None,
+            )
+            if entry is None or not re.fullmatch(r"[0-9a-f]{64}", entry.get("SHA256", "")):
+                raise ApplyError(f"{rel}: {pin.name} {version}: no SHA256 in the archive's index")
+            pins.append(DebPin(pin.name, version, pin.architecture, entry["SHA256"]))
+            log.append(f"{rel}: {pin.name} {pin.version} -> {version}")
+        staged[rel] = replace(lock, debs=tuple(pins)).to_json()
 
 
 def _normalise(name: str) -> str:
