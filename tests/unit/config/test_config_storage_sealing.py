@@ -9,6 +9,7 @@ the postgres warning.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from portcullis.cli import main
 from portcullis.config.load import ConfigError
 from portcullis.issuer import parse_config
 
-KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+# Fixed, not random: it appears in parametrize ids, which every xdist worker must collect alike.
+KEY = base64.b64encode(hashlib.sha256(b"portcullis config test key").digest()).decode()
 
 
 def _config(storage: str, sealing: str = "") -> str:
