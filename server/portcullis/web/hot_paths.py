@@ -8,7 +8,10 @@ outermost and answers those requests itself, from a table of exact paths:
 
 * **discovery and JWKS** (``GET``): the response head and body are built once — for JWKS once
   per key set, so a rotation (here or in another replica, which the key loop re-reads) changes
-  the body and its ETag with the next request — and ``If-None-Match`` gets the 304;
+  the body and its ETag with the next request — and ``If-None-Match`` gets the 304 (these
+  answers live in :class:`StaticAnswers`; the HTTP protocol of web.connection writes them
+  itself for an exact-match request, before any ASGI call, and this middleware answers
+  the rest, e.g. with a query string);
 * **the token endpoint** (``POST``): the body is read under the same limit, parsed as Starlette
   parses a form, and handed to the same ``TokenEndpoint``; OAuth errors and an unavailable
   storage get the same answers as through the app.
