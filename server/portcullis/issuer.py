@@ -48,6 +48,7 @@ from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import Password
 from portcullis.telemetry import Metrics, telemetry_app
 from portcullis.web.app import client_ip_resolver, secure_cookies, web_app
+from portcullis.web.hot_paths import StaticAnswers
 from portcullis.web.pages import Pages
 
 if TYPE_CHECKING:
@@ -110,6 +111,13 @@ class Issuer:
     # The TokenReview webhook, served on its own listener (kubernetes.tokenReview.addr).
     webhook: Starlette | None = None
     fips_mode: bool = False
+
+    @property
+    def static_answers(self) -> StaticAnswers | None:
+        """The main app's precomputed discovery and JWKS answers, for the HTTP protocol
+        (web.connection) to answer exact-match GETs before an ASGI request cycle exists."""
+        found = getattr(self.app.state, "static_answers", None)
+        return found if isinstance(found, StaticAnswers) else None
 
     def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}

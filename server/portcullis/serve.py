@@ -230,7 +230,11 @@ def run_worker(
             assert issuer.webhook is not None
             app = issuer.webhook
         side = listener.telemetry or listener.webhook  # the main app's lifespan runs once
-        uv_config = uvicorn.Config(app, lifespan="off" if side else "on", **common)
+        listener_options = dict(common)
+        if not side:
+            # The main app's discovery and JWKS GETs are answered by the protocol itself.
+            listener_options["http"] = protocol_class(bounds, issuer.static_answers)
+        uv_config = uvicorn.Config(app, lifespan="off" if side else "on", **listener_options)
         server = _SharedSignalServer(uv_config)
         if listener.tls:
             # uvicorn wraps accepted connections with config.ssl once loaded.

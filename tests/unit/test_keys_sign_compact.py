@@ -9,7 +9,11 @@ during the publish grace (KeyManager._adopt), the new one after it.
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwt
+from joserfc.util import urlsafe_b64decode
 from portcullis.clock import FrozenClock
 from portcullis.keys.manager import KeyManager
 from portcullis.storage.memory import MemoryStorage
@@ -69,3 +73,33 @@ def test_sign_is_joserfcs_encoding(algorithm: str) -> None:
         == rotated.signing_kid
     )
     assert keys.verify(token) == CLAIMS
+
+
+@pytest.mark.parametrize(("algorithm", "size"), [("ES256", 32), ("ES384", 48)])
+def test_ecdsa_signatures_are_fixed_size_r_and_s(algorithm: str, size: int) -> None:
+    """RFC 7518 §3.4: r and s as octet strings of the curve's size, zero-padded. About one
+    signature in 128 has an r or s with a leading zero byte; 2,000 tokens hit that case
+    (p ~ 1 - 2e-7) and every one must still be exactly 2 * size bytes and verify."""
+    keys = KeyManager(
+        MemoryStorage(),
+        FrozenClock(1_800_000_000.0),
+        algorithm=algorithm,
+        rotation_period=3600,
+        max_token_lifetime=86400,
+    )
+    keys.rotate_if_due()
+    state = keys.cached()
+    public = state.signing_key.get_op_key("verify")
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    scheme = ec.ECDSA(hashes.SHA256() if algorithm == "ES256" else hashes.SHA384())
+    short = 0
+    for n in range(2000):
+        token = keys.sign({**CLAIMS, "jti": str(n)})
+        signing_input, _, signature_segment = token.rpartition(".")
+        signature = urlsafe_b64decode(signature_segment.encode())
+        assert len(signature) == 2 * size
+        r, s = signature[:size], signature[size:]
+        short += r[0] == 0 or s[0] == 0
+        der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+        public.verify(der, signing_input.encode(), scheme)  # raises when it does not verify
+    assert short > 0

@@ -35,7 +35,7 @@ from portcullis.web.body_limit import (
 )
 from portcullis.web.body_limit import too_large_handler as too_large
 from portcullis.web.device import DeviceRoutes
-from portcullis.web.hot_paths import HotPaths
+from portcullis.web.hot_paths import HotPaths, StaticAnswers
 from portcullis.web.login import LoginRoutes
 from portcullis.web.logout import LogoutRoutes
 from portcullis.web.pages import Pages, static_dirs
@@ -231,6 +231,11 @@ def web_app(
         return f"{base}{path}" if isinstance(path, str) else "unmatched"
 
     inner = Starlette(routes=routes)
+    static = (
+        StaticAnswers(base=base, provider=provider, metrics=metrics, security_headers=headers)
+        if hot_paths
+        else None
+    )
     hot = (
         [
             Middleware(
@@ -238,12 +243,11 @@ def web_app(
                 base=base,
                 provider=provider,
                 ip_resolver=ip_resolver,
-                metrics=metrics,
-                security_headers=headers,
+                static=static,
                 storage_unavailable=storage_unavailable,
             )
         ]
-        if hot_paths
+        if static is not None
         else []
     )
     app = Starlette(
@@ -263,6 +267,8 @@ def web_app(
         },
         lifespan=lifespan,
     )
+    # For the HTTP protocol (web.connection), which answers exact-match static GETs itself.
+    app.state.static_answers = static
     # The mounted app answers its own exceptions first (its error middleware would otherwise
     # send a plain 500 before the outer app sees them).
     inner.exception_handlers = {

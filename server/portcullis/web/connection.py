@@ -17,6 +17,16 @@ the bounds uvicorn does not enforce (issue 9, findings 3 and 8).
   The writes of one event-loop iteration are joined into one (:class:`_CorkedTransport`): under
   load on /keys that halved the time spent in the kernel's send path.
 
+* **Static answers before the ASGI cycle**: with the main app's :class:`StaticAnswers`
+  (web.hot_paths), a GET whose request target is exactly the discovery or JWKS path, without a
+  body, an Origin, an upgrade or a 100-continue, on HTTP/1.1, with no earlier response still
+  being written, is answered here from the precomputed bytes: no scope, no request task, no ASGI
+  call. The bytes are those uvicorn writes for the same answer from web.hot_paths (its Date
+  header, the security headers, ``connection: close`` when the client asked for it), the
+  metrics and the access log are recorded by the same code, and keep-alive continues as after
+  any response. The bounds above apply first: such a request is only answered once its head was
+  read within the limits. Anything else goes to uvicorn and the app unchanged.
+
 A refusal is written straight to the socket, then the connection is closed after a short
 lingering period in which further input is discarded: closing a socket with unread input
 makes the kernel send a reset that can destroy the answer before the client reads it.
@@ -26,14 +36,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from asyncio import TimerHandle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from portcullis.web.hot_paths import StaticAnswer, StaticAnswers
 
 log = logging.getLogger("portcullis.connection")
+
+#: A static answer decided at the end of a request head: path, answer, If-None-Match,
+#: keep-alive, start time.
+_Pending = tuple[str, "Callable[[], StaticAnswer]", bytes | None, bool, float]
 
 #: Bytes held for one joined send at most; more is written through at once.
 CORK_LIMIT = 64 * 1024
@@ -121,9 +140,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     """See the module docstring. ``bounds`` is set on a subclass by :func:`protocol_class`."""
 
     bounds = ConnectionBounds()
+    #: The main app's precomputed GET answers (None on the telemetry and webhook listeners).
+    static: StaticAnswers | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # A static answer decided at the end of the head, written when the message completes.
+        self._static_pending: _Pending | None = None
+        self._defaults_for: object = None
+        self._default_lines = b""
         # uvicorn types this int, but only hands it to loop.call_later: a fraction is fine.
         self.timeout_keep_alive = self.bounds.idle  # type: ignore[assignment]
         self._timer: TimerHandle | None = None
@@ -214,13 +239,99 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._host_count != 1 or self._host_empty:
             raise _RefusalError(400, "exactly one non-empty Host header is required")
         self._phase = "body"
+        if self.static is not None and self._static_request(self.static):
+            return  # no body follows: the message completes in this same parser call
         self._arm(self.bounds.read_body, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._phase = "idle"
         self._cancel_timer()
+        pending = self._static_pending
+        if pending is not None:
+            self._static_pending = None
+            self._answer_static(*pending)
+            return
         super().on_message_complete()
+
+    # -- static answers ------------------------------------------------------------------
+    def _static_request(self, static: StaticAnswers) -> bool:
+        """Whether this request is one the protocol answers itself (see the module docstring);
+        if so it is remembered for :meth:`on_message_complete`."""
+        found = static.get_raw.get(self.url)
+        if found is None:
+            return False
+        parser = self.parser
+        cycle = self.cycle
+        if (
+            parser.get_method() != b"GET"
+            or parser.get_http_version() != "1.1"
+            or parser.should_upgrade()
+            or self.expect_100_continue
+            or self.root_path
+            # uvicorn's own access log, written by its request cycle (off in serve)
+            or (self.access_log and self.access_logger.isEnabledFor(logging.INFO))
+            or self.limit_concurrency is not None
+            or self.pipeline
+            or (cycle is not None and not cycle.response_complete)  # keep the answers' order
+            or self.flow.write_paused  # the cycle's send waits for the client to read
+        ):
+            return False
+        if_none_match = None
+        for name, value in self.headers:
+            if name == b"if-none-match":
+                if if_none_match is None:
+                    if_none_match = value
+            elif name == b"content-length":
+                if value != b"0":
+                    return False  # a body to read and discard: uvicorn's job
+            elif name in (b"origin", b"transfer-encoding"):
+                return False  # CORS headers, or a chunked body: the app's job
+        path, answer = found
+        self._static_pending = (
+            path,
+            answer,
+            if_none_match,
+            parser.should_keep_alive(),
+            time.perf_counter(),
+        )
+        return True
+
+    def _answer_static(
+        self,
+        path: str,
+        answer: Callable[[], StaticAnswer],
+        if_none_match: bytes | None,
+        keep_alive: bool,
+        start: float,
+    ) -> None:
+        """Write the answer as uvicorn's request cycle would, then what uvicorn does after a
+        complete response (``on_response_complete``)."""
+        assert self.static is not None
+        static = answer()
+        defaults = self.server_state.default_headers  # the Date header, renewed every second
+        if defaults is not self._defaults_for:
+            self._defaults_for = defaults
+            self._default_lines = b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+        if if_none_match == static.etag:
+            status, lines, body = 304, static.not_modified_lines, b""
+        else:
+            status, lines, body = 200, static.ok_lines, static.body
+        close = b"" if keep_alive else b"connection: close\r\n"
+        self.transport.write(
+            b"".join((STATUS_LINE[status], self._default_lines, lines, close, b"\r\n", body))
+        )
+        if not keep_alive:
+            self.transport.close()
+        self.static.record(path, "GET", status, time.perf_counter() - start, self.client)
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     # -- timeouts ------------------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
@@ -288,6 +399,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def protocol_class(bounds: ConnectionBounds) -> type[GuardedHttpProtocol]:
-    """A protocol class with ``bounds`` (uvicorn takes a class, not an instance)."""
-    return type("BoundedHttpProtocol", (GuardedHttpProtocol,), {"bounds": bounds})
+def protocol_class(
+    bounds: ConnectionBounds, static: StaticAnswers | None = None
+) -> type[GuardedHttpProtocol]:
+    """A protocol class with ``bounds`` (uvicorn takes a class, not an instance); ``static``
+    only for a listener serving the main app."""
+    return type("BoundedHttpProtocol", (GuardedHttpProtocol,), {"bounds": bounds, "static": static})

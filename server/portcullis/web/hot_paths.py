@@ -8,7 +8,10 @@ outermost and answers those requests itself, from a table of exact paths:
 
 * **discovery and JWKS** (``GET``): the response head and body are built once — for JWKS once
   per key set, so a rotation (here or in another replica, which the key loop re-reads) changes
-  the body and its ETag with the next request — and ``If-None-Match`` gets the 304;
+  the body and its ETag with the next request — and ``If-None-Match`` gets the 304 (these
+  answers live in :class:`StaticAnswers`; the HTTP protocol of web.connection writes them
+  itself for an exact-match request, before any ASGI call, and this middleware answers
+  the rest, e.g. with a query string);
 * **the token endpoint** (``POST``): the body is read under the same limit, parsed as Starlette
   parses a form, and handed to the same ``TokenEndpoint``; OAuth errors and an unavailable
   storage get the same answers as through the app.
@@ -74,40 +77,36 @@ def parse_form(body: bytes) -> list[tuple[str, str]] | None:
 
 
 @dataclass(frozen=True)
-class _Static:
-    """A precomputed GET answer: the 200 and the 304 with their heads."""
+class StaticAnswer:
+    """A precomputed GET answer: the 200 and the 304 with their heads, as ASGI header lists and
+    as the header lines uvicorn would write for them (for the HTTP protocol's own answer)."""
 
     etag: bytes
     body: bytes
     ok: Headers
     not_modified: Headers
+    ok_lines: bytes
+    not_modified_lines: bytes
 
 
-class HotPaths:
-    """See the module docstring. ``security_headers`` are the SecurityHeadersMiddleware's
-    (added to each answer unless it sets the header itself); ``storage_unavailable`` is the
-    app's handler for StorageError."""
+def _lines(headers: Headers) -> bytes:
+    """``headers`` as uvicorn writes them: ``name: value`` and CRLF each, in order."""
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+class StaticAnswers:
+    """Discovery and JWKS, built once, and the telemetry of every hot answer.
+
+    Shared by :class:`HotPaths` (raw ASGI) and by the HTTP protocol of web.connection, which
+    answers an exact-match GET for these paths before uvicorn creates a request task at all.
+    ``security_headers`` are the SecurityHeadersMiddleware's (added to each answer unless it
+    sets the header itself)."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        base: str,
-        provider: Provider,
-        ip_resolver: ClientIPResolver,
-        metrics: Metrics,
-        security_headers: dict[str, str],
-        storage_unavailable: ErrorHandler,
+        self, *, base: str, provider: Provider, metrics: Metrics, security_headers: dict[str, str]
     ) -> None:
-        self.app = app
         self.provider = provider
-        self.ip = ip_resolver
-        self.storage_unavailable = storage_unavailable
-        self._security = [
-            (k.lower().encode(), v.encode()) for k, v in security_headers.items() if v
-        ]
-        # The security headers a token answer gets (its own head names are fixed).
-        self._token_security = self._secure([*_NO_STORE, (b"content-length", b""), _JSON])[4:]
+        self.security = [(k.lower().encode(), v.encode()) for k, v in security_headers.items() if v]
         self._requests = metrics.requests
         self._latency = metrics.latency
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -117,20 +116,25 @@ class HotPaths:
             # RFC 8414 §3.1's location outside the issuer path (web.app's root_metadata).
             f"/.well-known/oauth-authorization-server{base}",
         )
-        self._get: dict[str, Callable[[], _Static]] = dict.fromkeys(discovery, self._discovery)
-        self._get[f"{base}/keys"] = self._jwks
-        self._token_path = f"{base}/token"
-        self._discovery_for: tuple[bytes, _Static] | None = None
-        self._jwks_for: tuple[KeyState, _Static] | None = None
+        self.get: dict[str, Callable[[], StaticAnswer]] = dict.fromkeys(discovery, self._discovery)
+        self.get[f"{base}/keys"] = self._jwks
+        #: The same table by request target: only a target that is exactly one of these paths
+        #: (no query, no escapes, not absolute-form) is answered by the protocol.
+        self.get_raw: dict[bytes, tuple[str, Callable[[], StaticAnswer]]] = {
+            path.encode(): (path, answer) for path, answer in self.get.items()
+        }
+        self._discovery_for: tuple[bytes, StaticAnswer] | None = None
+        self._jwks_for: tuple[KeyState, StaticAnswer] | None = None
 
     # -- precomputed answers -------------------------------------------------------------
-    def _static(self, body: bytes, etag: str, cache_control: str) -> _Static:
+    def _static(self, body: bytes, etag: str, cache_control: str) -> StaticAnswer:
         # The heads web.api's Response objects produce, then the security headers.
         head = [(b"cache-control", cache_control.encode()), (b"etag", etag.encode())]
-        ok = [*head, (b"content-length", str(len(body)).encode()), _JSON]
-        return _Static(etag.encode(), body, self._secure(ok), self._secure(head))
+        ok = self.secure([*head, (b"content-length", str(len(body)).encode()), _JSON])
+        not_modified = self.secure(head)
+        return StaticAnswer(etag.encode(), body, ok, not_modified, _lines(ok), _lines(not_modified))
 
-    def _discovery(self) -> _Static:
+    def _discovery(self) -> StaticAnswer:
         document = self.provider.discovery
         cached = self._discovery_for
         if cached is None or cached[0] is not document:
@@ -140,7 +144,7 @@ class HotPaths:
             self._discovery_for = cached
         return cached[1]
 
-    def _jwks(self) -> _Static:
+    def _jwks(self) -> StaticAnswer:
         state = self.provider.keys.cached()
         cached = self._jwks_for
         if cached is None or cached[0] is not state:
@@ -149,9 +153,71 @@ class HotPaths:
             self._jwks_for = cached
         return cached[1]
 
-    def _secure(self, headers: Headers) -> Headers:
+    def secure(self, headers: Headers) -> Headers:
         present = {name for name, _ in headers}
-        return [*headers, *((n, v) for n, v in self._security if n not in present)]
+        return [*headers, *((n, v) for n, v in self.security if n not in present)]
+
+    # -- telemetry -----------------------------------------------------------------------
+    def record(
+        self, path: str, method: str, status: int, elapsed: float, client: tuple[str, int] | None
+    ) -> None:
+        """What telemetry.AccessLogMiddleware records for a request (its route label is the
+        route's full path, which for these exact paths is the path)."""
+        key = (path, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self._requests.labels(path, method, str(status)),
+                self._latency.labels(path),
+            )
+            self._children[key] = children
+        counter: Counter = children[0]
+        histogram: Histogram = children[1]
+        counter.inc()
+        histogram.observe(elapsed)
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug(
+                "%s %s %d %.1fms",
+                method,
+                path,
+                status,
+                elapsed * 1000,
+                extra={
+                    "fields": {
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "remote": client[0] if client else "",
+                    }
+                },
+            )
+
+
+class HotPaths:
+    """See the module docstring. ``static`` holds the precomputed answers and the telemetry;
+    ``storage_unavailable`` is the app's handler for StorageError."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        base: str,
+        provider: Provider,
+        ip_resolver: ClientIPResolver,
+        static: StaticAnswers,
+        storage_unavailable: ErrorHandler,
+    ) -> None:
+        self.app = app
+        self.provider = provider
+        self.ip = ip_resolver
+        self.storage_unavailable = storage_unavailable
+        self.static = static
+        self._secure = static.secure
+        # The security headers a token answer gets (its own head names are fixed).
+        self._token_security = self._secure([*_NO_STORE, (b"content-length", b""), _JSON])[4:]
+        self._get = static.get
+        self._token_path = f"{base}/token"
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,7 +232,9 @@ class HotPaths:
                 return
         await self.app(scope, receive, send)
 
-    async def _answer_get(self, scope: Scope, send: Send, static: Callable[[], _Static]) -> bool:
+    async def _answer_get(
+        self, scope: Scope, send: Send, static: Callable[[], StaticAnswer]
+    ) -> bool:
         start = time.perf_counter()
         if_none_match = None
         for name, value in scope["headers"]:
@@ -270,43 +338,10 @@ class HotPaths:
         await response(scope, no_body, with_headers)
         return response.status_code
 
-    # -- telemetry -----------------------------------------------------------------------
     def _record(self, scope: Scope, status: int, start: float) -> None:
-        """What telemetry.AccessLogMiddleware records for a request (its route label is the
-        route's full path, which for these exact paths is the path)."""
-        elapsed = time.perf_counter() - start
-        path: str = scope["path"]
-        method: str = scope["method"]
-        key = (path, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self._requests.labels(path, method, str(status)),
-                self._latency.labels(path),
-            )
-            self._children[key] = children
-        counter: Counter = children[0]
-        histogram: Histogram = children[1]
-        counter.inc()
-        histogram.observe(elapsed)
-        if access_log.isEnabledFor(logging.DEBUG):
-            client = scope.get("client")
-            access_log.debug(
-                "%s %s %d %.1fms",
-                method,
-                path,
-                status,
-                elapsed * 1000,
-                extra={
-                    "fields": {
-                        "method": method,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "remote": client[0] if client else "",
-                    }
-                },
-            )
+        self.static.record(
+            scope["path"], scope["method"], status, time.perf_counter() - start, scope.get("client")
+        )
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -25,7 +25,7 @@ from portcullis.issuer import Issuer, create_issuer, parse_config
 from portcullis.storage.memory import MemoryStorage
 from portcullis.telemetry import Metrics
 from portcullis.web.app import client_ip_resolver, web_app
-from portcullis.web.hot_paths import HotPaths, parse_form
+from portcullis.web.hot_paths import HotPaths, StaticAnswers, parse_form
 from portcullis.web.pages import Pages
 from starlette.datastructures import Headers
 from starlette.formparsers import FormParser
@@ -311,8 +311,12 @@ async def test_the_hot_answers_never_reach_the_app(apps: Apps) -> None:
         base=config.issuer_path,
         provider=issuer.provider,
         ip_resolver=client_ip_resolver(config),
-        metrics=Metrics(),
-        security_headers={"X-Frame-Options": "DENY"},
+        static=StaticAnswers(
+            base=config.issuer_path,
+            provider=issuer.provider,
+            metrics=Metrics(),
+            security_headers={"X-Frame-Options": "DENY"},
+        ),
         storage_unavailable=app_must_not_run,
     )
     for path in PATHS:
