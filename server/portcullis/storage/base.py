@@ -120,6 +120,21 @@ class Storage(ABC):
             self.create_refresh_token(family)
         return code, family
 
+    async def exchange_auth_code_async(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """``exchange_auth_code`` for a caller on the event loop (see
+        ``rotate_refresh_token_async``): a worker thread by default."""
+        from anyio import to_thread  # the event-loop side only
+
+        return await to_thread.run_sync(
+            self.exchange_auth_code, code_id, now, client_id, start_family
+        )
+
     @abstractmethod
     def delete_auth_code(self, code_id: str) -> None: ...
 

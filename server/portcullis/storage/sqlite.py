@@ -372,6 +372,51 @@ class SQLiteStorage(SQLStorage):
         consumed when it fails, as the base class documents."""
         if self._in_memory:
             return super().exchange_auth_code(code_id, now, client_id, start_family)
+        run, outcome = self._exchange_item(code_id, now, client_id, start_family)
+        self._group_commit(run)
+        if not outcome:
+            self._code_not_consumed(code_id, client_id)
+        return self._exchanged(outcome[0])
+
+    async def exchange_auth_code_async(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """The same group-commit item, awaited (see ``_group_commit_async``)."""
+        if self._in_memory:
+            return await super().exchange_auth_code_async(code_id, now, client_id, start_family)
+        run, outcome = self._exchange_item(code_id, now, client_id, start_family)
+        await self._group_commit_async(run)
+        if not outcome:
+            from anyio import to_thread  # the event-loop side only
+
+            await to_thread.run_sync(self._code_not_consumed, code_id, client_id)
+        return self._exchanged(outcome[0])
+
+    @staticmethod
+    def _exchanged(
+        outcome: tuple[AuthCode, RefreshToken | None, Exception | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        code, family, error = outcome
+        if error is not None:
+            raise error
+        return code, family
+
+    def _exchange_item(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[
+        Callable[[sqlite3.Connection], None],
+        list[tuple[AuthCode, RefreshToken | None, Exception | None]],
+    ]:
+        """The group-commit item of a code exchange, and the list it leaves its outcome in
+        (empty: the code was not consumed)."""
         consume = self._statements.get(CONSUME_CODE)
         insert = self._statements.get(INSERT_REFRESH)
         consume_args = consume.parameters({"p_id": code_id, "p_now": now, "p_client": client_id})
@@ -401,13 +446,7 @@ class SQLiteStorage(SQLStorage):
                     conn.execute("RELEASE family")
             outcome.append((code, family, None))
 
-        self._group_commit(run)
-        if not outcome:
-            self._code_not_consumed(code_id, client_id)
-        code, family, error = outcome[0]
-        if error is not None:
-            raise error
-        return code, family
+        return run, outcome
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The process's one driver connection for group commits (used under _writer())."""

@@ -1,11 +1,13 @@
 """The refresh_token grant (RFC 6749 §6): a new token set for a live refresh family.
 
-Three steps, so that only the upstream call runs on the event loop: look the family up (worker
-thread; a replayed or expired token ends the family there), re-check the user with the
-connector when it can refresh (upstream I/O, on the loop; a refusal ends the family, so upstream
-removals and group changes bite; skipped for a retry with the previous secret, which repeats the
-last rotation), then rotate and sign (worker thread). The rotation rules
-themselves live in ``portcullis.oidc.refresh``.
+First the common case, on the event loop: a current secret of a family whose connector needs
+no upstream re-check rotates in one awaited storage statement, and the JWTs are signed on the
+loop (no worker-thread hand-off). Otherwise three steps, so that only the upstream call runs on
+the event loop: look the family up (worker thread; a replayed or expired token ends the family
+there), re-check the user with the connector when it can refresh (upstream I/O, on the loop; a
+refusal ends the family, so upstream removals and group changes bite; skipped for a retry with
+the previous secret, which repeats the last rotation), then rotate and sign (worker thread).
+The rotation rules themselves live in ``portcullis.oidc.refresh``.
 """
 
 from __future__ import annotations
