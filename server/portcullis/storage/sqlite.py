@@ -510,7 +510,7 @@ class SQLiteStorage(SQLStorage):
             if self._closing:
                 raise StorageError(f"sqlite3 {self.path}: storage is closed")
             self._pending.append(_Pending(run, future))
-            if self._committer is None:
+            if self._committer is None or not self._committer.is_alive():
                 self._committer = threading.Thread(
                     target=self._commit_loop, name="sqlite-group-commit", daemon=True
                 )
