@@ -788,13 +788,19 @@ def postgres_cluster(needed: bool) -> Iterator[Any]:
         cluster.stop()
 
 
-def storage_for(backend: str, directory: Path, cluster: Any, tag: str) -> dict[str, Any]:
+def storage_for(
+    backend: str, directory: Path, cluster: Any, tag: str, pg_max_open_conns: int = 0
+) -> dict[str, Any]:
     if backend == "memory":
         return {"type": "memory"}
     if backend == "sqlite":
         return {"type": "sqlite3", "config": {"file": str(directory / f"{tag}.db")}}
     name = cluster.create_database(template=None)
-    return {"type": "postgres", "config": cluster.config(name)}
+    config = dict(cluster.config(name))
+    if pg_max_open_conns:
+        config["maxOpenConns"] = pg_max_open_conns
+        config["maxIdleConns"] = pg_max_open_conns
+    return {"type": "postgres", "config": config}
 
 
 def postmaster_pid(cluster: Any) -> int:
@@ -947,6 +953,12 @@ def main() -> int:
         "--endpoints", default=",".join(ENDPOINTS), help=f"subset of {','.join(ENDPOINTS)}"
     )
     parser.add_argument("--backends", default=",".join(BACKENDS), help="memory,sqlite,postgres")
+    parser.add_argument(
+        "--pg-max-open-conns",
+        type=int,
+        default=0,
+        help="PostgreSQL pool per worker (maxOpenConns = maxIdleConns); 0: the default (5)",
+    )
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     parser.add_argument("--note", default="", help="a line recorded with the figures")
     parser.add_argument(
@@ -996,7 +1008,9 @@ def main() -> int:
         try:
             for setup, served in plan(endpoints, backends):
                 tag = f"{setup.backend}-{setup.algorithm}-{int(setup.rotation)}"
-                storage = storage_for(setup.backend, directory, cluster, tag)
+                storage = storage_for(
+                    setup.backend, directory, cluster, tag, args.pg_max_open_conns
+                )
                 db_root = postmaster_pid(cluster) if setup.backend == "postgres" else None
                 print(
                     f"== Portcullis {setup.backend}, {setup.algorithm}, "
@@ -1027,7 +1041,13 @@ def main() -> int:
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{args.duration:g}s, {args.rounds} "
         f"interleaved round(s), medians; Portcullis `serve --workers {args.workers}` (1 worker "
         "on the memory backend, which cannot be shared), sqlite synchronous=FULL (WAL), "
-        "PostgreSQL 15 with fsync on; node-oidc-provider in one process with an O(1) memory "
+        "PostgreSQL 15 with fsync on"
+        + (
+            f" and a pool of {args.pg_max_open_conns} connections per worker"
+            if args.pg_max_open_conns
+            else ""
+        )
+        + "; node-oidc-provider in one process with an O(1) memory "
         "adapter; storage-free endpoints measured once, on the first shared backend"
     )
     note = args.note

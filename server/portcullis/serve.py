@@ -163,6 +163,11 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+# Seconds; see run_worker. Measured with bench.run (refresh, sqlite): 5 ms (the default)
+# against 0.5 ms, see bench/README.md, "Thread hand-offs".
+WORKER_SWITCH_INTERVAL = 0.0005
+
+
 def run_worker(
     config: Config,
     listeners: list[Listener],
@@ -177,6 +182,11 @@ def run_worker(
 
     ``admin_api``: whether this process also serves grpc.addr (only one process does).
     ``metrics_dir``: where the workers of one server share their metric values."""
+    # A thread waiting for the GIL (SQLite's committer between two statements of a group
+    # commit, a worker thread back from a syscall) waits this long before the event loop must
+    # let it in; CPython's default of 5 ms, paid at every GIL hand-off of a group commit that
+    # holds the cross-process write lock, showed up as idle cores and a longer tail.
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     if metrics_dir:
         share_metrics_between_workers(metrics_dir)
     try:

@@ -487,6 +487,22 @@ class RefreshStore:
         family_id, secret = parsed
         return self._rotate_in_one_statement(family_id, secret, client, connector_ids, None)
 
+    async def rotate_current_async(
+        self, value: str, client: Client, connector_ids: tuple[str, ...]
+    ) -> tuple[RefreshToken, Rotated] | None:
+        """``rotate_current`` awaited on the event loop: the storage statement is awaited
+        (``Storage.rotate_refresh_token_async``) instead of run in a worker thread, so the
+        common refresh needs no thread hand-off of its own."""
+        parsed = parse_refresh_token(value)
+        if parsed is None:
+            raise MalformedRefreshTokenError()
+        family_id, secret = parsed
+        rotation, successor = self._one_statement_rotation(
+            family_id, secret, client, connector_ids, None
+        )
+        family = await self._storage.rotate_refresh_token_async(rotation)
+        return None if family is None else (family, Rotated(successor))
+
     def _rotate_in_one_statement(
         self,
         family_id: str,
@@ -496,6 +512,21 @@ class RefreshStore:
         identity: Identity | None,
     ) -> tuple[RefreshToken, Rotated] | None:
         """``rotate_family`` for a current secret, as ``Storage.rotate_refresh_token``."""
+        rotation, successor = self._one_statement_rotation(
+            family_id, secret, client, connector_ids, identity
+        )
+        family = self._storage.rotate_refresh_token(rotation)
+        return None if family is None else (family, Rotated(successor))
+
+    def _one_statement_rotation(
+        self,
+        family_id: str,
+        secret: str,
+        client: Client,
+        connector_ids: tuple[str, ...],
+        identity: Identity | None,
+    ) -> tuple[RefreshRotation, str]:
+        """The rotation of a current secret, and the successor secret it issues."""
         now = self._clock.now()
         policy = self.policy
         if policy.disable_rotation:
@@ -504,25 +535,23 @@ class RefreshStore:
             successor = new_secret()
             new_hash = digest(successor)
             sealed = seal_successor(secret, family_id, successor)
-        family = self._storage.rotate_refresh_token(
-            RefreshRotation(
-                family_id=family_id,
-                presented_hash=digest(secret),
-                client_id=client.id,
-                connector_ids=connector_ids,
-                now=now,
-                new_token_hash=new_hash,
-                successor_sealed=sealed,
-                absolute_lifetime=(
-                    client.refresh_token_absolute_lifetime or policy.absolute_lifetime or 0.0
-                ),
-                idle_deadline=(
-                    now + policy.valid_if_not_used_for if policy.valid_if_not_used_for else 0.0
-                ),
-                identity=identity,
-            )
+        rotation = RefreshRotation(
+            family_id=family_id,
+            presented_hash=digest(secret),
+            client_id=client.id,
+            connector_ids=connector_ids,
+            now=now,
+            new_token_hash=new_hash,
+            successor_sealed=sealed,
+            absolute_lifetime=(
+                client.refresh_token_absolute_lifetime or policy.absolute_lifetime or 0.0
+            ),
+            idle_deadline=(
+                now + policy.valid_if_not_used_for if policy.valid_if_not_used_for else 0.0
+            ),
+            identity=identity,
         )
-        return None if family is None else (family, Rotated(successor))
+        return rotation, successor
 
     def rotate(self, client: Client, presented: Presented, identity: Identity) -> RotationOutcome:
         """Apply ``rotate_family`` atomically to the family as stored now (another worker or

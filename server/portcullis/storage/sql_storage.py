@@ -437,6 +437,14 @@ class SQLStorage(Storage):
         )
 
     def rotate_refresh_token(self, rotation: RefreshRotation) -> RefreshToken | None:
+        statement = self._rotation(rotation)
+        if statement is None:
+            return None
+        row = self._hot_statement(statement[0], t.refresh_tokens, statement[1], write=True)
+        return None if row is None else self._refresh_token_from(row)
+
+    def _rotation(self, rotation: RefreshRotation) -> tuple[sa.Executable, dict[str, Any]] | None:
+        """The rotation statement and its parameters; None when it cannot match anything."""
         if not rotation.presented_hash or not rotation.connector_ids:
             return None
         stmt = _rotation_statement(
@@ -463,8 +471,25 @@ class SQLStorage(Storage):
                 rows.REFRESH_TOKENS, rotation.family_id, rotation.identity.connector_data
             )
         params.update((f"p_c{i}", c) for i, c in enumerate(rotation.connector_ids))
-        row = self._hot_statement(stmt, t.refresh_tokens, params, write=True)
+        return stmt, params
+
+    async def rotate_refresh_token_async(self, rotation: RefreshRotation) -> RefreshToken | None:
+        statement = self._rotation(rotation)
+        if statement is None:
+            return None
+        row = await self._hot_write_async(statement[0], t.refresh_tokens, statement[1])
         return None if row is None else self._refresh_token_from(row)
+
+    async def _hot_write_async(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """``_hot_statement(..., write=True)`` awaited from the event loop: in a worker thread
+        here; SQLite queues it for its group commit instead."""
+        from anyio import to_thread  # the event-loop side only
+
+        return await to_thread.run_sync(
+            lambda: self._hot_statement(stmt, table, params, write=True)
+        )
 
     def delete_refresh_token(self, token_id: str) -> None:
         self._delete(t.refresh_tokens, t.refresh_tokens.c.id, token_id)

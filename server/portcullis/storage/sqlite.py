@@ -27,6 +27,7 @@ What makes it fast on the token paths (a refresh, a code exchange):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -64,15 +65,33 @@ _LOCK_POLL_FIRST, _LOCK_POLL_MAX = 0.0001, 0.001
 
 
 class _Pending:
-    """One statement waiting for a group commit, and what became of it."""
+    """One statement waiting for a group commit, and what became of it. ``future`` is set
+    for a caller awaiting it on an event loop (``_group_commit_async``)."""
 
-    __slots__ = ("done", "error", "result", "run")
+    __slots__ = ("done", "error", "future", "result", "run")
 
-    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(
+        self,
+        run: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any] | None = None,
+    ) -> None:
         self.run = run
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+        self.future = future
+
+
+def _settle(batch: list[_Pending]) -> None:
+    """Hand committed statements' outcomes to their awaiting callers (on their loop)."""
+    for pending in batch:
+        future = pending.future
+        if future is None or future.done():  # a caller that went away (cancelled)
+            continue
+        if pending.error is not None:
+            future.set_exception(pending.error)
+        else:
+            future.set_result(pending.result)
 
 
 def _execute(
@@ -175,7 +194,17 @@ class SQLiteStorage(SQLStorage):
         )
         self._write_lock = threading.Lock()
         self._pending: list[_Pending] = []
-        self._pending_lock = threading.Lock()
+        # Guards _pending and _leading; followers of a group commit wait on it (see
+        # _group_commit) instead of queueing for the write lock and the lock file.
+        pending_lock = threading.Lock()
+        self._pending_changed = threading.Condition(pending_lock)
+        self._leading = False
+        # The committer thread (started on the first awaited statement) leads group commits
+        # for callers on an event loop, which wait on a future instead of in a thread of
+        # their own; it waits on this condition for work.
+        self._commit_wanted = threading.Condition(pending_lock)
+        self._committer: threading.Thread | None = None
+        self._closing = False
         # Opened here, in the process that uses it: flock excludes open file descriptions,
         # and a description inherited over fork would be shared with the parent.
         self._lock_fd = -1 if self._in_memory else self._open_lock_file()
@@ -343,6 +372,51 @@ class SQLiteStorage(SQLStorage):
         consumed when it fails, as the base class documents."""
         if self._in_memory:
             return super().exchange_auth_code(code_id, now, client_id, start_family)
+        run, outcome = self._exchange_item(code_id, now, client_id, start_family)
+        self._group_commit(run)
+        if not outcome:
+            self._code_not_consumed(code_id, client_id)
+        return self._exchanged(outcome[0])
+
+    async def exchange_auth_code_async(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        """The same group-commit item, awaited (see ``_group_commit_async``)."""
+        if self._in_memory:
+            return await super().exchange_auth_code_async(code_id, now, client_id, start_family)
+        run, outcome = self._exchange_item(code_id, now, client_id, start_family)
+        await self._group_commit_async(run)
+        if not outcome:
+            from anyio import to_thread  # the event-loop side only
+
+            await to_thread.run_sync(self._code_not_consumed, code_id, client_id)
+        return self._exchanged(outcome[0])
+
+    @staticmethod
+    def _exchanged(
+        outcome: tuple[AuthCode, RefreshToken | None, Exception | None],
+    ) -> tuple[AuthCode, RefreshToken | None]:
+        code, family, error = outcome
+        if error is not None:
+            raise error
+        return code, family
+
+    def _exchange_item(
+        self,
+        code_id: str,
+        now: float,
+        client_id: str,
+        start_family: Callable[[AuthCode], RefreshToken | None],
+    ) -> tuple[
+        Callable[[sqlite3.Connection], None],
+        list[tuple[AuthCode, RefreshToken | None, Exception | None]],
+    ]:
+        """The group-commit item of a code exchange, and the list it leaves its outcome in
+        (empty: the code was not consumed)."""
         consume = self._statements.get(CONSUME_CODE)
         insert = self._statements.get(INSERT_REFRESH)
         consume_args = consume.parameters({"p_id": code_id, "p_now": now, "p_client": client_id})
@@ -372,13 +446,7 @@ class SQLiteStorage(SQLStorage):
                     conn.execute("RELEASE family")
             outcome.append((code, family, None))
 
-        self._group_commit(run)
-        if not outcome:
-            self._code_not_consumed(code_id, client_id)
-        code, family, error = outcome[0]
-        if error is not None:
-            raise error
-        return code, family
+        return run, outcome
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The process's one driver connection for group commits (used under _writer())."""
@@ -391,28 +459,101 @@ class SQLiteStorage(SQLStorage):
 
         With ``synchronous=FULL`` every commit waits for an fsync (a few ms on this machine's
         disks), so one commit per refresh caps a server at a few hundred refreshes a second.
-        Statements that arrive while another commit is in progress queue up; whichever thread
-        becomes the writer next runs ALL queued statements in one transaction and one fsync,
-        and each caller returns only after that commit, so durability is that of FULL. Each
-        statement runs in a savepoint of its own, so one that fails (a duplicate key) is rolled
-        back alone and its caller alone gets the error; when the commit itself fails, every
-        statement of the group fails with it (no partial commit)."""
+        Statements that arrive while another commit is in progress queue up; when that commit
+        ends, one waiting thread becomes the leader, takes the writer lock and runs ALL queued
+        statements in one transaction and one fsync, and each caller returns only after the
+        commit holding its statement, so durability is that of FULL. Each statement runs in a
+        savepoint of its own, so one that fails (a duplicate key) is rolled back alone and its
+        caller alone gets the error; when the commit itself fails, every statement of the group
+        fails with it (no partial commit).
+
+        Followers wait on a condition, not on the writer lock: a thread whose statement another
+        thread committed returns at once, without taking the write lock and the lock file in
+        turn (which made every member of a group queue behind the other process's writer
+        before it could return, and polled the lock file while it did)."""
         mine = _Pending(run)
-        with self._pending_lock:
+        batch: list[_Pending] = []
+        with self._pending_changed:
             self._pending.append(mine)
-        with self._writer():
-            if not mine.done:
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                try:
-                    self._commit_group(batch)
-                finally:
-                    for pending in batch:
-                        pending.done = True
+            while self._leading and not mine.done:
+                self._pending_changed.wait()
+            if not mine.done:  # no commit in progress and ours not committed: lead the next
+                self._leading = True
+                batch, self._pending = self._pending, []
+        if batch:
+            self._lead(batch)
         if mine.error is not None:
             raise mine.error
         result: M = mine.result
         return result
+
+    async def _hot_write_async(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        if self._in_memory:
+            return await super()._hot_write_async(stmt, table, params)
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
+        row: Mapping[str, Any] | None = await self._group_commit_async(
+            lambda conn: _execute(conn, compiled, args, table)
+        )
+        return row
+
+    async def _group_commit_async(self, run: Callable[[sqlite3.Connection], M]) -> M:
+        """``_group_commit`` for a caller on an event loop: the statement joins the queue and
+        the caller awaits a future, set (on its loop) once the commit holding the statement
+        returned — the same durability, without a worker thread per request. The committer
+        thread leads the group commits that such statements need; threads calling
+        ``_group_commit`` still lead or follow as before, and settle whatever they commit."""
+        future: asyncio.Future[M] = asyncio.get_running_loop().create_future()
+        with self._pending_changed:
+            if self._closing:
+                raise StorageError(f"sqlite3 {self.path}: storage is closed")
+            self._pending.append(_Pending(run, future))
+            if self._committer is None or not self._committer.is_alive():
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="sqlite-group-commit", daemon=True
+                )
+                self._committer.start()
+            self._commit_wanted.notify()
+        return await future
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._pending_changed:
+                while self._leading or not self._pending:
+                    if self._closing and not self._pending:
+                        return
+                    self._commit_wanted.wait()
+                self._leading = True
+                batch, self._pending = self._pending, []
+            self._lead(batch)
+
+    def _lead(self, batch: list[_Pending]) -> None:
+        """Commit ``batch`` as its leader (``_leading`` is set), then release every member."""
+        try:
+            with self._writer():
+                self._commit_group(batch)
+        except BaseException as exc:  # the writer lock timed out: the whole group fails
+            for pending in batch:
+                if pending.error is None:
+                    pending.error = exc
+        finally:
+            awaited: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+            with self._pending_changed:
+                for pending in batch:
+                    pending.done = True
+                    if pending.future is not None:
+                        awaited.setdefault(pending.future.get_loop(), []).append(pending)
+                self._leading = False
+                self._pending_changed.notify_all()
+                if self._pending:  # queued meanwhile: the committer leads if no thread does
+                    self._commit_wanted.notify()
+            for loop, members in awaited.items():
+                # One wake-up of each loop for the whole group; a closed loop (RuntimeError)
+                # has nobody waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, members)
 
     def _commit_group(self, batch: list[_Pending]) -> None:
         try:
@@ -470,6 +611,12 @@ class SQLiteStorage(SQLStorage):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
+        with self._pending_changed:
+            self._closing = True
+            self._commit_wanted.notify_all()
+            committer = self._committer
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()  # commits what is still queued first
         with self._raw_lock:
             raw, self._raw_all, self._raw_idle = self._raw_all, [], []
         for conn in raw:

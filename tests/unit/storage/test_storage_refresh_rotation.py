@@ -4,6 +4,7 @@ the family once (runs once per backend)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -169,3 +170,24 @@ def test_denials_that_expired_or_predate_the_family_do_not_matter(
     storage.deny_subject("client", "example-app", family.created_at - 1, USED_AT + 60)
     storage.deny_subject("group", "admins", family.created_at + 5, USED_AT - 1)
     assert storage.rotate_refresh_token(_rotation()) is not None
+
+
+def test_awaited_rotation_rotates_once(storage: Storage, family: RefreshToken) -> None:
+    """``rotate_refresh_token_async`` (what the grant awaits on the event loop) is the same
+    statement: of eight concurrent uses of one secret exactly one rotates, and it is stored
+    when its caller resumes."""
+
+    async def use_eight_times() -> list[RefreshToken | None]:
+        return list(
+            await asyncio.gather(
+                *(storage.rotate_refresh_token_async(_rotation()) for _ in range(8))
+            )
+        )
+
+    results = asyncio.run(use_eight_times())
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].token_hash == NEW
+    assert winners[0].obsolete_token_hash == CURRENT
+    assert storage.get_refresh_token("rt-1").token_hash == NEW
+    assert asyncio.run(storage.rotate_refresh_token_async(_rotation(family_id="absent"))) is None

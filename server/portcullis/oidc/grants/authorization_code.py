@@ -8,9 +8,9 @@ is revoked (RFC 6749 §4.1.2) before the refusal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from anyio import to_thread
 
@@ -43,10 +43,25 @@ class AuthorizationCodeGrant:
         self._clock = clock
 
     async def handle(self, request: TokenRequest) -> dict[str, Any]:
-        # Consuming the code, creating the refresh family and signing all touch storage.
-        return await to_thread.run_sync(self.exchange, request)
+        """On the event loop: the storage call is awaited (on SQLite it joins the group commit
+        without a worker thread of its own) and the JWTs are signed here; only the rare
+        replay handling runs in a worker thread."""
+        start_family, checked, code_value, now = self._exchange_steps(request)
+        try:
+            code, _ = await self._storage.exchange_auth_code_async(
+                code_value, now, request.client.id, start_family
+            )
+        except CodeReplayedError as replay:
+            await to_thread.run_sync(self._refresh_after_replay, replay)
+        except (NotFoundError, CodeClientMismatchError) as exc:
+            self._refuse(exc)
+        return self._respond(request.client, code, checked[0])
 
-    def exchange(self, request: TokenRequest) -> dict[str, Any]:
+    def _exchange_steps(
+        self, request: TokenRequest
+    ) -> tuple[Callable[[AuthCode], RefreshToken | None], list[_Checked], str, float]:
+        """What the storage call needs: the family builder (which runs the checks), the list
+        it leaves its result in, the code and the time."""
         client, form = request.client, request.form
         code_value = form.get("code", "")
         if not code_value:
@@ -73,22 +88,26 @@ class AuthorizationCodeGrant:
             checked.append(_Checked(resources_[1], family))
             return None if family is None else family[0]
 
-        try:
-            # The client condition is checked in the consuming transaction: a code presented
-            # by another client is refused without being burnt for the client it belongs to.
-            # Consuming it and starting its refresh family are one storage call: on SQLite
-            # one commit to wait for instead of two.
-            code, _ = self._storage.exchange_auth_code(code_value, now, client.id, start_family)
-        except NotFoundError:
-            raise invalid_grant("the authorization code is invalid or expired") from None
-        except CodeClientMismatchError:
+        # The client condition is checked in the consuming transaction: a code presented by
+        # another client is refused without being burnt for the client it belongs to.
+        # Consuming it and starting its refresh family are one storage call: on SQLite one
+        # commit to wait for instead of two.
+        return start_family, checked, code_value, now
+
+    @staticmethod
+    def _refuse(exc: Exception) -> NoReturn:
+        if isinstance(exc, CodeClientMismatchError):
             raise invalid_grant("the authorization code was issued to another client") from None
-        except CodeReplayedError as replay:
-            self._refresh.revoke_code_issue(replay.code.id)
-            raise invalid_grant(
-                "the authorization code was already used; tokens issued from it are revoked"
-            ) from None
-        token_resources, family = checked[0].token_resources, checked[0].family
+        raise invalid_grant("the authorization code is invalid or expired") from None
+
+    def _refresh_after_replay(self, replay: CodeReplayedError) -> NoReturn:
+        self._refresh.revoke_code_issue(replay.code.id)
+        raise invalid_grant(
+            "the authorization code was already used; tokens issued from it are revoked"
+        ) from None
+
+    def _respond(self, client: Client, code: AuthCode, checked: _Checked) -> dict[str, Any]:
+        token_resources, family = checked.token_resources, checked.family
         return self._issuer.response(
             client,
             identity=code.identity,
