@@ -90,8 +90,14 @@ class MemoryAdapter {
 
 // ---- keys, clients, account ----------------------------------------------------------------
 function signingKey(type, options, alg) {
-  const { privateKey } = crypto.generateKeyPairSync(type, options);
-  const jwk = privateKey.export({ format: 'jwk' });
+  // PEM first, JWK from a key object of its own (see tests/node/oidc-peer.mjs: exporting a JWK
+  // from generateKeyPairSync's own key object can deadlock Node 20 in garbage collection).
+  const { privateKey: pem } = crypto.generateKeyPairSync(type, {
+    ...options,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const jwk = crypto.createPrivateKey(pem).export({ format: 'jwk' });
   return { ...jwk, alg, use: 'sig', kid: `${alg.toLowerCase()}-${crypto.randomUUID()}` };
 }
 

@@ -43,9 +43,17 @@ const sharedAdapter = createMemoryAdapter(0);
 let mutation = null;
 let refreshDelayMs = 0;
 
+// Generated as PEM, then exported as a JWK from a key object of its own: exporting the JWK
+// straight from generateKeyPairSync's key object can deadlock Node 20 for good (seen here:
+// a garbage collection inside ExportJWKRsaKey runs the finished key-generation job's destructor,
+// which waits for the mutex the export holds), and the peer never prints READY.
 function newKey() {
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = privateKey.export({ format: 'jwk' });
+  const { privateKey: pem } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const jwk = crypto.createPrivateKey(pem).export({ format: 'jwk' });
   return { ...jwk, kid: crypto.randomBytes(8).toString('hex'), alg: 'RS256', use: 'sig' };
 }
 

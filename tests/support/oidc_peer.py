@@ -28,6 +28,7 @@ import ipaddress
 import json
 import re
 import secrets
+import selectors
 import ssl
 import subprocess
 import time
@@ -255,11 +256,17 @@ def start_oidc_peer(
     assert process.stdout is not None
     deadline = time.monotonic() + _START_TIMEOUT_S
     line = b""
-    # The script prints exactly one line once it listens; readline blocks until then or EOF.
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith(b"READY ") or not line:
-            break
+    # The script prints exactly one line once it listens. Wait for it with a deadline, not a
+    # bare readline: a peer that hangs before listening must fail this fixture with its log,
+    # not hold the test until pytest-timeout kills it.
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if line.startswith(b"READY ") or not line:
+                break
     if not line.startswith(b"READY "):
         process.kill()
         process.wait(timeout=10)
