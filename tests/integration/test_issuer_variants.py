@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -522,6 +524,41 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(start_issuer: StartIssuer
         thread.join(30)
     assert outcomes.count("200") >= 4, outcomes
     assert all(o in ("200", "not accepted") for o in outcomes), outcomes
+
+
+def test_a_connection_accepted_before_sigterm_still_gets_its_answer(
+    start_issuer: StartIssuer,
+) -> None:
+    """A client that connected just before SIGTERM and sends its request a moment later (its
+    request was on the wire) gets the answer, with ``connection: close`` — not a connection
+    closed under it, which clients report as "server disconnected without a response" for a
+    request the server had in fact accepted. An idle keep-alive connection is still closed at
+    once (Go's http.Server.Shutdown treats new and idle connections the same way)."""
+    issuer = start_issuer()
+    host = "127.0.0.1"
+    fresh = socket.create_connection((host, issuer.web_port), timeout=10)
+    idle = socket.create_connection((host, issuer.web_port), timeout=10)
+    request = (
+        f"GET {urlsplit(issuer.url('/.well-known/openid-configuration')).path} HTTP/1.1\r\n"
+        f"Host: {host}:{issuer.web_port}\r\n\r\n"
+    ).encode()
+    idle.sendall(request)
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # served, now idle keep-alive
+    time.sleep(0.2)  # both accepted by the server
+    assert issuer.proc is not None
+    issuer.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # the server is draining
+    fresh.sendall(request)
+    answer = b""
+    while chunk := fresh.recv(65536):
+        answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200"), answer[:200]
+    assert b"connection: close" in head
+    assert idle.recv(65536) == b""  # closed by the drain, nothing half-sent
+    fresh.close()
+    idle.close()
+    assert issuer.stop() == 0
 
 
 def test_changing_the_signing_algorithm_takes_effect_at_the_next_start(

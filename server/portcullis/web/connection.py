@@ -59,6 +59,11 @@ CORK_LIMIT = 64 * 1024
 
 #: Seconds a refused connection keeps reading (and discarding) before it is closed.
 LINGER = 1.0
+# At shutdown, how long a connection accepted but not yet sent its first request may still send
+# it (Go's http.Server.Shutdown waits for such "new" connections too). A client that connected
+# just before SIGTERM has its request on the wire; closing that connection at once would turn
+# an accepted request into "server disconnected without a response".
+NEW_CONNECTION_GRACE = 1.0
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -157,6 +162,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._host_count = 0
         self._host_empty = False
+        # Set once any request byte arrived: a connection without one is "new" at shutdown.
+        self._used = False
+        self._draining = False
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -174,9 +182,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """The server is draining. An idle keep-alive connection closes at once and a busy one
+        after its response (uvicorn's behaviour); a new one (no request byte yet) gets
+        ``NEW_CONNECTION_GRACE`` to send its request, which is then answered with
+        ``connection: close``."""
+        self._draining = True
+        cycle: object | None = self.cycle  # uvicorn types it non-optional; None until a request
+        if self._used or cycle is not None or self.transport.is_closing():
+            super().shutdown()
+            return
+        self.loop.call_later(min(NEW_CONNECTION_GRACE, self.bounds.idle), self._close_if_new)
+
+    def _close_if_new(self) -> None:
+        if not self._used and not self.transport.is_closing():
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         if self._phase == "refused":
             return  # lingering: read and discard until the close
+        self._used = True
         self._unset_keepalive_if_required()
         if self._phase == "idle":
             self._phase = "head"
@@ -243,6 +268,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return  # no body follows: the message completes in this same parser call
         self._arm(self.bounds.read_body, self._body_timed_out)
         super().on_headers_complete()
+        if self._draining:
+            self.cycle.keep_alive = False  # the last request on a draining connection
 
     def on_message_complete(self) -> None:
         self._phase = "idle"
@@ -292,7 +319,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             path,
             answer,
             if_none_match,
-            parser.should_keep_alive(),
+            parser.should_keep_alive() and not self._draining,
             time.perf_counter(),
         )
         return True
