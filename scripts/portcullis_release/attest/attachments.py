@@ -66,7 +66,7 @@ def read_attachments(root: Path) -> list[Attachment]:
         tag = desc.annotations.get(oci.REF_NAME)
         # image-<arch>: a platform image of a multi-architecture release (ReleasePlan).
         known = role in ("image", "chart", "plugin") or (role or "").startswith("image-")
-        if not known or not tag:
+        if role is None or not known or not tag:
             raise oci.OciError(f"{root}: manifest {desc.digest} lacks its role or tag annotation")
         out.append(Attachment(role, tag, layers_of(art)))
     return out
