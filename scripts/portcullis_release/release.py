@@ -369,9 +369,9 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 result = verifier.verify(Reference.parse(f"{ref}@{digest}"))
                 notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
                 summary.rows.append((role, str(ref), digest, _artifact_size(plan, role), notes))
+                by_digest = {plan.artifact_for(r).digest: r for r in plan.platform_roles()}
                 for child in result.platforms:
-                    arch = child.platform.split("/")[1]
-                    size = _artifact_size(plan, plan.platform_role(arch))
+                    size = _artifact_size(plan, by_digest[child.digest])
                     summary.rows.append(
                         (
                             f"image {child.platform}",

@@ -12,16 +12,20 @@ image must fail it (and cosign) even though the index itself is intact.
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from portcullis_release import cli, oci
+import yaml
+from portcullis_release import REPO_ROOT, cli, manifest, oci
 from portcullis_release.attest import cosign_format, provenance
 from portcullis_release.distribute.publish import Publisher, publish_plan
 from portcullis_release.distribute.registry import RegistryClient, RegistryError
+from portcullis_release.release import ReleaseOptions, run_release
 from portcullis_release.verify.verifier import VerificationError
+from rich.console import Console
 
 from tests.release.conftest import (
     BUILDER_ID,
@@ -295,3 +299,55 @@ def test_an_index_is_refused_before_its_images_are_pushed(
         with pytest.raises(RegistryError, match=r"linux/arm64/v8.*push the platform images"):
             pub.upload(plan.image_ref.repository, plan.image)
         assert c.manifest_digest(plan.image_ref.repository, plan.image.digest) is None
+
+
+def test_make_release_on_the_index_pins_it_and_lists_both_architectures(
+    multi_inputs: SyntheticRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole release (local registry, throwaway key) on an index layout: the manifest and
+    the Flux values pin the index digest, the summary has a verified row per platform."""
+    for name in ("REGISTRY", "AUTH_FILE", "COSIGN_KEY", "COSIGN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    release_dir = tmp_path / "dist" / "release"
+    options = ReleaseOptions(
+        image=multi_inputs.image_dir,
+        chart_dir=multi_inputs.chart.parent,
+        release_dir=release_dir,
+        manifest=REPO_ROOT / "release" / "manifest.yaml",
+        flux_dir=tmp_path / "untouched-flux",
+        runtime_lock=multi_inputs.runtime_lock,
+        packages_lock=multi_inputs.packages_lock,
+        deb_dir=multi_inputs.deb_dir,
+        tree=tmp_path / "untouched-tree",
+        skip_chart_build=True,
+    )
+    console = Console(record=True, width=400, file=io.StringIO())
+    assert run_release(options, console) == 0, console.export_text()
+    written = manifest.load_manifest(release_dir / "manifest.yaml")
+    plan = multi_inputs.plan(written.image.repository.rsplit("/", 1)[0])
+    assert written.image.digest == plan.image.digest
+    helmrelease = yaml.safe_load((release_dir / "flux" / "helmrelease.yaml").read_text())
+    assert helmrelease["spec"]["values"]["image"]["digest"] == plan.image.digest
+
+    text = console.export_text()
+    for arch in ARCHES:
+        digest = plan.platforms[arch].digest
+        row = next(line for line in text.splitlines() if f"image {PLATFORMS[arch]}" in line)
+        assert digest in row, row
+        assert "MB" in row, row
+    # Index, both images and the chart: each signature and provenance verified; the SBOMs are
+    # the two images' and the chart's.
+    assert text.count("signature: verified") == 4
+    assert text.count("provenance: builder") == 4
+    assert text.count("SBOM: CycloneDX") == 3
+
+
+def test_make_release_refuses_a_missing_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("REGISTRY", "AUTH_FILE", "COSIGN_KEY", "COSIGN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    options = ReleaseOptions(image=tmp_path / "image-multiarch", release_dir=tmp_path / "release")
+    console = Console(record=True, width=400, file=io.StringIO())
+    with pytest.raises(FileNotFoundError, match="make image-multiarch"):
+        run_release(options, console)
