@@ -33,6 +33,7 @@ COSIGN = REPO_ROOT / ".cache" / "cosign" / "usr" / "bin" / "cosign"
 KEY_PASSWORD = "correct horse battery staple"
 BUILDER_ID = "https://example.test/builders/release-tests"
 SOURCE_REPO = "https://example.test/portcullis.git"
+STALE_REVISION = "0123456789abcdef" * 2 + "01234567"
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -210,7 +211,12 @@ def synthetic_multiarch_release(
         files, deb_dir = _platform_inputs(workdir, marker, architecture, lock)
         images.append((architecture, make_image(None, files, version, architecture)))
         every_file.update("/" + p for p in files)
-    index = image.index_artifact(images, {"org.opencontainers.image.version": version})
+    # Built "from another commit" than any checkout: the release must say so.
+    annotations = {
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.revision": STALE_REVISION,
+    }
+    index = image.index_artifact(images, annotations)
     image_dir = workdir / "image-multiarch"
     oci.write_layout(image_dir, index, version)
     chart = make_chart(workdir / "chart" / f"portcullis-{version}.tgz", version, marker=marker)

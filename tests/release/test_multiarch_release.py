@@ -30,6 +30,7 @@ from rich.console import Console
 from tests.release.conftest import (
     BUILDER_ID,
     SOURCE_REPO,
+    STALE_REVISION,
     KeyPair,
     SyntheticRelease,
     cosign_env,
@@ -330,6 +331,7 @@ def test_make_release_on_the_index_pins_it_and_lists_both_architectures(
     assert helmrelease["spec"]["values"]["image"]["digest"] == plan.image.digest
 
     text = console.export_text()
+    assert f"was built from commit {STALE_REVISION}, this checkout is" in text
     for arch in ARCHES:
         digest = plan.platforms[arch].digest
         row = next(line for line in text.splitlines() if f"image {PLATFORMS[arch]}" in line)
