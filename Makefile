@@ -187,8 +187,11 @@ release-test-deps: $(COSIGN)
 
 test: release-test-deps
 
-release: test-venv image
-	$(VENV)/bin/portcullis-release release
+# Publishes the image index of dist/image-multiarch (each platform image signed, attested and
+# SBOM'd under its own digest, the index under the version tag); the arm64 .debs the SBOM reads
+# are in $(IMAGE_CACHE)/debs, where image-multiarch put them.
+release: test-venv image-multiarch
+	$(VENV)/bin/portcullis-release release --image $(IMAGE_MULTIARCH_DIR) --deb-dir $(IMAGE_CACHE)/debs
 
 # pip-compile (pip-tools, in its own venv: it is a locking tool, not a dependency of anything
 # shipped) for `make lock` and `track-upstream --apply`; the --apply test runs it against a

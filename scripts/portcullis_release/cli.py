@@ -418,8 +418,8 @@ def _cmd_sbom(args: argparse.Namespace) -> int:
         packages_lock=args.packages_lock if args.packages_lock.is_file() else None,
         deb_dir=args.deb_dir,
     )
-    path = sbom.write(args.release_dir, "image", sbom.image_bom(plan, inputs))
-    print(f"sbom: {path}")
+    for path in sbom.write_image_sboms(args.release_dir, plan, inputs):
+        print(f"sbom: {path}")
     if plan.chart is not None:
         print(f"sbom: {sbom.write(args.release_dir, 'chart', sbom.chart_bom(plan))}")
     vex_file = release.ReleaseOptions().vex
@@ -536,7 +536,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     print(report.summary())
     for role in plan.roles():
         print(
-            f"{role}: {plan.ref_for(role).with_tag(plan.tag_for(role))}@"
+            f"{role}: {plan.ref_for(role).with_tag(plan.tag_for(role) or None)}@"
             f"{plan.artifact_for(role).digest}"
         )
     return 0
@@ -588,6 +588,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"  manifest and {result.blobs_checked} blobs match their digests")
     for note in result.notes:
         print(f"  {note}")
+    for child in result.platforms:
+        print(f"  {child.platform} {child.digest}")
+        for note in child.notes:
+            print(f"    {note}")
     return 0
 
 
@@ -598,7 +602,9 @@ def _register_verify(sub: Subparsers) -> None:
         "provenance, SBOM",
         description="Exit 0 only if REF's manifest and blobs match their digests, a cosign "
         "signature for exactly that digest verifies with --key, the SLSA provenance verifies and "
-        "matches the policy, and an SBOM for that digest is attached. REF may pin a digest "
+        "matches the policy, and an SBOM for that digest is attached. An image index is "
+        "followed: the index signed and named by the provenance, then every platform image "
+        "signed, a provenance subject and with its own SBOM. REF may pin a digest "
         "(repo:tag@sha256:...) to also detect a moved tag.",
     )
     parser.add_argument("ref", help="host[:port]/repository[:tag][@sha256:...]")

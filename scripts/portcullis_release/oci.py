@@ -250,6 +250,70 @@ def read_layout(root: Path, ref_name: str | None = None) -> Artifact:
     return art
 
 
+def platform_of(entry: Mapping[str, Any]) -> str:
+    """``os/architecture[/variant]`` of an index entry (what ``docker pull --platform`` names),
+    or ``unknown`` when the entry says nothing."""
+    platform = entry.get("platform") or {}
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    named = [str(p) for p in parts if p]
+    return "/".join(named) if len(named) >= 2 else "unknown"
+
+
+def read_index_layout(
+    root: Path, ref_name: str | None = None
+) -> tuple[Artifact, dict[str, Artifact]]:
+    """The image index an OCI layout tags (``ref_name``, or its only entry) and its platform
+    images by architecture, every blob read and checked against its digest.
+
+    The index artifact carries no blobs: a registry receives each platform image (blobs, then
+    manifest by digest) before the index that names them, so they travel as separate artifacts.
+    """
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        raise OciError(f"{root}: not an OCI image layout (no index.json)")
+    index = parse_manifest(index_path.read_bytes(), f"{index_path}")
+    entries = [
+        Descriptor.from_json(m, f"index.json.manifests[{i}]")
+        for i, m in enumerate(index.get("manifests") or [])
+    ]
+    if ref_name is not None:
+        entries = [e for e in entries if e.annotations.get(REF_NAME) == ref_name]
+    if len(entries) != 1 or entries[0].media_type != OCI_INDEX:
+        raise OciError(
+            f"{index_path}: expected exactly one image index, found {len(entries)} entries"
+        )
+    art = Artifact(_read_blob(root, entries[0].digest), OCI_INDEX)
+    images: dict[str, Artifact] = {}
+    for i, child in enumerate(art.manifest_json().get("manifests") or []):
+        where = f"{entries[0].digest}.manifests[{i}]"
+        desc = Descriptor.from_json(child, where)
+        architecture = (child.get("platform") or {}).get("architecture")
+        if not isinstance(architecture, str) or not architecture or architecture in images:
+            raise OciError(f"{where}: platform.architecture is missing or repeated")
+        if desc.media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
+            raise OciError(f"{where}: media type {desc.media_type} is not an image manifest")
+        image = Artifact(_read_blob(root, desc.digest), desc.media_type)
+        for blob in image.descriptors():
+            image.blobs[blob.digest] = _read_blob(root, blob.digest)
+        images[architecture] = image
+    if not images:
+        raise OciError(f"{entries[0].digest}: the image index names no image")
+    return art, images
+
+
+def layout_is_index(root: Path) -> bool:
+    """Whether an OCI layout's (single) entry is an image index rather than one image."""
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        return False
+    entries = parse_manifest(index_path.read_bytes(), f"{index_path}").get("manifests") or []
+    return (
+        len(entries) == 1
+        and isinstance(entries[0], dict)
+        and entries[0].get("mediaType") == OCI_INDEX
+    )
+
+
 def read_layout_all(root: Path) -> list[tuple[Descriptor, Artifact]]:
     """Every image manifest of a layout with its index entry (annotations carry ref names)."""
     index_path = root / "index.json"

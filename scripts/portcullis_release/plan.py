@@ -13,7 +13,7 @@ import datetime as dt
 import io
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -50,7 +50,15 @@ def chart_created(tgz: bytes) -> str:
 
 @dataclass
 class ReleasePlan:
-    """The artefacts of one release and where they go."""
+    """The artefacts of one release and where they go.
+
+    A multi-architecture release (``dist/image-multiarch``) has ``platforms``: each platform
+    image by architecture, and ``image`` is then the image index naming them. The index is what
+    the version tag and every pinned copy (manifest, Flux, chart values) name; each platform image
+    is a role of its own (``image-<arch>``), pushed by digest only, signed and attested under its
+    own digest, because a runtime pulls (and an admission policy checks) the platform image the
+    index resolves to, not the index.
+    """
 
     registry: str
     image: Artifact
@@ -58,16 +66,21 @@ class ReleasePlan:
     chart: Artifact | None = None
     chart_tgz: bytes = b""
     chart_version: str = ""
+    platforms: dict[str, Artifact] = field(default_factory=dict)
 
     @classmethod
     def load(cls, image_dir: Path, chart_tgz: Path | None, registry: str) -> ReleasePlan:
-        image = oci.read_layout(image_dir)
+        platforms: dict[str, Artifact] = {}
+        if oci.layout_is_index(image_dir):
+            image, platforms = oci.read_index_layout(image_dir)
+        else:
+            image = oci.read_layout(image_dir)
         tag = app_version()
         index = json.loads((image_dir / "index.json").read_text())
         names = [m.get("annotations", {}).get(oci.REF_NAME) for m in index.get("manifests", [])]
         if names and names[0] and ":" not in names[0] and "/" not in names[0]:
             tag = names[0]
-        plan = cls(registry.rstrip("/"), image, tag)
+        plan = cls(registry.rstrip("/"), image, tag, platforms=platforms)
         if chart_tgz is not None:
             data = chart_tgz.read_bytes()
             plan.chart_tgz = data
@@ -91,16 +104,38 @@ class ReleasePlan:
         return self.chart_version.replace("+", "_")
 
     def ref_for(self, role: str) -> Reference:
-        return self.image_ref if role == "image" else self.chart_ref
+        return self.chart_ref if role == "chart" else self.image_ref
+
+    @staticmethod
+    def platform_role(architecture: str) -> str:
+        """The role of one platform image of a multi-architecture release."""
+        return f"image-{architecture}"
+
+    def platform_roles(self) -> list[str]:
+        return [self.platform_role(arch) for arch in self.platforms]
 
     def artifact_for(self, role: str) -> Artifact:
         if role == "image":
             return self.image
-        if self.chart is None:
-            raise ValueError("this release has no chart")
-        return self.chart
+        if role == "chart":
+            if self.chart is None:
+                raise ValueError("this release has no chart")
+            return self.chart
+        for arch, image in self.platforms.items():
+            if role == self.platform_role(arch):
+                return image
+        raise ValueError(f"this release has no artefact for role {role!r}")
 
     def roles(self) -> list[str]:
+        """Every artefact the release signs and pushes, in push order: the platform images
+        before the index that names them (a registry refuses an index whose images are
+        missing)."""
+        roles = [*self.platform_roles(), "image"]
+        return [*roles, "chart"] if self.chart is not None else roles
+
+    def top_roles(self) -> list[str]:
+        """The artefacts a user names by tag (the platform images are reached through the
+        index)."""
         return ["image", "chart"] if self.chart is not None else ["image"]
 
     def targets(self) -> dict[str, tuple[str, str]]:
@@ -110,4 +145,7 @@ class ReleasePlan:
         }
 
     def tag_for(self, role: str) -> str:
-        return self.image_tag if role == "image" else self.chart_tag
+        """The tag a role is published under; empty for a platform image (by digest only)."""
+        if role == "image":
+            return self.image_tag
+        return self.chart_tag if role == "chart" else ""

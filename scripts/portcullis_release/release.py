@@ -5,6 +5,12 @@ Reads REGISTRY, AUTH_FILE, COSIGN_KEY and COSIGN_PASSWORD as cosign does. Withou
 starts the throwaway local registry (``distribute.local_registry``); without COSIGN_KEY it makes a
 throwaway key; both are said out loud, and a release made that way stays marked development.
 
+The image is ``dist/image-multiarch`` (``make image-multiarch``): an image index over the
+platform images. Each platform image is pushed, signed and attested (its own SBOM) under its own
+digest, then the index under the version tag; the manifest and every generated copy pin the
+index digest, which a runtime resolves to its node's platform. A single-image layout
+(``--image dist/image``) still releases as before, amd64 only.
+
 This is the only module that knows the order of the stages; the stages never call each other
 back, and the CLI (``cli.py``) only parses arguments and calls :func:`run_release`.
 """
@@ -56,7 +62,8 @@ __all__ = ["ReleaseOptions", "ReleaseSummary", "env", "prepare", "run_release", 
 class ReleaseOptions:
     """Where `make release` reads its inputs and writes its outputs (the CLI's flags)."""
 
-    image: Path = Path("dist/image")
+    # The multi-architecture layout (an image index); a single-image layout releases one image.
+    image: Path = Path("dist/image-multiarch")
     chart_dir: Path = Path("dist/chart")
     release_dir: Path = Path("dist/release")
     manifest: Path = Path("release/manifest.yaml")
@@ -115,7 +122,7 @@ def prepare(
     ``source`` is detected from git in ``source_dir`` when not given; ``vex_file`` (OpenVEX) is
     bound to the image digest and attached to the image beside its SBOM.
     """
-    sbom.write(release_dir, "image", sbom.image_bom(plan, inputs))
+    sbom.write_image_sboms(release_dir, plan, inputs)
     if vex_file is not None:
         bound = vex.for_image(vex.load(vex_file), plan.image_ref.name, plan.image.digest)
         (release_dir / vex.VEX_FILE).write_text(json.dumps(bound, indent=2, sort_keys=True))
@@ -230,6 +237,27 @@ def _artifact_size(plan: ReleasePlan, role: str) -> int:
     return len(artifact.manifest) + sum(len(blob) for blob in artifact.blobs.values())
 
 
+def _check_revision(layout: Path, console: Console) -> None:
+    """Say so when the layout was built from another commit than the one being released (its
+    provenance would name this commit as the source): `make release` rebuilds it first."""
+    index = json.loads((layout / "index.json").read_text())
+    entries = index.get("manifests") or []
+    digest = entries[0].get("digest", "") if entries else ""
+    blob = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    if not digest or not blob.is_file():
+        return
+    built = (json.loads(blob.read_bytes()).get("annotations") or {}).get(
+        "org.opencontainers.image.revision"
+    )
+    head = provenance.SourceInfo.detect(REPO_ROOT).commit
+    if built and head and built != head:
+        console.print(
+            f"[yellow]{layout} was built from commit {built}, this checkout is {head}[/yellow]: "
+            "rebuild it (`make image-multiarch`) so the provenance names the commit it was "
+            "built from"
+        )
+
+
 def run_release(options: ReleaseOptions, console: Console) -> int:
     """`make release`: every step in order, verifying what was published before writing the
     release manifest (a manifest must never pin something that does not verify)."""
@@ -263,7 +291,13 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             else (options.manifest, options.flux_dir)
         )
         with progress.stage(STAGES[0]):
+            if not (options.image / "index.json").is_file():
+                raise FileNotFoundError(
+                    f"{options.image} is not an OCI layout: run `make image-multiarch` (or pass "
+                    "--image dist/image to release the amd64 image alone)"
+                )
             image_plan = ReleasePlan.load(options.image, None, registry)
+            _check_revision(options.image, console)
             man = manifest.load_manifest(options.manifest).with_image(
                 repository=image_plan.image_ref.name,
                 tag=image_plan.image_tag,
@@ -271,8 +305,10 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
             )
             console.print(
                 f"image {image_plan.image_ref.name}:{image_plan.image_tag} "
-                f"{image_plan.image.digest}"
+                f"{image_plan.image.digest}" + (" (image index)" if image_plan.platforms else "")
             )
+            for arch, platform_image in image_plan.platforms.items():
+                console.print(f"  linux/{arch} {platform_image.digest}")
         with progress.stage(STAGES[1]):
             if not options.skip_chart_build:
                 packaged = package_chart(man, output_dir=options.chart_dir)
@@ -323,7 +359,8 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
         # Verified from the registry, by digest, with only the public key: what a user's
         # `portcullis-release verify` does, so a release that passes here verifies there.
         with progress.stage(STAGES[5]), client_for(plan.image_ref, auth_path) as client:
-            for role in plan.roles():
+            # The index's verification follows it into every platform image (each a row).
+            for role in plan.top_roles():
                 # The VEX document describes the image (the chart has no vulnerable code).
                 with_vex = replace(policy, require_vex=role == "image" and vex_file is not None)
                 verifier = Verifier(client, key.public_key(), with_vex)
@@ -332,6 +369,18 @@ def run_release(options: ReleaseOptions, console: Console) -> int:
                 result = verifier.verify(Reference.parse(f"{ref}@{digest}"))
                 notes = [f"{result.blobs_checked} blobs by digest", *result.notes]
                 summary.rows.append((role, str(ref), digest, _artifact_size(plan, role), notes))
+                by_digest = {plan.artifact_for(r).digest: r for r in plan.platform_roles()}
+                for child in result.platforms:
+                    size = _artifact_size(plan, by_digest[child.digest])
+                    summary.rows.append(
+                        (
+                            f"image {child.platform}",
+                            str(child.reference),
+                            child.digest,
+                            size,
+                            child.notes,
+                        )
+                    )
             if plugin is not None:
                 # The binary's own checks too: its sha256 named by the provenance and the SBOM,
                 # and the file this release built is the one the registry now serves.

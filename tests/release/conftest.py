@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from portcullis_release import oci
 from portcullis_release.attest import cosign_keys
+from portcullis_release.build import image
 from portcullis_release.plan import ReleasePlan
 
 from tests.support.registry import Registry, start_registry
@@ -32,6 +33,7 @@ COSIGN = REPO_ROOT / ".cache" / "cosign" / "usr" / "bin" / "cosign"
 KEY_PASSWORD = "correct horse battery staple"
 BUILDER_ID = "https://example.test/builders/release-tests"
 SOURCE_REPO = "https://example.test/portcullis.git"
+STALE_REVISION = "0123456789abcdef" * 2 + "01234567"
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -51,7 +53,9 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def build_deb(workdir: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+def build_deb(
+    workdir: Path, name: str, version: str, files: dict[str, bytes], architecture: str = "amd64"
+) -> Path:
     """A genuine Debian package (dpkg-deb) installing ``files``."""
     root = workdir / f"{name}-pkg"
     for path, data in files.items():
@@ -60,10 +64,10 @@ def build_deb(workdir: Path, name: str, version: str, files: dict[str, bytes]) -
         target.write_bytes(data)
     (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
     (root / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n"
+        f"Package: {name}\nVersion: {version}\nArchitecture: {architecture}\n"
         "Maintainer: tests <tests@example.test>\nDescription: test package\n"
     )
-    out = workdir / f"{name}_{version}_amd64.deb"
+    out = workdir / f"{name}_{version}_{architecture}.deb"
     subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
         check=True,
@@ -85,12 +89,15 @@ class SyntheticRelease:
         return ReleasePlan.load(self.image_dir, self.chart, registry)
 
 
-def make_image(root: Path, files: dict[str, bytes], tag: str = "1.2.3") -> oci.Artifact:
+def make_image(
+    root: Path | None, files: dict[str, bytes], tag: str = "1.2.3", architecture: str = "amd64"
+) -> oci.Artifact:
+    """An image of ``files`` (one layer), written as a layout at ``root`` unless None."""
     layer_tar = _tar(files)
     layer = gzip.compress(layer_tar, mtime=0)
     config = oci.canonical_json(
         {
-            "architecture": "amd64",
+            "architecture": architecture,
             "os": "linux",
             "config": {"User": "65532:65532"},
             "rootfs": {
@@ -106,7 +113,8 @@ def make_image(root: Path, files: dict[str, bytes], tag: str = "1.2.3") -> oci.A
         oci.OCI_MANIFEST,
         {cdesc.digest: config, ldesc.digest: layer},
     )
-    oci.write_layout(root, art, tag)
+    if root is not None:
+        oci.write_layout(root, art, tag)
     return art
 
 
@@ -124,22 +132,26 @@ def make_chart(path: Path, version: str = "1.2.3", marker: str = "") -> Path:
     return path
 
 
-def synthetic_release(workdir: Path, marker: str = "", version: str = "1.2.3") -> SyntheticRelease:
-    """A complete set of release inputs; ``marker`` changes content to get other digests."""
+def _platform_inputs(
+    workdir: Path, marker: str, architecture: str, lock_path: Path
+) -> tuple[dict[str, bytes], Path]:
+    """One architecture's image files and its package lock (a real .deb of that architecture)."""
     deb_dir = workdir / "debs"
     deb_dir.mkdir(parents=True, exist_ok=True)
     deb_files = {"usr/share/zoneinfo/UTC": b"TZif2 fake", "etc/timezone": b"UTC\n"}
-    deb = build_deb(deb_dir, "tzdata-test", "2024a-1", deb_files)
-    fips_so = b"\x7fELF fake fips provider"
+    deb = build_deb(deb_dir, "tzdata-test", "2024a-1", deb_files, architecture)
+    # amd64 keeps the single-image fixture's bytes; arm64 differs (another image digest).
+    tail = b"" if architecture == "amd64" else f" {architecture}".encode()
+    fips_so = b"\x7fELF fake fips provider" + tail
     lock = {
         "format": 1,
         "suite": "bookworm",
-        "architecture": "amd64",
+        "architecture": architecture,
         "debs": [
             {
                 "name": "tzdata-test",
                 "version": "2024a-1",
-                "architecture": "amd64",
+                "architecture": architecture,
                 "sha256": hashlib.sha256(deb.read_bytes()).hexdigest(),
             }
         ],
@@ -149,26 +161,67 @@ def synthetic_release(workdir: Path, marker: str = "", version: str = "1.2.3") -
             "fips_so_sha256": hashlib.sha256(fips_so).hexdigest(),
         },
     }
-    lock_path = workdir / "packages.lock"
     lock_path.write_text(json.dumps(lock, indent=2, sort_keys=True))
+    triplet = {"amd64": "x86_64", "arm64": "aarch64"}[architecture]
+    files = {
+        **deb_files,
+        f"usr/lib/{triplet}-linux-gnu/ossl-modules/fips.so": fips_so,
+        "opt/portcullis/portcullis": b"#!frozen " + marker.encode() + tail,
+        "opt/portcullis/_internal/base_library.zip": b"PK fake",
+        "etc/passwd": b"nonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n",
+    }
+    return files, deb_dir
+
+
+def _runtime_lock(workdir: Path) -> Path:
     runtime = workdir / "runtime.txt"
     runtime.write_text(
         "starlette==0.41.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
         "pyyaml==6.0.2 \\\n    --hash=sha256:" + "b" * 64 + " \\\n"
         "    --hash=sha256:" + "c" * 64 + "\n"
     )
-    files = {
-        **deb_files,
-        "usr/lib/x86_64-linux-gnu/ossl-modules/fips.so": fips_so,
-        "opt/portcullis/portcullis": b"#!frozen " + marker.encode(),
-        "opt/portcullis/_internal/base_library.zip": b"PK fake",
-        "etc/passwd": b"nonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n",
-    }
+    return runtime
+
+
+def synthetic_release(workdir: Path, marker: str = "", version: str = "1.2.3") -> SyntheticRelease:
+    """A complete set of release inputs; ``marker`` changes content to get other digests."""
+    lock_path = workdir / "packages.lock"
+    files, deb_dir = _platform_inputs(workdir, marker, "amd64", lock_path)
+    runtime = _runtime_lock(workdir)
     image_dir = workdir / "image"
     make_image(image_dir, files, tag=version)
     chart = make_chart(workdir / "chart" / f"portcullis-{version}.tgz", version, marker=marker)
     return SyntheticRelease(
         image_dir, chart, lock_path, deb_dir, runtime, sorted("/" + p for p in files)
+    )
+
+
+def synthetic_multiarch_release(
+    workdir: Path, marker: str = "", version: str = "1.2.3"
+) -> SyntheticRelease:
+    """Release inputs whose image is an image index over linux/amd64 and linux/arm64, laid out
+    as ``image index`` writes dist/image-multiarch (``build.image.index_artifact``), with
+    packages.lock and packages-arm64.lock side by side and each architecture's .deb."""
+    lock_path = workdir / "packages.lock"
+    images: list[tuple[str, oci.Artifact]] = []
+    deb_dir = workdir / "debs"
+    every_file: set[str] = set()
+    for architecture in ("amd64", "arm64"):
+        lock = lock_path if architecture == "amd64" else workdir / "packages-arm64.lock"
+        files, deb_dir = _platform_inputs(workdir, marker, architecture, lock)
+        images.append((architecture, make_image(None, files, version, architecture)))
+        every_file.update("/" + p for p in files)
+    # Built "from another commit" than any checkout: the release must say so.
+    annotations = {
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.revision": STALE_REVISION,
+    }
+    index = image.index_artifact(images, annotations)
+    image_dir = workdir / "image-multiarch"
+    oci.write_layout(image_dir, index, version)
+    chart = make_chart(workdir / "chart" / f"portcullis-{version}.tgz", version, marker=marker)
+    return SyntheticRelease(
+        image_dir, chart, lock_path, deb_dir, _runtime_lock(workdir), sorted(every_file)
     )
 
 

@@ -1,15 +1,18 @@
 """The path a cluster takes, replayed: from a published release to a login against its image.
 
 One test follows what Flux does with the files a release generates, step by step, with the real
-components: `portcullis-release release` publishes the built image (dist/image) and the chart
-into an htpasswd-protected docker-registry; then, as source-controller would, the test decodes
-the dockerconfigjson pull Secret, fetches the OCIRepository's ``ref.digest`` with those
-credentials (anonymous is refused), picks the layer its ``layerSelector`` names and verifies
-the signature with the real cosign and the key in the verify Secret; as helm-controller would,
-it renders that chart with the HelmRelease's values (the values Secret, then ``spec.values`` on
-top) through the Helm engine and validates every manifest; as the kubelet would, it pulls the
-exact image reference the Deployment names, runs it under runc with the rendered config Secret
-and arguments, and completes a password-grant login with a confidential client.
+components: `portcullis-release release` publishes the built image index
+(dist/image-multiarch, linux/amd64 and linux/arm64) and the chart into an htpasswd-protected
+docker-registry; then, as source-controller would, the test decodes the dockerconfigjson pull
+Secret, fetches the OCIRepository's ``ref.digest`` with those credentials (anonymous is
+refused), picks the layer its ``layerSelector`` names and verifies the signature with the real
+cosign and the key in the verify Secret; as helm-controller would, it renders that chart with
+the HelmRelease's values (the values Secret, then ``spec.values`` on top) through the Helm
+engine and validates every manifest; as the kubelet would, it pulls the exact image reference
+the Deployment names (the index digest), resolves it to the node's platform (linux/amd64) as
+containerd does, checks that image's signature with the real cosign, runs it under runc with
+the rendered config Secret and arguments, and completes a password-grant login with a
+confidential client.
 
 What cannot run here is replaced, and said so: there is no API server, so the Secrets come from
 replaying the `kubectl create secret` commands of the generated README (the Secret each would
@@ -66,7 +69,6 @@ from tests.support.chart import (
     validate_crds,
 )
 from tests.support.image import (
-    LAYOUT,
     ImageConfig,
     free_port,
     pbkdf2_hash,
@@ -79,6 +81,12 @@ from tests.support.registry import Registry, start_registry
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 COSIGN = REPO_ROOT / ".cache" / "cosign" / "usr" / "bin" / "cosign"
+# `make image-multiarch`'s output, and the cache holding the .debs of both architectures that
+# the per-image SBOMs read (IMAGE_CACHE of that build).
+MULTIARCH = REPO_ROOT / "dist" / "image-multiarch"
+IMAGE_CACHE = Path(os.environ.get("PORTCULLIS_IMAGE_CACHE", str(REPO_ROOT / ".cache" / "image")))
+# The node this test plays: what containerd's default platform matcher selects on it.
+NODE_PLATFORM = {"os": "linux", "architecture": "amd64"}
 CLUSTER_USER, CLUSTER_PASSWORD = "cluster", "cluster-pull-password"
 CLIENT_ID, CLIENT_SECRET = "cluster-app", "cluster-app-secret-value"
 EMAIL, PASSWORD = "admin@example.com", "a long admin password"
@@ -200,7 +208,9 @@ def _repository_of(url: str, host: str) -> str:
 def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
     cluster_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert (LAYOUT / "index.json").is_file(), f"{LAYOUT} is missing: run `make image` first"
+    assert (MULTIARCH / "index.json").is_file(), (
+        f"{MULTIARCH} is missing: run `make image-multiarch` first"
+    )
     assert COSIGN.is_file(), f"{COSIGN} missing: run `make release-test-deps`"
 
     # ---- publish: the release command, into our registry, with a throwaway key ----
@@ -210,12 +220,12 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
         monkeypatch.delenv(name, raising=False)
     release_dir = tmp_path / "dist" / "release"
     options = ReleaseOptions(
-        image=LAYOUT,
+        image=MULTIARCH,
         chart_dir=tmp_path / "dist" / "chart",
         release_dir=release_dir,
         manifest=REPO_ROOT / "release" / "manifest.yaml",
         flux_dir=tmp_path / "untouched-flux",
-        deb_dir=REPO_ROOT / ".cache" / "image" / "debs",
+        deb_dir=IMAGE_CACHE / "debs",
         tree=tmp_path / "untouched-tree",
     )
     console = Console(record=True, width=400, file=io.StringIO())
@@ -363,8 +373,18 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
     assert image_ref.digest == helmrelease["spec"]["values"]["image"]["digest"]
     assert image_ref.host == cluster_registry.host
     with RegistryClient(cluster_registry.host, auth) as client:
-        raw, _media_type = client.get_manifest(image_ref.repository, image_ref.digest)
+        raw, media_type = client.get_manifest(image_ref.repository, image_ref.digest)
         assert oci.sha256_digest(raw) == image_ref.digest
+        # The pinned digest is the image index; containerd picks the node's platform from it.
+        assert media_type == oci.OCI_INDEX
+        entries = json.loads(raw)["manifests"]
+        assert sorted(oci.platform_of(e) for e in entries) == ["linux/amd64", "linux/arm64/v8"]
+        (node_entry,) = [
+            e for e in entries if {k: e["platform"].get(k) for k in NODE_PLATFORM} == NODE_PLATFORM
+        ]
+        platform_digest = node_entry["digest"]
+        raw, _media_type = client.get_manifest(image_ref.repository, platform_digest)
+        assert oci.sha256_digest(raw) == platform_digest
         image_manifest = json.loads(raw)
         config_blob = client.get_blob(image_ref.repository, image_manifest["config"]["digest"])
         layers = [
@@ -373,6 +393,30 @@ def test_a_cluster_pulls_verifies_renders_runs_and_logs_in(
         ]
     for (_, blob), layer in zip(layers, image_manifest["layers"], strict=True):
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
+    assert json.loads(config_blob)["architecture"] == "amd64"
+    # The image the node runs is signed under its own digest, and so is the index it came
+    # through: the real cosign, with only the verify Secret's key.
+    for digest in (image_ref.digest, platform_digest):
+        signed = subprocess.run(
+            [
+                str(COSIGN),
+                "verify",
+                "--key",
+                str(pub),
+                "--insecure-ignore-tlog=true",
+                "--allow-http-registry",
+                "--allow-insecure-registry",
+                f"{image_ref.name}@{digest}",
+            ],
+            env=cosign_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert signed.returncode == 0, signed.stderr[-2000:]
+        (payload,) = json.loads(signed.stdout)
+        assert payload["critical"]["image"]["docker-manifest-digest"] == digest
     rootfs = tmp_path / "rootfs"
     oci_layout.unpack_layers(layers, rootfs)
     # The pod's security context, as runc applies it: its user, and the read-only root, no

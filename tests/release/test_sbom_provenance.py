@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,43 @@ def test_real_image_sbom_accounts_for_every_file() -> None:
     # Nothing from a Debian package is left to the recipe bucket.
     recipe = [p for p, who in owners.items() if who == [sbom.RECIPE_COMPONENT]]
     assert not [p for p in recipe if p.startswith("/usr/share/zoneinfo/")]
+
+
+def test_real_multiarch_sboms_account_for_every_file_of_each_image(tmp_path: Path) -> None:
+    """`make image-multiarch`'s index (a prerequisite of `make test`): each platform image gets
+    its own SBOM, from its own lock and .debs, in which every file of that image is claimed by
+    exactly one component; the arm64 SBOM names arm64 packages only."""
+    layout = REPO_ROOT / "dist" / "image-multiarch"
+    if not (layout / "index.json").is_file():
+        pytest.fail("dist/image-multiarch missing: `make test` builds it first")
+    cache = Path(os.environ.get("PORTCULLIS_IMAGE_CACHE", str(REPO_ROOT / ".cache" / "image")))
+    plan = ReleasePlan.load(layout, None, REGISTRY)
+    assert sorted(plan.platforms) == ["amd64", "arm64"]
+    inputs = sbom.ImageInputs(
+        REPO_ROOT / "requirements/runtime.txt",
+        REPO_ROOT / "images/portcullis/packages.lock",
+        cache / "debs",
+    )
+    paths = sbom.write_image_sboms(tmp_path, plan, inputs)
+    assert [p.name for p in paths] == ["image-amd64.cdx.json", "image-arm64.cdx.json"]
+    for arch, path in zip(plan.platforms, paths, strict=True):
+        bom = json.loads(path.read_text())
+        image = plan.platforms[arch]
+        assert image.digest in bom["metadata"]["component"]["purl"].replace("%3A", ":")
+        owners = _occurrences(bom)
+        assert sorted(owners) == sbom.image_files(image), arch
+        assert all(len(names) == 1 for names in owners.values()), arch
+        lock_path = sbom.platform_lock(inputs.packages_lock, arch)  # type: ignore[arg-type]
+        lock = json.loads(lock_path.read_text())
+        assert lock["architecture"] == arch
+        by_name = {c["name"]: c for c in bom["components"]}
+        for pin in lock["debs"]:
+            assert by_name[pin["name"]]["hashes"][0]["content"] == pin["sha256"], pin["name"]
+            # Architecture-independent packages (ca-certificates, tzdata) are `all`.
+            wanted = "all" if pin["architecture"] == "all" else arch
+            assert f"arch={wanted}&" in by_name[pin["name"]]["purl"], pin["name"]
+        fips = by_name["openssl-fips-provider"]
+        assert fips["hashes"][0]["content"] == lock["fips_provider"]["fips_so_sha256"]
 
 
 def test_provenance_statement_is_slsa_v1_with_digests_and_dependencies(

@@ -64,7 +64,9 @@ def read_attachments(root: Path) -> list[Attachment]:
     for desc, art in oci.read_layout_all(root):
         role = desc.annotations.get(TARGET_REPOSITORY)
         tag = desc.annotations.get(oci.REF_NAME)
-        if role not in ("image", "chart", "plugin") or not tag:
+        # image-<arch>: a platform image of a multi-architecture release (ReleasePlan).
+        known = role in ("image", "chart", "plugin") or (role or "").startswith("image-")
+        if role is None or not known or not tag:
             raise oci.OciError(f"{root}: manifest {desc.digest} lacks its role or tag annotation")
         out.append(Attachment(role, tag, layers_of(art)))
     return out

@@ -6,6 +6,11 @@ locked runtime environment frozen into the binary, each Debian package unpacked 
 the application. Every file of the image is attributed to one component as an evidence
 occurrence, so an auditor can ask "where does this file come from" and get an answer; files the
 image recipe writes itself belong to the ``portcullis-image-recipe`` component.
+
+A multi-architecture release has one image SBOM per platform image (``image-<arch>.cdx.json``),
+each from that architecture's own package lock (``packages-<arch>.lock``, its own .debs and
+their files): the arm64 image holds other packages than the amd64 one, so one SBOM for both
+would name files that are not there. The index itself gets none (it holds no files).
 """
 
 from __future__ import annotations
@@ -155,11 +160,17 @@ def _with_occurrences(component: Component, paths: Iterable[str]) -> None:
         component.evidence = ComponentEvidence(occurrences=[Occurrence(location=p) for p in paths])
 
 
-def image_bom(plan: ReleasePlan, inputs: ImageInputs) -> dict[str, Any]:
-    """The image SBOM as a JSON document (validated against the CycloneDX 1.6 schema)."""
+def image_bom(
+    plan: ReleasePlan, inputs: ImageInputs, architecture: str | None = None
+) -> dict[str, Any]:
+    """The image SBOM as a JSON document (validated against the CycloneDX 1.6 schema): of the
+    plan's image, or of its ``architecture`` platform image (which is reached through the index,
+    so its purl names no tag)."""
     ref = plan.image_ref
-    digest = plan.image.digest
-    files = image_files(plan.image)
+    image_artifact = plan.image if architecture is None else plan.platforms[architecture]
+    tag = plan.image_tag if architecture is None else None
+    digest = image_artifact.digest
+    files = image_files(image_artifact)
     owner: dict[str, str] = {}
     components: list[Component] = []
 
@@ -200,6 +211,11 @@ def image_bom(plan: ReleasePlan, inputs: ImageInputs) -> dict[str, Any]:
             )
     if inputs.packages_lock is not None:
         lock = load_lock(inputs.packages_lock)
+        if architecture is not None and lock.architecture != architecture:
+            raise SbomError(
+                f"{inputs.packages_lock}: architecture is {lock.architecture}, but it is used "
+                f"for the {architecture} image's SBOM"
+            )
         for deb in sorted(lock.debs, key=lambda d: d.name):
             comp = Component(
                 name=deb.name,
@@ -266,10 +282,38 @@ def image_bom(plan: ReleasePlan, inputs: ImageInputs) -> dict[str, Any]:
         version=digest,
         type=ComponentType.CONTAINER,
         bom_ref="image",
-        purl=_oci_purl("portcullis", digest, ref.name, plan.image_tag),
-        properties=[Property(name="portcullis:tag", value=plan.image_tag)],
+        purl=_oci_purl("portcullis", digest, ref.name, tag),
+        properties=[Property(name="portcullis:tag", value=tag)]
+        if tag
+        else [Property(name="portcullis:architecture", value=str(architecture))],
     )
     return _finish(image, components, digest)
+
+
+def platform_lock(primary: Path, architecture: str) -> Path:
+    """The package lock of ``architecture``: ``primary`` (packages.lock) for its own
+    architecture, else ``packages-<arch>.lock`` beside it (the image recipe's naming)."""
+    if load_lock(primary).architecture == architecture:
+        return primary
+    return primary.with_name(f"packages-{architecture}.lock")
+
+
+def write_image_sboms(release_dir: Path, plan: ReleasePlan, inputs: ImageInputs) -> list[Path]:
+    """The image SBOM, or for a multi-architecture plan one SBOM per platform image (each from
+    its architecture's lock), under the roles the signing step attests them for."""
+    if not plan.platforms:
+        return [write(release_dir, "image", image_bom(plan, inputs))]
+    out = []
+    for architecture in plan.platforms:
+        lock = inputs.packages_lock
+        if lock is not None:
+            lock = platform_lock(lock, architecture)
+            if not lock.is_file():
+                raise SbomError(f"{lock}: no package lock for the {architecture} image")
+        mine = ImageInputs(inputs.runtime_lock, lock, inputs.deb_dir, inputs.app_dir)
+        bom = image_bom(plan, mine, architecture)
+        out.append(write(release_dir, plan.platform_role(architecture), bom))
+    return out
 
 
 def chart_bom(plan: ReleasePlan) -> dict[str, Any]:

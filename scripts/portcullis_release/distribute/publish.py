@@ -5,6 +5,10 @@ Order matters for "nothing half-published is left tagged": every blob and every 
 succeeded, attachment tags before release tags, so a consumer can never see a release tag whose
 signature is not there yet. Anything already present (HEAD says so) is not sent again, so a re-run
 pushes nothing.
+
+A multi-architecture release pushes each platform image (blobs, then its manifest by digest)
+before the image index that names them, and tags only the index: the platform images are
+reached through it, as a runtime does.
 """
 
 from __future__ import annotations
@@ -59,14 +63,11 @@ class Publisher:
 
     def upload(self, repository: str, artifact: Artifact) -> None:
         """Blobs first (the registry refuses a manifest with missing blobs), then the manifest,
-        both addressed by digest."""
-        for desc in artifact.descriptors():
-            if self.client.blob_exists(repository, desc.digest):
-                self.report.blobs_present += 1
-                continue
-            self._progress(f"{repository}: blob {desc.digest[:19]} ({desc.size} bytes)")
-            self.client.push_blob(repository, desc.digest, artifact.blobs[desc.digest])
-            self.report.blobs_pushed += 1
+        both addressed by digest. An index's images must already be there (pushed first)."""
+        if artifact.media_type in (oci.OCI_INDEX, oci.DOCKER_LIST):
+            self._check_index_images(repository, artifact)
+        else:
+            self._upload_blobs(repository, artifact)
         if self.client.manifest_digest(repository, artifact.digest) == artifact.digest:
             self.report.manifests_present += 1
             return
@@ -75,6 +76,25 @@ class Publisher:
             repository, artifact.digest, artifact.manifest, artifact.media_type
         )
         self.report.manifests_pushed += 1
+
+    def _check_index_images(self, repository: str, index: Artifact) -> None:
+        for i, entry in enumerate(index.manifest_json().get("manifests") or []):
+            desc = oci.Descriptor.from_json(entry, f"{index.digest}.manifests[{i}]")
+            if self.client.manifest_digest(repository, desc.digest) != desc.digest:
+                raise RegistryError(
+                    f"{repository}: index {index.digest} names {desc.digest} "
+                    f"({oci.platform_of(entry)}), which is not in the registry: push the "
+                    "platform images before their index"
+                )
+
+    def _upload_blobs(self, repository: str, artifact: Artifact) -> None:
+        for desc in artifact.descriptors():
+            if self.client.blob_exists(repository, desc.digest):
+                self.report.blobs_present += 1
+                continue
+            self._progress(f"{repository}: blob {desc.digest[:19]} ({desc.size} bytes)")
+            self.client.push_blob(repository, desc.digest, artifact.blobs[desc.digest])
+            self.report.blobs_pushed += 1
 
     def tag(self, repository: str, tag: str, artifact: Artifact) -> None:
         if self.client.manifest_digest(repository, tag) == artifact.digest:
@@ -104,7 +124,8 @@ def publish(
     attachments: list[Attachment],
     progress: Progress | None = None,
 ) -> PublishReport:
-    """Push ``targets`` (role -> (reference, artifact, tag)) and their attachments."""
+    """Push ``targets`` (role -> (reference, artifact, tag), in push order; an empty tag is
+    pushed by digest only) and their attachments."""
     pub = Publisher(client, progress)
     for ref, artifact, _tag in targets.values():
         pub.upload(ref.repository, artifact)
@@ -120,7 +141,8 @@ def publish(
     for repository, tag, artifact in staged:
         pub.tag(repository, tag, artifact)
     for ref, artifact, tag in targets.values():
-        pub.tag(ref.repository, tag, artifact)
+        if tag:
+            pub.tag(ref.repository, tag, artifact)
     return pub.report
 
 

@@ -8,6 +8,10 @@ Checks, in order, each failing with its own reason:
 4. a provenance attestation (SLSA v1, DSSE) verifies, names this digest as a subject, and its
    builder and source match the policy;
 5. an SBOM attestation (CycloneDX) verifies and describes this digest.
+An image index (a multi-architecture release) is followed: the index itself must pass 1-4 (its
+signature, a provenance naming it), and then every platform image it names must pass 3-5 under
+its own digest (signature, provenance subject, its own SBOM), because the platform image is what
+a node pulls and runs; an index whose images are unsigned or unattested does not verify.
 All signed material is checked with the given public key only: no transparency log, no network
 beyond the registry. What a signature or attestation looks like comes from
 ``attest.cosign_format``, never from the signing code: a verifier that shared the signer's code
@@ -56,6 +60,9 @@ class Result:
     digest: str
     blobs_checked: int = 0
     notes: list[str] = field(default_factory=list)
+    # For an image index: each platform image's own result (platform is ``linux/arm64/v8``...).
+    platforms: list[Result] = field(default_factory=list)
+    platform: str = ""
 
 
 def _verify_raw(key: ec.EllipticCurvePublicKey, signature_b64: str, payload: bytes) -> bool:
@@ -285,18 +292,43 @@ class Verifier:
         digest, artifact = self.resolve(ref)
         result = Result(ref, digest)
         result.blobs_checked = self.check_blobs(ref.repository, artifact, str(ref))
-        signed, named, problems = self.signature_findings(ref.repository, digest)
-        statements, _bad = self.attestations(ref.repository, digest)
+        entries = artifact.manifest_json().get("manifests")
+        # The index holds no files: its SBOMs are its platform images' (checked below).
+        self._check_signed(ref.repository, digest, result, sbom=entries is None)
+        if entries is not None:
+            if not isinstance(entries, list) or not entries:
+                raise VerificationError(f"{ref}: the image index names no image")
+            for i, entry in enumerate(entries):
+                desc = oci.Descriptor.from_json(entry, f"{digest}.manifests[{i}]")
+                child = Result(ref.with_tag(None).with_digest(desc.digest), desc.digest)
+                child.platform = oci.platform_of(entry)
+                try:
+                    self._check_signed(ref.repository, desc.digest, child, sbom=True)
+                except VerificationError as exc:
+                    raise VerificationError(
+                        f"platform image {child.platform} ({desc.digest}) of index {digest}: {exc}"
+                    ) from None
+                result.platforms.append(child)
+            result.notes.append(
+                "index: "
+                + ", ".join(f"{c.platform} {c.digest}" for c in result.platforms)
+                + " each verified"
+            )
+        return result
+
+    def _check_signed(self, repo: str, digest: str, result: Result, *, sbom: bool) -> None:
+        """Checks 3-5 (and VEX when the policy asks) for one digest, notes into ``result``."""
+        signed, named, problems = self.signature_findings(repo, digest)
+        statements, _bad = self.attestations(repo, digest)
         if not signed:
             raise VerificationError(self._signature_reason(digest, named, problems, statements))
         result.notes.append(f"signature: verified with key {self.fingerprint}")
         if self.policy.require_provenance:
             result.notes.append(self.check_provenance(statements, digest))
-        if self.policy.require_sbom:
+        if sbom and self.policy.require_sbom:
             result.notes.append(self.check_sbom(statements, digest))
-        if self.policy.require_vex:
+        if self.policy.require_vex and result.platform == "":
             result.notes.append(self.check_vex(statements, digest))
-        return result
 
     def check_vex(self, statements: list[dict[str, Any]], digest: str) -> str:
         """An OpenVEX attestation for this digest whose every statement names it as product."""
