@@ -78,6 +78,7 @@ def seed(engine: sa.Engine, start: int, count: int, now: float) -> list[str]:
     stage with kept secrets, EXPIRED_SHARE expired); return the known refresh-token strings."""
     from portcullis.storage import sql_schema
     from portcullis.storage.models import RefreshToken
+    from portcullis.storage.sealing import UNSEALED
     from portcullis.storage.sql_rows import refresh_token_row
 
     table = sql_schema.refresh_tokens
@@ -102,7 +103,10 @@ def seed(engine: sa.Engine, start: int, count: int, now: float) -> list[str]:
                         created_at=now,
                         last_used=now,
                         auth_time=now,
-                    )
+                    ),
+                    # The seeded identities carry no connector data: nothing to seal (the
+                    # template's row id is a placeholder, so a sealed value would not open).
+                    UNSEALED,
                 )
                 template_by_user[user] = template
             family = secrets.token_urlsafe(16)
