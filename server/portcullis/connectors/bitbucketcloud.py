@@ -41,7 +41,6 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
-    authorization_url,
     filter_allowed,
     http_url,
     is_rate_limited,
@@ -132,18 +131,9 @@ class BitbucketCloudConnector(UserAPIConnector):
         return bool(self._config.teams) or scopes.groups
 
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        if callback_url != self._config.redirect_uri:
-            raise ConnectorError(
-                f"the callback URL {callback_url} does not match this connector's redirectURI"
-            )
-        url = authorization_url(
-            f"{self._endpoints.web}/site/oauth2/authorize",
-            client_id=self._config.client_id,
-            redirect_uri=self._config.redirect_uri,
-            scopes=SCOPES,
-            state=state,
+        return self._login_redirect(
+            callback_url, f"{self._endpoints.web}/site/oauth2/authorize", SCOPES, state
         )
-        return LoginRedirect(url)
 
     # -- Bitbucket API 2.0 -------------------------------------------------------------------
 

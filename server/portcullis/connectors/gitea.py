@@ -38,7 +38,6 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
-    authorization_url,
     http_url,
     next_link,
     raise_for_api_status,
@@ -121,18 +120,9 @@ class GiteaConnector(UserAPIConnector):
         return bool(self._config.orgs) or self._config.load_all_groups
 
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        if callback_url != self._config.redirect_uri:
-            raise ConnectorError(
-                f"the callback URL {callback_url} does not match this connector's redirectURI"
-            )
-        url = authorization_url(
-            f"{self._config.base_url}/login/oauth/authorize",
-            client_id=self._config.client_id,
-            redirect_uri=self._config.redirect_uri,
-            scopes=[],
-            state=state,
+        return self._login_redirect(
+            callback_url, f"{self._config.base_url}/login/oauth/authorize", [], state
         )
-        return LoginRedirect(url)
 
     # -- Gitea API v1 ------------------------------------------------------------------------
 

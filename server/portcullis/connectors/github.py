@@ -50,7 +50,6 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
-    authorization_url,
     check_root_cas,
     filter_allowed,
     http_url,
@@ -203,19 +202,8 @@ class GitHubConnector(UserAPIConnector):
         return bool(self._config.orgs) or bool(self._config.org) or scopes.groups
 
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        if callback_url != self._config.redirect_uri:
-            raise ConnectorError(
-                f"the callback URL {callback_url} does not match this connector's redirectURI"
-            )
         wanted = [SCOPE_EMAIL, SCOPE_ORGS] if self._groups_required(scopes) else [SCOPE_EMAIL]
-        url = authorization_url(
-            self._authorize_url,
-            client_id=self._config.client_id,
-            redirect_uri=self._config.redirect_uri,
-            scopes=wanted,
-            state=state,
-        )
-        return LoginRedirect(url)
+        return self._login_redirect(callback_url, self._authorize_url, wanted, state)
 
     # -- GitHub REST API ---------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
-    authorization_url,
     http_url,
     raise_for_api_status,
 )
@@ -116,18 +115,9 @@ class LinkedInConnector(UserAPIConnector):
         self._redirect_uri = config.redirect_uri
 
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        if callback_url != self._config.redirect_uri:
-            raise ConnectorError(
-                f"the callback URL {callback_url} does not match this connector's redirectURI"
-            )
-        url = authorization_url(
-            f"{self._endpoints.web}/oauth/v2/authorization",
-            client_id=self._config.client_id,
-            redirect_uri=self._config.redirect_uri,
-            scopes=SCOPES,
-            state=state,
+        return self._login_redirect(
+            callback_url, f"{self._endpoints.web}/oauth/v2/authorization", SCOPES, state
         )
-        return LoginRedirect(url)
 
     # -- LinkedIn API v2 ---------------------------------------------------------------------
 

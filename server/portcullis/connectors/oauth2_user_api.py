@@ -13,13 +13,14 @@ token re-reads the user with its stored access token, and fails closed when that
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from portcullis.clock import Clock
 from portcullis.connectors.base import (
     CallbackConnector,
     ConnectorError,
+    LoginRedirect,
     RefreshConnector,
     Scopes,
 )
@@ -27,6 +28,7 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
+    authorization_url,
     callback_error,
     decode_state,
     dex_token_data,
@@ -53,6 +55,28 @@ class UserAPIConnector(CallbackConnector, RefreshConnector):
     async def _identity(self, scopes: Scopes, token: str, previous: Identity | None) -> Identity:
         """The user behind ``token``; with ``previous`` (a refresh) the same user or
         ConnectorError, and ConnectorError when the user may no longer log in."""
+
+    def _check_callback(self, callback_url: str) -> None:
+        if callback_url != self._redirect_uri:
+            raise ConnectorError(
+                f"the callback URL {callback_url} does not match this connector's redirectURI"
+            )
+
+    def _login_redirect(
+        self, callback_url: str, authorize_url: str, scopes: Sequence[str], state: str
+    ) -> LoginRedirect:
+        """The redirect to the provider's authorization endpoint. Only the callback URL this
+        connector is registered with is accepted: the provider would refuse another one, but
+        only after the person signed in there."""
+        self._check_callback(callback_url)
+        url = authorization_url(
+            authorize_url,
+            client_id=self._credentials.client_id,
+            redirect_uri=self._redirect_uri,
+            scopes=scopes,
+            state=state,
+        )
+        return LoginRedirect(url)
 
     async def handle_callback(
         self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes

@@ -47,7 +47,6 @@ from portcullis.connectors.oauth2_common import (
     ClientCredentials,
     RefreshFlights,
     UpstreamHTTP,
-    authorization_url,
     check_root_cas,
     filter_allowed,
     http_url,
@@ -171,19 +170,9 @@ class OpenShiftConnector(UserAPIConnector):
         self._authorize_url, self._token_url = endpoints
 
     async def login_url(self, scopes: Scopes, callback_url: str, state: str) -> LoginRedirect:
-        if callback_url != self._config.redirect_uri:
-            raise ConnectorError(
-                f"the callback URL {callback_url} does not match this connector's redirectURI"
-            )
+        self._check_callback(callback_url)  # before any network call
         await self._discover()
-        url = authorization_url(
-            self._authorize_url,
-            client_id=self._config.client_id,
-            redirect_uri=self._config.redirect_uri,
-            scopes=SCOPES,
-            state=state,
-        )
-        return LoginRedirect(url)
+        return self._login_redirect(callback_url, self._authorize_url, SCOPES, state)
 
     async def handle_callback(
         self, scopes: Scopes, params: Mapping[str, str], connector_state: bytes
