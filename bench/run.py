@@ -117,7 +117,7 @@ TOKEN_PATHS = (
 # refresh there.
 REFRESH_CONNECTOR = {"refresh-rotate": "mock", "refresh-rotate-noup": "proxy"}
 # The authenticating proxy's header, sent by the bench itself on loopback (trusted there).
-PROXY_HEADERS = {"X-Remote-User": USER["username"]}
+PROXY_HEADERS: dict[str, str] = {"X-Remote-User": str(USER["username"])}
 P99_TARGET_MS = 50.0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import multiprocessing
 import statistics
 import tempfile
@@ -58,14 +59,17 @@ def _worker(
         began = time.perf_counter()
         store.update_refresh_token(
             ids[n % len(ids)],
-            lambda t, n=n: dataclasses.replace(
-                t, token_hash=f"{n:064x}", last_used=t.last_used + 1
-            ),
+            functools.partial(_rotated, n=n),
         )
         latencies.append(time.perf_counter() - began)
         n += 1
     store.close()
     out.put(latencies)
+
+
+def _rotated(token: RefreshToken, n: int) -> RefreshToken:
+    """What one rotation writes: a new secret digest and a later last use."""
+    return dataclasses.replace(token, token_hash=f"{n:064x}", last_used=token.last_used + 1)
 
 
 def measure(opener: Callable[[], Storage], procs: int, seconds: float) -> dict[str, float]:
@@ -109,14 +113,14 @@ def main() -> int:
                 for sync in ("FULL", "NORMAL"):
                     path = str(Path(tmp) / f"bench-{sync}-{procs}.db")
                     result = measure(
-                        lambda path=path, sync=sync: SQLiteStorage(path, synchronous=sync),
+                        functools.partial(SQLiteStorage, path, synchronous=sync),
                         procs,
                         args.seconds,
                     )
                     rows.append((f"sqlite synchronous={sync}", procs, result))
             database = cluster.create_database(template=None)
             config = PostgresConfig.model_validate(cluster.config(database))
-            result = measure(lambda config=config: PostgresStorage(config), procs, args.seconds)
+            result = measure(functools.partial(PostgresStorage, config), procs, args.seconds)
             fsync = "off" if args.pg_fsync_off else "on"
             rows.append((f"postgres 15 fsync={fsync}", procs, result))
             cluster.drop_database(database)

@@ -363,7 +363,9 @@ class ReusableDatabase:
             if table.name not in (sql_schema.schema_migrations.name, sql_schema.signing_keys.name)
         ]
         # The keys row back to what the first migration creates (no key, never rotated).
-        self._reset = [sql.SQL("DELETE FROM {}").format(sql.Identifier(t)) for t in data_tables]
+        self._reset: list[sql.SQL | sql.Composed] = [
+            sql.SQL("DELETE FROM {}").format(sql.Identifier(t)) for t in data_tables
+        ]
         self._reset.append(
             sql.SQL(
                 "UPDATE signing_keys SET signing_key = NULL, verification_keys = '[]', "
