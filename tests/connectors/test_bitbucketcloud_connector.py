@@ -5,7 +5,6 @@ expiring tokens, and error and rate-limit answers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -37,6 +36,7 @@ from tests.support.bitbucket_api import (
     BitbucketAPI,
     bitbucket_browser,
 )
+from tests.support.connector_login import browser_login
 
 pytestmark = pytest.mark.anyio
 
@@ -66,11 +66,9 @@ def new_user(api: BitbucketAPI, **kwargs: Any) -> str:
 async def login(
     connector: BitbucketCloudConnector, user: str, scopes: Scopes = OFFLINE
 ) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(bitbucket_browser, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: bitbucket_browser(url, user), scopes, CALLBACK
+    )
 
 
 def test_registered_under_dex_name() -> None:

@@ -4,7 +4,6 @@ refresh with expiring tokens, and error and rate-limit answers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -24,6 +23,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.gitea_api import CALLBACK, CLIENT_ID, CLIENT_SECRET, GiteaAPI, gitea_browser
 
 pytestmark = pytest.mark.anyio
@@ -57,11 +57,7 @@ def new_user(api: GiteaAPI, full_name: str = "") -> str:
 
 
 async def login(connector: GiteaConnector, user: str, scopes: Scopes = OFFLINE) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(gitea_browser, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(connector, lambda url: gitea_browser(url, user), scopes, CALLBACK)
 
 
 def test_registered_under_dex_name() -> None:

@@ -23,6 +23,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.github_api import (
     CALLBACK,
     CLIENT_ID,
@@ -66,11 +67,9 @@ def new_user(api: GitHubAPI, **fields: Any) -> str:
 async def login(
     connector: GitHubConnector, api: GitHubAPI, user: str, scopes: Scopes = OFFLINE
 ) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(browser_authorize, api, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: browser_authorize(api, url, user), scopes, CALLBACK
+    )
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.gitlab_api import CALLBACK, CLIENT_ID, CLIENT_SECRET, GitLabAPI, gitlab_browser
 
 pytestmark = pytest.mark.anyio
@@ -58,11 +59,9 @@ def new_user(api: GitLabAPI, **fields: Any) -> str:
 async def login(
     connector: GitLabConnector, api: GitLabAPI, user: str, scopes: Scopes = OFFLINE
 ) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(gitlab_browser, api, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: gitlab_browser(api, url, user), scopes, CALLBACK
+    )
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ through the connector's test-only ``endpoints`` argument and the key file's ``to
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -34,6 +33,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.google_api import (
     CALLBACK,
     CLIENT_ID,
@@ -121,11 +121,7 @@ def new_group(api: GoogleAPI, label: str, domain: str = "example.com") -> str:
 
 
 async def login(connector: GoogleConnector, email: str, scopes: Scopes = OFFLINE) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(google_browser, start.url, email)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(connector, lambda url: google_browser(url, email), scopes, CALLBACK)
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ one member, and LinkedIn has no groups to list (the connector never sets any).""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.linkedin_api import (
     ACCESS_TOKEN_LIFETIME_S,
     CALLBACK,
@@ -77,11 +77,9 @@ def new_member(api: LinkedInAPI, first: str = "Ada", last: str = "Lovelace") -> 
 
 
 async def login(connector: LinkedInConnector, member: str, scopes: Scopes = OFFLINE) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(linkedin_browser, start.url, member)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: linkedin_browser(url, member), scopes, CALLBACK
+    )
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from portcullis.issuer import check_connectors, connector_models
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.microsoft_api import (
     CALLBACK,
     CLIENT_ID,
@@ -65,11 +66,9 @@ def new_user(api: MicrosoftAPI, display_name: str = "") -> str:
 
 
 async def login(connector: MicrosoftConnector, user: str, scopes: Scopes = OFFLINE) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(microsoft_browser, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: microsoft_browser(url, user), scopes, CALLBACK
+    )
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from portcullis.storage.memory import MemoryStorage
 from portcullis.storage.models import Identity
 from pydantic import ValidationError
 
+from tests.support.connector_login import browser_login
 from tests.support.openshift_api import (
     CALLBACK,
     CLIENT_ID,
@@ -69,11 +70,9 @@ def new_user(api: OpenShiftAPI, *groups: str) -> str:
 
 
 async def login(connector: OpenShiftConnector, user: str, scopes: Scopes = OFFLINE) -> Identity:
-    state = secrets.token_urlsafe(16)
-    start = await connector.login_url(scopes, CALLBACK, state)
-    params = await asyncio.to_thread(openshift_browser, start.url, user)
-    assert params["state"] == state
-    return await connector.handle_callback(scopes, params, start.connector_state)
+    return await browser_login(
+        connector, lambda url: openshift_browser(url, user), scopes, CALLBACK
+    )
 
 
 def test_registered_under_dex_name() -> None:
