@@ -39,6 +39,7 @@ import secrets
 from dataclasses import dataclass
 from typing import NoReturn
 
+from anyio import to_thread
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -292,7 +293,8 @@ class Presented:
 
 class RefreshStore:
     """Every storage operation on refresh-token families. Methods touch storage and must run
-    in worker threads, never on the event loop."""
+    in worker threads, never on the event loop; the ``*_async`` ones are awaited on it (their
+    storage calls are the backend's awaitable ones, the rare paths go to a worker thread)."""
 
     def __init__(
         self,
@@ -316,10 +318,9 @@ class RefreshStore:
         return self._clock.now() + self._settings.max_token_lifetime(self._clients.all())
 
     # -- lookup -----------------------------------------------------------------------------
-    def _find(self, value: str, denials: list[bool] | None = None) -> Presented:
-        """The one lookup: parse, load the family, say which secret was presented. With
-        ``denials``, also learn in the same storage call whether a live denial postdates the
-        family (appended to it: see ``Storage.get_refresh_token_for_use``)."""
+    @staticmethod
+    def _parse(value: str) -> tuple[str, str, bool]:
+        """(family id, secret, whether it came in Dex's format) of a presented value."""
         parsed = parse_refresh_token(value)
         # A token Dex issued before `portcullis import-dex` (oidc.dex_refresh): its refresh id
         # is the imported family's id and its token that family's current secret.
@@ -328,7 +329,22 @@ class RefreshStore:
             parsed = decode_dex_refresh_token(value)
         if parsed is None:
             raise MalformedRefreshTokenError()
-        family_id, secret = parsed
+        return parsed[0], parsed[1], dex_format
+
+    @staticmethod
+    def _presented(family: RefreshToken, secret: str, dex_format: bool) -> Presented:
+        match = match_secret(secret, family)
+        if dex_format and match is SecretMatch.PREVIOUS:
+            # One-shot: the first use rotated the family into our format and the client got a
+            # pcr1 token; no retry of the Dex envelope is honoured (its successor is ours now).
+            match = SecretMatch.NEITHER
+        return Presented(family=family, secret=secret, match=match)
+
+    def _find(self, value: str, denials: list[bool] | None = None) -> Presented:
+        """The one lookup: parse, load the family, say which secret was presented. With
+        ``denials``, also learn in the same storage call whether a live denial postdates the
+        family (appended to it: see ``Storage.get_refresh_token_for_use``)."""
+        family_id, secret, dex_format = self._parse(value)
         try:
             if denials is None:
                 family = self._storage.get_refresh_token(family_id)
@@ -339,12 +355,7 @@ class RefreshStore:
                 denials.append(denied_since)
         except NotFoundError:
             raise UnknownRefreshTokenError() from None
-        match = match_secret(secret, family)
-        if dex_format and match is SecretMatch.PREVIOUS:
-            # One-shot: the first use rotated the family into our format and the client got a
-            # pcr1 token; no retry of the Dex envelope is honoured (its successor is ours now).
-            match = SecretMatch.NEITHER
-        return Presented(family=family, secret=secret, match=match)
+        return self._presented(family, secret, dex_format)
 
     def _expired(self, family: RefreshToken) -> bool:
         return bool(family.expires_at) and self._clock.now() > family.expires_at
@@ -359,6 +370,31 @@ class RefreshStore:
         """
         denials: list[bool] = []
         presented = self._find(value, denials)
+        return self._checked_for_grant(presented, denials[0], client)
+
+    async def lookup_for_grant_async(self, value: str, client: Client) -> Presented:
+        """``lookup_for_grant`` awaited on the event loop: the family is read with
+        ``Storage.get_refresh_token_for_use_async`` (no worker thread where the backend can
+        read without one), and only a lookup that must end the family or query the deny list
+        (a replay, an expired family, a denial newer than the family) continues in a worker
+        thread, with exactly the checks of ``lookup_for_grant``."""
+        family_id, secret, dex_format = self._parse(value)
+        try:
+            family, denied = await self._storage.get_refresh_token_for_use_async(
+                family_id, self._clock.now()
+            )
+        except NotFoundError:
+            raise UnknownRefreshTokenError() from None
+        presented = self._presented(family, secret, dex_format)
+        if family.client_id != client.id:
+            raise ForeignRefreshTokenError()
+        if presented.match is SecretMatch.NEITHER or self._expired(family) or denied:
+            return await to_thread.run_sync(self._checked_for_grant, presented, denied, client)
+        return presented
+
+    def _checked_for_grant(self, presented: Presented, denied: bool, client: Client) -> Presented:
+        """The checks of ``lookup_for_grant`` on a family read with its deny-list hint; ends
+        the family (storage writes) when it must not be used."""
         family = presented.family
         if family.client_id != client.id:
             raise ForeignRefreshTokenError()
@@ -368,7 +404,7 @@ class RefreshStore:
             self.end_family(family.id)
             raise RefreshTokenExpiredError()
         # The precise deny-list query only when some live denial is newer than the family.
-        if denials[0] and family_denied(
+        if denied and family_denied(
             self._storage,
             sub=encode_subject(family.identity.user_id, family.connector_id),
             client_id=family.client_id,
@@ -568,6 +604,29 @@ class RefreshStore:
             )
             if swapped is not None:
                 return swapped[1]
+        return self._rotate_locked(client, presented, identity)
+
+    async def rotate_async(
+        self, client: Client, presented: Presented, identity: Identity
+    ) -> RotationOutcome:
+        """``rotate`` awaited on the event loop: the compare-and-swap statement is awaited
+        (``Storage.rotate_refresh_token_async``); only a family overtaken since the lookup
+        (a retry with the previous secret, a concurrent rotation) goes on to the locked
+        read-decide-write in a worker thread."""
+        family = presented.family
+        if presented.match is SecretMatch.CURRENT:
+            rotation, successor = self._one_statement_rotation(
+                family.id, presented.secret, client, (family.connector_id,), identity
+            )
+            if await self._storage.rotate_refresh_token_async(rotation) is not None:
+                return Rotated(successor)
+        return await to_thread.run_sync(self._rotate_locked, client, presented, identity)
+
+    def _rotate_locked(
+        self, client: Client, presented: Presented, identity: Identity
+    ) -> RotationOutcome:
+        """``rotate_family`` in a read-decide-write under the backend's row lock: tells a
+        retry of the last rotation from a replay of an older generation."""
         now = self._clock.now()
         outcome: list[RotationOutcome] = []
 

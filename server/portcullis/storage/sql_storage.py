@@ -424,6 +424,15 @@ class SQLStorage(Storage):
             raise NotFoundError("refresh_tokens: record not found")
         return self._refresh_token_from(row), bool(row["denied_since"])
 
+    async def get_refresh_token_for_use_async(
+        self, token_id: str, now: float
+    ) -> tuple[RefreshToken, bool]:
+        params = {"p_id": token_id, "p_now": now}
+        row = await self._hot_read_async(_GET_REFRESH_FOR_USE, t.refresh_tokens, params)
+        if row is None:
+            raise NotFoundError("refresh_tokens: record not found")
+        return self._refresh_token_from(row), bool(row["denied_since"])
+
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
     ) -> RefreshToken:
@@ -489,6 +498,17 @@ class SQLStorage(Storage):
 
         return await to_thread.run_sync(
             lambda: self._hot_statement(stmt, table, params, write=True)
+        )
+
+    async def _hot_read_async(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """``_hot_statement(..., write=False)`` awaited from the event loop: in a worker
+        thread here; SQLite reads on the loop itself (see its override)."""
+        from anyio import to_thread  # the event-loop side only
+
+        return await to_thread.run_sync(
+            lambda: self._hot_statement(stmt, table, params, write=False)
         )
 
     def delete_refresh_token(self, token_id: str) -> None:

@@ -54,6 +54,8 @@ from portcullis.storage.sql_storage import CONSUME_CODE, INSERT_REFRESH, SQLStor
 # Execution option read by the "begin" hook: which BEGIN flavour this connection wants.
 _BEGIN_MODE = "portcullis_sqlite_begin"
 _DUPLICATE_KEY_ERRORS = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
+# A reader that would have to wait (the busy handler) instead of reading at once.
+_BUSY_ERRORS = frozenset({"SQLITE_BUSY", "SQLITE_BUSY_RECOVERY", "SQLITE_BUSY_SNAPSHOT"})
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 MEMORY = ":memory:"
 M = TypeVar("M")
@@ -214,6 +216,9 @@ class SQLiteStorage(SQLStorage):
         self._raw_all: list[sqlite3.Connection] = []
         self._raw_idle: list[sqlite3.Connection] = []
         self._raw_lock = threading.Lock()
+        # The event loop's own reader (see _hot_read_async), busy timeout zero.
+        self._loop_reader: sqlite3.Connection | None = None
+        self._loop_reader_lock = threading.Lock()
         # One shared connection in memory mode: transactions from two threads must not mix.
         self._serial: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._in_memory else contextlib.nullcontext()
@@ -359,6 +364,39 @@ class SQLiteStorage(SQLStorage):
                 return run(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
+
+    async def _hot_read_async(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """A hot read on the event loop itself, without a worker thread: the refresh grant's
+        family lookup is a primary-key read of one row, which under WAL never waits for the
+        writer and is answered from the page cache in tens of microseconds, less than the
+        thread hand-off around it costs. It runs on a reader connection of the loop's own with
+        a busy timeout of zero, so the loop can never sleep in SQLite's busy handler: in the
+        rare cases where a WAL reader must wait (another connection recovering the WAL index
+        after a crash), SQLite answers "busy" at once and the read is retried in a worker
+        thread with the normal timeout."""
+        if self._in_memory:
+            return await super()._hot_read_async(stmt, table, params)
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
+        if self._loop_reader_lock.acquire(blocking=False):  # another loop thread: see below
+            try:
+                conn = self._loop_reader
+                if conn is None:
+                    conn = self._loop_reader = self._raw_connect()
+                    conn.execute("PRAGMA busy_timeout = 0")
+                return _execute(conn, compiled, args, table)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "") not in _BUSY_ERRORS:
+                    raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StorageError(f"sqlite3 {self.path}: {exc}") from exc
+            finally:
+                self._loop_reader_lock.release()
+        # Busy, or the loop reader in use by another event loop of this process (tests run
+        # several): the ordinary read in a worker thread.
+        return await super()._hot_read_async(stmt, table, params)
 
     def exchange_auth_code(
         self,
@@ -622,6 +660,8 @@ class SQLiteStorage(SQLStorage):
         for conn in raw:
             conn.close()
         self._raw_writer = None
+        with self._loop_reader_lock:
+            self._loop_reader = None  # opened through _raw_connect: closed above
         self._engine.dispose()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)

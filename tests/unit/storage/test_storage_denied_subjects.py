@@ -3,10 +3,12 @@ group in one query, and the deny list of subjects (every backend, same behaviour
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from portcullis.storage.base import NotFoundError, Storage
+from portcullis.storage.models import RefreshToken
 
 NOW = 1_700_000_000.0
 
@@ -98,6 +100,25 @@ def test_a_family_read_for_use_says_whether_a_live_denial_postdates_it(
     assert storage.get_refresh_token_for_use("f1", created + 10) == (family, True)
     with pytest.raises(NotFoundError):
         storage.get_refresh_token_for_use("missing", created + 10)
+
+
+def test_the_awaited_read_for_use_answers_as_the_threaded_one(
+    storage: Storage, samples: Any
+) -> None:
+    """``get_refresh_token_for_use_async`` (what the refresh grant awaits on the event loop;
+    SQLite reads on the loop itself) returns exactly what ``get_refresh_token_for_use`` does."""
+    family = samples.refresh_token("f1")
+    storage.create_refresh_token(family)
+    created = family.created_at
+
+    async def read(token_id: str) -> tuple[RefreshToken, bool]:
+        return await storage.get_refresh_token_for_use_async(token_id, created + 10)
+
+    assert asyncio.run(read("f1")) == (family, False)
+    storage.deny_subject("sub", "someone-else", created, created + 100)
+    assert asyncio.run(read("f1")) == (family, True)
+    with pytest.raises(NotFoundError):
+        asyncio.run(read("missing"))
 
 
 @pytest.mark.parametrize("count", [3, 5, 8, 9])
