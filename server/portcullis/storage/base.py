@@ -152,6 +152,16 @@ class Storage(ABC):
         the backend can; this default answers True (always check), which is never wrong."""
         return self.get_refresh_token(token_id), True
 
+    async def get_refresh_token_for_use_async(
+        self, token_id: str, now: float
+    ) -> tuple[RefreshToken, bool]:
+        """``get_refresh_token_for_use`` for a caller on the event loop (see
+        ``rotate_refresh_token_async``), with the same result and errors: a worker thread by
+        default; PostgreSQL awaits the read on a connection of the loop's own."""
+        from anyio import to_thread  # the event-loop side only
+
+        return await to_thread.run_sync(self.get_refresh_token_for_use, token_id, now)
+
     @abstractmethod
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]

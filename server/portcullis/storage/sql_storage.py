@@ -10,7 +10,9 @@ holds the database write lock), so two workers never both consume a code or both
 The two hottest writes, consuming a code and rotating a refresh family, are instead ONE
 conditional ``UPDATE ... RETURNING`` each (the condition in the ``WHERE``, so a concurrent
 writer makes it match nothing), run through :meth:`_run_statement`: autocommit on PostgreSQL,
-group commit on SQLite.
+group commit on SQLite. Their ``*_async`` forms (what the grants await on the event loop) go
+through :meth:`_hot_write_async` / :meth:`_hot_read_async`: a worker thread by default, the
+group-commit queue on SQLite, a loop-owned psycopg ``AsyncConnection`` on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -424,6 +426,15 @@ class SQLStorage(Storage):
             raise NotFoundError("refresh_tokens: record not found")
         return self._refresh_token_from(row), bool(row["denied_since"])
 
+    async def get_refresh_token_for_use_async(
+        self, token_id: str, now: float
+    ) -> tuple[RefreshToken, bool]:
+        params = {"p_id": token_id, "p_now": now}
+        row = await self._hot_read_async(_GET_REFRESH_FOR_USE, t.refresh_tokens, params)
+        if row is None:
+            raise NotFoundError("refresh_tokens: record not found")
+        return self._refresh_token_from(row), bool(row["denied_since"])
+
     def update_refresh_token(
         self, token_id: str, updater: Callable[[RefreshToken], RefreshToken]
     ) -> RefreshToken:
@@ -484,11 +495,23 @@ class SQLStorage(Storage):
         self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
         """``_hot_statement(..., write=True)`` awaited from the event loop: in a worker thread
-        here; SQLite queues it for its group commit instead."""
+        here; SQLite queues it for its group commit instead, PostgreSQL awaits it on a
+        connection of the loop's own (``postgres_loop``)."""
         from anyio import to_thread  # the event-loop side only
 
         return await to_thread.run_sync(
             lambda: self._hot_statement(stmt, table, params, write=True)
+        )
+
+    async def _hot_read_async(
+        self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """``_hot_statement(..., write=False)`` awaited from the event loop: in a worker
+        thread here; PostgreSQL awaits it on a connection of the loop's own instead."""
+        from anyio import to_thread  # the event-loop side only
+
+        return await to_thread.run_sync(
+            lambda: self._hot_statement(stmt, table, params, write=False)
         )
 
     def delete_refresh_token(self, token_id: str) -> None:
