@@ -179,8 +179,8 @@ class Storage(ABC):
         """``rotate_refresh_token`` for a caller on the event loop, with the same result and
         durability. By default it runs in a worker thread (anyio's, as every blocking storage
         call of the server); a backend that can wait for its commit without a thread of the
-        caller's (SQLite's group commit) overrides it: the thread hand-off per request was a
-        fifth of a refresh's CPU under load."""
+        caller's (SQLite's group commit, PostgreSQL's loop-owned connections) overrides it: the
+        thread hand-off per request was a fifth of a refresh's CPU under load."""
         from anyio import to_thread  # the event-loop side only; storage stays usable without
 
         return await to_thread.run_sync(self.rotate_refresh_token, rotation)
