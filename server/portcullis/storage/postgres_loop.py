@@ -242,8 +242,9 @@ class LoopPool:
             self._budget.give_back(self if on_loop else None)
 
     def close_all(self) -> None:
-        """Close every connection of this pool, idle or not (its loop has closed, or the
-        storage is closing); callable from any thread."""
+        """Close every connection of this pool, idle or not, from any thread: its loop has
+        closed, or the storage is closing (when nothing may use it any more)."""
+        self._budget.hunger(self, False)  # a closed loop's waiters are gone with it
         self._idle = []
         for pooled in list(self._all):
             self._discard(pooled, on_loop=False)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+import uvloop
 from portcullis.config.model import PostgresConfig
 from portcullis.storage.base import AlreadyExistsError, CodeReplayedError, StorageError
 from portcullis.storage.models import RefreshRotation, RefreshToken
@@ -89,11 +90,31 @@ def _messages(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,  # what `portcullis serve` runs (serve.event_loop_factory)
+}
+_loop_factory: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+
+
+@pytest.fixture(autouse=True, params=sorted(_LOOPS))
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test runs on asyncio's own loop and on uvloop, the server's."""
+    _loop_factory[0] = _LOOPS[request.param]
+    try:
+        yield
+    finally:
+        _loop_factory[0] = asyncio.new_event_loop
+
+
 def _run(make: Callable[[], Awaitable[T]]) -> T:
+    """``make()`` awaited on a new event loop of the test's kind, closed afterwards."""
+
     async def main() -> T:
         return await make()
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory[0]) as runner:
+        return runner.run(main())
 
 
 def test_the_budget_is_split_between_the_two_pools() -> None:
@@ -109,6 +130,26 @@ def test_the_budget_is_split_between_the_two_pools() -> None:
             assert 1 <= threads_idle <= threads
             assert loop_idle <= loop
             assert loop_idle >= 1 or loop == 0
+
+
+def test_with_one_connection_allowed_the_awaited_statements_share_it(
+    postgres_cluster: PostgresCluster, postgres_database: dict[str, Any], samples: Any
+) -> None:
+    """maxOpenConns 1 cannot be split: the awaited statements run in worker threads on the
+    thread pool's one connection, and the server sees one connection."""
+    store = _open(postgres_database, maxOpenConns=1)
+    try:
+        store.create_refresh_token(samples.refresh_token("rt-1"))
+        assert store._loop_connections is None
+
+        async def awaited() -> RefreshToken | None:
+            await store.get_refresh_token_for_use_async("rt-1", NOW)
+            return await store.rotate_refresh_token_async(_rotation())
+
+        assert _run(awaited) is not None
+        assert len(_backends(postgres_cluster, postgres_database)) == 1
+    finally:
+        store.close()
 
 
 def test_awaited_statements_return_what_the_thread_path_returns(
