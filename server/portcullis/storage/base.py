@@ -156,8 +156,9 @@ class Storage(ABC):
         self, token_id: str, now: float
     ) -> tuple[RefreshToken, bool]:
         """``get_refresh_token_for_use`` for a caller on the event loop (the refresh grant's
-        general path): a worker thread by default; a backend that can read without one
-        overrides it, as ``rotate_refresh_token_async``."""
+        general path; see ``rotate_refresh_token_async``), with the same result and errors: a
+        worker thread by default; SQLite reads on the loop itself, PostgreSQL awaits the read
+        on a connection of the loop's own."""
         from anyio import to_thread  # the event-loop side only
 
         return await to_thread.run_sync(self.get_refresh_token_for_use, token_id, now)
@@ -179,8 +180,8 @@ class Storage(ABC):
         """``rotate_refresh_token`` for a caller on the event loop, with the same result and
         durability. By default it runs in a worker thread (anyio's, as every blocking storage
         call of the server); a backend that can wait for its commit without a thread of the
-        caller's (SQLite's group commit) overrides it: the thread hand-off per request was a
-        fifth of a refresh's CPU under load."""
+        caller's (SQLite's group commit, PostgreSQL's loop-owned connections) overrides it: the
+        thread hand-off per request was a fifth of a refresh's CPU under load."""
         from anyio import to_thread  # the event-loop side only; storage stays usable without
 
         return await to_thread.run_sync(self.rotate_refresh_token, rotation)

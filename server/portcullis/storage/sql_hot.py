@@ -8,7 +8,9 @@ database work itself for these one-row statements. A :class:`CompiledStatement` 
 of them once for a dialect and keeps what the driver needs: the SQL text, the parameter order
 with SQLAlchemy's own bind processors (JSON serialised exactly as SQLAlchemy would), and the
 result columns with their result processors. Rows written or read this way are therefore the
-same as through SQLAlchemy, and the SQL has one source.
+same as through SQLAlchemy, and the SQL has one source: PostgreSQL runs the same compiled text
+and parameters on psycopg's ``AsyncConnection`` when the statement is awaited on the event loop
+(``postgres.PostgresStorage._hot_async``), and on the thread pool's connection otherwise.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ holds the database write lock), so two workers never both consume a code or both
 The two hottest writes, consuming a code and rotating a refresh family, are instead ONE
 conditional ``UPDATE ... RETURNING`` each (the condition in the ``WHERE``, so a concurrent
 writer makes it match nothing), run through :meth:`_run_statement`: autocommit on PostgreSQL,
-group commit on SQLite.
+group commit on SQLite. Their ``*_async`` forms (what the grants await on the event loop) go
+through :meth:`_hot_write_async` / :meth:`_hot_read_async`: a worker thread by default, the
+group-commit queue on SQLite, a loop-owned psycopg ``AsyncConnection`` on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -493,7 +495,8 @@ class SQLStorage(Storage):
         self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
         """``_hot_statement(..., write=True)`` awaited from the event loop: in a worker thread
-        here; SQLite queues it for its group commit instead."""
+        here; SQLite queues it for its group commit instead, PostgreSQL awaits it on a
+        connection of the loop's own (``postgres_loop``)."""
         from anyio import to_thread  # the event-loop side only
 
         return await to_thread.run_sync(
@@ -504,7 +507,8 @@ class SQLStorage(Storage):
         self, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
         """``_hot_statement(..., write=False)`` awaited from the event loop: in a worker
-        thread here; SQLite reads on the loop itself (see its override)."""
+        thread here; SQLite reads on the loop itself, PostgreSQL awaits it on a connection
+        of the loop's own (see their overrides)."""
         from anyio import to_thread  # the event-loop side only
 
         return await to_thread.run_sync(

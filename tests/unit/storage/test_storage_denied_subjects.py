@@ -82,43 +82,33 @@ def test_denials_keep_the_later_values_and_expire(storage: Storage) -> None:
     assert storage.subjects_revoked_at([("group", "g")], NOW) == 0.0
 
 
+@pytest.mark.parametrize("awaited", [False, True], ids=["sync", "async"])
 def test_a_family_read_for_use_says_whether_a_live_denial_postdates_it(
-    storage: Storage, samples: Any
+    storage: Storage, samples: Any, awaited: bool
 ) -> None:
     """``get_refresh_token_for_use``: the refresh grant skips its precise deny-list query when
     no live denial is newer than the family (whoever it names). The base class's default answers
-    True always (never wrong, never faster); every backend here answers exactly."""
+    True always (never wrong, never faster); every backend here answers exactly. The awaited
+    form (``get_refresh_token_for_use_async``, on the loop's own connection on PostgreSQL)
+    answers the same, each call on a new event loop."""
+
+    def read(token_id: str, now: float) -> tuple[RefreshToken, bool]:
+        if awaited:
+            return asyncio.run(storage.get_refresh_token_for_use_async(token_id, now))
+        return storage.get_refresh_token_for_use(token_id, now)
+
     family = samples.refresh_token("f1")
     storage.create_refresh_token(family)
     created = family.created_at
-    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    assert read("f1", created + 10) == (family, False)
     storage.deny_subject("group", "older", created - 1, created + 100)
     storage.deny_subject("client", "expired", created + 1, created + 5)
     # An older denial and one no longer live do not count.
-    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, False)
+    assert read("f1", created + 10) == (family, False)
     storage.deny_subject("sub", "someone-else", created, created + 100)
-    assert storage.get_refresh_token_for_use("f1", created + 10) == (family, True)
+    assert read("f1", created + 10) == (family, True)
     with pytest.raises(NotFoundError):
-        storage.get_refresh_token_for_use("missing", created + 10)
-
-
-def test_the_awaited_read_for_use_answers_as_the_threaded_one(
-    storage: Storage, samples: Any
-) -> None:
-    """``get_refresh_token_for_use_async`` (what the refresh grant awaits on the event loop;
-    SQLite reads on the loop itself) returns exactly what ``get_refresh_token_for_use`` does."""
-    family = samples.refresh_token("f1")
-    storage.create_refresh_token(family)
-    created = family.created_at
-
-    async def read(token_id: str) -> tuple[RefreshToken, bool]:
-        return await storage.get_refresh_token_for_use_async(token_id, created + 10)
-
-    assert asyncio.run(read("f1")) == (family, False)
-    storage.deny_subject("sub", "someone-else", created, created + 100)
-    assert asyncio.run(read("f1")) == (family, True)
-    with pytest.raises(NotFoundError):
-        asyncio.run(read("missing"))
+        read("missing", created + 10)
 
 
 @pytest.mark.parametrize("count", [3, 5, 8, 9])
