@@ -36,6 +36,9 @@ import psycopg
 AsyncConnection = psycopg.AsyncConnection[Any]
 
 
+_TIMED_OUT = object()  # what _wait returns when its time ran out
+
+
 class PoolExhaustedError(Exception):
     """No connection became free, and none could be opened within the bound, in time."""
 
@@ -124,37 +127,49 @@ class LoopPool:
         self._ping_after_idle = ping_after_idle
         self._idle: list[Pooled] = []  # a stack: the most recently used first
         self._all: set[Pooled] = set()
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Pooled | None]] = collections.deque()
 
     async def acquire(self, timeout: float) -> Pooled:
         """A live connection: an idle one that passes the check, else a new one within the
-        budget, else the first to come back within ``timeout`` seconds (PoolExhaustedError)."""
+        budget, else the first to come back within ``timeout`` seconds (PoolExhaustedError).
+
+        First come, first served: while tasks wait, a newcomer queues behind them, and a
+        connection given back goes straight to the longest-waiting task (``release``), so no
+        task can take it between the hand-over and the waiter's turn to run."""
         deadline: float | None = None
+        may_take = not self._waiters  # a task that waited is woken to take, not to requeue
         while True:
-            while self._idle:
-                pooled = self._idle.pop()
-                try:
-                    usable = await self._usable(pooled)
-                except BaseException:  # cancelled during the ping: do not leak the slot
+            if may_take:
+                while self._idle:
+                    pooled = self._idle.pop()
+                    try:
+                        usable = await self._usable(pooled)
+                    except BaseException:  # cancelled during the ping: do not leak the slot
+                        self._discard(pooled)
+                        raise
+                    if usable:
+                        return pooled
                     self._discard(pooled)
-                    raise
-                if usable:
+                if self._budget.take():
+                    try:
+                        conn = await self._connect()
+                    except BaseException:
+                        self._budget.give_back(self)
+                        raise
+                    pooled = Pooled(conn)
+                    self._all.add(pooled)
                     return pooled
-                self._discard(pooled)
-            if self._budget.take():
-                try:
-                    conn = await self._connect()
-                except BaseException:
-                    self._budget.give_back(self)
-                    raise
-                pooled = Pooled(conn)
-                self._all.add(pooled)
-                return pooled
             now = self.loop.time()
             if deadline is None:
                 deadline = now + timeout
-            if now >= deadline or not await self._wait(deadline - now):
+            if now >= deadline:
                 raise PoolExhaustedError()
+            handed = await self._wait(deadline - now)
+            if handed is _TIMED_OUT:
+                raise PoolExhaustedError()
+            if isinstance(handed, Pooled):
+                return handed  # given back by a task that just used it: no check needed
+            may_take = True  # woken because the budget has room (or a connection was closed)
 
     async def _usable(self, pooled: Pooled) -> bool:
         """``postgres._check_out`` for a loop's connection: a connection the server closed
@@ -180,21 +195,27 @@ class LoopPool:
                 return False
         return True
 
-    async def _wait(self, seconds: float) -> bool:
-        """Wait until a connection comes back or the budget frees one (True), or time out."""
-        waiter: asyncio.Future[None] = self.loop.create_future()
+    async def _wait(self, seconds: float) -> Pooled | object | None:
+        """Wait in line: a connection handed over by ``release``, None when woken to try the
+        budget and the idle list again (``wake``), or _TIMED_OUT."""
+        waiter: asyncio.Future[Pooled | None] = self.loop.create_future()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
             self._budget.hunger(self, True)
         try:
             async with asyncio.timeout(seconds):
-                await waiter
-            return True
+                return await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
-                self.wake()  # woken but leaving: the wake-up goes to the next waiter
+                # Handed a connection or a wake-up, but leaving (timed out or cancelled at
+                # the same moment): it goes to the next in line.
+                handed = waiter.result()
+                if handed is None:
+                    self.wake()
+                else:
+                    self.release(handed, reusable=True)
             if isinstance(exc, TimeoutError):
-                return False
+                return _TIMED_OUT
             raise
         finally:
             if waiter in self._waiters:
@@ -203,7 +224,7 @@ class LoopPool:
                 self._budget.hunger(self, False)
 
     def wake(self) -> None:
-        """Wake the longest-waiting task, if any (on this pool's loop)."""
+        """Wake the longest-waiting task to try again, if any (on this pool's loop)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -226,10 +247,12 @@ class LoopPool:
             self._discard(pooled)
             return
         pooled.returned = time.monotonic()
-        if self._waiters:
-            self._idle.append(pooled)
-            self.wake()
-        elif len(self._idle) >= self._idle_limit or self._budget.others_hungry(self):
+        while self._waiters:  # straight to the longest-waiting task
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(pooled)
+                return
+        if len(self._idle) >= self._idle_limit or self._budget.others_hungry(self):
             # Beyond maxIdleConns, or another loop is starved of the budget: close it.
             self._discard(pooled)
         else:
