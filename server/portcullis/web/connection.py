@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import time
 from asyncio import TimerHandle
 from collections.abc import Callable
@@ -60,9 +61,10 @@ CORK_LIMIT = 64 * 1024
 #: Seconds a refused connection keeps reading (and discarding) before it is closed.
 LINGER = 1.0
 # At shutdown, how long a connection accepted but not yet sent its first request may still send
-# it (Go's http.Server.Shutdown waits for such "new" connections too). A client that connected
-# just before SIGTERM has its request on the wire; closing that connection at once would turn
-# an accepted request into "server disconnected without a response".
+# it (Go's http.Server.Shutdown waits for such "new" connections too), and a kept-alive one whose
+# next request is arriving may finish it. A client that connected just before SIGTERM has its
+# request on the wire; closing that connection at once would turn an accepted request into
+# "server disconnected without a response".
 NEW_CONNECTION_GRACE = 1.0
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -165,6 +167,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Set once any request byte arrived: a connection without one is "new" at shutdown.
         self._used = False
         self._draining = False
+        # Requests begun on this connection, and how many had begun when draining started.
+        self._requests = 0
+        self._requests_at_drain = 0
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -183,19 +188,44 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        """The server is draining. An idle keep-alive connection closes at once and a busy one
-        after its response (uvicorn's behaviour); a new one (no request byte yet) gets
-        ``NEW_CONNECTION_GRACE`` to send its request, which is then answered with
-        ``connection: close``."""
+        """The server is draining. A busy connection closes after its response and an idle
+        keep-alive one at once (uvicorn's behaviour), except when its next request is already
+        on the wire: a new connection (no request byte yet) and a kept-alive one whose next
+        request has begun or is waiting unread in the socket get ``NEW_CONNECTION_GRACE`` to
+        send it, and it is answered with ``connection: close``. Closing a socket with a
+        request unread in it resets the connection: the client, which had sent its request
+        before the server stopped, would see it fail without an answer."""
         self._draining = True
-        cycle: object | None = self.cycle  # uvicorn types it non-optional; None until a request
-        if self._used or cycle is not None or self.transport.is_closing():
+        cycle = self.cycle  # uvicorn types it non-optional; None until a request
+        busy = cycle is not None and not cycle.response_complete
+        if busy or self.transport.is_closing():
             super().shutdown()
             return
-        self.loop.call_later(min(NEW_CONNECTION_GRACE, self.bounds.idle), self._close_if_new)
+        if self._used and self._phase == "idle" and not self._request_waiting():
+            super().shutdown()  # kept alive with nothing on the wire: closes at once
+            return
+        self._requests_at_drain = self._requests
+        self.loop.call_later(min(NEW_CONNECTION_GRACE, self.bounds.idle), self._close_if_idle)
 
-    def _close_if_new(self) -> None:
-        if not self._used and not self.transport.is_closing():
+    def _request_waiting(self) -> bool:
+        """Whether bytes (or the client's close) wait unread in the socket."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
+
+    def _close_if_idle(self) -> None:
+        """The grace is over: close unless a request began meanwhile (it is answered with
+        ``connection: close``, which closes the connection after its response)."""
+        if (
+            self._phase == "idle"
+            and self._requests == self._requests_at_drain
+            and not self.transport.is_closing()
+        ):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -204,6 +234,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._used = True
         self._unset_keepalive_if_required()
         if self._phase == "idle":
+            self._requests += 1
             self._phase = "head"
             self._head_bytes = 0
             self._arm(self.bounds.read_header, self._head_timed_out)
