@@ -30,7 +30,6 @@ from portcullis.config.load import Config, ConfigError
 from portcullis.config.model import LOCAL_CONNECTOR_ID
 from portcullis.connectors.base import Connector, ConnectorEnv
 from portcullis.connectors.local import LOCAL_CONNECTOR_TYPE, LocalConfig
-from portcullis.connectors.oidc import OIDCConfig, OIDCConnector
 from portcullis.connectors.registry import CONNECTOR_MODELS, build_connector
 from portcullis.kube.page import (
     cluster_callback_url,
@@ -53,6 +52,8 @@ from portcullis.web.pages import Pages
 
 if TYPE_CHECKING:
     import grpc
+
+    from portcullis.connectors.oidc import OIDCConnector
 
 log = logging.getLogger("portcullis")
 
@@ -169,6 +170,12 @@ def page_relying_parties(config: Config, env: ConnectorEnv) -> dict[str, OIDCCon
     parties: dict[str, OIDCConnector] = {}
     problems: list[str] = []
     foreign = {c.name for c in foreign_clusters(config)}
+    if not foreign:
+        return parties
+    # Imported here: the OIDC client stack (httpx, the oidc connector) costs every worker start-up
+    # time and memory, and a config without foreign clusters or oidc connectors never uses it.
+    from portcullis.connectors.oidc import OIDCConfig, OIDCConnector
+
     for index, cluster in enumerate(config.raw.kubernetes.kubeconfig_page.clusters):
         if cluster.name not in foreign:
             continue
