@@ -89,7 +89,9 @@ def test_sqlite_demo_serve_path_loads_no_unconfigured_stack(tmp_path: Path) -> N
     text = demo_config(18501, 18502, pbkdf2_hash("password")).replace(
         "/var/lib/portcullis/portcullis.db", str(tmp_path / "demo.db")
     )
-    assert "grpc" not in text and "connectors:" not in text  # the config names none of them
+    # The config names none of them.
+    assert "grpc" not in text
+    assert "connectors:" not in text
     modules = _modules_after_serve_path(text, tmp_path)
     assert "portcullis.storage.sqlite" in modules  # the path ran, with its storage backend
     assert _loaded(modules, NOT_FOR_SQLITE_DEMO) == []
@@ -100,11 +102,48 @@ def test_configured_connectors_load_their_stacks(tmp_path: Path) -> None:
     ca.write_bytes(IssuingCA.create("Lazy imports CA").pem)
     text = DEX_CONFIG.format(web=18503, telemetry=18504, db=tmp_path / "x.db", ca=ca)
     modules = _modules_after_serve_path(text, tmp_path)
-    assert _loaded(modules, ("ldap3", "lxml", "signxml", "httpx", "portcullis.connectors.oidc")) == [
-        "httpx",
-        "ldap3",
-        "lxml",
-        "portcullis.connectors.oidc",
-        "signxml",
-    ]
+    stacks = ("ldap3", "lxml", "signxml", "httpx", "portcullis.connectors.oidc")
+    assert _loaded(modules, stacks) == sorted(stacks)
     assert _loaded(modules, ("grpc", "psycopg")) == []  # neither grpc.addr nor postgres
+
+
+_BEFORE_FORK = """
+import gc, json, sys
+from portcullis import cli
+from portcullis.serve import share_before_fork
+config = cli._load_config(sys.argv[1], False)
+assert config is not None
+before = "portcullis.storage.sqlite" in sys.modules
+share_before_fork(config)
+json.dump({"before": before, "frozen": gc.get_freeze_count(), "modules": sorted(sys.modules)},
+          sys.stdout)
+"""
+
+
+def test_serve_shares_the_storage_backend_with_its_workers(tmp_path: Path) -> None:
+    """``serve --workers N`` imports the configured backend (and freezes the parent's objects)
+    before it forks, so the workers share SQLAlchemy's pages instead of importing it each."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        demo_config(18505, 18506, pbkdf2_hash("password")).replace(
+            "/var/lib/portcullis/portcullis.db", str(tmp_path / "demo.db")
+        ),
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _BEFORE_FORK, str(config)],
+        env={"PYTHONPATH": str(REPO / "server"), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    modules = set(result["modules"])
+    assert not result["before"]  # loading the config alone does not import the backend
+    assert {"portcullis.storage.sqlite", "sqlalchemy"} <= modules
+    assert _loaded(modules, ("psycopg", "portcullis.storage.postgres")) == []
+    assert result["frozen"] > 10_000
+    assert not (tmp_path / "demo.db").exists()  # imported, not opened
