@@ -41,6 +41,8 @@ NOT_FOR_SQLITE_DEMO = (
     "portcullis.connectors.saml",
     "portcullis.connectors.oidc",
     "portcullis.connectors.oauth2_common",
+    # Not a stack the config leaves out, but one a worker needs only at its first HTML page.
+    "jinja2",
 )
 
 # What cmd_serve does before it binds and serves (portcullis.cli.cmd_serve), then the serve
