@@ -38,7 +38,6 @@ from portcullis.kube.page import (
     page_routes,
     register_page_client,
 )
-from portcullis.kube.webhook import webhook_app
 from portcullis.oidc.provider import Provider
 from portcullis.storage.base import Storage, StorageError
 from portcullis.storage.factory import open_storage
@@ -314,6 +313,12 @@ def create_issuer(
         lifespan=lifespan,
     )
     review = config.raw.kubernetes.token_review
+    webhook = None
+    if review.enabled:
+        # Imported here: a server without the TokenReview webhook never loads it.
+        from portcullis.kube.webhook import webhook_app
+
+        webhook = webhook_app(review, provider.reader.verified_claims, metrics)
     issuer = Issuer(
         config=config,
         provider=provider,
@@ -321,11 +326,7 @@ def create_issuer(
         telemetry=telemetry_app(metrics, lambda: issuer.readiness()),
         metrics=metrics,
         fips_status=fips_status or {},
-        webhook=(
-            webhook_app(review, provider.reader.verified_claims, metrics)
-            if review.enabled
-            else None
-        ),
+        webhook=webhook,
         fips_mode=fips_mode,
     )
     return issuer

@@ -41,6 +41,7 @@ NOT_FOR_SQLITE_DEMO = (
     "portcullis.connectors.saml",
     "portcullis.connectors.oidc",
     "portcullis.connectors.oauth2_common",
+    "portcullis.kube.webhook",
     # Not a stack the config leaves out, but one a worker needs only at its first HTML page.
     "jinja2",
 )
