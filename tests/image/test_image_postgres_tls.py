@@ -15,13 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.image import StartFn, demo_config, free_port, wait_ready
+from tests.support.image import StartFn, demo_config, free_port, openssl_files, wait_ready
 from tests.support.postgres import start_cluster
 
 pytestmark = pytest.mark.integration
 
 CA_IN_CONTAINER = "/etc/portcullis/postgres-ca.crt"
 FIPS_DIR = "/opt/portcullis/_internal/portcullis_fips"
+
+
+def test_the_image_holds_one_openssl(rootfs: Path) -> None:
+    files, links = openssl_files(rootfs)
+    system = "usr/lib/x86_64-linux-gnu"
+    assert sorted(files) == [f"{system}/libcrypto.so.3", f"{system}/libssl.so.3"]
+    bundled = {k: v for k, v in links.items() if k.startswith("opt/portcullis/")}
+    assert any("psycopg_binary.libs/libcrypto-" in k for k in bundled), links
+    assert set(bundled.values()) == {f"{system}/libcrypto.so.3", f"{system}/libssl.so.3"}
+
 
 _SQLITE_STORAGE = """\
 storage:
