@@ -14,7 +14,8 @@ Copies of ``fips.so``: one loaded provider file cannot serve two OpenSSL librari
 process, so the bundle ships identical copies and :func:`configure_environment` points
 ``OPENSSL_MODULES`` at the first while the stdlib loads its configuration, at the second
 before ``cryptography`` loads its own, and leaves it at a third for libraries that initialise
-later (libpq's OpenSSL in the psycopg wheel, for TLS to PostgreSQL).
+later (libpq's OpenSSL in the psycopg wheel, for TLS to PostgreSQL). The frozen image has no
+third copy: its libpq uses the stdlib's OpenSSL (the rootfs's libssl3), already configured.
 
 Where the provider bundle comes from: inside the frozen server it is the ``portcullis_fips``
 directory next to the bundled libraries; elsewhere ``PORTCULLIS_FIPS_BUNDLE`` names it (the
@@ -130,6 +131,13 @@ def _precheck_provider_files(bundle: Path) -> bool:
         pin = _load_provider(bundle)["fips_so_sha256"]
         for sub in (*_MODULE_DIRS, _LATE_MODULE_DIR):
             path = bundle / sub / "fips.so"
+            if sub == _LATE_MODULE_DIR and not path.parent.exists():
+                # The image ships no late copy: libpq, its one late OpenSSL user, runs there on
+                # the stdlib's OpenSSL (images/portcullis/portcullis.spec, _system_openssl).
+                # Without it a library that loads its OpenSSL configuration later cannot load
+                # the provider, and with config_diagnostics (openssl.cnf) its OpenSSL refuses
+                # to initialise: closed, never non-FIPS. A directory that exists is checked.
+                continue
             if not path.is_file():
                 raise FipsCheckError(f"FIPS provider {path} is missing")
             actual = _builtin_sha256_hex(path)

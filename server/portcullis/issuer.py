@@ -30,7 +30,6 @@ from portcullis.config.load import Config, ConfigError
 from portcullis.config.model import LOCAL_CONNECTOR_ID
 from portcullis.connectors.base import Connector, ConnectorEnv
 from portcullis.connectors.local import LOCAL_CONNECTOR_TYPE, LocalConfig
-from portcullis.connectors.oidc import OIDCConfig, OIDCConnector
 from portcullis.connectors.registry import CONNECTOR_MODELS, build_connector
 from portcullis.kube.page import (
     cluster_callback_url,
@@ -39,7 +38,6 @@ from portcullis.kube.page import (
     page_routes,
     register_page_client,
 )
-from portcullis.kube.webhook import webhook_app
 from portcullis.oidc.provider import Provider
 from portcullis.storage.base import Storage, StorageError
 from portcullis.storage.factory import open_storage
@@ -53,6 +51,8 @@ from portcullis.web.pages import Pages
 
 if TYPE_CHECKING:
     import grpc
+
+    from portcullis.connectors.oidc import OIDCConnector
 
 log = logging.getLogger("portcullis")
 
@@ -169,6 +169,12 @@ def page_relying_parties(config: Config, env: ConnectorEnv) -> dict[str, OIDCCon
     parties: dict[str, OIDCConnector] = {}
     problems: list[str] = []
     foreign = {c.name for c in foreign_clusters(config)}
+    if not foreign:
+        return parties
+    # Imported here: the OIDC client stack (httpx, the oidc connector) costs every worker start-up
+    # time and memory, and a config without foreign clusters or oidc connectors never uses it.
+    from portcullis.connectors.oidc import OIDCConfig, OIDCConnector
+
     for index, cluster in enumerate(config.raw.kubernetes.kubeconfig_page.clusters):
         if cluster.name not in foreign:
             continue
@@ -307,6 +313,12 @@ def create_issuer(
         lifespan=lifespan,
     )
     review = config.raw.kubernetes.token_review
+    webhook = None
+    if review.enabled:
+        # Imported here: a server without the TokenReview webhook never loads it.
+        from portcullis.kube.webhook import webhook_app
+
+        webhook = webhook_app(review, provider.reader.verified_claims, metrics)
     issuer = Issuer(
         config=config,
         provider=provider,
@@ -314,11 +326,7 @@ def create_issuer(
         telemetry=telemetry_app(metrics, lambda: issuer.readiness()),
         metrics=metrics,
         fips_status=fips_status or {},
-        webhook=(
-            webhook_app(review, provider.reader.verified_claims, metrics)
-            if review.enabled
-            else None
-        ),
+        webhook=webhook,
         fips_mode=fips_mode,
     )
     return issuer

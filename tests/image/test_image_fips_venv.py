@@ -236,3 +236,58 @@ print(json.dumps(out))
         "RSA-1024": "refused",
         "EC-secp256k1": "refused",
     }
+
+
+def _bundle_without_late_copy(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle as the frozen image ships it: no provider copy for late OpenSSL users."""
+    frozen_like = tmp_path / "bundle"
+    shutil.copytree(bundle, frozen_like)
+    shutil.rmtree(frozen_like / "modules" / "late")
+    return frozen_like
+
+
+def test_self_check_passes_without_the_late_copy(bundle: Path, tmp_path: Path) -> None:
+    proc = _run(_STATUS, _bundle_without_late_copy(bundle, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fips_so_sha256_ok"] is True
+
+
+def test_late_copy_directory_without_its_provider_exits_78(bundle: Path, tmp_path: Path) -> None:
+    """Only an absent directory is the image's layout; a late directory missing its fips.so
+    is a damaged bundle."""
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle, broken)
+    (broken / "modules" / "late" / "fips.so").unlink()
+    proc = _run(_STATUS, broken)
+    assert proc.returncode == 78
+    assert "modules/late/fips.so is missing" in proc.stderr
+
+
+def test_late_openssl_without_its_copy_fails_closed(bundle: Path, tmp_path: Path) -> None:
+    """Without the late copy, an OpenSSL library that initialises after the self-check (the
+    venv's psycopg-binary bundles its own) cannot load any provider: its TLS connection
+    fails, it never runs outside the FIPS provider."""
+    from tests.support.postgres import start_cluster
+
+    cluster = start_cluster()
+    try:
+        params = {
+            "host": "127.0.0.1",
+            "port": cluster.port,
+            "user": cluster.config("postgres")["user"],
+            "password": cluster.password,
+            "dbname": "postgres",
+            "sslmode": "verify-full",
+            "sslrootcert": str(cluster.ca_file),
+        }
+        proc = _run(
+            _STATUS + _PG_TLS_PROBE,
+            _bundle_without_late_copy(bundle, tmp_path),
+            extra_env={"TEST_PG_PARAMS": json.dumps(params)},
+        )
+    finally:
+        cluster.stop()
+    assert proc.returncode != 0, proc.stdout
+    # libpq's OpenSSL found no provider to fetch from ("library has no ciphers").
+    assert "could not create SSL context" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stdout.splitlines()) == 1  # the status line, no TLS session

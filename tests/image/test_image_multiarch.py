@@ -29,6 +29,7 @@ from tests.support.image import (
     ImageConfig,
     demo_config,
     free_port,
+    openssl_files,
     pbkdf2_hash,
     start_container,
     wait_ready,
@@ -147,6 +148,17 @@ def test_arm64_image_holds_only_arm64_code(arm64_rootfs: Path) -> None:
     assert set(machines) == {EM_AARCH64}, {k: v[:5] for k, v in machines.items()}
     assert "opt/portcullis/portcullis" in machines[EM_AARCH64]
     assert any(p.endswith("fips.so") for p in machines[EM_AARCH64])
+
+
+def test_arm64_image_holds_one_openssl(arm64_rootfs: Path) -> None:
+    """psycopg-binary's bundled OpenSSL is linked to the rootfs's on arm64 too (the frozen FIPS
+    bundle has no provider copy for a second OpenSSL)."""
+    files, links = openssl_files(arm64_rootfs)
+    system = "usr/lib/aarch64-linux-gnu"
+    assert sorted(files) == [f"{system}/libcrypto.so.3", f"{system}/libssl.so.3"]
+    bundled = {k: v for k, v in links.items() if k.startswith("opt/portcullis/")}
+    assert bundled, links
+    assert set(bundled.values()) == {f"{system}/libcrypto.so.3", f"{system}/libssl.so.3"}
 
 
 def test_arm64_binary_is_not_native_here(arm64_rootfs: Path) -> None:

@@ -347,3 +347,21 @@ def proc_status(pid: int) -> dict[str, str]:
 
 def environment_without_fips() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PORTCULLIS_FIPS"}
+
+
+def openssl_files(rootfs: Path) -> tuple[list[str], dict[str, str]]:
+    """The OpenSSL library files of an unpacked image: (regular files, symlink -> resolved
+    path), both relative to the rootfs. The image ships one OpenSSL (the rootfs's Debian
+    libssl3); the app's bundled copies are symlinks to it (images/portcullis/portcullis.spec)."""
+    files: list[str] = []
+    links: dict[str, str] = {}
+    for path in sorted(rootfs.rglob("lib*.so*")):
+        if not path.name.startswith(("libssl", "libcrypto")):
+            continue
+        relative = str(path.relative_to(rootfs))
+        if path.is_symlink():
+            target = (path.parent / os.readlink(path)).resolve()
+            links[relative] = str(target.relative_to(rootfs.resolve()))
+        elif path.is_file():
+            files.append(relative)
+    return files, links

@@ -37,11 +37,17 @@ from portcullis_release.build import emulation
 
 SPEC = Path("images/portcullis/portcullis.spec")
 ENTRYPOINT = Path("images/portcullis/entrypoint.py")
+# The spec reads the image's app directory from it (where its symlinks into the rootfs start).
+IMAGE_JSON = Path("images/portcullis/image.json")
 APP_NAME = "portcullis"
 CONTENTS_DIR = "_internal"  # PyInstaller 6's default contents directory
 FIPS_DIRNAME = "portcullis_fips"  # portcullis.fips.BUNDLE_DIRNAME
 FREEZE_LOCK = Path("requirements/freeze.txt")
 _ENV_DONE = ".portcullis-freeze-env-complete"
+# The bundle's provider copy for OpenSSL libraries that initialise late (portcullis.fips) is
+# not frozen: in the frozen server the only one, libpq's, is the stdlib's OpenSSL (the spec
+# links psycopg-binary's libssl/libcrypto to the rootfs's), so it would be 1.8 MB nobody maps.
+FROZEN_WITHOUT = ("modules", "late")
 
 # Run inside the freeze environment: which distribution provides each top-level importable name,
 # and each distribution's version. ``packages_distributions`` infers names only from ``.py``
@@ -87,11 +93,16 @@ def _restore_fips_bundle(built: Path, fips_bundle: Path) -> None:
     if not target.is_dir():
         raise FreezeError(f"PyInstaller output has no {CONTENTS_DIR}/{FIPS_DIRNAME}")
     shutil.rmtree(target)
-    shutil.copytree(fips_bundle, target)
+    left_out = fips_bundle.joinpath(*FROZEN_WITHOUT)
+    shutil.copytree(
+        fips_bundle,
+        target,
+        ignore=lambda directory, names: {n for n in names if Path(directory, n) == left_out},
+    )
     for path in sorted(fips_bundle.rglob("*")):
-        if path.is_file() and (target / path.relative_to(fips_bundle)).read_bytes() != (
-            path.read_bytes()
-        ):
+        if not path.is_file() or left_out in path.parents:
+            continue
+        if (target / path.relative_to(fips_bundle)).read_bytes() != path.read_bytes():
             raise FreezeError(f"frozen copy of {path.name} differs from the FIPS bundle")
 
 
@@ -285,7 +296,7 @@ def input_key(
     digest.update(b"freeze-lock\0" + (repo / FREEZE_LOCK).read_bytes())
     _hash_tree(digest, repo / "server" / "portcullis", "server")
     _hash_tree(digest, fips_bundle, "fips")
-    for rel in (SPEC, ENTRYPOINT):
+    for rel in (SPEC, ENTRYPOINT, IMAGE_JSON):
         digest.update(rel.as_posix().encode() + b"\0" + (repo / rel).read_bytes())
     return digest.hexdigest()[:32]
 

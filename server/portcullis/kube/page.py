@@ -32,7 +32,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
 from anyio.to_thread import run_sync
@@ -43,14 +43,17 @@ from starlette.routing import Route
 from portcullis.config.load import ClientSpec, Config
 from portcullis.config.model import DEFAULT_FOREIGN_SCOPES, KubeCluster, KubeconfigPageSection
 from portcullis.connectors.base import ConnectorError, LoginRedirect, Scopes
-from portcullis.connectors.oauth2_common import decode_state
-from portcullis.connectors.oidc import VerifiedLogin
 from portcullis.kube import plugin_release
 from portcullis.kube.apiserver import apiserver_flags, settings_for
 from portcullis.kube.kubeconfig import ClusterSetup, Credentials, cluster_setups
 from portcullis.oidc.errors import OAuthError
 from portcullis.oidc.pkce import s256
 from portcullis.oidc.provider import Provider
+
+if TYPE_CHECKING:
+    # Only the sign-in at a foreign cluster's issuer uses the OIDC client stack (the oidc
+    # connector, httpx); a server without such clusters never imports it (issue 13).
+    from portcullis.connectors.oidc import VerifiedLogin
 
 log = logging.getLogger("portcullis.kube")
 
@@ -512,6 +515,8 @@ def _unpack(packed: str) -> bytes | None:
     the browser altered is a sign-in not started here (400), never an upstream failure."""
     if not packed:
         return None
+    from portcullis.connectors.oauth2_common import decode_state  # see TYPE_CHECKING above
+
     try:
         raw = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
         decode_state(raw, "login state")

@@ -173,8 +173,10 @@ class Provider:
 
     def start(self) -> None:
         """Make sure a signing key exists (first start, or overdue rotation)."""
-        self.keys.rotate_if_due(adopt_algorithm=True)
-        self.keys.reload()
+        # A rotation loads the new key set itself; parsing an RSA private key (cryptography's
+        # consistency check) costs tens of ms, so the key set is not loaded a second time.
+        if not self.keys.rotate_if_due(adopt_algorithm=True):
+            self.keys.reload()
         algorithms = sorted(
             {self.config.raw.signer.config.algorithm, self.keys.current().algorithm}
         )

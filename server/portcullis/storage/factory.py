@@ -12,6 +12,7 @@ postgres without one no sealing (a Dex config keeps working; the config check wa
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 from portcullis.config.load import Config
@@ -55,6 +56,19 @@ def open_storage(config: Config) -> Storage:
 
         return PostgresStorage(settings, sealer=configured_sealer(sealing) or UNSEALED)
     raise ValueError(f"storage type {config.raw.storage.type!r} is not supported")
+
+
+def import_backend(config: Config) -> None:
+    """Import the configured backend's module without opening anything.
+
+    ``serve --workers N`` calls this before it forks: the backend's libraries (SQLAlchemy and,
+    for postgres, psycopg: about 10 MB of objects) are then loaded once in the parent and
+    shared copy-on-write by every worker, instead of imported again by each one."""
+    settings = config.storage_config
+    if isinstance(settings, SQLiteConfig):
+        importlib.import_module("portcullis.storage.sqlite")
+    elif isinstance(settings, PostgresConfig):
+        importlib.import_module("portcullis.storage.postgres")
 
 
 def configured_sealer(section: StorageSealingSection) -> Sealer | None:

@@ -6,12 +6,14 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from starlette.responses import HTMLResponse
 
 from portcullis.config.model import FrontendSection
+
+if TYPE_CHECKING:
+    import jinja2
 
 PACKAGE_DIR = Path(__file__).parent
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
@@ -32,16 +34,14 @@ POST_BINDING_CSP = (
 
 class Pages:
     def __init__(self, frontend: FrontendSection, issuer_path: str) -> None:
-        loaders: list[jinja2.BaseLoader] = []
+        # Operator's templates first, then the built-in ones.
+        self._template_dirs = [str(TEMPLATES_DIR)]
         if frontend.dir:
-            loaders.append(jinja2.FileSystemLoader(str(Path(frontend.dir) / "templates")))
-        loaders.append(jinja2.FileSystemLoader(str(TEMPLATES_DIR)))
-        self._env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
-            autoescape=jinja2.select_autoescape(default=True),
-            undefined=jinja2.StrictUndefined,
-            auto_reload=False,
-        )
+            self._template_dirs.insert(0, str(Path(frontend.dir) / "templates"))
+        # Built at the first page rendered: Jinja2 costs every worker start-up time and memory,
+        # and a worker that only answers token and discovery requests never needs it (each
+        # template is compiled at its first use either way).
+        self._env: jinja2.Environment | None = None
         self._globals = {
             "issuer_name": frontend.issuer,
             "logo_url": _logo_url(frontend.logo_url, issuer_path),
@@ -50,8 +50,22 @@ class Pages:
             "extra": frontend.extra,
         }
 
+    def _environment(self) -> jinja2.Environment:
+        if self._env is None:
+            import jinja2
+
+            self._env = jinja2.Environment(
+                loader=jinja2.ChoiceLoader(
+                    [jinja2.FileSystemLoader(path) for path in self._template_dirs]
+                ),
+                autoescape=jinja2.select_autoescape(default=True),
+                undefined=jinja2.StrictUndefined,
+                auto_reload=False,
+            )
+        return self._env
+
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = self._env.get_template(template).render(**self._globals, **context)
+        html = self._environment().get_template(template).render(**self._globals, **context)
         return HTMLResponse(html, status_code=status, headers=NO_STORE)
 
     def error(
