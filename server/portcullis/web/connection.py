@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import time
 from asyncio import TimerHandle
 from collections.abc import Callable
@@ -60,11 +59,11 @@ CORK_LIMIT = 64 * 1024
 
 #: Seconds a refused connection keeps reading (and discarding) before it is closed.
 LINGER = 1.0
-# At shutdown, how long a connection accepted but not yet sent its first request may still send
-# it (Go's http.Server.Shutdown waits for such "new" connections too), and a kept-alive one whose
-# next request is arriving may finish it. A client that connected just before SIGTERM has its
-# request on the wire; closing that connection at once would turn an accepted request into
-# "server disconnected without a response".
+# At shutdown, how long a connection without a request in progress (new, or kept alive between
+# requests) may still send one (Go's http.Server.Shutdown waits for "new" connections too). A
+# client that connected, or reused its connection, just before SIGTERM has its request on the
+# wire; closing that connection at once would turn it into "server disconnected without a
+# response" or a reset.
 NEW_CONNECTION_GRACE = 1.0
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -188,35 +187,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        """The server is draining. A busy connection closes after its response and an idle
-        keep-alive one at once (uvicorn's behaviour), except when its next request is already
-        on the wire: a new connection (no request byte yet) and a kept-alive one whose next
-        request has begun or is waiting unread in the socket get ``NEW_CONNECTION_GRACE`` to
-        send it, and it is answered with ``connection: close``. Closing a socket with a
-        request unread in it resets the connection: the client, which had sent its request
-        before the server stopped, would see it fail without an answer."""
+        """The server is draining. A busy connection closes after its response (uvicorn's
+        behaviour). Any other one, new or kept alive between requests, gets
+        ``NEW_CONNECTION_GRACE`` to send a request, which is answered with
+        ``connection: close``; without one it is closed when the grace ends.
+
+        Closing an idle kept-alive connection at once (uvicorn, Go) races the client: a request
+        it sent just before the close arrives unread, or in the loop step before the socket is
+        really closed, and the close resets the connection; the client sees a request it had
+        sent fail without an answer (seen under load: a thread logging in in a loop got
+        ReadError at shutdown). With the grace, every request that reaches the server before
+        the grace ends is answered; a client sees the close only between requests."""
         self._draining = True
         cycle = self.cycle  # uvicorn types it non-optional; None until a request
         busy = cycle is not None and not cycle.response_complete
         if busy or self.transport.is_closing():
             super().shutdown()
             return
-        if self._used and self._phase == "idle" and not self._request_waiting():
-            super().shutdown()  # kept alive with nothing on the wire: closes at once
-            return
         self._requests_at_drain = self._requests
         self.loop.call_later(min(NEW_CONNECTION_GRACE, self.bounds.idle), self._close_if_idle)
-
-    def _request_waiting(self) -> bool:
-        """Whether bytes (or the client's close) wait unread in the socket."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(readable)
 
     def _close_if_idle(self) -> None:
         """The grace is over: close unless a request began meanwhile (it is answered with
