@@ -11,10 +11,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.image import REPO
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresCluster
 
 BUNDLE = REPO / ".cache" / "image" / "fips-bundle"
 
@@ -175,21 +179,26 @@ print(sorted(set(re.findall(r"modules/(\\w+)/fips\\.so", maps))))
 """
 
 
+def _verify_full_params(cluster: PostgresCluster) -> dict[str, Any]:
+    """libpq parameters for a TLS connection to ``cluster`` that verifies its certificate."""
+    return {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": cluster.config("postgres")["user"],
+        "password": cluster.password,
+        "dbname": "postgres",
+        "sslmode": "verify-full",
+        "sslrootcert": str(cluster.ca_file),
+    }
+
+
 def test_postgres_tls_works_in_fips_mode(bundle: Path) -> None:
     """libpq's own OpenSSL (psycopg wheel) gets a working provider: its own fips.so copy."""
     from tests.support.postgres import start_cluster
 
     cluster = start_cluster()
     try:
-        params = {
-            "host": "127.0.0.1",
-            "port": cluster.port,
-            "user": cluster.config("postgres")["user"],
-            "password": cluster.password,
-            "dbname": "postgres",
-            "sslmode": "verify-full",
-            "sslrootcert": str(cluster.ca_file),
-        }
+        params = _verify_full_params(cluster)
         code = _STATUS + _PG_TLS_PROBE
         proc = _run(code, bundle, extra_env={"TEST_PG_PARAMS": json.dumps(params)})
     finally:
@@ -271,15 +280,7 @@ def test_late_openssl_without_its_copy_fails_closed(bundle: Path, tmp_path: Path
 
     cluster = start_cluster()
     try:
-        params = {
-            "host": "127.0.0.1",
-            "port": cluster.port,
-            "user": cluster.config("postgres")["user"],
-            "password": cluster.password,
-            "dbname": "postgres",
-            "sslmode": "verify-full",
-            "sslrootcert": str(cluster.ca_file),
-        }
+        params = _verify_full_params(cluster)
         proc = _run(
             _STATUS + _PG_TLS_PROBE,
             _bundle_without_late_copy(bundle, tmp_path),
