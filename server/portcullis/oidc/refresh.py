@@ -201,7 +201,7 @@ def rotate_family(
 ) -> tuple[RefreshToken, RotationOutcome]:
     """Decide one use of ``secret`` on the family as it is *now* (inside the storage
     transaction): the record to store and what the client gets. Pure, so the rules are tested
-    without storage; ``RefreshStore.rotate`` runs it under ``update_refresh_token``."""
+    without storage; ``RefreshStore.rotate_async`` runs it under ``update_refresh_token``."""
     match = match_secret(secret, current)
     if match is SecretMatch.CURRENT:
         if policy.disable_rotation:
@@ -360,24 +360,19 @@ class RefreshStore:
     def _expired(self, family: RefreshToken) -> bool:
         return bool(family.expires_at) and self._clock.now() > family.expires_at
 
-    def lookup_for_grant(self, value: str, client: Client) -> Presented:
-        """The family a refresh grant may use, or a RefreshTokenError.
+    async def lookup_for_grant_async(self, value: str, client: Client) -> Presented:
+        """The family a refresh grant may use, or a RefreshTokenError; awaited on the event
+        loop.
 
         Family ids only ever leave the server inside refresh tokens, so a known id with a
         secret that is neither the current nor the previous one is an older generation being
         replayed: the family is ended here. This check comes before expiry and before the
         upstream refresh, so nobody can poke the upstream without a live secret.
-        """
-        denials: list[bool] = []
-        presented = self._find(value, denials)
-        return self._checked_for_grant(presented, denials[0], client)
 
-    async def lookup_for_grant_async(self, value: str, client: Client) -> Presented:
-        """``lookup_for_grant`` awaited on the event loop: the family is read with
-        ``Storage.get_refresh_token_for_use_async`` (no worker thread where the backend can
-        read without one), and only a lookup that must end the family or query the deny list
-        (a replay, an expired family, a denial newer than the family) continues in a worker
-        thread, with exactly the checks of ``lookup_for_grant``."""
+        The family is read with ``Storage.get_refresh_token_for_use_async`` (no worker thread
+        where the backend can read without one); only a lookup that must end the family or
+        query the deny list (a replay, an expired family, a denial newer than the family)
+        continues in a worker thread (``_checked_for_grant``)."""
         family_id, secret, dex_format = self._parse(value)
         try:
             family, denied = await self._storage.get_refresh_token_for_use_async(
@@ -393,8 +388,8 @@ class RefreshStore:
         return presented
 
     def _checked_for_grant(self, presented: Presented, denied: bool, client: Client) -> Presented:
-        """The checks of ``lookup_for_grant`` on a family read with its deny-list hint; ends
-        the family (storage writes) when it must not be used."""
+        """The checks of ``lookup_for_grant_async`` on a family read with its deny-list hint;
+        ends the family (storage writes) when it must not be used."""
         family = presented.family
         if family.client_id != client.id:
             raise ForeignRefreshTokenError()
@@ -505,30 +500,20 @@ class RefreshStore:
         )
         return family, format_refresh_token(family.id, secret)
 
-    def rotate_current(
+    async def rotate_current_async(
         self, value: str, client: Client, connector_ids: tuple[str, ...]
     ) -> tuple[RefreshToken, Rotated] | None:
         """The hot path: use ``value`` in ONE atomic storage statement when it carries the
         current secret of a live family of ``client`` whose connector is one of
         ``connector_ids`` (those that need no upstream refresh). Returns the family as stored
         afterwards and the secret for the client, or None when any of that does not hold;
-        nothing changed then, and the caller takes the general path (``lookup_for_grant``,
-        then ``rotate``), which decides retry, reuse, expiry and upstream refresh exactly as
-        before. The successor is sealed before the statement, since the key derives from the
-        presented secret; the statement applies the same rules as ``rotate_family`` and
-        ``family_expiry`` for this case."""
-        parsed = parse_refresh_token(value)
-        if parsed is None:
-            raise MalformedRefreshTokenError()
-        family_id, secret = parsed
-        return self._rotate_in_one_statement(family_id, secret, client, connector_ids, None)
-
-    async def rotate_current_async(
-        self, value: str, client: Client, connector_ids: tuple[str, ...]
-    ) -> tuple[RefreshToken, Rotated] | None:
-        """``rotate_current`` awaited on the event loop: the storage statement is awaited
-        (``Storage.rotate_refresh_token_async``) instead of run in a worker thread, so the
-        common refresh needs no thread hand-off of its own."""
+        nothing changed then, and the caller takes the general path
+        (``lookup_for_grant_async``, then ``rotate_async``), which decides retry, reuse, expiry
+        and upstream refresh. The successor is sealed before the statement, since the key
+        derives from the presented secret; the statement applies the same rules as
+        ``rotate_family`` and ``family_expiry`` for this case. The statement is awaited
+        (``Storage.rotate_refresh_token_async``), so the common refresh needs no thread
+        hand-off of its own."""
         parsed = parse_refresh_token(value)
         if parsed is None:
             raise MalformedRefreshTokenError()
@@ -537,21 +522,6 @@ class RefreshStore:
             family_id, secret, client, connector_ids, None
         )
         family = await self._storage.rotate_refresh_token_async(rotation)
-        return None if family is None else (family, Rotated(successor))
-
-    def _rotate_in_one_statement(
-        self,
-        family_id: str,
-        secret: str,
-        client: Client,
-        connector_ids: tuple[str, ...],
-        identity: Identity | None,
-    ) -> tuple[RefreshToken, Rotated] | None:
-        """``rotate_family`` for a current secret, as ``Storage.rotate_refresh_token``."""
-        rotation, successor = self._one_statement_rotation(
-            family_id, secret, client, connector_ids, identity
-        )
-        family = self._storage.rotate_refresh_token(rotation)
         return None if family is None else (family, Rotated(successor))
 
     def _one_statement_rotation(
@@ -589,30 +559,18 @@ class RefreshStore:
         )
         return rotation, successor
 
-    def rotate(self, client: Client, presented: Presented, identity: Identity) -> RotationOutcome:
+    async def rotate_async(
+        self, client: Client, presented: Presented, identity: Identity
+    ) -> RotationOutcome:
         """Apply ``rotate_family`` atomically to the family as stored now (another worker or
         replica may have rotated it since the lookup). Raises UnknownRefreshTokenError when the
         family was deleted meanwhile.
 
-        A current secret is first tried as one compare-and-swap statement (the family still
-        has that secret: rotate it); only when it was overtaken meanwhile does the locked
-        read-decide-write below run, which tells a retry from a replay."""
-        family = presented.family
-        if presented.match is SecretMatch.CURRENT:
-            swapped = self._rotate_in_one_statement(
-                family.id, presented.secret, client, (family.connector_id,), identity
-            )
-            if swapped is not None:
-                return swapped[1]
-        return self._rotate_locked(client, presented, identity)
-
-    async def rotate_async(
-        self, client: Client, presented: Presented, identity: Identity
-    ) -> RotationOutcome:
-        """``rotate`` awaited on the event loop: the compare-and-swap statement is awaited
-        (``Storage.rotate_refresh_token_async``); only a family overtaken since the lookup
-        (a retry with the previous secret, a concurrent rotation) goes on to the locked
-        read-decide-write in a worker thread."""
+        A current secret is first tried as one compare-and-swap statement, awaited
+        (``Storage.rotate_refresh_token_async``: the family still has that secret, rotate it);
+        only when it was overtaken meanwhile (a retry with the previous secret, a concurrent
+        rotation) does the locked read-decide-write run, in a worker thread, which tells a
+        retry from a replay."""
         family = presented.family
         if presented.match is SecretMatch.CURRENT:
             rotation, successor = self._one_statement_rotation(

@@ -1,4 +1,4 @@
-"""``RefreshStore.rotate_current``, the refresh grant's one-statement path: it rotates only a
+"""``RefreshStore.rotate_current_async``, the refresh grant's one-statement path: it rotates only a
 live family's current secret for its own client and an allowed connector, and whatever it
 leaves alone is decided by the general path exactly as before (a retry inside reuseInterval
 gets the same successor, a replay ends the family)."""
@@ -38,7 +38,7 @@ async def test_current_secret_rotates_in_one_statement(world: World) -> None:
     assert client is not None
     world.clock.advance(30)
 
-    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+    rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
 
     assert rotated is not None
     family, outcome = rotated
@@ -58,12 +58,12 @@ async def test_previous_secret_is_left_to_the_general_path(world: World) -> None
     token = (await world.login())["refresh_token"]
     client = world.provider.clients.get("app")
     assert client is not None
-    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+    rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
     assert rotated is not None
     successor = rotated[1].secret
 
     # Not the current secret any more: nothing happens here ...
-    assert world.provider.refresh.rotate_current(token, client, ("mock",)) is None
+    assert await world.provider.refresh.rotate_current_async(token, client, ("mock",)) is None
     # ... and the grant treats it as the retry it is: the same successor inside the interval.
     world.clock.advance(1)
     retry = await world.refresh(token)
@@ -84,14 +84,14 @@ async def test_other_client_connector_or_expired_family_is_not_touched(world: Wo
     app = world.provider.clients.get("app")
     assert app is not None
 
-    assert store.rotate_current(token, app, ("other-connector",)) is None
+    assert await store.rotate_current_async(token, app, ("other-connector",)) is None
     other = dataclasses.replace(app, id="someone-else")
-    assert store.rotate_current(token, other, ("mock",)) is None
+    assert await store.rotate_current_async(token, other, ("mock",)) is None
     assert world.storage.get_refresh_token(family_id) == before
 
     expired = dataclasses.replace(before, expires_at=world.clock.now() - 1)
     world.storage.update_refresh_token(family_id, lambda _: expired)
-    assert store.rotate_current(token, app, ("mock",)) is None
+    assert await store.rotate_current_async(token, app, ("mock",)) is None
     assert world.storage.get_refresh_token(family_id) == expired
 
 
@@ -107,7 +107,7 @@ async def test_a_denied_family_is_left_to_the_general_path(world: World) -> None
     world.clock.advance(1)
     world.storage.deny_subject(CLIENT, "app", world.clock.now(), world.clock.now() + 3600)
 
-    assert world.provider.refresh.rotate_current(token, app, ("mock",)) is None
+    assert await world.provider.refresh.rotate_current_async(token, app, ("mock",)) is None
     assert world.storage.get_refresh_token(family_id) == before
     refused = await world.refuse(grant_type="refresh_token", refresh_token=token)
     assert (refused.error, refused.description) == (
@@ -124,17 +124,17 @@ async def test_rotation_disabled_hands_back_the_same_secret() -> None:
     client = world.provider.clients.get("app")
     assert client is not None
     world.clock.advance(5)
-    rotated = world.provider.refresh.rotate_current(token, client, ("mock",))
+    rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
     assert rotated is not None
     assert rotated[1] == Rotated(_split(token)[1])
     assert rotated[0].last_used == world.clock.now()
 
 
-def test_malformed_token_is_refused(world: World) -> None:
+async def test_malformed_token_is_refused(world: World) -> None:
     client = world.provider.clients.get("app")
     assert client is not None
     with pytest.raises(MalformedRefreshTokenError):
-        world.provider.refresh.rotate_current("not-a-token", client, ("mock",))
+        await world.provider.refresh.rotate_current_async("not-a-token", client, ("mock",))
 
 
 async def test_the_grant_takes_it_per_connector(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,14 +132,14 @@ async def test_store_reports_an_overtaken_rotation(world: World) -> None:
     first = await world.login()
     app = world.provider.clients.get("app")
     assert app is not None
-    presented = world.provider.refresh.lookup_for_grant(first["refresh_token"], app)
+    presented = await world.provider.refresh.lookup_for_grant_async(first["refresh_token"], app)
     second = await world.refresh(first["refresh_token"])
     await world.refresh(second["refresh_token"])
 
-    outcome = world.provider.refresh.rotate(app, presented, presented.family.identity)
+    outcome = await world.provider.refresh.rotate_async(app, presented, presented.family.identity)
 
     assert outcome == Overtaken()
-    # rotate() only decides; it is the grant that ends the family.
+    # rotate_async() only decides; it is the grant that ends the family.
     parsed = parse_refresh_token(first["refresh_token"])
     assert parsed is not None
     assert world.storage.get_refresh_token(parsed[0]).id == parsed[0]
