@@ -513,9 +513,13 @@ class RefreshStore:
         derives from the presented secret; the statement applies the same rules as
         ``rotate_family`` and ``family_expiry`` for this case. The statement is awaited
         (``Storage.rotate_refresh_token_async``), so the common refresh needs no thread
-        hand-off of its own."""
+        hand-off of its own. A token in Dex's envelope is left to the general path too."""
         parsed = parse_refresh_token(value)
         if parsed is None:
+            if decode_dex_refresh_token(value) is not None:
+                # Dex's envelope (after `portcullis import-dex`): honoured once and rotated
+                # into ours, which the general path decides (see _presented).
+                return None
             raise MalformedRefreshTokenError()
         family_id, secret = parsed
         rotation, successor = self._one_statement_rotation(
