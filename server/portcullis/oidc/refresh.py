@@ -288,6 +288,16 @@ class Presented:
     match: SecretMatch
 
 
+@dataclass(frozen=True)
+class FamilyRead:
+    """A family as the one-statement rotation found it when it left the refresh to the
+    general path, with the deny-list hint (see ``Storage.get_refresh_token_for_use``): what
+    ``lookup_for_grant_async`` would otherwise read again."""
+
+    family: RefreshToken
+    denied_since: bool
+
+
 # -- the store ------------------------------------------------------------------------------
 
 
@@ -360,7 +370,9 @@ class RefreshStore:
     def _expired(self, family: RefreshToken) -> bool:
         return bool(family.expires_at) and self._clock.now() > family.expires_at
 
-    async def lookup_for_grant_async(self, value: str, client: Client) -> Presented:
+    async def lookup_for_grant_async(
+        self, value: str, client: Client, read: FamilyRead | None = None
+    ) -> Presented:
         """The family a refresh grant may use, or a RefreshTokenError; awaited on the event
         loop.
 
@@ -372,14 +384,18 @@ class RefreshStore:
         The family is read with ``Storage.get_refresh_token_for_use_async`` (no worker thread
         where the backend can read without one); only a lookup that must end the family or
         query the deny list (a replay, an expired family, a denial newer than the family)
-        continues in a worker thread (``_checked_for_grant``)."""
+        continues in a worker thread (``_checked_for_grant``). ``read``: the family as
+        ``rotate_current_async`` already read it for this value, so it is not read twice."""
         family_id, secret, dex_format = self._parse(value)
-        try:
-            family, denied = await self._storage.get_refresh_token_for_use_async(
-                family_id, self._clock.now()
-            )
-        except NotFoundError:
-            raise UnknownRefreshTokenError() from None
+        if read is not None and read.family.id == family_id:
+            family, denied = read.family, read.denied_since
+        else:
+            try:
+                family, denied = await self._storage.get_refresh_token_for_use_async(
+                    family_id, self._clock.now()
+                )
+            except NotFoundError:
+                raise UnknownRefreshTokenError() from None
         presented = self._presented(family, secret, dex_format)
         if family.client_id != client.id:
             raise ForeignRefreshTokenError()
@@ -502,18 +518,21 @@ class RefreshStore:
 
     async def rotate_current_async(
         self, value: str, client: Client, connector_ids: tuple[str, ...]
-    ) -> tuple[RefreshToken, Rotated] | None:
+    ) -> tuple[RefreshToken, Rotated] | FamilyRead | None:
         """The hot path: use ``value`` in ONE atomic storage statement when it carries the
         current secret of a live family of ``client`` whose connector is one of
         ``connector_ids`` (those that need no upstream refresh). Returns the family as stored
-        afterwards and the secret for the client, or None when any of that does not hold;
-        nothing changed then, and the caller takes the general path
-        (``lookup_for_grant_async``, then ``rotate_async``), which decides retry, reuse, expiry
-        and upstream refresh. The successor is sealed before the statement, since the key
-        derives from the presented secret; the statement applies the same rules as
-        ``rotate_family`` and ``family_expiry`` for this case. The statement is awaited
-        (``Storage.rotate_refresh_token_async``), so the common refresh needs no thread
-        hand-off of its own. A token in Dex's envelope is left to the general path too."""
+        afterwards and the secret for the client. When any of that does not hold, nothing
+        changed and the caller takes the general path (``lookup_for_grant_async``, then
+        ``rotate_async``), which decides retry, reuse, expiry and upstream refresh: it gets
+        the family as found (:class:`FamilyRead`, read in the same statement where the
+        backend can: ``Storage.rotate_refresh_token_or_read_async``), or None for a token in
+        Dex's envelope. UnknownRefreshTokenError when there is no such family.
+
+        The successor is sealed before the statement, since the key derives from the
+        presented secret; the statement applies the same rules as ``rotate_family`` and
+        ``family_expiry`` for this case. The statement is awaited, so the common refresh
+        needs no thread hand-off of its own."""
         parsed = parse_refresh_token(value)
         if parsed is None:
             if decode_dex_refresh_token(value) is not None:
@@ -525,8 +544,13 @@ class RefreshStore:
         rotation, successor = self._one_statement_rotation(
             family_id, secret, client, connector_ids, None
         )
-        family = await self._storage.rotate_refresh_token_async(rotation)
-        return None if family is None else (family, Rotated(successor))
+        try:
+            found = await self._storage.rotate_refresh_token_or_read_async(rotation)
+        except NotFoundError:
+            raise UnknownRefreshTokenError() from None
+        if found.rotated:
+            return found.family, Rotated(successor)
+        return FamilyRead(found.family, found.denied_since)
 
     def _one_statement_rotation(
         self,

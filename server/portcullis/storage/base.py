@@ -24,6 +24,7 @@ from portcullis.storage.models import (
     Password,
     RefreshRotation,
     RefreshToken,
+    RotationOrRead,
 )
 from portcullis.storage.throttling import ThrottleRule
 
@@ -185,6 +186,23 @@ class Storage(ABC):
         from anyio import to_thread  # the event-loop side only; storage stays usable without
 
         return await to_thread.run_sync(self.rotate_refresh_token, rotation)
+
+    async def rotate_refresh_token_or_read_async(self, rotation: RefreshRotation) -> RotationOrRead:
+        """``rotate_refresh_token_async``, and when it changed nothing, the family as
+        ``get_refresh_token_for_use_async`` reads it (NotFoundError when there is none): what
+        the refresh grant needs next either way. By default those two awaited calls;
+        PostgreSQL answers both in one statement (a data-modifying CTE), so a refresh that
+        the one-statement rotation leaves to the general path (a connector that refreshes
+        upstream, a retry) costs no extra round trip. The family read after a failed
+        rotation may already be out of date; the general path's compare-and-swap settles
+        that."""
+        family = await self.rotate_refresh_token_async(rotation)
+        if family is not None:
+            return RotationOrRead(family, rotated=True, denied_since=False)
+        current, denied_since = await self.get_refresh_token_for_use_async(
+            rotation.family_id, rotation.now
+        )
+        return RotationOrRead(current, rotated=False, denied_since=denied_since)
 
     @abstractmethod
     def delete_refresh_token(self, token_id: str) -> None: ...

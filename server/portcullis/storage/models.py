@@ -318,3 +318,15 @@ class RefreshRotation:
         if self.idle_deadline > 0:
             limits.append(self.idle_deadline)
         return min(limits) if limits else 0.0
+
+
+@dataclass(frozen=True)
+class RotationOrRead:
+    """What ``Storage.rotate_refresh_token_or_read_async`` found: the family as stored after
+    the rotation (``rotated``), or, when the rotation's conditions did not hold, the family as
+    it was and whether a live denial postdates it (``denied_since``, as
+    ``Storage.get_refresh_token_for_use`` answers), for the caller's general path."""
+
+    family: RefreshToken
+    rotated: bool
+    denied_since: bool

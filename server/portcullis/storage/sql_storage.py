@@ -119,6 +119,36 @@ def _rotation_statement(
     )
 
 
+@functools.cache
+def _rotation_or_read_statement(
+    *, rotating: bool, absolute: bool, idle: bool, identity: bool, connectors: int
+) -> sa.Select[Any]:
+    """The rotation statement of the same shape as a data-modifying CTE, answered by ONE
+    statement: the family as rotated (``rotated`` true), or, when the rotation matched
+    nothing, the family as it was with the deny-list hint of ``_GET_REFRESH_FOR_USE``
+    (``rotated`` false), or no row when there is no such family. PostgreSQL only (SQLite
+    has no DML in a WITH clause). The outer query sees the statement's snapshot, so the
+    second branch reads the row as it was before a concurrent rotation it waited for; the
+    general path's compare-and-swap then finds it overtaken, as after a separate read."""
+    rt = t.refresh_tokens
+    rotated = _rotation_statement(
+        rotating=rotating, absolute=absolute, idle=idle, identity=identity, connectors=connectors
+    ).cte("rotated")
+    after = sa.select(sa.true().label("rotated"), *rotated.c, sa.false().label("denied_since"))
+    before = sa.select(
+        sa.false(),
+        *rt.c,
+        sa.exists().where(
+            t.denied_subjects.c.expiry >= sa.bindparam("p_now", type_=sa.Double),
+            t.denied_subjects.c.revoked_at >= rt.c.created_at,
+        ),
+    ).where(
+        rt.c.id == sa.bindparam("p_id", type_=sa.Text),
+        ~sa.exists(sa.select(rotated.c.id)),
+    )
+    return sa.select(sa.union_all(after, before).subquery("family"))
+
+
 # Consuming an authorization code, built once (compiled once): mark it used only if unused.
 CONSUME_CODE = (
     sa.update(t.auth_codes)
@@ -454,11 +484,15 @@ class SQLStorage(Storage):
         row = self._hot_statement(statement[0], t.refresh_tokens, statement[1], write=True)
         return None if row is None else self._refresh_token_from(row)
 
-    def _rotation(self, rotation: RefreshRotation) -> tuple[sa.Executable, dict[str, Any]] | None:
-        """The rotation statement and its parameters; None when it cannot match anything."""
+    def _rotation(
+        self, rotation: RefreshRotation, *, or_read: bool = False
+    ) -> tuple[sa.Executable, dict[str, Any]] | None:
+        """The rotation statement and its parameters; None when it cannot match anything.
+        ``or_read``: its rotate-or-read form (``_rotation_or_read_statement``)."""
         if not rotation.presented_hash or not rotation.connector_ids:
             return None
-        stmt = _rotation_statement(
+        build = _rotation_or_read_statement if or_read else _rotation_statement
+        stmt = build(
             rotating=bool(rotation.new_token_hash),
             absolute=rotation.absolute_lifetime > 0,
             idle=rotation.idle_deadline > 0,

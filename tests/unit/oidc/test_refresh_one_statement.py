@@ -12,6 +12,7 @@ import pytest
 from portcullis.connectors.authproxy import AuthProxyConfig, AuthProxyConnector
 from portcullis.oidc.denials import CLIENT
 from portcullis.oidc.refresh import (
+    FamilyRead,
     MalformedRefreshTokenError,
     Rotated,
     digest,
@@ -23,6 +24,11 @@ from portcullis.storage.base import NotFoundError
 from tests.support.oidc_provider import World, make_world
 
 pytestmark = pytest.mark.anyio
+
+
+def _left_alone(result: object, family: Any) -> bool:
+    """Not rotated: the family handed to the general path, as stored (unchanged)."""
+    return isinstance(result, FamilyRead) and result.family == family
 
 
 def _split(token: str) -> tuple[str, str]:
@@ -40,7 +46,7 @@ async def test_current_secret_rotates_in_one_statement(world: World) -> None:
 
     rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
 
-    assert rotated is not None
+    assert isinstance(rotated, tuple)
     family, outcome = rotated
     assert family.id == family_id
     assert outcome.secret != secret
@@ -59,11 +65,13 @@ async def test_previous_secret_is_left_to_the_general_path(world: World) -> None
     client = world.provider.clients.get("app")
     assert client is not None
     rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
-    assert rotated is not None
+    assert isinstance(rotated, tuple)
     successor = rotated[1].secret
 
     # Not the current secret any more: nothing happens here ...
-    assert await world.provider.refresh.rotate_current_async(token, client, ("mock",)) is None
+    stored = world.storage.get_refresh_token(_split(token)[0])
+    again = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
+    assert _left_alone(again, stored)
     # ... and the grant treats it as the retry it is: the same successor inside the interval.
     world.clock.advance(1)
     retry = await world.refresh(token)
@@ -84,14 +92,14 @@ async def test_other_client_connector_or_expired_family_is_not_touched(world: Wo
     app = world.provider.clients.get("app")
     assert app is not None
 
-    assert await store.rotate_current_async(token, app, ("other-connector",)) is None
+    assert _left_alone(await store.rotate_current_async(token, app, ("other-connector",)), before)
     other = dataclasses.replace(app, id="someone-else")
-    assert await store.rotate_current_async(token, other, ("mock",)) is None
+    assert _left_alone(await store.rotate_current_async(token, other, ("mock",)), before)
     assert world.storage.get_refresh_token(family_id) == before
 
     expired = dataclasses.replace(before, expires_at=world.clock.now() - 1)
     world.storage.update_refresh_token(family_id, lambda _: expired)
-    assert await store.rotate_current_async(token, app, ("mock",)) is None
+    assert _left_alone(await store.rotate_current_async(token, app, ("mock",)), expired)
     assert world.storage.get_refresh_token(family_id) == expired
 
 
@@ -107,7 +115,10 @@ async def test_a_denied_family_is_left_to_the_general_path(world: World) -> None
     world.clock.advance(1)
     world.storage.deny_subject(CLIENT, "app", world.clock.now(), world.clock.now() + 3600)
 
-    assert await world.provider.refresh.rotate_current_async(token, app, ("mock",)) is None
+    found = await world.provider.refresh.rotate_current_async(token, app, ("mock",))
+    assert _left_alone(found, before)
+    assert isinstance(found, FamilyRead)
+    assert found.denied_since  # the hint that sends the general path to the deny list
     assert world.storage.get_refresh_token(family_id) == before
     refused = await world.refuse(grant_type="refresh_token", refresh_token=token)
     assert (refused.error, refused.description) == (
@@ -125,7 +136,7 @@ async def test_rotation_disabled_hands_back_the_same_secret() -> None:
     assert client is not None
     world.clock.advance(5)
     rotated = await world.provider.refresh.rotate_current_async(token, client, ("mock",))
-    assert rotated is not None
+    assert isinstance(rotated, tuple)
     assert rotated[1] == Rotated(_split(token)[1])
     assert rotated[0].last_used == world.clock.now()
 

@@ -180,6 +180,42 @@ def test_awaited_statements_return_what_the_thread_path_returns(
     assert store._loop_connections.budget.open == 1
 
 
+def test_rotate_or_read_is_one_statement_either_way(
+    store: PostgresStorage, samples: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh of a family the one-statement rotation must leave alone (here: its
+    connector refreshes upstream) costs one round trip, not a rotation and then a read; the
+    family comes back as the thread path reads it, denial hint included. A rotation that
+    applies is one statement too."""
+    identity = samples.identity(groups=("ops",), connector_data=b"\x00\xff")
+    store.create_refresh_token(samples.refresh_token("upstream", identity=identity))
+    store.create_refresh_token(samples.refresh_token("local", identity=identity))
+    store.deny_subject("group", "someone", NOW - 10**6, NOW + 10**6)  # live, older families
+    statements: list[str] = []
+    hot = store._hot_async
+
+    async def counted(stmt: Any, table: Any, params: Any) -> Any:
+        statements.append(table.name)
+        return await hot(stmt, table, params)
+
+    monkeypatch.setattr(store, "_hot_async", counted)
+
+    async def both() -> tuple[Any, Any]:
+        left = await store.rotate_refresh_token_or_read_async(
+            _rotation(family_id="upstream", connector_ids=("ldap",))
+        )
+        rotated = await store.rotate_refresh_token_or_read_async(_rotation(family_id="local"))
+        return left, rotated
+
+    left, rotated = _run(both)
+    assert statements == ["refresh_tokens", "refresh_tokens"]
+    assert not left.rotated
+    assert (left.family, left.denied_since) == store.get_refresh_token_for_use("upstream", NOW)
+    assert rotated.rotated
+    assert rotated.family == store.get_refresh_token("local")
+    assert rotated.family.token_hash == "0a" * 32
+
+
 def test_a_duplicate_family_is_already_exists_and_the_connection_stays_usable(
     store: PostgresStorage, samples: Any
 ) -> None:

@@ -191,3 +191,86 @@ def test_awaited_rotation_rotates_once(storage: Storage, family: RefreshToken) -
     assert winners[0].obsolete_token_hash == CURRENT
     assert storage.get_refresh_token("rt-1").token_hash == NEW
     assert asyncio.run(storage.rotate_refresh_token_async(_rotation(family_id="absent"))) is None
+
+
+# -- rotate_refresh_token_or_read_async: the rotation, or the family for the general path -----
+
+
+def test_rotate_or_read_rotates_like_the_rotation(storage: Storage, family: RefreshToken) -> None:
+    found = asyncio.run(storage.rotate_refresh_token_or_read_async(_rotation()))
+    assert found.rotated
+    assert not found.denied_since
+    assert found.family.token_hash == NEW
+    assert found.family.obsolete_token_hash == CURRENT
+    assert storage.get_refresh_token("rt-1") == found.family
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"presented_hash": PREVIOUS},
+        {"presented_hash": "12" * 32},
+        {"presented_hash": ""},
+        {"client_id": "other-app"},
+        {"connector_ids": ("ldap",)},
+        {"connector_ids": ()},
+        {"now": 1_700_086_400.5},
+    ],
+    ids=["previous", "neither", "empty", "client", "connector", "no-connectors", "expired"],
+)
+def test_rotate_or_read_hands_back_the_family_as_it_is(
+    storage: Storage, family: RefreshToken, changes: dict[str, Any]
+) -> None:
+    """Whatever the rotation leaves alone comes back unchanged (what the general path would
+    read), with no live denial to report."""
+    found = asyncio.run(storage.rotate_refresh_token_or_read_async(_rotation(**changes)))
+    assert not found.rotated
+    assert found.family == family
+    assert storage.get_refresh_token("rt-1") == family
+    # As the general path's own read would say (a backend that cannot tell answers "check
+    # the deny list", which is never wrong).
+    assert found.denied_since is storage.get_refresh_token_for_use("rt-1", USED_AT)[1]
+
+
+def test_rotate_or_read_reports_a_live_denial(storage: Storage, family: RefreshToken) -> None:
+    storage.deny_subject("client", "example-app", family.created_at, USED_AT + 60)
+    found = asyncio.run(storage.rotate_refresh_token_or_read_async(_rotation()))
+    assert not found.rotated
+    assert found.denied_since
+    assert found.family == family
+
+
+def test_rotate_or_read_of_an_unknown_family_is_not_found(storage: Storage) -> None:
+    with pytest.raises(NotFoundError):
+        asyncio.run(storage.rotate_refresh_token_or_read_async(_rotation()))
+    with pytest.raises(NotFoundError):
+        storage.get_refresh_token("rt-1")
+
+
+def test_rotate_or_read_rotates_once_under_concurrency(
+    storage: Storage, family: RefreshToken
+) -> None:
+    """Eight concurrent uses of one secret: one rotates; the others get the family as it was
+    before or after that rotation (the compare-and-swap of the general path sorts them out),
+    never a second rotation."""
+
+    async def use_eight_times() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(
+                    storage.rotate_refresh_token_or_read_async(
+                        _rotation(new_token_hash=f"{i:02x}" * 32)
+                    )
+                    for i in range(8)
+                )
+            )
+        )
+
+    results = asyncio.run(use_eight_times())
+    winners = [r for r in results if r.rotated]
+    assert len(winners) == 1
+    stored = storage.get_refresh_token("rt-1")
+    assert stored == winners[0].family
+    for loser in (r for r in results if not r.rotated):
+        assert loser.family.id == "rt-1"
+        assert loser.family.token_hash in {CURRENT, stored.token_hash}

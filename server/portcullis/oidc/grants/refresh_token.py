@@ -26,6 +26,7 @@ from portcullis.oidc.errors import invalid_grant, invalid_request, invalid_scope
 from portcullis.oidc.grants.base import TokenRequest
 from portcullis.oidc.issue import TokenIssuer
 from portcullis.oidc.refresh import (
+    FamilyRead,
     Presented,
     RefreshStore,
     RefreshTokenError,
@@ -59,9 +60,9 @@ class RefreshTokenGrant:
     async def handle(self, request: TokenRequest) -> dict[str, Any]:
         try:
             fast = await self._rotate_current(request)
-            if fast is not None:
+            if isinstance(fast, dict):
                 return fast
-            presented, granted = await self._lookup(request)
+            presented, granted = await self._lookup(request, fast)
             # RFC 8707 §2.2: a refresh may narrow the family's resources, never widen them.
             # Checked before the upstream re-check and the rotation: a refused request must
             # not spend the refresh token.
@@ -74,8 +75,9 @@ class RefreshTokenGrant:
         except RefreshTokenError as exc:
             raise invalid_grant(exc.description) from None
 
-    async def _rotate_current(self, request: TokenRequest) -> dict[str, Any] | None:
-        """The common refresh in one storage statement, or None for the general path below.
+    async def _rotate_current(self, request: TokenRequest) -> dict[str, Any] | FamilyRead | None:
+        """The common refresh in one storage statement; otherwise the family as that statement
+        found it (or None) for the general path below.
 
         Runs on the event loop: the statement is awaited (on SQLite it joins the group commit
         without a worker thread of its own; the hand-off to and from a worker thread was about
@@ -99,8 +101,8 @@ class RefreshTokenGrant:
         rotated = await self._refresh.rotate_current_async(
             value, request.client, self._local_connectors
         )
-        if rotated is None:
-            return None
+        if not isinstance(rotated, tuple):
+            return rotated
         family, outcome = rotated
         return self._issuer.response(
             request.client,
@@ -114,11 +116,13 @@ class RefreshTokenGrant:
             refresh_token=format_refresh_token(family.id, outcome.secret),
         )
 
-    async def _lookup(self, request: TokenRequest) -> tuple[Presented, tuple[str, ...]]:
+    async def _lookup(
+        self, request: TokenRequest, read: FamilyRead | None
+    ) -> tuple[Presented, tuple[str, ...]]:
         value = request.form.get("refresh_token", "")
         if not value:
             raise invalid_request("the refresh_token parameter is missing")
-        presented = await self._refresh.lookup_for_grant_async(value, request.client)
+        presented = await self._refresh.lookup_for_grant_async(value, request.client, read)
         granted = presented.family.scopes
         # A refresh may narrow the scopes (RFC 6749 §6), never widen them.
         requested = scopes.parse_scopes(request.form.get("scope", ""))
