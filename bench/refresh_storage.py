@@ -102,7 +102,9 @@ def measure(storage: Storage, n: int, rounds: int) -> dict[str, float]:
             rotated = await store.rotate_current_async(token, CLIENT, ("local",))
         else:
             rotated = legacy.rotate_current(token, CLIENT, ("local",))
-        if rotated is None:
+        # Rotated: (family, successor); not applied: None (older checkouts) or the family
+        # as found (FamilyRead, for the general path).
+        if not isinstance(rotated, tuple):
             raise RuntimeError("the one-statement rotation did not apply")
 
     async def consume(code: str) -> None:
