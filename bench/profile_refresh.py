@@ -1,10 +1,17 @@
 """Profile Portcullis's refresh path under wrk load: where a refresh spends its CPU.
 
     python -m bench.profile_refresh [--backend sqlite] [--rotation on] [--seconds 15]
-                                    [--endpoint refresh-rotate-noup|code]
+                                    [--endpoint refresh-rotate-noup|code|cc-rs256] [--perf]
 
-It starts a real `portcullis serve CONFIG --workers 1` (the CLI, so it profiles whatever the
-server wires today) inside cProfile, in a child process, with one change: anyio's
+With ``--perf`` it instead samples the unmodified server (``--workers 2``, as `make bench`
+runs it) with Linux ``perf record`` (Debian's ``linux-perf``) and prints where its CPU went
+by shared object: OpenSSL inside cryptography's ``_rust.abi3.so`` (the JWS signatures, and the
+AES-GCM/HKDF of sealing), the CPython interpreter (all Python code), the kernel (TCP, futex,
+fsync), libc, SQLite, uvloop and the rest. That is the budget a ratio target has to fit in:
+the Python share is what any change to our code can win at most.
+
+Without it, it starts a real `portcullis serve CONFIG --workers 1` (the CLI, so it profiles
+whatever the server wires today) inside cProfile, in a child process, with one change: anyio's
 ``to_thread.run_sync`` runs the function inline, because cProfile sees only the thread it was
 enabled in and the storage and signing work of a refresh runs in worker threads. The profile
 therefore shows CPU cost per call site but not the thread hand-off itself (compare with
@@ -46,6 +53,88 @@ def child(out: str, argv: list[str]) -> int:
     return code
 
 
+#: How a shared object is reported (first match of its file name wins).
+_DSO_GROUPS = (
+    ("_rust.abi3.so", "OpenSSL in cryptography (signatures; sealing's AES-GCM/HKDF)"),
+    ("libpython", "CPython interpreter (all Python code)"),
+    ("[kernel", "kernel (TCP, futex, fsync)"),
+    ("libc.so", "libc (malloc, memcpy, syscalls)"),
+    ("libsqlite3", "SQLite"),
+    ("loop.cpython", "uvloop"),
+    ("libpq", "libpq / psycopg"),
+    ("_psycopg", "libpq / psycopg"),
+)
+
+
+def dso_shares(report: str) -> dict[str, float]:
+    """``perf report --sort dso`` text as percentages per group of ``_DSO_GROUPS``."""
+    shares: dict[str, float] = {}
+    for line in report.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or not fields[0].endswith("%") or line.lstrip().startswith("#"):
+            continue
+        share, dso = float(fields[0][:-1]), " ".join(fields[1:])
+        group = next((name for key, name in _DSO_GROUPS if key in dso), "other")
+        shares[group] = shares.get(group, 0.0) + share
+    return shares
+
+
+def perf_budget(args: argparse.Namespace) -> int:
+    """Run the 2-worker server under wrk and ``perf record`` its processes; print the split."""
+    import shutil
+    import subprocess
+
+    from portcullis.passwords import hash_password
+
+    from bench import run
+
+    if shutil.which("perf") is None:
+        print("perf is not installed (Debian: apt-get install linux-perf)", file=sys.stderr)
+        return 2
+    endpoint = args.endpoint or ("refresh-rotate" if args.rotation == "on" else "refresh-static")
+    with (
+        tempfile.TemporaryDirectory(prefix="portcullis-perf-") as tmp,
+        run.postgres_cluster(args.backend == "postgres") as cluster,
+    ):
+        directory = Path(tmp)
+        data = str(args.save or directory / "perf.data")
+        setup = run.PortcullisSetup(args.backend, rotation=endpoint != "refresh-static")
+        storage = run.storage_for(args.backend, directory, cluster, "perf")
+        server = run.PortcullisPeer(
+            directory,
+            setup,
+            2,
+            hash_password(run.PASSWORD, scheme="bcrypt", cost=10),
+            storage,
+            None,
+        )
+        try:
+            load = server.load(endpoint, int(4000 * args.seconds))
+            pids = ",".join(str(pid) for pid in server.pids())
+            record = subprocess.Popen(
+                ["perf", "record", "-q", "-F", "499", "-o", data, "-p", pids, "--",
+                 "sleep", f"{max(args.seconds - 1, 1):g}"],
+            )  # fmt: skip
+            sample = run.run_wrk(server.base(), load, args.seconds, directory, server.pids)
+            record.wait()
+        finally:
+            server.stop()
+        report = subprocess.run(
+            ["perf", "report", "-i", data, "--no-children", "--sort", "dso", "--stdio"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    print(
+        f"{endpoint} on {args.backend}, `serve --workers 2`, {sample.rate:.0f} req/s, "
+        f"p50/p99 {sample.p50_ms:.1f}/{sample.p99_ms:.1f} ms, {sample.cores:.2f} cores; "
+        "share of the workers' CPU samples:"
+    )
+    for group, share in sorted(dso_shares(report).items(), key=lambda item: -item[1]):
+        print(f"  {share:5.1f}%  {group}")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3:])
@@ -58,12 +147,20 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument(
         "--endpoint",
-        choices=["refresh-rotate", "refresh-rotate-noup", "code"],
+        choices=["refresh-rotate", "refresh-rotate-noup", "code", "cc-rs256"],
         help="what to load (default: the refresh row of --rotation, connector refreshing "
         "upstream); rotation on only",
     )
-    parser.add_argument("--save", type=Path, help="keep the raw pstats file here")
+    parser.add_argument("--save", type=Path, help="keep the raw pstats (or perf.data) here")
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample the unmodified 2-worker server with Linux perf and print CPU by shared "
+        "object instead of a cProfile",
+    )
     args = parser.parse_args()
+    if args.perf:
+        return perf_budget(args)
 
     from portcullis.passwords import hash_password
 
