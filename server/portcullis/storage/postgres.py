@@ -30,7 +30,7 @@ import math
 import re
 import select
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -244,6 +244,17 @@ def _check_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
             raise sa.exc.DisconnectionError()
 
 
+class _Lease:
+    """A loop connection lent to one task (``PostgresStorage._loop_lease``); ``busy`` while a
+    statement of it is in flight, so one cut off mid-way is not handed to the next task."""
+
+    __slots__ = ("busy", "conn")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.busy = False
+
+
 class PostgresStorage(SQLStorage):
     """Storage in a PostgreSQL database shared by every replica, migrated when opened."""
 
@@ -418,9 +429,15 @@ class PostgresStorage(SQLStorage):
     ) -> Mapping[str, Any] | None:
         """``_hot_statement`` awaited on the running loop, on one of its own connections:
         the same compiled SQL and parameters, the same errors."""
+        async with self._loop_lease() as lease:
+            return await self._run_on(lease, stmt, table, params)
+
+    @contextlib.asynccontextmanager
+    async def _loop_lease(self) -> AsyncIterator[_Lease]:
+        """One of the running loop's connections for one or more hot statements in a row
+        (``_run_on``), given back when the block ends. It is kept for the next task unless a
+        statement was cut off mid-way (cancelled) or the connection broke."""
         assert self._loop_connections is not None
-        compiled = self._statements.get(stmt)
-        args = compiled.parameters(params)
         pool = self._loop_connections.pool()
         try:
             pooled = await pool.acquire(POOL_TIMEOUT)
@@ -428,26 +445,39 @@ class PostgresStorage(SQLStorage):
             raise self._exhausted() from None
         except psycopg.Error as exc:  # opening a connection failed
             raise self._unavailable(exc) from None
-        reusable = False
+        lease = _Lease(pooled.conn)
+        try:
+            yield lease
+        finally:
+            conn = pooled.conn
+            pool.release(pooled, reusable=not (lease.busy or conn.closed or conn.broken))
+
+    async def _run_on(
+        self, lease: _Lease, stmt: sa.Executable, table: sa.Table, params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """One hot statement on a leased loop connection (autocommit: its own transaction)."""
+        compiled = self._statements.get(stmt)
+        args = compiled.parameters(params)
+        lease.busy = True
         try:
             # Prepared on first use: a handful of fixed statements, each reused all day
             # (psycopg would prepare them after five uses on each connection anyway; not
             # preparing at all cost 15% more CPU and a third of the throughput, measured).
-            cursor = await pooled.conn.execute(compiled.sql, args, prepare=True)
+            cursor = await lease.conn.execute(compiled.sql, args, prepare=True)
             # The statement says whether it returns rows (cursor.description would build a
             # Column object per column on every call).
             found = await cursor.fetchall() if compiled.columns else []
-            reusable = True
         except psycopg.Error as exc:
-            conn = pooled.conn
-            reusable = not (conn.closed or conn.broken)
+            conn = lease.conn
+            # The server answered (or the connection is gone): nothing is left in flight.
+            lease.busy = False
             if isinstance(exc, psycopg.IntegrityError) and exc.sqlstate == _UNIQUE_VIOLATION:
                 raise AlreadyExistsError(f"{table.name}: record already exists") from None
             # Not chained: psycopg's message carries the server's DETAIL, which can quote
             # row values (the parameters); the first line is kept, as on the thread path.
-            raise self._statement_failure(exc, exc, invalidated=not reusable) from None
-        finally:
-            pool.release(pooled, reusable=reusable)
+            invalidated = conn.closed or conn.broken
+            raise self._statement_failure(exc, exc, invalidated=invalidated) from None
+        lease.busy = False
         return compiled.row(found)
 
     async def _hot_write_async(
@@ -487,23 +517,29 @@ class PostgresStorage(SQLStorage):
         client_id: str,
         start_family: Callable[[AuthCode], RefreshToken | None],
     ) -> tuple[AuthCode, RefreshToken | None]:
-        """The base class's two autocommit statements, each awaited on the loop: the code
-        stays consumed when ``start_family`` raises or the family cannot be stored."""
+        """The base class's two autocommit statements, awaited on the loop on one connection:
+        the code stays consumed when ``start_family`` raises or the family cannot be
+        stored."""
         if self._loop_connections is None:
             return await super().exchange_auth_code_async(code_id, now, client_id, start_family)
         params = {"p_id": code_id, "p_now": now, "p_client": client_id}
-        row = await self._hot_async(CONSUME_CODE, t.auth_codes, params)
-        if row is None:  # the cold path: find out why, in a worker thread
-            from anyio import to_thread
+        # One connection for both statements: a second trip through the pool's queue under
+        # load doubled the wait of an exchange (its p99 most of all). start_family is checks
+        # and building a record, no I/O.
+        async with self._loop_lease() as lease:
+            row = await self._run_on(lease, CONSUME_CODE, t.auth_codes, params)
+            if row is not None:
+                code = rows.auth_code_from(row, self._sealer)
+                family = start_family(code)
+                if family is not None:
+                    family_row = rows.refresh_token_row(family, self._sealer)
+                    await self._run_on(lease, INSERT_REFRESH, t.refresh_tokens, family_row)
+                return code, family
+        # The cold path: find out why, in a worker thread (_code_not_consumed always raises).
+        from anyio import to_thread
 
-            await to_thread.run_sync(self._code_not_consumed, code_id, client_id)
-        assert row is not None  # _code_not_consumed always raises
-        code = rows.auth_code_from(row, self._sealer)
-        family = start_family(code)
-        if family is not None:
-            family_row = rows.refresh_token_row(family, self._sealer)
-            await self._hot_async(INSERT_REFRESH, t.refresh_tokens, family_row)
-        return code, family
+        await to_thread.run_sync(self._code_not_consumed, code_id, client_id)
+        raise AssertionError("unreachable: _code_not_consumed raises")
 
     def _read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         return self._transaction()

@@ -216,6 +216,50 @@ def test_rotate_or_read_is_one_statement_either_way(
     assert rotated.family.token_hash == "0a" * 32
 
 
+def test_a_code_exchange_takes_one_connection_for_both_statements(
+    store: PostgresStorage, samples: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consuming the code and storing its family go through the pool once: a second trip
+    through the pool's queue doubled an exchange's wait under load. When the checks between
+    the two statements refuse the exchange, the code stays consumed and the connection is
+    kept for the next task."""
+    store.create_auth_code(samples.auth_code("c1"))
+    store.create_auth_code(samples.auth_code("c2"))
+    assert store._loop_connections is not None
+    acquired: list[int] = []
+
+    async def run() -> tuple[Any, Any]:
+        pool = store._loop_connections.pool()  # type: ignore[union-attr]
+        acquire = pool.acquire
+
+        async def counted(timeout: float) -> Any:
+            acquired.append(1)
+            return await acquire(timeout)
+
+        monkeypatch.setattr(pool, "acquire", counted)
+
+        def start_family(code: Any) -> RefreshToken:
+            family: RefreshToken = samples.refresh_token("rt-c1", issued_by_code=code.id)
+            return family
+
+        exchanged = await store.exchange_auth_code_async("c1", NOW, "example-app", start_family)
+
+        def refuse(code: Any) -> RefreshToken:
+            raise ValueError("redirect_uri does not match")
+
+        with pytest.raises(ValueError, match="redirect_uri"):
+            await store.exchange_auth_code_async("c2", NOW, "example-app", refuse)
+        return exchanged, await store.get_refresh_token_for_use_async("rt-c1", NOW)
+
+    (code, family), (stored, _) = _run(run)
+    assert acquired == [1, 1, 1]  # one per exchange, one for the read
+    assert code.id == "c1"
+    assert family == stored
+    with pytest.raises(CodeReplayedError):  # refused by the checks, but consumed
+        store.consume_auth_code("c2", NOW + 1, "example-app")
+    assert store._loop_connections.budget.open == 1  # the same connection throughout
+
+
 def test_a_duplicate_family_is_already_exists_and_the_connection_stays_usable(
     store: PostgresStorage, samples: Any
 ) -> None:
