@@ -84,8 +84,6 @@ def perf_budget(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from portcullis.passwords import hash_password
-
     from bench import run
 
     if shutil.which("perf") is None:
@@ -99,15 +97,7 @@ def perf_budget(args: argparse.Namespace) -> int:
         directory = Path(tmp)
         data = str(args.save or directory / "perf.data")
         setup = run.PortcullisSetup(args.backend, rotation=endpoint != "refresh-static")
-        storage = run.storage_for(args.backend, directory, cluster, "perf")
-        server = run.PortcullisPeer(
-            directory,
-            setup,
-            2,
-            hash_password(run.PASSWORD, scheme="bcrypt", cost=10),
-            storage,
-            None,
-        )
+        server = run.profiling_server(directory, setup, cluster, workers=2)
         try:
             load = server.load(endpoint, int(4000 * args.seconds))
             pids = ",".join(str(pid) for pid in server.pids())
@@ -162,8 +152,6 @@ def main() -> int:
     if args.perf:
         return perf_budget(args)
 
-    from portcullis.passwords import hash_password
-
     from bench import run
 
     endpoint = "refresh-rotate" if args.rotation == "on" else "refresh-static"
@@ -178,14 +166,10 @@ def main() -> int:
         directory = Path(tmp)
         stats_file = str(args.save or directory / "refresh.pstats")
         setup = run.PortcullisSetup(args.backend, rotation=args.rotation == "on")
-        storage = run.storage_for(args.backend, directory, cluster, "profile")
-        server = run.PortcullisPeer(
+        server = run.profiling_server(
             directory,
             setup,
-            1,
-            hash_password(run.PASSWORD, scheme="bcrypt", cost=10),
-            storage,
-            None,
+            cluster,
             launcher=[sys.executable, "-m", "bench.profile_refresh", "--child", stats_file],
         )
         try:

@@ -56,8 +56,6 @@ def main() -> int:
     parser.add_argument("--save", type=Path, help="keep the collapsed stacks here")
     args = parser.parse_args()
 
-    from portcullis.passwords import hash_password
-
     from bench import procs, run
 
     algorithm = "ES256" if args.endpoint == "cc-es256" else "RS256"
@@ -65,15 +63,7 @@ def main() -> int:
         directory = Path(tmp)
         collapsed = args.save or directory / "stacks.txt"
         setup = run.PortcullisSetup("sqlite", algorithm=algorithm)
-        storage = run.storage_for("sqlite", directory, None, "profile")
-        server = run.PortcullisPeer(
-            directory,
-            setup,
-            1,
-            hash_password(run.PASSWORD, scheme="bcrypt", cost=10),
-            storage,
-            None,
-        )
+        server = run.profiling_server(directory, setup, None)
         try:
             worker = procs.tree(server.proc.pid)[-1]
             command = [args.py_spy, "record", "--pid", str(worker), "--format", "raw"]

@@ -1001,6 +1001,30 @@ def versions() -> dict[str, str]:
     }
 
 
+def profiling_server(
+    directory: Path,
+    setup: PortcullisSetup,
+    cluster: Any,
+    *,
+    workers: int = 1,
+    launcher: list[str] | None = None,
+) -> PortcullisPeer:
+    """One Portcullis server configured as the bench's, for the profilers (bench.profile_*):
+    the same client, user (bcrypt cost 10) and storage as a `make bench` run."""
+    from portcullis.passwords import hash_password
+
+    storage = storage_for(setup.backend, directory, cluster, "profile")
+    return PortcullisPeer(
+        directory,
+        setup,
+        workers,
+        hash_password(PASSWORD, scheme="bcrypt", cost=10),
+        storage,
+        None,
+        launcher=launcher,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
