@@ -14,13 +14,11 @@ those stacks when they are loaded.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.support.federation import DEX_CONFIG
-from tests.support.image import REPO, demo_config, pbkdf2_hash
+from tests.support.fresh_interpreter import demo_config_file, run_snippet
+from tests.support.image import demo_config, pbkdf2_hash
 from tests.support.saml_idp import IssuingCA
 
 # Top-level names (a name matches itself and its submodules) a sqlite demo config never needs.
@@ -67,21 +65,8 @@ json.dump(sorted(sys.modules), sys.stdout)
 def _modules_after_serve_path(config_text: str, tmp_path: Path) -> set[str]:
     config = tmp_path / "config.yaml"
     config.write_text(config_text, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-c", _SERVE_PATH, str(config)],
-        env={
-            "PYTHONPATH": str(REPO / "server"),
-            "PATH": "/usr/bin:/bin",
-            "PORTCULLIS_FIPS": "0",
-        },
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    modules = run_snippet(_SERVE_PATH, str(config), cwd=tmp_path, env={"PORTCULLIS_FIPS": "0"})
+    return set(modules)
 
 
 def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -126,24 +111,8 @@ json.dump({"before": before, "frozen": gc.get_freeze_count(), "modules": sorted(
 def test_serve_shares_the_storage_backend_with_its_workers(tmp_path: Path) -> None:
     """``serve --workers N`` imports the configured backend (and freezes the parent's objects)
     before it forks, so the workers share SQLAlchemy's pages instead of importing it each."""
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        demo_config(18505, 18506, pbkdf2_hash("password")).replace(
-            "/var/lib/portcullis/portcullis.db", str(tmp_path / "demo.db")
-        ),
-        encoding="utf-8",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _BEFORE_FORK, str(config)],
-        env={"PYTHONPATH": str(REPO / "server"), "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    config = demo_config_file(tmp_path, 18505, 18506)
+    result = run_snippet(_BEFORE_FORK, str(config), cwd=tmp_path)
     modules = set(result["modules"])
     assert not result["before"]  # loading the config alone does not import the backend
     assert {"portcullis.storage.sqlite", "sqlalchemy"} <= modules

@@ -9,14 +9,12 @@ command in a fresh interpreter, so the collector's state of the test process is 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from portcullis.serve import WORKER_GC_THRESHOLDS
 
-from tests.support.image import REPO, demo_config, free_port, pbkdf2_hash
+from tests.support.fresh_interpreter import demo_config_file, run_snippet
+from tests.support.image import free_port
 
 # Wraps settle_worker_heap to report the collector's state before and after it, and whether the
 # server answered its readiness probe by then, then stops the server as a SIGTERM would.
@@ -56,30 +54,9 @@ sys.exit(code)
 
 def _serve_once(tmp_path: Path) -> dict[str, object]:
     web, telemetry = free_port(), free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        demo_config(web, telemetry, pbkdf2_hash("password")).replace(
-            "/var/lib/portcullis/portcullis.db", str(tmp_path / "demo.db")
-        ),
-        encoding="utf-8",
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _SERVE,
-            str(config),
-            f"http://127.0.0.1:{telemetry}/healthz/ready",
-        ],
-        env={"PYTHONPATH": str(REPO / "server"), "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = demo_config_file(tmp_path, web, telemetry)
+    ready = f"http://127.0.0.1:{telemetry}/healthz/ready"
+    report: dict[str, object] = run_snippet(_SERVE, str(config), ready, cwd=tmp_path)
     return report
 
 
