@@ -15,6 +15,10 @@ through a private directory (prometheus-client multiprocess mode) so ``/metrics`
 
 The gRPC admin API (grpc.addr) is served by one process only — the single process, or worker 0
 of several — because grpcio binds its own socket (see portcullis.admin.server).
+
+Several workers share each listening socket, and take its connections in turn so that each
+holds about as many as the others (web.balance): a burst of keep-alive connections would
+otherwise pile onto whichever worker woke first.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ import tempfile
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from portcullis import __version__
 from portcullis.config.load import Config, ConfigError
@@ -46,6 +51,7 @@ from portcullis.kube.callers import CallerCheckError
 from portcullis.storage.base import StorageError
 from portcullis.storage.factory import import_backend
 from portcullis.telemetry import share_metrics_between_workers
+from portcullis.web.balance import BalancedAcceptor, ConnectionShares, WorkerSlot
 from portcullis.web.connection import ConnectionBounds, protocol_class
 
 log = logging.getLogger("portcullis")
@@ -57,11 +63,50 @@ EXIT_CONFIG_ERROR = 2  # as the CLI's usage errors: the config must change
 
 
 class _SharedSignalServer(uvicorn.Server):
-    """uvicorn installs its own handlers per server; we stop all listeners together instead."""
+    """uvicorn installs its own handlers per server; we stop all listeners together instead.
+
+    With a ``slot`` (several workers share the socket) the socket is accepted from by a
+    :class:`BalancedAcceptor` instead of ``loop.create_server``; everything else — the
+    lifespan, the protocol, the state, the shutdown — is uvicorn's own."""
+
+    def __init__(self, config: uvicorn.Config, slot: WorkerSlot | None = None) -> None:
+        super().__init__(config)
+        self._slot = slot
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._slot is None or sockets is None:
+            await super().startup(sockets)
+            return
+        # uvicorn.Server.startup's branch for sockets handed in, with the acceptor in place of
+        # loop.create_server (tests/unit/test_serve_balance.py runs it against uvicorn's).
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        acceptors = [
+            BalancedAcceptor(loop, sock, create_protocol, self._slot, ssl_context=config.ssl)
+            for sock in sockets
+        ]
+        # uvicorn only calls close() and wait_closed() on what it keeps here.
+        self.servers = cast("list[asyncio.base_events.Server]", acceptors)
+        for acceptor in acceptors:
+            acceptor.start()
+        self.started = True
 
 
 @dataclass(frozen=True)
@@ -202,11 +247,15 @@ def run_worker(
     drain_timeout: float,
     admin_api: bool = True,
     metrics_dir: str | None = None,
+    shares: dict[str, ConnectionShares] | None = None,
+    index: int = 0,
 ) -> int:
     """Serve every listener in this process until a stop signal; returns the exit code.
 
     ``admin_api``: whether this process also serves grpc.addr (only one process does).
-    ``metrics_dir``: where the workers of one server share their metric values."""
+    ``metrics_dir``: where the workers of one server share their metric values.
+    ``shares``: per listener name, the connection counts of the workers sharing it (several
+    workers only); ``index`` is this worker's slot in them."""
     # A thread waiting for the GIL (SQLite's committer between two statements of a group
     # commit, a worker thread back from a syscall) waits this long before the event loop must
     # let it in; CPython's default of 5 ms, paid at every GIL hand-off of a group commit that
@@ -249,8 +298,6 @@ def run_worker(
         max_header_bytes=web.limits.max_header_bytes,
     )
     common: dict[str, Any] = {
-        # Every listener: timeouts, header bounds and the Host check (web.connection).
-        "http": protocol_class(bounds),
         "timeout_keep_alive": web.timeouts.idle,
         "access_log": False,
         "log_config": None,
@@ -265,12 +312,12 @@ def run_worker(
             assert issuer.webhook is not None
             app = issuer.webhook
         side = listener.telemetry or listener.webhook  # the main app's lifespan runs once
-        listener_options = dict(common)
-        if not side:
-            # The main app's discovery and JWKS GETs are answered by the protocol itself.
-            listener_options["http"] = protocol_class(bounds, issuer.static_answers)
-        uv_config = uvicorn.Config(app, lifespan="off" if side else "on", **listener_options)
-        server = _SharedSignalServer(uv_config)
+        slot = shares[listener.name].slot(index) if shares else None
+        # Every listener: timeouts, header bounds and the Host check (web.connection); the
+        # main app's discovery and JWKS GETs are answered by the protocol itself.
+        protocol = protocol_class(bounds, None if side else issuer.static_answers, slot)
+        uv_config = uvicorn.Config(app, lifespan="off" if side else "on", http=protocol, **common)
+        server = _SharedSignalServer(uv_config, slot)
         if listener.tls:
             # uvicorn wraps accepted connections with config.ssl once loaded.
             uv_config.load()
@@ -369,6 +416,7 @@ def _supervise(
     """Fork workers after binding (sockets are shared; storage connections are opened in each
     child, never inherited), replace a worker killed by a signal, and wait for all of them."""
     metrics_dir = tempfile.mkdtemp(prefix="portcullis-metrics-")
+    shares = {listener.name: ConnectionShares(workers) for listener in listeners}
     children: dict[int, int] = {}  # pid -> worker index
     restarts: list[float] = []
     stopping = False
@@ -381,7 +429,13 @@ def _supervise(
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = run_worker(
-                    config, listeners, admin_api=index == 0, metrics_dir=metrics_dir, **kwargs
+                    config,
+                    listeners,
+                    admin_api=index == 0,
+                    metrics_dir=metrics_dir,
+                    shares=shares,
+                    index=index,
+                    **kwargs,
                 )
             finally:
                 os._exit(code)
@@ -412,6 +466,9 @@ def _supervise(
             if pid not in children:
                 continue
             index = children.pop(pid)
+            for share in shares.values():
+                # Its connections are gone with it: the others stop leaving new ones to it.
+                share.retire(index)
             code = os.waitstatus_to_exitcode(status)
             if stopping and -code in stop_signals:
                 # Killed by the stop signal we forwarded before it had installed its own

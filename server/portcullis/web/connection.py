@@ -46,6 +46,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
+    from portcullis.web.balance import WorkerSlot
     from portcullis.web.hot_paths import StaticAnswer, StaticAnswers
 
 log = logging.getLogger("portcullis.connection")
@@ -148,6 +149,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     bounds = ConnectionBounds()
     #: The main app's precomputed GET answers (None on the telemetry and webhook listeners).
     static: StaticAnswers | None = None
+    #: Where this worker counts the listener's connections when several workers share it
+    #: (web.balance); None for a single worker.
+    slot: WorkerSlot | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,6 +177,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.slot is not None:
+            self.slot.change(+1)
         # Flow control keeps the real transport (super() gave it that one); every write of
         # this protocol and of its request cycles goes through the cork.
         self.transport = cast(asyncio.Transport, _CorkedTransport(transport, self.loop))
@@ -184,6 +190,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self.slot is not None:
+            self.slot.change(-1)
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -447,8 +455,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def protocol_class(
-    bounds: ConnectionBounds, static: StaticAnswers | None = None
+    bounds: ConnectionBounds,
+    static: StaticAnswers | None = None,
+    slot: WorkerSlot | None = None,
 ) -> type[GuardedHttpProtocol]:
     """A protocol class with ``bounds`` (uvicorn takes a class, not an instance); ``static``
-    only for a listener serving the main app."""
-    return type("BoundedHttpProtocol", (GuardedHttpProtocol,), {"bounds": bounds, "static": static})
+    only for a listener serving the main app; ``slot`` when several workers share the
+    listener."""
+    return type(
+        "BoundedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"bounds": bounds, "static": static, "slot": slot},
+    )
