@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from portcullis.web import balance
 from portcullis.web.balance import (
     DEFER_LIMIT,
     NOT_SERVING,
@@ -176,115 +177,169 @@ def test_the_counts_are_shared_with_a_forked_worker() -> None:
 
 
 # -- accepting ---------------------------------------------------------------------------------
+class _Workers:
+    """A listening socket and ``count`` workers sharing it (acceptors not started yet)."""
+
+    def __init__(self, count: int, tls: ssl.SSLContext | None = None) -> None:
+        self.sock = _listening()
+        self.port: int = self.sock.getsockname()[1]
+        self.shares = ConnectionShares(count)
+        self.workers = [_Worker(self.shares, index, self.sock, tls) for index in range(count)]
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def hello(self, tls: ssl.SSLContext | None = None) -> float:
+        """Open a connection that some worker set up; returns the seconds that took."""
+        started = time.monotonic()
+        self.writers.append(await _hello(self.port, tls))
+        return time.monotonic() - started
+
+    async def close(self) -> None:
+        await _close(self.writers)
+        for worker in self.workers:
+            worker.acceptor.close()
+            await worker.acceptor.wait_closed()
+            worker.sock.close()
+        self.sock.close()
+
+
+def _scenario(
+    count: int, body: Callable[[_Workers], Coroutine[Any, Any, None]], tls: ssl.SSLContext | None
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def scenario() -> None:
+        workers = _Workers(count, tls)
+        try:
+            await body(workers)
+        finally:
+            await workers.close()
+
+    return scenario
+
+
+def _run_with(
+    loop_name: str,
+    count: int,
+    body: Callable[[_Workers], Coroutine[Any, Any, None]],
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    _run(loop_name, _scenario(count, body, tls)())
+
+
+async def _until(condition: Callable[[], bool], what: Callable[[], object]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what()
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_burst_of_connections_is_split_evenly(loop_name: str) -> None:
-    async def scenario() -> None:
-        sock = _listening()
-        port = sock.getsockname()[1]
-        shares = ConnectionShares(2)
-        first, second = _Worker(shares, 0, sock), _Worker(shares, 1, sock)
+    async def body(pool: _Workers) -> None:
+        first, second = pool.workers
         # Queued before anyone accepts, as when both workers are busy when a burst arrives.
-        raw = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
+        raw = [socket.create_connection(("127.0.0.1", pool.port)) for _ in range(30)]
         first.acceptor.start()
         second.acceptor.start()
-        writers = list(await asyncio.gather(*(_hello(port) for _ in range(10))))
-        deadline = time.monotonic() + 10
-        while len(first.made) + len(second.made) < 40:
-            assert time.monotonic() < deadline, (len(first.made), len(second.made))
-            await asyncio.sleep(0.01)
-        assert abs(len(first.made) - len(second.made)) <= 1, (len(first.made), len(second.made))
-        assert shares.counts() == [len(first.made), len(second.made)]
+        await asyncio.gather(*(pool.hello() for _ in range(10)))
+
+        def made() -> tuple[int, int]:
+            return len(first.made), len(second.made)
+
+        await _until(lambda: sum(made()) == 40, made)
+        assert abs(len(first.made) - len(second.made)) <= 1, made()
+        assert pool.shares.counts() == list(made())
         for conn in raw:
             conn.close()
-        await _close(writers)
-        deadline = time.monotonic() + 10
-        while shares.counts() != [0, 0]:  # every loss is counted too
-            assert time.monotonic() < deadline, shares.counts()
-            await asyncio.sleep(0.01)
+        await _close(pool.writers)
+        # every loss is counted too
+        await _until(lambda: pool.shares.counts() == [0, 0], pool.shares.counts)
         first.acceptor.close()
         second.acceptor.close()
-        await first.acceptor.wait_closed()
-        await second.acceptor.wait_closed()
-        assert shares.counts() == [NOT_SERVING, NOT_SERVING]
-        sock.close()
+        assert pool.shares.counts() == [NOT_SERVING, NOT_SERVING]
 
-    _run(loop_name, scenario())
+    _run_with(loop_name, 2, body)
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_worker_over_its_share_leaves_new_connections_to_the_other(loop_name: str) -> None:
-    async def scenario() -> None:
-        sock = _listening()
-        port = sock.getsockname()[1]
-        shares = ConnectionShares(2)
-        busy, light = _Worker(shares, 0, sock), _Worker(shares, 1, sock)
+    async def body(pool: _Workers) -> None:
+        busy, light = pool.workers
         busy.slot.change(+4)  # holds four connections already
         busy.acceptor.start()
         light.acceptor.start()
-        writers = [await _hello(port) for _ in range(4)]
+        for _ in range(4):
+            await pool.hello()
         assert (len(busy.made), len(light.made)) == (0, 4)
-        writers += [await _hello(port) for _ in range(2)]  # now even: either may take them
+        for _ in range(2):  # now even: either may take them
+            await pool.hello()
         assert len(busy.made) + len(light.made) == 6
-        assert abs(shares.counts()[0] - shares.counts()[1]) <= 1
-        await _close(writers)
-        busy.acceptor.close()
-        light.acceptor.close()
-        sock.close()
+        assert abs(pool.shares.counts()[0] - pool.shares.counts()[1]) <= 1
+        busy.slot.change(-4)
 
-    _run(loop_name, scenario())
+    _run_with(loop_name, 2, body)
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_worker_that_does_not_accept_holds_a_connection_up_at_most_the_defer_limit(
     loop_name: str,
 ) -> None:
-    async def scenario() -> None:
-        sock = _listening()
-        port = sock.getsockname()[1]
-        shares = ConnectionShares(2)
-        running = _Worker(shares, 0, sock)
-        stuck = shares.slot(1)
+    async def body(pool: _Workers) -> None:
+        running = pool.workers[0]
+        stuck = pool.shares.slot(1)
         stuck.serve()  # serving, holding nothing, but never accepting (a stopped process)
         running.acceptor.start()
-        writers = [await _hello(port)]  # 0 against 0: taken at once
-        for _ in range(3):  # now over its share each time: waits for the other, then takes it
-            started = time.monotonic()
-            writers.append(await _hello(port))
-            waited = time.monotonic() - started
+        assert await pool.hello() < DEFER_LIMIT * 0.8  # 0 against 0: taken at once
+        for _ in range(3):  # over its share each time: waits for the other, then takes it
+            waited = await pool.hello()
             assert DEFER_LIMIT * 0.8 <= waited < DEFER_LIMIT + 1.0, waited
         assert len(running.made) == 4
         stuck.stop()  # it is draining, or the parent saw it die: no waiting any more
-        started = time.monotonic()
-        writers.append(await _hello(port))
-        assert time.monotonic() - started < DEFER_LIMIT * 0.8
-        await _close(writers)
-        running.acceptor.close()
-        sock.close()
+        assert await pool.hello() < DEFER_LIMIT * 0.8
 
-    _run(loop_name, scenario())
+    _run_with(loop_name, 2, body)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_paused_worker_resumes_as_soon_as_it_lets_a_connection_go(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Short connections (one request each): waiting out the whole pause left a worker idle
+    # while connections queued.
+    monkeypatch.setattr(balance, "RETRY", 30.0)
+    monkeypatch.setattr(balance, "DEFER_LIMIT", 60.0)
+
+    async def body(pool: _Workers) -> None:
+        running = pool.workers[0]
+        pool.shares.slot(1).serve()  # holds nothing and never accepts
+        running.acceptor.start()
+        await pool.hello()  # 0 against 0: taken at once
+        queued = asyncio.ensure_future(_hello(pool.port))  # 1 against 0: left to the other
+        await asyncio.sleep(0.2)
+        assert not queued.done()
+        assert len(running.made) == 1
+        first = pool.writers.pop()
+        first.close()  # back to 0 against 0: taken now, not after the 30 s pause
+        pool.writers.append(await asyncio.wait_for(queued, 5))
+        assert len(running.made) == 2
+
+    _run_with(loop_name, 2, body)
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_closed_acceptor_takes_no_connection(loop_name: str) -> None:
-    async def scenario() -> None:
-        sock = _listening()
-        port = sock.getsockname()[1]
-        shares = ConnectionShares(1)
-        worker = _Worker(shares, 0, sock)
+    async def body(pool: _Workers) -> None:
+        worker = pool.workers[0]
         worker.acceptor.start()
-        writers = [await _hello(port)]
+        await pool.hello()
         worker.acceptor.close()
         worker.acceptor.close()  # twice is harmless
         await worker.acceptor.wait_closed()
-        assert shares.counts() == [NOT_SERVING]
-        late = socket.create_connection(("127.0.0.1", port))  # queued in the backlog only
+        assert pool.shares.counts() == [NOT_SERVING]
+        late = socket.create_connection(("127.0.0.1", pool.port))  # queued in the backlog only
         await asyncio.sleep(0.1)
         assert len(worker.made) == 1
         late.close()
-        await _close(writers)
-        sock.close()
 
-    _run(loop_name, scenario())
+    _run_with(loop_name, 1, body)
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
@@ -296,30 +351,21 @@ def test_tls_connections_are_set_up_and_failed_handshakes_dropped(
     server_tls.load_cert_chain(cert.cert, cert.key)
     client_tls = ssl.create_default_context(cafile=str(cert.ca))
 
-    async def scenario() -> None:
-        sock = _listening()
-        port = sock.getsockname()[1]
-        shares = ConnectionShares(1)
-        worker = _Worker(shares, 0, sock, tls=server_tls)
+    async def body(pool: _Workers) -> None:
+        worker = pool.workers[0]
         worker.acceptor.start()
-        writers = [await _hello(port, client_tls) for _ in range(3)]
+        for _ in range(3):
+            await pool.hello(client_tls)
         assert len(worker.made) == 3
-        assert shares.counts() == [3]
+        assert pool.shares.counts() == [3]
         # A client that speaks plain text to the TLS port: the handshake fails, the
         # connection is closed, and nothing stays counted for it.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 10) is not None  # closed by the server
         writer.close()
-        deadline = time.monotonic() + 10
-        while shares.counts() != [3]:
-            assert time.monotonic() < deadline, shares.counts()
-            await asyncio.sleep(0.01)
+        await _until(lambda: pool.shares.counts() == [3], pool.shares.counts)
         assert len(worker.made) == 3
-        await _close(writers)
-        worker.acceptor.close()
-        await worker.acceptor.wait_closed()
-        sock.close()
 
-    _run(loop_name, scenario())
+    _run_with(loop_name, 1, body, server_tls)
