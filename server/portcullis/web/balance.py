@@ -111,11 +111,16 @@ class WorkerSlot:
         self._slots[self._index] = NOT_SERVING
 
     def change(self, delta: int) -> None:
-        """A connection was opened (+1) or lost (-1)."""
+        """A connection was opened or is being set up (+1), or has been set up (-1: its
+        protocol counts it from then on)."""
         self.held += delta
         if self._serving:
             self._slots[self._index] = self.held
-        if delta < 0 and self.on_release is not None:
+
+    def release(self) -> None:
+        """A connection was lost: one fewer, and the acceptor may take a new one at once."""
+        self.change(-1)
+        if self.on_release is not None:
             self.on_release()
 
     def over_share(self) -> bool:

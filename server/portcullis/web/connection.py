@@ -191,7 +191,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         if self.slot is not None:
-            self.slot.change(-1)
+            self.slot.release()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:

@@ -72,7 +72,7 @@ class _Counted(asyncio.Protocol):
             self.transport.write(b"hi")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.slot.change(-1)
+        self.slot.release()
 
 
 class _Worker:
